@@ -1,0 +1,1 @@
+"""layers of deeplab_dpc."""

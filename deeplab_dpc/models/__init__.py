@@ -1,0 +1,1 @@
+"""models of deeplab_dpc."""

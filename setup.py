@@ -1,0 +1,33 @@
+"""deeplab_dpc: the Dense Prediction Cell (Chen et al., NeurIPS 2018) in TF2."""
+
+import setuptools
+
+setuptools.setup(
+    name="deeplab_dpc",
+    version="0.1.0",
+    description=("DeepLab with the Dense Prediction Cell and its architecture "
+                 "search, in TensorFlow 2 and Keras"),
+    packages=setuptools.find_packages(include=["deeplab_dpc", "deeplab_dpc.*"]),
+    package_data={"deeplab_dpc": ["cells/*.json"]},
+    python_requires=">=3.10",
+    # Pinned to what is tested. The plain `tensorflow` wheel runs on the CPU
+    # and pulls no CUDA; nothing here pulls PyTorch.
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-model-optimization>=0.8,<0.9",
+        "tensorflow-datasets>=4.9,<5",
+        "absl-py>=1.4,<3",
+        "numpy>=1.26,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "deeplab_dpc_flops=deeplab_dpc.flops:run",
+            "deeplab_dpc_demo=deeplab_dpc.demo:run",
+        ],
+    },
+)
