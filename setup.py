@@ -5,8 +5,10 @@ import setuptools
 setuptools.setup(
     name="deeplab_dpc",
     version="0.1.0",
-    description=("DeepLab with the Dense Prediction Cell and its architecture "
-                 "search, in TensorFlow 2 and Keras"),
+    description=(
+        "DeepLab with the Dense Prediction Cell and its architecture "
+        "search, in TensorFlow 2 and Keras"
+    ),
     packages=setuptools.find_packages(include=["deeplab_dpc", "deeplab_dpc.*"]),
     package_data={"deeplab_dpc": ["cells/*.json"]},
     python_requires=">=3.10",

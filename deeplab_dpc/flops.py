@@ -19,40 +19,49 @@ from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 
 _CROP_SIZE = flags.DEFINE_string(
-    "crop_size", "513,513", "Input size 'H,W' (output_stride * k + 1).")
+    "crop_size", "513,513", "Input size 'H,W' (output_stride * k + 1)."
+)
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
 _PROFILE = flags.DEFINE_boolean(
-    "profile", False, "Also report TensorFlow's profiler FLOPs as a check.")
+    "profile", False, "Also report TensorFlow's profiler FLOPs as a check."
+)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Too many arguments: {argv[1:]}")
-  options = model_flags.model_options_from_flags(
-      model_flags.parse_size(_CROP_SIZE.value, "crop_size"))
-  model = deeplab.build_deeplab(options)
-  modules = accounting.count(model)
-  result = {"modules": modules}
-  if _PROFILE.value:
-    result["profiler_flops"] = accounting.profiler_flops(model)
-  if _JSON.value:
-    print(json.dumps(result))
-    return
-  rows = [{"module": name, **value} for name, value in modules.items()]
-  print(f"{options.model_variant} + {options.head}, crop "
+    if len(argv) > 1:
+        raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    options = model_flags.model_options_from_flags(
+        model_flags.parse_size(_CROP_SIZE.value, "crop_size")
+    )
+    model = deeplab.build_deeplab(options)
+    modules = accounting.count(model)
+    result = {"modules": modules}
+    if _PROFILE.value:
+        result["profiler_flops"] = accounting.profiler_flops(model)
+    if _JSON.value:
+        print(json.dumps(result))
+        return
+    rows = [{"module": name, **value} for name, value in modules.items()]
+    print(
+        f"{options.model_variant} + {options.head}, crop "
         f"{options.crop_size[0]}x{options.crop_size[1]}, output stride "
-        f"{options.output_stride}")
-  print(accounting.format_table(
-      rows, [("module", "module"), ("params", "params"), ("madds", "MAdds")]))
-  if _PROFILE.value:
-    ratio = result["profiler_flops"] / (2 * modules["total"]["madds"])
-    print(f"profiler FLOPs {result['profiler_flops']:,} = {ratio:.4f} x "
-          f"2 x MAdds")
+        f"{options.output_stride}"
+    )
+    print(
+        accounting.format_table(
+            rows, [("module", "module"), ("params", "params"), ("madds", "MAdds")]
+        )
+    )
+    if _PROFILE.value:
+        ratio = result["profiler_flops"] / (2 * modules["total"]["madds"])
+        print(
+            f"profiler FLOPs {result['profiler_flops']:,} = {ratio:.4f} x " f"2 x MAdds"
+        )
 
 
 def run():
-  app.run(main)
+    app.run(main)
 
 
 if __name__ == "__main__":
-  run()
+    run()

@@ -11,114 +11,138 @@ from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
 
 MODEL_VARIANT = flags.DEFINE_enum(
-    "model_variant", "mobilenet_v2", sorted(backbones.BACKBONES), "Backbone.")
+    "model_variant", "mobilenet_v2", sorted(backbones.BACKBONES), "Backbone."
+)
 DEPTH_MULTIPLIER = flags.DEFINE_float(
-    "depth_multiplier", 1.0, "MobileNet-v2's width multiplier (alpha).")
+    "depth_multiplier", 1.0, "MobileNet-v2's width multiplier (alpha)."
+)
 OUTPUT_STRIDE = flags.DEFINE_enum(
-    "output_stride", "16", [str(s) for s in backbones.OUTPUT_STRIDES],
-    "Ratio of input to backbone feature resolution.")
+    "output_stride",
+    "16",
+    [str(s) for s in backbones.OUTPUT_STRIDES],
+    "Ratio of input to backbone feature resolution.",
+)
 HEAD = flags.DEFINE_enum(
-    "head", None, [deeplab.HEAD_DPC, deeplab.HEAD_ASPP],
+    "head",
+    None,
+    [deeplab.HEAD_DPC, deeplab.HEAD_ASPP],
     "Context head. Default: dpc when --dense_prediction_cell_json is set, "
-    "else aspp. --head=dpc without a JSON uses the published Cityscapes cell.")
+    "else aspp. --head=dpc without a JSON uses the published Cityscapes cell.",
+)
 DPC_JSON = flags.DEFINE_string(
-    "dense_prediction_cell_json", "",
-    "A dense prediction cell in DeepLab's JSON format; replaces ASPP.")
+    "dense_prediction_cell_json",
+    "",
+    "A dense prediction cell in DeepLab's JSON format; replaces ASPP.",
+)
 ATROUS_RATES = flags.DEFINE_list(
-    "atrous_rates", [], "ASPP atrous rates, comma separated (e.g. 6,12,18 at "
-    "output stride 16); empty means only the 1x1 and image-level branches.")
+    "atrous_rates",
+    [],
+    "ASPP atrous rates, comma separated (e.g. 6,12,18 at "
+    "output stride 16); empty means only the 1x1 and image-level branches.",
+)
 ASPP_WITH_SEPARABLE_CONV = flags.DEFINE_boolean(
-    "aspp_with_separable_conv", True, "ASPP atrous convs are split separable.")
+    "aspp_with_separable_conv", True, "ASPP atrous convs are split separable."
+)
 ADD_IMAGE_LEVEL_FEATURE = flags.DEFINE_boolean(
-    "add_image_level_feature", True, "ASPP has the image pooling branch.")
+    "add_image_level_feature", True, "ASPP has the image pooling branch."
+)
 IMAGE_POOLING_CROP_SIZE = flags.DEFINE_string(
-    "image_pooling_crop_size", "",
-    "Crop 'H,W' that fixes the pooling kernels; default: the crop size.")
+    "image_pooling_crop_size",
+    "",
+    "Crop 'H,W' that fixes the pooling kernels; default: the crop size.",
+)
 DECODER_OUTPUT_STRIDE = flags.DEFINE_integer(
-    "decoder_output_stride", None,
-    "4 adds DeepLab v3+'s decoder; unset means none.")
+    "decoder_output_stride", None, "4 adds DeepLab v3+'s decoder; unset means none."
+)
 NUM_CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
 BACKBONE_WEIGHTS = flags.DEFINE_string(
-    "backbone_weights", "none",
+    "backbone_weights",
+    "none",
     "none, imagenet (downloaded by tf.keras.applications) or a weights file "
-    "of the no-top application.")
-WEIGHT_DECAY = flags.DEFINE_float(
-    "weight_decay", 4e-5, "DeepLab's L2 weight decay.")
+    "of the no-top application.",
+)
+WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's L2 weight decay.")
 
 
 def parse_size(value, flag_name):
-  """Parses 'H,W' (or 'S' for a square) into an (int, int) tuple.
+    """Parses 'H,W' (or 'S' for a square) into an (int, int) tuple.
 
-  Raises:
-    flags.ValidationError: naming the flag and the bad value.
-  """
-  parts = [p.strip() for p in str(value).split(",") if p.strip()]
-  try:
-    sizes = tuple(int(p) for p in parts)
-  except ValueError:
-    sizes = ()
-  if len(sizes) == 1:
-    sizes = sizes * 2
-  if len(sizes) != 2 or min(sizes) < 1:
-    raise flags.ValidationError(
-        f"--{flag_name}={value!r}: expected 'height,width', e.g. '513,513'")
-  return sizes
+    Raises:
+      flags.ValidationError: naming the flag and the bad value.
+    """
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        sizes = ()
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise flags.ValidationError(
+            f"--{flag_name}={value!r}: expected 'height,width', e.g. '513,513'"
+        )
+    return sizes
 
 
 def parse_rates(values, flag_name="atrous_rates"):
-  """Parses a list of strings into positive ints, naming the flag on error."""
-  try:
-    rates = tuple(int(v) for v in values)
-  except ValueError:
-    rates = (0,)
-  if any(r < 1 for r in rates):
-    raise flags.ValidationError(
-        f"--{flag_name}={','.join(values)!r}: expected positive integers, "
-        f"e.g. 6,12,18")
-  return rates
+    """Parses a list of strings into positive ints, naming the flag on error."""
+    try:
+        rates = tuple(int(v) for v in values)
+    except ValueError:
+        rates = (0,)
+    if any(r < 1 for r in rates):
+        raise flags.ValidationError(
+            f"--{flag_name}={','.join(values)!r}: expected positive integers, "
+            f"e.g. 6,12,18"
+        )
+    return rates
 
 
 def load_cell_from_flags():
-  """The cell for the model flags, or None for an ASPP head."""
-  head = HEAD.value
-  if DPC_JSON.value:
-    if head == deeplab.HEAD_ASPP:
-      raise flags.ValidationError(
-          "--head=aspp conflicts with --dense_prediction_cell_json (a DPC "
-          "replaces ASPP); drop one of them")
-    return space.load_cell(DPC_JSON.value)
-  if head == deeplab.HEAD_DPC:
-    return space.published_cell()
-  return None
+    """The cell for the model flags, or None for an ASPP head."""
+    head = HEAD.value
+    if DPC_JSON.value:
+        if head == deeplab.HEAD_ASPP:
+            raise flags.ValidationError(
+                "--head=aspp conflicts with --dense_prediction_cell_json (a DPC "
+                "replaces ASPP); drop one of them"
+            )
+        return space.load_cell(DPC_JSON.value)
+    if head == deeplab.HEAD_DPC:
+        return space.published_cell()
+    return None
 
 
 def model_options_from_flags(crop_size, **overrides):
-  """`deeplab.ModelOptions` from the model flags and a crop size.
+    """`deeplab.ModelOptions` from the model flags and a crop size.
 
-  Args:
-    crop_size: (int, int), the program's crop (train, eval or export crop).
-    **overrides: `ModelOptions` fields to set instead of their flags.
+    Args:
+      crop_size: (int, int), the program's crop (train, eval or export crop).
+      **overrides: `ModelOptions` fields to set instead of their flags.
 
-  Returns:
-    A `deeplab.ModelOptions`.
-  """
-  pooling_crop = (parse_size(IMAGE_POOLING_CROP_SIZE.value,
-                             "image_pooling_crop_size")
-                  if IMAGE_POOLING_CROP_SIZE.value else None)
-  weights = BACKBONE_WEIGHTS.value
-  values = dict(
-      model_variant=MODEL_VARIANT.value,
-      num_classes=NUM_CLASSES.value,
-      crop_size=crop_size,
-      output_stride=int(OUTPUT_STRIDE.value),
-      dense_prediction_cell=load_cell_from_flags(),
-      atrous_rates=parse_rates(ATROUS_RATES.value),
-      aspp_with_separable_conv=ASPP_WITH_SEPARABLE_CONV.value,
-      add_image_level_feature=ADD_IMAGE_LEVEL_FEATURE.value,
-      image_pooling_crop_size=pooling_crop,
-      decoder_output_stride=DECODER_OUTPUT_STRIDE.value,
-      depth_multiplier=DEPTH_MULTIPLIER.value,
-      backbone_weights=None if weights == "none" else weights,
-      weight_decay=WEIGHT_DECAY.value)
-  values.update(overrides)
-  return deeplab.ModelOptions(**values)
+    Returns:
+      A `deeplab.ModelOptions`.
+    """
+    pooling_crop = (
+        parse_size(IMAGE_POOLING_CROP_SIZE.value, "image_pooling_crop_size")
+        if IMAGE_POOLING_CROP_SIZE.value
+        else None
+    )
+    weights = BACKBONE_WEIGHTS.value
+    values = dict(
+        model_variant=MODEL_VARIANT.value,
+        num_classes=NUM_CLASSES.value,
+        crop_size=crop_size,
+        output_stride=int(OUTPUT_STRIDE.value),
+        dense_prediction_cell=load_cell_from_flags(),
+        atrous_rates=parse_rates(ATROUS_RATES.value),
+        aspp_with_separable_conv=ASPP_WITH_SEPARABLE_CONV.value,
+        add_image_level_feature=ADD_IMAGE_LEVEL_FEATURE.value,
+        image_pooling_crop_size=pooling_crop,
+        decoder_output_stride=DECODER_OUTPUT_STRIDE.value,
+        depth_multiplier=DEPTH_MULTIPLIER.value,
+        backbone_weights=None if weights == "none" else weights,
+        weight_decay=WEIGHT_DECAY.value,
+    )
+    values.update(overrides)
+    return deeplab.ModelOptions(**values)

@@ -10,6 +10,6 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 @pytest.fixture(autouse=True)
 def _seed():
-  tf.keras.utils.set_random_seed(0)
-  yield
-  tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(0)
+    yield
+    tf.keras.backend.clear_session()

@@ -4,51 +4,55 @@ import tensorflow as tf
 
 
 def resize_bilinear(images, size):
-  """`tf.compat.v1.image.resize_bilinear(..., align_corners=True)`.
+    """`tf.compat.v1.image.resize_bilinear(..., align_corners=True)`.
 
-  DeepLab resizes every feature map and its logits this way; the op maps to
-  TFLite's RESIZE_BILINEAR with `align_corners`.
+    DeepLab resizes every feature map and its logits this way; the op maps to
+    TFLite's RESIZE_BILINEAR with `align_corners`.
 
-  Args:
-    images: `[batch, height, width, channels]` float tensor.
-    size: (int, int), the output height and width.
+    Args:
+      images: `[batch, height, width, channels]` float tensor.
+      size: (int, int), the output height and width.
 
-  Returns:
-    `[batch, size[0], size[1], channels]` float32 tensor.
-  """
-  return tf.raw_ops.ResizeBilinear(
-      images=images, size=tf.convert_to_tensor(size, tf.int32), align_corners=True,
-      half_pixel_centers=False)
+    Returns:
+      `[batch, size[0], size[1], channels]` float32 tensor.
+    """
+    return tf.raw_ops.ResizeBilinear(
+        images=images,
+        size=tf.convert_to_tensor(size, tf.int32),
+        align_corners=True,
+        half_pixel_centers=False,
+    )
 
 
 @tf.keras.utils.register_keras_serializable(package="deeplab_dpc")
 class ResizeBilinear(tf.keras.layers.Layer):
-  """Resizes feature maps or logits to a fixed size (align_corners=True).
+    """Resizes feature maps or logits to a fixed size (align_corners=True).
 
-  Args:
-    size: (int, int), output height and width.
-    **kwargs: forwarded to `tf.keras.layers.Layer`.
+    Args:
+      size: (int, int), output height and width.
+      **kwargs: forwarded to `tf.keras.layers.Layer`.
 
-  Call: `[batch, h, w, c]` -> `[batch, size[0], size[1], c]`.
+    Call: `[batch, h, w, c]` -> `[batch, size[0], size[1], c]`.
 
-  Example:
-  >>> ResizeBilinear((33, 33))(tf.zeros([1, 17, 17, 4])).shape
-  TensorShape([1, 33, 33, 4])
-  """
+    Example:
+    >>> ResizeBilinear((33, 33))(tf.zeros([1, 17, 17, 4])).shape
+    TensorShape([1, 33, 33, 4])
+    """
 
-  def __init__(self, size, **kwargs):
-    super().__init__(**kwargs)
-    self.size = tuple(int(s) for s in size)
-    if len(self.size) != 2 or min(self.size) < 1:
-      raise ValueError(f"{self.name}: size must be two positive ints, got "
-                       f"{size}")
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(int(s) for s in size)
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(
+                f"{self.name}: size must be two positive ints, got " f"{size}"
+            )
 
-  def call(self, inputs):
-    return resize_bilinear(inputs, self.size)
+    def call(self, inputs):
+        return resize_bilinear(inputs, self.size)
 
-  def compute_output_shape(self, input_shape):
-    input_shape = tf.TensorShape(input_shape)
-    return tf.TensorShape([input_shape[0], *self.size, input_shape[-1]])
+    def compute_output_shape(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        return tf.TensorShape([input_shape[0], *self.size, input_shape[-1]])
 
-  def get_config(self):
-    return {**super().get_config(), "size": self.size}
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}

@@ -22,31 +22,39 @@ OUTPUT_STRIDES = (8, 16, 32)
 FEATURES = "features"
 LOW_LEVEL = "low_level"
 
-_STRIDED = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D",
-            "AveragePooling2D")
+_STRIDED = (
+    "Conv2D",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
+    "MaxPooling2D",
+    "AveragePooling2D",
+)
 _CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
-  """How to build one backbone and where its endpoints are.
+    """How to build one backbone and where its endpoints are.
 
-  Attributes:
-    constructor: name of the `tf.keras.applications` function.
-    features: layer whose output feeds the head (DeepLab's choice).
-    low_level: layer at stride 4 whose output feeds the v3+ decoder.
-    preprocessing: `ImagePreprocessing` mode.
-    has_depth_multiplier: whether `depth_multiplier` (alpha) applies.
-    same_padding: layers whose VALID padding is made SAME, so that crops of
-      the form OS*k+1 give features of exactly (crop - 1) / OS + 1 (Keras'
-      Xception entry convs are unpadded; the kernels are unchanged).
-  """
-  constructor: str
-  features: str
-  low_level: str
-  preprocessing: str
-  has_depth_multiplier: bool = False
-  same_padding: tuple = ()
+    Attributes:
+      constructor: name of the `tf.keras.applications` function.
+      features: layer whose output feeds the head (DeepLab's choice).
+      low_level: layer at stride 4 whose output feeds the v3+ decoder.
+      preprocessing: `ImagePreprocessing` mode.
+      has_depth_multiplier: whether `depth_multiplier` (alpha) applies.
+      same_padding: layers whose VALID padding is made SAME, so that crops of
+        the form OS*k+1 give features of exactly (crop - 1) / OS + 1 (Keras'
+        Xception entry convs are unpadded; the kernels are unchanged).
+      application_kwargs: (name, value) pairs passed to the constructor.
+    """
+
+    constructor: str
+    features: str
+    low_level: str
+    preprocessing: str
+    has_depth_multiplier: bool = False
+    same_padding: tuple = ()
+    application_kwargs: tuple = ()
 
 
 BACKBONES = {
@@ -54,223 +62,267 @@ BACKBONES = {
     # channels), not the 1280-channel conv, and `layer_4/depthwise_output`
     # (the expanded depthwise output of the third block) for the decoder.
     "mobilenet_v2": BackboneSpec(
-        constructor="MobileNetV2", features="block_16_project_BN",
-        low_level="block_2_depthwise_relu", preprocessing="tf",
-        has_depth_multiplier=True),
+        constructor="MobileNetV2",
+        features="block_16_project_BN",
+        low_level="block_2_depthwise_relu",
+        preprocessing="tf",
+        has_depth_multiplier=True,
+    ),
     "xception": BackboneSpec(
-        constructor="Xception", features="block14_sepconv2_act",
-        low_level="block3_sepconv2_bn", preprocessing="tf",
-        same_padding=("block1_conv1", "block1_conv2")),
+        constructor="Xception",
+        features="block14_sepconv2_act",
+        low_level="block3_sepconv2_bn",
+        preprocessing="tf",
+        same_padding=("block1_conv1", "block1_conv2"),
+    ),
+    # Keras' own rescaling is switched off for ours, which is the same map.
+    # Its squeeze-excite blocks pool globally, so the OS-16 features are not
+    # the OS-32 ones subsampled (they are for the other backbones).
+    "mobilenet_v3_large": BackboneSpec(
+        constructor="MobileNetV3Large",
+        features="expanded_conv_14_add",
+        low_level="expanded_conv_2_add",
+        preprocessing="tf",
+        has_depth_multiplier=True,
+        application_kwargs=(("include_preprocessing", False),),
+    ),
     "resnet50": BackboneSpec(
-        constructor="ResNet50", features="conv5_block3_out",
-        low_level="conv2_block3_out", preprocessing="caffe"),
+        constructor="ResNet50",
+        features="conv5_block3_out",
+        low_level="conv2_block3_out",
+        preprocessing="caffe",
+    ),
     "resnet101": BackboneSpec(
-        constructor="ResNet101", features="conv5_block3_out",
-        low_level="conv2_block3_out", preprocessing="caffe"),
+        constructor="ResNet101",
+        features="conv5_block3_out",
+        low_level="conv2_block3_out",
+        preprocessing="caffe",
+    ),
 }
 
 
 def check_crop(crop_size, output_stride):
-  """Raises unless every side of the crop is of the form OS*k + 1.
+    """Raises unless every side of the crop is of the form OS*k + 1.
 
-  Args:
-    crop_size: (int, int), crop height and width.
-    output_stride: int, one of `OUTPUT_STRIDES`.
+    Args:
+      crop_size: (int, int), crop height and width.
+      output_stride: int, one of `OUTPUT_STRIDES`.
 
-  Raises:
-    ValueError: naming the bad value and the nearest valid crops.
-  """
-  if output_stride not in OUTPUT_STRIDES:
-    raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got "
-                     f"{output_stride}")
-  for side, size in zip(("height", "width"), crop_size):
-    if size < output_stride + 1 or (size - 1) % output_stride:
-      k = max(1, (size - 1) // output_stride)
-      raise ValueError(
-          f"crop {side} {size} cannot be served at output stride "
-          f"{output_stride}: crops must be output_stride * k + 1 (e.g. "
-          f"{output_stride * k + 1} or {output_stride * (k + 1) + 1}) so that "
-          f"every stride-2 layer maps n to (n - 1) / 2 + 1")
+    Raises:
+      ValueError: naming the bad value and the nearest valid crops.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(
+            f"output_stride must be one of {OUTPUT_STRIDES}, got " f"{output_stride}"
+        )
+    for side, size in zip(("height", "width"), crop_size):
+        if size < output_stride + 1 or (size - 1) % output_stride:
+            k = max(1, (size - 1) // output_stride)
+            raise ValueError(
+                f"crop {side} {size} cannot be served at output stride "
+                f"{output_stride}: crops must be output_stride * k + 1 (e.g. "
+                f"{output_stride * k + 1} or {output_stride * (k + 1) + 1}) so that "
+                f"every stride-2 layer maps n to (n - 1) / 2 + 1"
+            )
 
 
 def _visit_history(obj, fn):
-  """Calls `fn(history)` on every inbound tensor reference of a layer config.
+    """Calls `fn(history)` on every inbound tensor reference of a layer config.
 
-  Keras 3 configs hold `{"class_name": "__keras_tensor__", "config":
-  {"keras_history": [layer, node, tensor]}}`; tf_keras configs hold
-  `[layer, node, tensor, kwargs]` lists. `history[0]` may be reassigned.
-  """
-  if isinstance(obj, dict):
-    if obj.get("class_name") == "__keras_tensor__":
-      fn(obj["config"]["keras_history"])
-      return
-    for value in obj.values():
-      _visit_history(value, fn)
-  elif isinstance(obj, list):
-    if (len(obj) >= 3 and isinstance(obj[0], str) and isinstance(obj[1], int)
-        and isinstance(obj[2], int)):
-      fn(obj)
-      return
-    for value in obj:
-      _visit_history(value, fn)
+    Keras 3 configs hold `{"class_name": "__keras_tensor__", "config":
+    {"keras_history": [layer, node, tensor]}}`; tf_keras configs hold
+    `[layer, node, tensor, kwargs]` lists. `history[0]` may be reassigned.
+    """
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            fn(obj["config"]["keras_history"])
+            return
+        for value in obj.values():
+            _visit_history(value, fn)
+    elif isinstance(obj, list):
+        if (
+            len(obj) >= 3
+            and isinstance(obj[0], str)
+            and isinstance(obj[1], int)
+            and isinstance(obj[2], int)
+        ):
+            fn(obj)
+            return
+        for value in obj:
+            _visit_history(value, fn)
 
 
 def inbound_layers(layer_config):
-  """Names of the layers whose outputs a layer config consumes."""
-  names = []
-  _visit_history(layer_config.get("inbound_nodes", []),
-                 lambda h: names.append(h[0]))
-  return names
+    """Names of the layers whose outputs a layer config consumes."""
+    names = []
+    _visit_history(layer_config.get("inbound_nodes", []), lambda h: names.append(h[0]))
+    return names
 
 
 def _pair(value):
-  return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 def dilate_config(config, output_stride, same_padding=()):
-  """Rewrites a functional config (in place) to the given output stride.
+    """Rewrites a functional config (in place) to the given output stride.
 
-  Args:
-    config: the `config` of a functional model's JSON, in Keras 3 or tf_keras
-      form, layers in topological order.
-    output_stride: int, the requested output stride.
-    same_padding: names of layers whose padding is set to SAME.
+    Args:
+      config: the `config` of a functional model's JSON, in Keras 3 or tf_keras
+        form, layers in topological order.
+      output_stride: int, the requested output stride.
+      same_padding: names of layers whose padding is set to SAME.
 
-  Returns:
-    dict, layer name -> (stride of its output in the original model, atrous
-    rate of its output in the rewritten one).
+    Returns:
+      dict, layer name -> (stride of its output in the original model, atrous
+      rate of its output in the rewritten one).
 
-  Raises:
-    ValueError: if a converted conv has VALID padding that no ZeroPadding2D
-      can be removed for, or strides are not square.
-  """
-  layers = {layer["name"]: layer for layer in config["layers"]}
-  geometry = {}
-  for layer in config["layers"]:
-    cfg = layer["config"]
-    inbound = inbound_layers(layer)
-    s_in = max((geometry[n][0] for n in inbound), default=1)
-    rate = s_in // min(s_in, output_stride)
-    if layer["name"] in same_padding:
-      cfg["padding"] = "same"
-    stride = 1
-    if layer["class_name"] in _STRIDED:
-      strides = cfg.get("strides") or cfg.get("pool_size")
-      if len(set(_pair(strides))) != 1:
-        raise ValueError(f"layer {layer['name']}: non-square strides "
-                         f"{strides} are not supported")
-      stride = _pair(strides)[0]
-    converted = stride > 1 and s_in >= output_stride
-    if converted:
-      cfg["strides"] = [1, 1]
-    kernel = _pair(cfg.get("kernel_size") or cfg.get("pool_size") or 1)
-    if layer["class_name"] in _CONVS and max(kernel) > 1 and rate > 1:
-      cfg["dilation_rate"] = [rate, rate]
-    if (converted or rate > 1) and max(kernel) > 1 and cfg.get(
-        "padding") == "valid":
-      pads = [n for n in inbound if layers[n]["class_name"] == "ZeroPadding2D"]
-      if not pads:
-        raise ValueError(
-            f"layer {layer['name']}: cannot dilate a VALID {kernel} "
-            f"{layer['class_name']} with no ZeroPadding2D before it")
-      layers[pads[0]]["config"]["padding"] = [[0, 0], [0, 0]]
-      cfg["padding"] = "same"
-    geometry[layer["name"]] = (s_in * stride, rate * (stride if converted
-                                                      else 1))
-  return geometry
+    Raises:
+      ValueError: if a converted conv has VALID padding that no ZeroPadding2D
+        can be removed for, or strides are not square.
+    """
+    layers = {layer["name"]: layer for layer in config["layers"]}
+    geometry = {}
+    for layer in config["layers"]:
+        cfg = layer["config"]
+        inbound = inbound_layers(layer)
+        s_in = max((geometry[n][0] for n in inbound), default=1)
+        rate = s_in // min(s_in, output_stride)
+        if layer["name"] in same_padding:
+            cfg["padding"] = "same"
+        stride = 1
+        if layer["class_name"] in _STRIDED:
+            strides = cfg.get("strides") or cfg.get("pool_size")
+            if len(set(_pair(strides))) != 1:
+                raise ValueError(
+                    f"layer {layer['name']}: non-square strides "
+                    f"{strides} are not supported"
+                )
+            stride = _pair(strides)[0]
+        converted = stride > 1 and s_in >= output_stride
+        if converted:
+            cfg["strides"] = [1, 1]
+        kernel = _pair(cfg.get("kernel_size") or cfg.get("pool_size") or 1)
+        if layer["class_name"] in _CONVS and max(kernel) > 1 and rate > 1:
+            cfg["dilation_rate"] = [rate, rate]
+        if (
+            (converted or rate > 1)
+            and max(kernel) > 1
+            and cfg.get("padding") == "valid"
+        ):
+            pads = [n for n in inbound if layers[n]["class_name"] == "ZeroPadding2D"]
+            if not pads:
+                raise ValueError(
+                    f"layer {layer['name']}: cannot dilate a VALID {kernel} "
+                    f"{layer['class_name']} with no ZeroPadding2D before it"
+                )
+            layers[pads[0]]["config"]["padding"] = [[0, 0], [0, 0]]
+            cfg["padding"] = "same"
+        geometry[layer["name"]] = (s_in * stride, rate * (stride if converted else 1))
+    return geometry
 
 
 def _insert_preprocessing(config, mode):
-  """Adds an `ImagePreprocessing` layer right after the input layer."""
-  input_name = config["layers"][0]["name"]
-  consumer = next(l for l in config["layers"]
-                  if input_name in inbound_layers(l))
-  entry = tf.keras.layers.serialize(
-      image_preprocessing.ImagePreprocessing(mode, name="preprocessing"))
-  entry["name"] = "preprocessing"
-  entry["inbound_nodes"] = copy.deepcopy(consumer["inbound_nodes"])
+    """Adds an `ImagePreprocessing` layer right after the input layer."""
+    input_name = config["layers"][0]["name"]
+    consumer = next(l for l in config["layers"] if input_name in inbound_layers(l))
+    entry = tf.keras.layers.serialize(
+        image_preprocessing.ImagePreprocessing(mode, name="preprocessing")
+    )
+    entry["name"] = "preprocessing"
+    entry["inbound_nodes"] = copy.deepcopy(consumer["inbound_nodes"])
 
-  def rename(history):
-    if history[0] == input_name:
-      history[0] = "preprocessing"
+    def rename(history):
+        if history[0] == input_name:
+            history[0] = "preprocessing"
 
-  for layer in config["layers"][1:]:
-    _visit_history(layer.get("inbound_nodes", []), rename)
-  config["layers"].insert(1, entry)
+    for layer in config["layers"][1:]:
+        _visit_history(layer.get("inbound_nodes", []), rename)
+    config["layers"].insert(1, entry)
 
 
-def _load_application(spec, model_variant, crop_size, weights,
-                      depth_multiplier):
-  """Builds the Keras application, loading `weights` the Keras way.
+def _load_application(spec, model_variant, crop_size, weights, depth_multiplier):
+    """Builds the Keras application, loading `weights` the Keras way.
 
-  The application is built at the crop size: Keras pads its stride-2 VALID
-  convs by the parity of the static input size (`correct_pad`), which is
-  symmetric only when that size is known and odd.
-  """
-  kwargs = dict(include_top=False, input_shape=(*crop_size, 3))
-  if spec.has_depth_multiplier:
-    kwargs["alpha"] = depth_multiplier
-  elif depth_multiplier != 1.0:
-    raise ValueError(f"--depth_multiplier={depth_multiplier} is only for "
-                     f"mobilenet_v2, not {model_variant}")
-  constructor = getattr(tf.keras.applications, spec.constructor)
-  if weights in (None, "", "none"):
-    return constructor(weights=None, **kwargs)
-  if weights == "imagenet":
+    The application is built at the crop size: Keras pads its stride-2 VALID
+    convs by the parity of the static input size (`correct_pad`), which is
+    symmetric only when that size is known and odd.
+    """
+    kwargs = dict(
+        include_top=False, input_shape=(*crop_size, 3), **dict(spec.application_kwargs)
+    )
+    if spec.has_depth_multiplier:
+        kwargs["alpha"] = depth_multiplier
+    elif depth_multiplier != 1.0:
+        raise ValueError(
+            f"--depth_multiplier={depth_multiplier} is only for "
+            f"mobilenet_v2, not {model_variant}"
+        )
+    constructor = getattr(tf.keras.applications, spec.constructor)
+    if weights in (None, "", "none"):
+        return constructor(weights=None, **kwargs)
+    if weights == "imagenet":
+        try:
+            return constructor(weights="imagenet", **kwargs)
+        except Exception as e:  # Keras raises plain Exception on fetch failure.
+            raise RuntimeError(
+                f"could not download the ImageNet weights of {model_variant} "
+                f"(tf.keras.applications.{spec.constructor}, include_top=False): "
+                f"{e}. Without network access, download the no-top weights file "
+                f"elsewhere and pass its path, e.g. "
+                f"--backbone_weights=/path/to/{model_variant}_notop.h5"
+            ) from e
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"--backbone_weights: no such file {weights!r}")
     try:
-      return constructor(weights="imagenet", **kwargs)
-    except Exception as e:  # Keras raises plain Exception on fetch failure.
-      raise RuntimeError(
-          f"could not download the ImageNet weights of {model_variant} "
-          f"(tf.keras.applications.{spec.constructor}, include_top=False): "
-          f"{e}. Without network access, download the no-top weights file "
-          f"elsewhere and pass its path, e.g. "
-          f"--backbone_weights=/path/to/{model_variant}_notop.h5") from e
-  if not os.path.exists(weights):
-    raise FileNotFoundError(f"--backbone_weights: no such file {weights!r}")
-  try:
-    return constructor(weights=weights, **kwargs)
-  except (ValueError, OSError) as e:
-    raise ValueError(
-        f"--backbone_weights: {weights!r} does not hold no-top weights of "
-        f"{model_variant} (depth_multiplier {depth_multiplier}): {e}") from e
+        return constructor(weights=weights, **kwargs)
+    except (ValueError, OSError) as e:
+        raise ValueError(
+            f"--backbone_weights: {weights!r} does not hold no-top weights of "
+            f"{model_variant} (depth_multiplier {depth_multiplier}): {e}"
+        ) from e
 
 
-def build_backbone(model_variant, crop_size, output_stride=16,
-                   depth_multiplier=1.0, weights=None):
-  """Builds a backbone for a fixed crop at an output stride.
+def build_backbone(
+    model_variant, crop_size, output_stride=16, depth_multiplier=1.0, weights=None
+):
+    """Builds a backbone for a fixed crop at an output stride.
 
-  Args:
-    model_variant: str, a key of `BACKBONES`.
-    crop_size: (int, int), the crop, of the form OS*k + 1 per side.
-    output_stride: int, 8, 16 or 32.
-    depth_multiplier: float, MobileNet-v2's alpha.
-    weights: None or "none", "imagenet" (the Keras download), or the path of
-      a weights file for the no-top application.
+    Args:
+      model_variant: str, a key of `BACKBONES`.
+      crop_size: (int, int), the crop, of the form OS*k + 1 per side.
+      output_stride: int, 8, 16 or 32.
+      depth_multiplier: float, MobileNet-v2's alpha.
+      weights: None or "none", "imagenet" (the Keras download), or the path of
+        a weights file for the no-top application.
 
-  Returns:
-    A functional `tf.keras.Model` from `[batch, h, w, 3]` images in [0, 255]
-    to `{"features": [batch, fh, fw, c], "low_level": [batch, lh, lw, c_low]}`
-    (stride `output_stride` and 4). Its layers keep Keras' names.
+    Returns:
+      A functional `tf.keras.Model` from `[batch, h, w, 3]` images in [0, 255]
+      to `{"features": [batch, fh, fw, c], "low_level": [batch, lh, lw, c_low]}`
+      (stride `output_stride` and 4). Its layers keep Keras' names.
 
-  Raises:
-    ValueError: for an unknown variant, a bad crop or output stride, or a
-      weights file that does not fit.
-  """
-  if model_variant not in BACKBONES:
-    raise ValueError(f"unknown model_variant {model_variant!r}; choose one "
-                     f"of {sorted(BACKBONES)}")
-  check_crop(crop_size, output_stride)
-  spec = BACKBONES[model_variant]
-  original = _load_application(spec, model_variant, crop_size, weights,
-                               depth_multiplier)
-  config = json.loads(original.to_json())["config"]
-  for layer in config["layers"]:
-    layer.pop("build_config", None)
-  dilate_config(config, output_stride, spec.same_padding)
-  _insert_preprocessing(config, spec.preprocessing)
-  dilated = tf.keras.Model.from_config(config)
-  dilated.set_weights(original.get_weights())
-  outputs = {FEATURES: dilated.get_layer(spec.features).output,
-             LOW_LEVEL: dilated.get_layer(spec.low_level).output}
-  return tf.keras.Model(dilated.input, outputs, name=model_variant)
+    Raises:
+      ValueError: for an unknown variant, a bad crop or output stride, or a
+        weights file that does not fit.
+    """
+    if model_variant not in BACKBONES:
+        raise ValueError(
+            f"unknown model_variant {model_variant!r}; choose one "
+            f"of {sorted(BACKBONES)}"
+        )
+    check_crop(crop_size, output_stride)
+    spec = BACKBONES[model_variant]
+    original = _load_application(
+        spec, model_variant, crop_size, weights, depth_multiplier
+    )
+    config = json.loads(original.to_json())["config"]
+    for layer in config["layers"]:
+        layer.pop("build_config", None)
+    dilate_config(config, output_stride, spec.same_padding)
+    _insert_preprocessing(config, spec.preprocessing)
+    dilated = tf.keras.Model.from_config(config)
+    dilated.set_weights(original.get_weights())
+    outputs = {
+        FEATURES: dilated.get_layer(spec.features).output,
+        LOW_LEVEL: dilated.get_layer(spec.low_level).output,
+    }
+    return tf.keras.Model(dilated.input, outputs, name=model_variant)

@@ -44,15 +44,19 @@ def _json_show(value: Any) -> str:
         return repr(value)
 
 
-def _field_error(field: str, value: Any, reason: str,
-                 show: Callable[[Any], str] = repr) -> str:
+def _field_error(
+    field: str, value: Any, reason: str, show: Callable[[Any], str] = repr
+) -> str:
     return f'field "{field}" is {show(value)}; {reason}'
 
 
 def _check_pair(value: Any, allowed: tuple, noun: str):
     """Returns `(normalized_tuple, None)` or `(None, reason)`."""
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(_is_int(v) for v in value)):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(_is_int(v) for v in value)
+    ):
         return None, "it must be a list of two integers"
     if any(int(v) not in allowed for v in value):
         return None, f"each {noun} must be one of {', '.join(map(str, allowed))}"
@@ -62,8 +66,10 @@ def _check_pair(value: Any, allowed: tuple, noun: str):
 def _input_reason(index: int) -> str:
     if index == 0:
         return "it must be -1 (the backbone feature); branch 0 has no earlier branch"
-    return ("it must be -1 (the backbone feature) or an earlier branch index "
-            f"0..{index - 1}")
+    return (
+        "it must be -1 (the backbone feature) or an earlier branch index "
+        f"0..{index - 1}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +98,18 @@ class BranchSpec:
             raise ValueError("BranchSpec: " + _field_error(field, value, reason))
 
         if not _is_int(self.input) or self.input < -1:
-            fail("input", self.input, "it must be -1 (the backbone feature) "
-                 "or a branch index >= 0")
+            fail(
+                "input",
+                self.input,
+                "it must be -1 (the backbone feature) " "or a branch index >= 0",
+            )
         object.__setattr__(self, "input", int(self.input))
         if self.op not in _OPS:
             fail("op", self.op, f"it must be one of {', '.join(map(repr, _OPS))}")
-        for field, allowed, owner in (("rate", RATES, OP_SEP3X3),
-                                      ("grid", GRIDS, OP_POOL)):
+        for field, allowed, owner in (
+            ("rate", RATES, OP_SEP3X3),
+            ("grid", GRIDS, OP_POOL),
+        ):
             value = getattr(self, field)
             pair, reason = _check_pair(value, allowed, field)
             if reason:
@@ -108,11 +119,17 @@ class BranchSpec:
             object.__setattr__(self, field, pair)
 
 
-_ALL_OPS = ((BranchSpec(input=-1, op=OP_CONV1X1),)
-            + tuple(BranchSpec(input=-1, op=OP_SEP3X3, rate=(rh, rw))
-                    for rh in RATES for rw in RATES)
-            + tuple(BranchSpec(input=-1, op=OP_POOL, grid=(gh, gw))
-                    for gh in GRIDS for gw in GRIDS))
+_ALL_OPS = (
+    (BranchSpec(input=-1, op=OP_CONV1X1),)
+    + tuple(
+        BranchSpec(input=-1, op=OP_SEP3X3, rate=(rh, rw))
+        for rh in RATES
+        for rw in RATES
+    )
+    + tuple(
+        BranchSpec(input=-1, op=OP_POOL, grid=(gh, gw)) for gh in GRIDS for gw in GRIDS
+    )
+)
 _OP_INDEX = {op: i for i, op in enumerate(_ALL_OPS)}
 
 
@@ -144,23 +161,29 @@ class CellSpec:
 
     def __post_init__(self):
         if not isinstance(self.branches, (list, tuple)):
-            raise ValueError("CellSpec: branches must be a list or tuple of "
-                             f"BranchSpec, got {type(self.branches).__name__}")
+            raise ValueError(
+                "CellSpec: branches must be a list or tuple of "
+                f"BranchSpec, got {type(self.branches).__name__}"
+            )
         names = {f.name for f in dataclasses.fields(BranchSpec)}
         converted = []
         for i, branch in enumerate(self.branches):
             if isinstance(branch, dict):
                 unknown = sorted(set(branch) - names, key=str)
                 if unknown:
-                    raise ValueError(f'branch {i}: field "{unknown[0]}" is unknown; '
-                                     f"known fields are {', '.join(sorted(names))}")
+                    raise ValueError(
+                        f'branch {i}: field "{unknown[0]}" is unknown; '
+                        f"known fields are {', '.join(sorted(names))}"
+                    )
                 try:
                     branch = BranchSpec(**branch)
                 except (TypeError, ValueError) as err:
                     raise ValueError(f"branch {i}: {err}") from err
             elif not isinstance(branch, BranchSpec):
-                raise ValueError(f"branch {i}: expected a BranchSpec or a dict, "
-                                 f"got {type(branch).__name__}")
+                raise ValueError(
+                    f"branch {i}: expected a BranchSpec or a dict, "
+                    f"got {type(branch).__name__}"
+                )
             converted.append(branch)
         object.__setattr__(self, "branches", tuple(converted))
         self.validate()
@@ -175,8 +198,10 @@ class CellSpec:
             raise ValueError("the cell is empty; it needs at least one branch")
         for i, branch in enumerate(self.branches):
             if not -1 <= branch.input <= i - 1:
-                raise ValueError(f"branch {i}: " + _field_error(
-                    "input", branch.input, _input_reason(i)))
+                raise ValueError(
+                    f"branch {i}: "
+                    + _field_error("input", branch.input, _input_reason(i))
+                )
 
     def __len__(self) -> int:
         return len(self.branches)
@@ -194,15 +219,17 @@ def _as_cell(cell) -> CellSpec:
 
 def _branch_from_json(i: int, obj: Any, source: str) -> BranchSpec:
     def fail(field, value, reason):
-        raise ValueError(f"{source}: branch {i}: "
-                         + _field_error(field, value, reason, _json_show))
+        raise ValueError(
+            f"{source}: branch {i}: " + _field_error(field, value, reason, _json_show)
+        )
 
     def bad_key(key, problem):
         raise ValueError(f'{source}: branch {i}: field "{key}" {problem}')
 
     if not isinstance(obj, dict):
-        raise ValueError(f"{source}: branch {i}: expected a JSON object, "
-                         f"got {_json_show(obj)}")
+        raise ValueError(
+            f"{source}: branch {i}: expected a JSON object, " f"got {_json_show(obj)}"
+        )
     known = set(_JSON_KEYS[_JSON_CONV]) | set(_JSON_KEYS[_JSON_POOL])
     for key in obj:
         if key not in known:
@@ -260,12 +287,15 @@ def cell_from_json(obj: Any, *, source: str = "cell") -> CellSpec:
         ValueError: naming the source, branch index and field of the problem.
     """
     if not isinstance(obj, list):
-        raise ValueError(f"{source}: the cell must be a JSON list of branch "
-                         f"objects, got {type(obj).__name__}")
+        raise ValueError(
+            f"{source}: the cell must be a JSON list of branch "
+            f"objects, got {type(obj).__name__}"
+        )
     if not obj:
         raise ValueError(f"{source}: the cell is empty; it needs at least one branch")
-    return CellSpec(branches=tuple(
-        _branch_from_json(i, b, source) for i, b in enumerate(obj)))
+    return CellSpec(
+        branches=tuple(_branch_from_json(i, b, source) for i, b in enumerate(obj))
+    )
 
 
 def cell_to_json(cell) -> list:
@@ -280,8 +310,14 @@ def cell_to_json(cell) -> list:
             out.append({"op": _JSON_POOL, "grid_size": list(b.grid), "input": b.input})
         else:
             kernel = 1 if b.op == OP_CONV1X1 else 3
-            out.append({"kernel": kernel, "rate": list(b.rate), "op": _JSON_CONV,
-                        "input": b.input})
+            out.append(
+                {
+                    "kernel": kernel,
+                    "rate": list(b.rate),
+                    "op": _JSON_CONV,
+                    "input": b.input,
+                }
+            )
     return out
 
 
@@ -325,10 +361,13 @@ def dump_cell(cell, path, *, overwrite: bool = False) -> None:
     path = os.fspath(path)
     text = cell_to_json_string(cell) + "\n"
     if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        raise FileExistsError(
+            f"{path} already exists; pass overwrite=True to replace it"
+        )
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -342,7 +381,8 @@ def dump_cell(cell, path, *, overwrite: bool = False) -> None:
                 os.link(tmp, path)  # Atomic and never overwrites.
             except FileExistsError as err:
                 raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True to replace it") from err
+                    f"{path} already exists; pass overwrite=True to replace it"
+                ) from err
             except OSError:  # No hard links here: fall back to replace.
                 os.replace(tmp, path)
     finally:
@@ -369,7 +409,7 @@ def space_size(num_branches: int) -> int:
     """
     if not _is_int(num_branches) or num_branches < 1:
         raise ValueError(f"num_branches is {num_branches!r}; it must be an int >= 1")
-    return math.factorial(num_branches) * NUM_OPS ** num_branches
+    return math.factorial(num_branches) * NUM_OPS**num_branches
 
 
 def sample_cell(rng: random.Random, num_branches: int = 5) -> CellSpec:
@@ -383,9 +423,12 @@ def sample_cell(rng: random.Random, num_branches: int = 5) -> CellSpec:
         ValueError: if `num_branches` is not an int >= 1.
     """
     space_size(num_branches)  # Validates.
-    return CellSpec(branches=tuple(
-        dataclasses.replace(rng.choice(_ALL_OPS), input=rng.randrange(i + 1) - 1)
-        for i in range(num_branches)))
+    return CellSpec(
+        branches=tuple(
+            dataclasses.replace(rng.choice(_ALL_OPS), input=rng.randrange(i + 1) - 1)
+            for i in range(num_branches)
+        )
+    )
 
 
 def neighbour(cell, rng: random.Random) -> CellSpec:
@@ -444,4 +487,5 @@ def describe(cell) -> str:
     """Returns one line per branch, e.g. `b1 = sep3x3@18x15(b0)`."""
     return "\n".join(
         f"b{i} = {_op_token(b)}({'F' if b.input < 0 else f'b{b.input}'})"
-        for i, b in enumerate(_as_cell(cell)))
+        for i, b in enumerate(_as_cell(cell))
+    )
