@@ -22,6 +22,10 @@ setuptools.setup(
         "tensorflow-datasets>=4.9,<5",
         "absl-py>=1.4,<3",
         "numpy>=1.26,<3",
+        "pillow>=10,<14",
+        "tqdm>=4.60,<5",
+        # The official Cityscapes label table and evaluator.
+        "cityscapesscripts>=2.2,<3",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],

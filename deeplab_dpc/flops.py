@@ -14,7 +14,7 @@ import json
 from absl import app
 from absl import flags
 
-from deeplab_dpc import model_flags
+from deeplab_dpc import common_flags
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 
@@ -30,8 +30,8 @@ _PROFILE = flags.DEFINE_boolean(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
-    options = model_flags.model_options_from_flags(
-        model_flags.parse_size(_CROP_SIZE.value, "crop_size")
+    options = common_flags.model_options_from_flags(
+        common_flags.parse_size(_CROP_SIZE.value, "crop_size")
     )
     model = deeplab.build_deeplab(options)
     modules = accounting.count(model)

@@ -128,6 +128,9 @@ class ASPP(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
+        pyramid_pooling.check_feature_size(
+            self.name, input_shape, self.crop_size, self.output_stride
+        )
         for layer in self.branch_layers:
             layer.build(input_shape)
         self.concat_projection.build(

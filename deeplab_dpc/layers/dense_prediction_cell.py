@@ -159,6 +159,9 @@ class DensePredictionCell(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
+        pyramid_pooling.check_feature_size(
+            self.name, input_shape, self.crop_size, self.output_stride
+        )
         branch_shape = input_shape[:-1].concatenate([self.filters])
         for spec, layer in zip(self.cell, self.branch_layers):
             layer.build(input_shape if spec.input < 0 else branch_shape)

@@ -16,6 +16,25 @@ def feature_size(crop_size, output_stride):
     return tuple(scale_dimension(d, 1.0 / output_stride) for d in crop_size)
 
 
+def check_feature_size(layer_name, input_shape, crop_size, output_stride):
+    """Raises unless a head's input has the feature size of its crop.
+
+    Heads are built for one crop (DeepLab fixes the pooling geometry by it);
+    images of other sizes are padded or resized to the crop before the model.
+
+    Raises:
+      ValueError: naming the layer, the crop and the sizes.
+    """
+    expected = feature_size(crop_size, output_stride)
+    spatial = tuple(tf.TensorShape(input_shape)[1:3])
+    if None not in spatial and spatial != expected:
+        raise ValueError(
+            f"{layer_name}: built for crop {tuple(crop_size)} at output stride "
+            f"{output_stride}, i.e. {expected} features, but got {spatial} "
+            f"features; pad or resize the image to the crop first"
+        )
+
+
 def pooling_geometry(crop_size, output_stride, grid, pooling_crop_size=None):
     """DeepLab's pyramid pooling arguments.
 
@@ -119,13 +138,9 @@ class PyramidPooling(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        spatial = tuple(input_shape[1:3])
-        if spatial != self.target_size:
-            raise ValueError(
-                f"{self.name}: built for crop {self.crop_size} at output stride "
-                f"{self.output_stride}, i.e. {self.target_size} features, but got "
-                f"{spatial} features; pad or resize the image to the crop first"
-            )
+        check_feature_size(
+            self.name, input_shape, self.crop_size, self.output_stride
+        )
         pooled = [
             input_shape[0],
             *(t - k + 1 for t, k in zip(self.target_size, self.kernel_size)),

@@ -16,6 +16,7 @@ import os
 
 import tensorflow as tf
 
+from deeplab_dpc.layers import atrous_pooling
 from deeplab_dpc.layers import image_preprocessing
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -30,6 +31,7 @@ _STRIDED = (
     "AveragePooling2D",
 )
 _CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+_POOLS = {"MaxPooling2D": "MAX", "AveragePooling2D": "AVG"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -176,13 +178,16 @@ def dilate_config(config, output_stride, same_padding=()):
       dict, layer name -> (stride of its output in the original model, atrous
       rate of its output in the rewritten one).
 
+    Pooling layers that must read the map at a rate > 1 are replaced by
+    `AtrousPooling2D` (Keras' pooling layers cannot dilate).
+
     Raises:
       ValueError: if a converted conv has VALID padding that no ZeroPadding2D
         can be removed for, or strides are not square.
     """
     layers = {layer["name"]: layer for layer in config["layers"]}
     geometry = {}
-    for layer in config["layers"]:
+    for index, layer in enumerate(config["layers"]):
         cfg = layer["config"]
         inbound = inbound_layers(layer)
         s_in = max((geometry[n][0] for n in inbound), default=1)
@@ -217,8 +222,22 @@ def dilate_config(config, output_stride, same_padding=()):
                 )
             layers[pads[0]]["config"]["padding"] = [[0, 0], [0, 0]]
             cfg["padding"] = "same"
+        if layer["class_name"] in _POOLS and max(kernel) > 1 and rate > 1:
+            config["layers"][index] = _atrous_pooling(layer, kernel, rate)
         geometry[layer["name"]] = (s_in * stride, rate * (stride if converted else 1))
     return geometry
+
+
+def _atrous_pooling(layer, kernel, rate):
+    """The config entry of an `AtrousPooling2D` replacing a pooling layer."""
+    entry = tf.keras.layers.serialize(
+        atrous_pooling.AtrousPooling2D(
+            _POOLS[layer["class_name"]], kernel, (rate, rate), name=layer["name"]
+        )
+    )
+    entry["name"] = layer["name"]
+    entry["inbound_nodes"] = layer["inbound_nodes"]
+    return entry
 
 
 def _insert_preprocessing(config, mode):

@@ -1,4 +1,4 @@
-"""Model flags shared by every program, as DeepLab's `common.py`.
+"""Model and data set flags shared by every program, as DeepLab's `common.py`.
 
 One flagfile (`--flagfile=configs/....flags`) then serves every program.
 Library code never reads `FLAGS`: programs call `model_options_from_flags`.
@@ -6,6 +6,7 @@ Library code never reads `FLAGS`: programs call `model_options_from_flags`.
 
 from absl import flags
 
+from deeplab_dpc.data import registry
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
@@ -54,7 +55,23 @@ IMAGE_POOLING_CROP_SIZE = flags.DEFINE_string(
 DECODER_OUTPUT_STRIDE = flags.DEFINE_integer(
     "decoder_output_stride", None, "4 adds DeepLab v3+'s decoder; unset means none."
 )
-NUM_CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes.")
+DATASET = flags.DEFINE_string(
+    "dataset",
+    "pascal_voc_seg",
+    "Data set name from the registry (cityscapes, pascal_voc_seg, ade20k, "
+    "synthetic, ...), or custom with --num_classes and --ignore_label.",
+)
+DATASET_DIR = flags.DEFINE_string(
+    "dataset_dir", None, "Folder of the data set's TFRecord shards."
+)
+NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", None, "Number of classes; default: the data set's."
+)
+IGNORE_LABEL = flags.DEFINE_integer(
+    "ignore_label",
+    None,
+    "Label excluded from loss and metrics; default: the " "data set's.",
+)
 BACKBONE_WEIGHTS = flags.DEFINE_string(
     "backbone_weights",
     "none",
@@ -113,6 +130,33 @@ def load_cell_from_flags():
     return None
 
 
+def dataset_info_from_flags():
+    """The `registry.DatasetInfo` named by --dataset (and its overrides).
+
+    `--num_classes` or `--ignore_label` without `--dataset` declare a custom
+    data set (the defaults of the default data set fill in the other one);
+    with `--dataset` they must agree with the registry.
+
+    Raises:
+      flags.ValidationError: for an unknown data set or disagreeing values.
+    """
+    num_classes, ignore_label = NUM_CLASSES.value, IGNORE_LABEL.value
+    if not flags.FLAGS["dataset"].present and (
+        num_classes is not None or ignore_label is not None
+    ):
+        # `--num_classes` alone (DeepLab's habit) describes a custom label set.
+        default = registry.get(DATASET.value)
+        return registry.get(
+            "custom",
+            default.num_classes if num_classes is None else num_classes,
+            default.ignore_label if ignore_label is None else ignore_label,
+        )
+    try:
+        return registry.get(DATASET.value, num_classes, ignore_label)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+
+
 def model_options_from_flags(crop_size, **overrides):
     """`deeplab.ModelOptions` from the model flags and a crop size.
 
@@ -131,7 +175,7 @@ def model_options_from_flags(crop_size, **overrides):
     weights = BACKBONE_WEIGHTS.value
     values = dict(
         model_variant=MODEL_VARIANT.value,
-        num_classes=NUM_CLASSES.value,
+        num_classes=dataset_info_from_flags().num_classes,
         crop_size=crop_size,
         output_stride=int(OUTPUT_STRIDE.value),
         dense_prediction_cell=load_cell_from_flags(),

@@ -1,0 +1,1 @@
+"""Data: DeepLab's TFRecord format, data set registry, input pipeline."""

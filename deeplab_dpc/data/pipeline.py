@@ -1,0 +1,237 @@
+"""The tf.data input pipeline: DeepLab TFRecords to batched dicts.
+
+`make_dataset` reads the shards of a split (`<split>-*` in `dataset_dir`),
+decodes them with `tfexample.decode_example` and preprocesses them with
+`augment`:
+
+* training: files sharded (see below) and shuffled, read by a parallel
+  interleave, a shuffle buffer, `repeat()`, DeepLab's augmentation in a
+  parallel map, batches of fixed size (`drop_remainder=True`), prefetch.
+  Records without labels fail with a clear error.
+* evaluation / visualisation: files in sorted (shard) order, read one after
+  the other, no shuffle, no repeat, every example exactly once (the last
+  batch may be smaller); images padded to the crop.
+
+Batches are dicts keyed by the constants below: `IMAGE` float32
+`[batch, crop_h, crop_w, 3]` in [0, 255] (the model normalises) and `LABEL`
+int32 `[batch, crop_h, crop_w, 1]`, plus, in evaluation, `FILENAME`,
+`ORIGINAL_HEIGHT` and `ORIGINAL_WIDTH` to cut predictions back to each image.
+
+Distribution: with a `tf.distribute.InputContext`, `batch_size` is the global
+batch and each pipeline batches `input_context.get_per_replica_batch_size`.
+When a split has at least as many files as input pipelines, each pipeline
+reads its own files (`shard` on the file list); otherwise every pipeline
+reads all files in one fixed order (no file shuffle; the shuffle buffer
+comes after the shard) and keeps every n-th record. Either way the pipelines
+together see every example once per epoch. `distributed_dataset`
+wraps this in `strategy.distribute_datasets_from_function`.
+
+Determinism: with a `seed`, two training pipelines built alike yield the same
+batches (seeded file and element shuffles, deterministic interleave and map,
+and a stateless augmentation seed per element from
+`tf.data.Dataset.random(seed)`); as for any seeded TensorFlow op, the result
+also depends on the global seed (`tf.random.set_seed`). Without a seed,
+training is free to trade order for speed. Evaluation is always
+deterministic.
+"""
+
+import tensorflow as tf
+
+from deeplab_dpc.data import augment
+from deeplab_dpc.data import tfexample
+
+# Keys of the batches, defined in tfexample (decoded records) and augment
+# (the original size) and collected here.
+IMAGE = tfexample.IMAGE
+LABEL = tfexample.LABEL
+FILENAME = tfexample.FILENAME
+ORIGINAL_HEIGHT = augment.ORIGINAL_HEIGHT
+ORIGINAL_WIDTH = augment.ORIGINAL_WIDTH
+
+TRAIN_KEYS = (IMAGE, LABEL)
+EVAL_KEYS = (IMAGE, LABEL, FILENAME, ORIGINAL_HEIGHT, ORIGINAL_WIDTH)
+
+# DeepLab's train.py reads with 4 readers; data_generator shuffles with 100.
+DEFAULT_NUM_READERS = 4
+DEFAULT_SHUFFLE_BUFFER_SIZE = 100
+
+
+def make_dataset(
+    dataset_dir,
+    split,
+    *,
+    crop_size,
+    batch_size,
+    is_training,
+    ignore_label,
+    min_scale_factor=0.5,
+    max_scale_factor=2.0,
+    scale_factor_step_size=0.25,
+    mean_pixel=augment.MEAN_PIXEL,
+    seed=None,
+    input_context=None,
+    drop_remainder=None,
+    num_readers=DEFAULT_NUM_READERS,
+    shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER_SIZE,
+):
+    """A batched `tf.data.Dataset` of one split.
+
+    Args:
+      dataset_dir: str, the folder of the TFRecord shards (`--dataset_dir`).
+      split: str, the split name; its shards are `<split>-*`.
+      crop_size: (height, width) ints: the random crop when training
+        (`--train_crop_size`), the padded size otherwise (`--eval_crop_size`,
+        which must be at least every image's size).
+      batch_size: int, the batch; the global batch when `input_context` is
+        given (each pipeline then batches its per-replica share).
+      is_training: bool, training (augmented, shuffled, repeated) or
+        evaluation/visualisation (padded, in order, once).
+      ignore_label: int, fills the label's padding (255 for Cityscapes and
+        PASCAL, 0 for ADE20K).
+      min_scale_factor, max_scale_factor, scale_factor_step_size: the random
+        scale when training (`augment.scale_factors`); unused otherwise.
+      mean_pixel: 3 floats, fills the image's padding.
+      seed: int or None; with a seed, training is reproducible.
+      input_context: `tf.distribute.InputContext` or None.
+      drop_remainder: bool or None; None means True when training (fixed
+        batch shape) and False otherwise (every example once).
+      num_readers: int, files read in parallel when training.
+      shuffle_buffer_size: int, the element shuffle buffer when training.
+
+    Returns:
+      A `tf.data.Dataset` of dicts: `TRAIN_KEYS` when training, `EVAL_KEYS`
+      otherwise (see the module docstring for dtypes and shapes). An
+      unlabeled record (test split) gets a label filled with `ignore_label`
+      in evaluation.
+
+    Raises:
+      FileNotFoundError: when no shard matches `<split>-*`.
+      ValueError: on bad arguments, or a global batch that the replicas
+        cannot share evenly.
+      tf.errors.InvalidArgumentError: while iterating, when a training record
+        has no label or an evaluation image is larger than `crop_size`.
+    """
+    augment.check_crop_size(crop_size)
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(num_readers, "num_readers")
+    _check_positive_int(shuffle_buffer_size, "shuffle_buffer_size")
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
+        raise ValueError(f"ignore_label must be an int, got {ignore_label!r}")
+    if is_training:
+        augment.scale_factors(
+            min_scale_factor, max_scale_factor, scale_factor_step_size
+        )
+    files = tfexample.split_files(dataset_dir, split)
+
+    num_pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    shard_by_file = num_pipelines > 1 and len(files) >= num_pipelines
+    shard_by_element = num_pipelines > 1 and not shard_by_file
+    deterministic = seed is not None or not is_training
+    if drop_remainder is None:
+        drop_remainder = bool(is_training)
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shard_by_file:
+        ds = ds.shard(num_pipelines, pipeline_id)
+    if is_training:
+        # Sharding by element keeps every n-th record of one fixed order, so
+        # every pipeline must read the files in the same order.
+        if not shard_by_element:
+            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(num_readers, len(files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic or shard_by_element,
+        )
+    else:
+        ds = ds.flat_map(tf.data.TFRecordDataset)
+    if shard_by_element:
+        ds = ds.shard(num_pipelines, pipeline_id)
+
+    if is_training:
+        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+        # One stateless augmentation seed per element; the pipeline id makes
+        # replicas draw different augmentations.
+        seeds = tf.data.Dataset.random(seed=seed).map(
+            lambda r: tf.stack([r, tf.constant(pipeline_id, tf.int64)])
+        )
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def preprocess(serialized, element_seed):
+            element = augment.preprocess_for_train(
+                tfexample.decode_example(serialized),
+                element_seed,
+                crop_size=crop_size,
+                ignore_label=ignore_label,
+                min_scale_factor=min_scale_factor,
+                max_scale_factor=max_scale_factor,
+                scale_factor_step_size=scale_factor_step_size,
+                mean_pixel=mean_pixel,
+            )
+            return {key: element[key] for key in TRAIN_KEYS}
+
+    else:
+
+        def preprocess(serialized):
+            element = augment.preprocess_for_eval(
+                tfexample.decode_example(serialized),
+                crop_size=crop_size,
+                ignore_label=ignore_label,
+                mean_pixel=mean_pixel,
+            )
+            return {key: element[key] for key in EVAL_KEYS}
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options)
+
+
+def distributed_dataset(strategy, dataset_dir, split, *, global_batch_size, **kwargs):
+    """`make_dataset` for every input pipeline of a `tf.distribute` strategy.
+
+    Args:
+      strategy: a `tf.distribute.Strategy`.
+      dataset_dir, split: as `make_dataset`.
+      global_batch_size: int, the batch summed over replicas; each replica
+        gets `global_batch_size / strategy.num_replicas_in_sync`.
+      **kwargs: every other keyword argument of `make_dataset` (not
+        `batch_size` nor `input_context`).
+
+    Returns:
+      A `tf.distribute.DistributedDataset` of per-replica batch dicts.
+
+    Raises:
+      TypeError: when `kwargs` holds `batch_size` or `input_context`.
+      ValueError, FileNotFoundError: as `make_dataset`.
+    """
+    for key in ("batch_size", "input_context"):
+        if key in kwargs:
+            raise TypeError(
+                f"distributed_dataset sets {key} itself; pass global_batch_size"
+            )
+
+    def dataset_fn(input_context):
+        return make_dataset(
+            dataset_dir,
+            split,
+            batch_size=global_batch_size,
+            input_context=input_context,
+            **kwargs,
+        )
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _check_positive_int(value, name):
+    """Raises ValueError naming `name` unless `value` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

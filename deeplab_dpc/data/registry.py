@@ -1,0 +1,196 @@
+"""Data sets by name, as DeepLab's `data_generator.py` registers them.
+
+Programs take `--dataset=cityscapes` (or `pascal_voc_seg`, `ade20k`,
+`synthetic`); a data set of one's own is `--dataset=custom` with
+`--num_classes` and `--ignore_label`.
+"""
+
+import dataclasses
+
+import numpy as np
+
+COLORMAPS = ("pascal", "cityscapes", "ade20k")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetInfo:
+    """What a program needs to know of a data set.
+
+    Attributes:
+      name: str, the registry key.
+      num_classes: int, logits channels (ADE20K: 151, class 0 = ignore).
+      ignore_label: int, the label value excluded from loss and metrics.
+      splits: tuple of (split, number of examples) pairs.
+      class_names: tuple of `num_classes` names, or () when unknown.
+      colormap: one of `COLORMAPS`, for visualisation.
+    """
+
+    name: str
+    num_classes: int
+    ignore_label: int
+    splits: tuple = ()
+    class_names: tuple = ()
+    colormap: str = "pascal"
+
+    def __post_init__(self):
+        if self.num_classes < 1:
+            raise ValueError(f"{self.name}: num_classes must be >= 1")
+        if self.colormap not in COLORMAPS:
+            raise ValueError(f"{self.name}: colormap must be one of {COLORMAPS}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{self.name}: {len(self.class_names)} class names for "
+                f"{self.num_classes} classes"
+            )
+
+    def split_size(self, split):
+        """Examples in a split; ValueError naming the known splits."""
+        sizes = dict(self.splits)
+        if split not in sizes:
+            raise ValueError(
+                f"data set {self.name!r} has no split {split!r}; known: "
+                f"{sorted(sizes)}"
+            )
+        return sizes[split]
+
+
+def _cityscapes_names():
+    from cityscapesscripts.helpers import labels  # pylint: disable=g-import-not-at-top
+
+    return tuple(labels.trainId2label[i].name for i in range(19))
+
+
+PASCAL_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+_REGISTRY = {
+    "cityscapes": lambda: DatasetInfo(
+        name="cityscapes",
+        num_classes=19,
+        ignore_label=255,
+        splits=(
+            ("train_fine", 2975),
+            ("val_fine", 500),
+            ("test_fine", 1525),
+            ("train_coarse", 22973),
+        ),
+        class_names=_cityscapes_names(),
+        colormap="cityscapes",
+    ),
+    "pascal_voc_seg": lambda: DatasetInfo(
+        name="pascal_voc_seg",
+        num_classes=21,
+        ignore_label=255,
+        splits=(
+            ("train", 1464),
+            ("train_aug", 10582),
+            ("trainval", 2913),
+            ("val", 1449),
+        ),
+        class_names=PASCAL_CLASSES,
+        colormap="pascal",
+    ),
+    "ade20k": lambda: DatasetInfo(
+        name="ade20k",
+        num_classes=151,
+        ignore_label=0,
+        splits=(("train", 20210), ("val", 2000)),
+        colormap="ade20k",
+    ),
+}
+
+
+def register(name, factory):
+    """Adds a data set: `factory()` returns its `DatasetInfo`."""
+    if name in _REGISTRY:
+        raise ValueError(f"data set {name!r} is registered already")
+    _REGISTRY[name] = factory
+
+
+def names():
+    """Registered data set names, plus "custom"."""
+    return sorted(_REGISTRY) + ["custom"]
+
+
+def get(name, num_classes=None, ignore_label=None):
+    """The `DatasetInfo` of a registered data set, or of a custom one.
+
+    Args:
+      name: a registered name, or "custom".
+      num_classes, ignore_label: required for "custom"; for a registered data
+        set, they must be unset or agree with the registry.
+
+    Raises:
+      ValueError: naming the flag that is missing or disagrees.
+    """
+    if name == "custom":
+        if num_classes is None or ignore_label is None:
+            raise ValueError("--dataset=custom needs --num_classes and --ignore_label")
+        return DatasetInfo(
+            name="custom", num_classes=num_classes, ignore_label=ignore_label
+        )
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown --dataset={name!r}; choose one of {names()}")
+    info = _REGISTRY[name]()
+    for flag, value, known in (
+        ("num_classes", num_classes, info.num_classes),
+        ("ignore_label", ignore_label, info.ignore_label),
+    ):
+        if value is not None and value != known:
+            raise ValueError(
+                f"--{flag}={value} disagrees with --dataset={name} ({known}); "
+                f"use --dataset=custom for a different label set"
+            )
+    return info
+
+
+def pascal_colormap(num_colors=256):
+    """DeepLab's PASCAL colormap: label bits spread over the RGB channels."""
+    colormap = np.zeros((num_colors, 3), dtype=np.int64)
+    indices = np.arange(num_colors, dtype=np.int64)
+    for shift in reversed(range(8)):
+        for channel in range(3):
+            colormap[:, channel] |= ((indices >> channel) & 1) << shift
+        indices >>= 3
+    return colormap.astype(np.uint8)
+
+
+def cityscapes_colormap():
+    """Colors of the 19 trainIds (256 rows; the rest black), from
+    `cityscapesscripts`' label table."""
+    from cityscapesscripts.helpers import labels  # pylint: disable=g-import-not-at-top
+
+    colormap = np.zeros((256, 3), dtype=np.uint8)
+    for train_id in range(19):
+        colormap[train_id] = labels.trainId2label[train_id].color
+    return colormap
+
+
+def colormap(name):
+    """A `[256, 3]` uint8 colormap by name (one of `COLORMAPS`)."""
+    if name == "cityscapes":
+        return cityscapes_colormap()
+    if name in ("pascal", "ade20k"):
+        return pascal_colormap()
+    raise ValueError(f"unknown colormap {name!r}; choose one of {COLORMAPS}")

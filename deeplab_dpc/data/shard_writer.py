@@ -1,0 +1,163 @@
+"""Writes a split as DeepLab TFRecord shards: parallel, atomic, deterministic.
+
+Example i of n goes to shard `i // ceil(n / num_shards)` (DeepLab's contiguous
+sharding), in order, whatever the number of worker processes. Shards are
+written under hidden temporary names and renamed only when every shard of the
+split is complete, so a killed or failed run never leaves a shard that looks
+whole; existing shards of the split are only replaced with `overwrite=True`.
+"""
+
+import concurrent.futures
+import dataclasses
+import math
+import multiprocessing
+import os
+
+import tqdm
+
+from deeplab_dpc.data import tfexample
+
+
+class BadExampleError(ValueError):
+    """An input example that cannot be converted; the message names its file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteResult:
+    """What `write_split` wrote: shard paths, examples written and skipped."""
+
+    shards: tuple
+    num_written: int
+    skipped: tuple  # error messages of the examples skipped
+
+
+def _existing_shards(output_dir, split):
+    try:
+        return tfexample.split_files(output_dir, split)
+    except FileNotFoundError:
+        return []
+
+
+def _temporary(path):
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+
+
+def _write_shard(make_example, indices, path, skip_bad_examples):
+    """Writes one shard's temporary file from `make_example(i)` records."""
+    # Imported here so that worker processes stay light until they write.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    written, skipped = 0, []
+    with tf.io.TFRecordWriter(_temporary(path)) as writer:
+        for i in indices:
+            try:
+                record = make_example(i)
+            except BadExampleError as e:
+                if not skip_bad_examples:
+                    raise
+                skipped.append(str(e))
+                continue
+            writer.write(record)
+            written += 1
+    return written, skipped
+
+
+def write_split(
+    make_example,
+    num_examples,
+    output_dir,
+    split,
+    num_shards=4,
+    overwrite=False,
+    num_workers=2,
+    skip_bad_examples=False,
+    description=None,
+):
+    """Writes `num_examples` records as `<split>-%05d-of-%05d.tfrecord` shards.
+
+    Args:
+      make_example: picklable callable, `i -> bytes` (a serialized
+        `tf.train.Example`); raises `BadExampleError` for a bad input.
+      num_examples: int, > 0.
+      output_dir: str, created if missing.
+      split: str, the split name.
+      num_shards: int, number of shards (fewer when there are fewer examples).
+      overwrite: bool, replace existing shards of the split.
+      num_workers: int, processes; 1 writes in this process.
+      skip_bad_examples: bool, count bad examples instead of failing.
+      description: str, progress bar label.
+
+    Returns:
+      A `WriteResult`.
+
+    Raises:
+      FileExistsError: shards of the split exist and `overwrite` is False.
+      BadExampleError: a bad example, unless `skip_bad_examples`.
+      ValueError: no examples, or bad counts.
+    """
+    if num_examples < 1:
+        raise ValueError(f"split {split!r}: no examples to write")
+    if num_shards < 1 or num_workers < 1:
+        raise ValueError("num_shards and num_workers must be >= 1")
+    os.makedirs(output_dir, exist_ok=True)
+    existing = _existing_shards(output_dir, split)
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds {len(existing)} shard(s) of split "
+            f"{split!r} (e.g. {os.path.basename(existing[0])}); pass --overwrite "
+            f"to replace them"
+        )
+    per_shard = math.ceil(num_examples / num_shards)
+    num_shards = math.ceil(num_examples / per_shard)
+    jobs = [
+        (
+            range(k * per_shard, min((k + 1) * per_shard, num_examples)),
+            os.path.join(output_dir, tfexample.shard_name(split, k, num_shards)),
+        )
+        for k in range(num_shards)
+    ]
+    results = [None] * num_shards
+    progress = tqdm.tqdm(
+        total=num_shards, desc=description or split, unit="shard", leave=False
+    )
+    try:
+        with progress:
+            _run_jobs(
+                make_example, jobs, results, num_workers, skip_bad_examples, progress
+            )
+        for _, path in jobs:
+            os.replace(_temporary(path), path)
+    finally:
+        for _, path in jobs:
+            if os.path.exists(_temporary(path)):
+                os.remove(_temporary(path))
+    paths = tuple(path for _, path in jobs)
+    for stale in set(existing) - set(paths):
+        os.remove(stale)
+    return WriteResult(
+        shards=paths,
+        num_written=sum(r[0] for r in results),
+        skipped=tuple(s for r in results for s in r[1]),
+    )
+
+
+def _run_jobs(make_example, jobs, results, num_workers, skip_bad_examples, progress):
+    """Writes every shard's temporary file, in this process or in workers."""
+    if num_workers == 1:
+        for k, (indices, path) in enumerate(jobs):
+            results[k] = _write_shard(make_example, indices, path, skip_bad_examples)
+            progress.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            num_workers, mp_context=context
+        ) as pool:
+            futures = {
+                pool.submit(
+                    _write_shard, make_example, indices, path, skip_bad_examples
+                ): k
+                for k, (indices, path) in enumerate(jobs)
+            }
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                progress.update()

@@ -1,0 +1,97 @@
+"""Model flags -> ModelOptions."""
+
+import random
+
+from absl import flags
+from absl.testing import flagsaver
+import pytest
+
+from deeplab_dpc import common_flags
+from deeplab_dpc.models import deeplab
+from deeplab_dpc.search import space
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(autouse=True)
+def _parsed_flags():
+    if not FLAGS.is_parsed():
+        FLAGS(["test"])
+    with flagsaver.flagsaver():
+        yield
+
+
+def test_defaults_give_aspp_without_rates():
+    options = common_flags.model_options_from_flags((513, 513))
+    assert options.head == deeplab.HEAD_ASPP
+    assert options.atrous_rates == ()
+    assert options.model_variant == "mobilenet_v2"
+    assert options.output_stride == 16
+    assert options.backbone_weights is None
+
+
+def test_dpc_from_json_and_published(tmp_path):
+    path = tmp_path / "cell.json"
+    cell = space.sample_cell(random.Random(3))
+    space.dump_cell(cell, path)
+    FLAGS.dense_prediction_cell_json = str(path)
+    assert (
+        common_flags.model_options_from_flags((513, 513)).dense_prediction_cell == cell
+    )
+    FLAGS.dense_prediction_cell_json = ""
+    FLAGS.head = "dpc"
+    assert (
+        common_flags.model_options_from_flags((513, 513)).dense_prediction_cell
+        == space.published_cell()
+    )
+
+
+def test_conflicts_and_bad_values_name_the_flag(tmp_path):
+    path = tmp_path / "cell.json"
+    space.dump_cell(space.published_cell(), path)
+    FLAGS.dense_prediction_cell_json = str(path)
+    FLAGS.head = "aspp"
+    with pytest.raises(flags.ValidationError, match="--head=aspp"):
+        common_flags.model_options_from_flags((513, 513))
+    with pytest.raises(flags.ValidationError, match="--atrous_rates"):
+        common_flags.parse_rates(["6", "x"])
+    with pytest.raises(flags.ValidationError, match="--crop_size"):
+        common_flags.parse_size("a,b", "crop_size")
+    assert common_flags.parse_size("513", "crop_size") == (513, 513)
+    assert common_flags.parse_size("1025,2049", "crop_size") == (1025, 2049)
+    assert common_flags.parse_rates(["6", "12", "18"]) == (6, 12, 18)
+
+
+def test_overrides_and_crop_check():
+    FLAGS.atrous_rates = ["12", "24", "36"]
+    FLAGS.output_stride = "8"
+    options = common_flags.model_options_from_flags((65, 65), num_classes=19)
+    assert options.atrous_rates == (12, 24, 36)
+    assert options.num_classes == 19
+    with pytest.raises(ValueError, match="output stride 8"):
+        common_flags.model_options_from_flags((64, 64))
+
+
+def test_dataset_flags_give_num_classes():
+    assert common_flags.model_options_from_flags((65, 65)).num_classes == 21
+    FLAGS["dataset"].parse("cityscapes")
+    info = common_flags.dataset_info_from_flags()
+    assert (info.num_classes, info.ignore_label) == (19, 255)
+    assert common_flags.model_options_from_flags((65, 65)).num_classes == 19
+    FLAGS["num_classes"].parse("7")
+    with pytest.raises(flags.ValidationError, match="--dataset=custom"):
+        common_flags.dataset_info_from_flags()
+    FLAGS["dataset"].parse("custom")
+    with pytest.raises(flags.ValidationError, match="--ignore_label"):
+        common_flags.dataset_info_from_flags()
+    FLAGS.ignore_label = 0
+    assert common_flags.model_options_from_flags((65, 65)).num_classes == 7
+    FLAGS["dataset"].parse("no_such_set")
+    with pytest.raises(flags.ValidationError, match="no_such_set"):
+        common_flags.dataset_info_from_flags()
+
+
+def test_num_classes_alone_declares_a_custom_set():
+    FLAGS["num_classes"].parse("5")
+    info = common_flags.dataset_info_from_flags()
+    assert (info.name, info.num_classes, info.ignore_label) == ("custom", 5, 255)
