@@ -9,6 +9,7 @@ whole; existing shards of the split are only replaced with `overwrite=True`.
 
 import concurrent.futures
 import dataclasses
+import glob
 import math
 import multiprocessing
 import os
@@ -42,14 +43,20 @@ def _temporary(path):
     return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
 
 
-def _write_shard(make_example, indices, path, skip_bad_examples):
-    """Writes one shard's temporary file from `make_example(i)` records."""
+def _write_shard(make_example, indices, path, skip_bad_examples, parent_pid=None):
+    """Writes one shard's temporary file from `make_example(i)` records.
+
+    A worker whose parent has died (a killed conversion) stops at the next
+    example instead of finishing an orphaned shard.
+    """
     # Imported here so that worker processes stay light until they write.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     written, skipped = 0, []
     with tf.io.TFRecordWriter(_temporary(path)) as writer:
         for i in indices:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                raise RuntimeError(f"parent process gone; abandoning {path}")
             try:
                 record = make_example(i)
             except BadExampleError as e:
@@ -101,6 +108,8 @@ def write_split(
         raise ValueError("num_shards and num_workers must be >= 1")
     os.makedirs(output_dir, exist_ok=True)
     existing = _existing_shards(output_dir, split)
+    for stale in glob.glob(os.path.join(glob.escape(output_dir), f".{split}-*.tmp")):
+        os.remove(stale)  # Left by a killed run.
     if existing and not overwrite:
         raise FileExistsError(
             f"{output_dir} already holds {len(existing)} shard(s) of split "
@@ -154,10 +163,19 @@ def _run_jobs(make_example, jobs, results, num_workers, skip_bad_examples, progr
         ) as pool:
             futures = {
                 pool.submit(
-                    _write_shard, make_example, indices, path, skip_bad_examples
+                    _write_shard,
+                    make_example,
+                    indices,
+                    path,
+                    skip_bad_examples,
+                    os.getpid(),
                 ): k
                 for k, (indices, path) in enumerate(jobs)
             }
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
-                progress.update()
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    results[futures[future]] = future.result()
+                    progress.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise

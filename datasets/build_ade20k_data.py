@@ -1,0 +1,40 @@
+r"""Converts ADE20K (the scene parsing challenge) to DeepLab TFRecords.
+
+  python datasets/build_ade20k_data.py --ade20k_root=ADEChallengeData2016 \
+      --output_dir=DIR [--splits=train,val] [--num_shards=4] \
+      [--num_workers=2] [--overwrite] [--skip_bad_examples]
+
+Reads `images/{training,validation}/*.jpg` and
+`annotations/{training,validation}/<name>.png`: 150 classes, label 0 is
+"other" and ignored, so the model has 151 logits and labels are in [0, 150].
+"""
+
+from absl import app
+from absl import flags
+
+from deeplab_dpc.data import converter_flags
+from deeplab_dpc.data import converters
+
+_ADE20K_ROOT = flags.DEFINE_string(
+    "ade20k_root", None, "ADEChallengeData2016: images/ and annotations/."
+)
+_SPLITS = flags.DEFINE_list("splits", ["train", "val"], "Splits: train, val.")
+_WRITE = converter_flags.define_write_flags(num_shards=4)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    with converter_flags.user_errors():
+        converters.convert_ade20k(
+            _ADE20K_ROOT.value,
+            _WRITE.output_dir.value,
+            _SPLITS.value,
+            _WRITE.options(),
+        )
+        converter_flags.write_flagfile(_WRITE.output_dir.value, "build_ade20k_data")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["ade20k_root", "output_dir"])
+    app.run(main)
