@@ -9,7 +9,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("deeplab_dpc", "datasets", "export", "tests")
+SOURCE_DIRS = ("deeplab_dpc", "datasets", "export", "bench", "tests")
 RULES = ("py_library", "py_binary", "py_test")
 
 

@@ -82,8 +82,9 @@ BACKBONES = {
     # the OS-32 ones subsampled (they are for the other backbones).
     "mobilenet_v3_large": BackboneSpec(
         constructor="MobileNetV3Large",
-        features="expanded_conv_14_add",
-        low_level="expanded_conv_2_add",
+        # Keras 3 and tf_keras name the residual adds differently.
+        features=("expanded_conv_14_add", "expanded_conv_14/Add"),
+        low_level=("expanded_conv_2_add", "expanded_conv_2/Add"),
         preprocessing="tf",
         has_depth_multiplier=True,
         application_kwargs=(("include_preprocessing", False),),
@@ -301,6 +302,17 @@ def _load_application(spec, model_variant, crop_size, weights, depth_multiplier)
         ) from e
 
 
+def _endpoint(model, names):
+    """The first layer of `names` (a name or a tuple of names) in the model."""
+    names = (names,) if isinstance(names, str) else names
+    for name in names:
+        try:
+            return model.get_layer(name)
+        except ValueError:
+            continue
+    raise ValueError(f"{model.name}: none of the endpoint layers {names} exists")
+
+
 def build_backbone(
     model_variant, crop_size, output_stride=16, depth_multiplier=1.0, weights=None
 ):
@@ -341,7 +353,7 @@ def build_backbone(
     dilated = tf.keras.Model.from_config(config)
     dilated.set_weights(original.get_weights())
     outputs = {
-        FEATURES: dilated.get_layer(spec.features).output,
-        LOW_LEVEL: dilated.get_layer(spec.low_level).output,
+        FEATURES: _endpoint(dilated, spec.features).output,
+        LOW_LEVEL: _endpoint(dilated, spec.low_level).output,
     }
     return tf.keras.Model(dilated.input, outputs, name=model_variant)
