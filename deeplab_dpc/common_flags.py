@@ -7,6 +7,7 @@ Library code never reads `FLAGS`: programs call `model_options_from_flags`.
 from absl import flags
 
 from deeplab_dpc.data import registry
+from deeplab_dpc.data import tfds_source
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
@@ -59,7 +60,8 @@ DATASET = flags.DEFINE_string(
     "dataset",
     "pascal_voc_seg",
     "Data set name from the registry (cityscapes, pascal_voc_seg, ade20k, "
-    "synthetic, ...), or custom with --num_classes and --ignore_label.",
+    "synthetic, ...), custom with --num_classes and --ignore_label, or a TFDS "
+    "source: tfds:cityscapes/semantic_segmentation, tfds:scene_parse150.",
 )
 DATASET_DIR = flags.DEFINE_string(
     "dataset_dir", None, "Folder of the data set's TFRecord shards."
@@ -141,6 +143,11 @@ def dataset_info_from_flags():
       flags.ValidationError: for an unknown data set or disagreeing values.
     """
     num_classes, ignore_label = NUM_CLASSES.value, IGNORE_LABEL.value
+    if tfds_source.is_tfds_name(DATASET.value):
+        try:
+            return tfds_source.dataset_info(DATASET.value)
+        except ValueError as e:
+            raise flags.ValidationError(f"--dataset: {e}") from e
     if not flags.FLAGS["dataset"].present and (
         num_classes is not None or ignore_label is not None
     ):

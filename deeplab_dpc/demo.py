@@ -1,14 +1,27 @@
-"""The built-in demo: the published DPC against ASPP, side by side.
+"""The built-in demo: the built-in data set, and the published DPC vs ASPP.
 
-  python -m deeplab_dpc.demo
+  python -m deeplab_dpc.demo [--demo_dir=demo_output]
 
-Builds MobileNet-v2 and Xception DeepLab models (random weights: nothing is
-downloaded) with the published Cityscapes DPC and with ASPP at rates
-6, 12, 18, and prints params and multiply-adds of the head, of its branches
-alone (the DPC paper's count) and of the whole model.
+1. Writes the built-in synthetic multi-scale data set as DeepLab TFRecords
+   under `<demo_dir>/synthetic` (kept and reused when already there) and
+   reads a training batch through the input pipeline (DeepLab's
+   augmentation), printing what came out.
+2. Builds MobileNet-v2 and Xception DeepLab models (random weights: nothing
+   is downloaded) with the published Cityscapes DPC and with ASPP at rates
+   6, 12, 18 at 1025x2049, output stride 16, and prints params and
+   multiply-adds of the head, of its branches alone (the DPC paper's count)
+   and of the whole model.
 """
 
+import os
+
 from absl import app
+from absl import flags
+import numpy as np
+
+from deeplab_dpc.data import pipeline
+from deeplab_dpc.data import synthetic
+from deeplab_dpc.data import tfexample
 
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
@@ -19,6 +32,11 @@ CROP_SIZE = (1025, 2049)
 OUTPUT_STRIDE = 16
 NUM_CLASSES = 19
 VARIANTS = ("mobilenet_v2", "xception")
+DEMO_CROP = (129, 129)
+
+_DEMO_DIR = flags.DEFINE_string(
+    "demo_dir", "demo_output", "Where the demo writes its data set."
+)
 
 _COLUMNS = [
     ("backbone", "backbone"),
@@ -65,9 +83,49 @@ def compare(variants, crop_size, output_stride, num_classes):
     return rows
 
 
+def prepare_data(data_dir):
+    """Writes the synthetic data set unless its shards are there; describes it."""
+    try:
+        tfexample.split_files(data_dir, "train")
+        written = "reused"
+    except FileNotFoundError:
+        synthetic.build(data_dir)
+        written = "wrote"
+    batch = next(
+        iter(
+            pipeline.make_dataset(
+                data_dir,
+                "train",
+                crop_size=DEMO_CROP,
+                batch_size=8,
+                is_training=True,
+                ignore_label=synthetic.IGNORE_LABEL,
+                seed=0,
+            )
+        )
+    )
+    labels = batch[pipeline.LABEL].numpy().ravel()
+    counts = np.bincount(
+        labels[labels != synthetic.IGNORE_LABEL], minlength=synthetic.NUM_CLASSES
+    )
+    share = ", ".join(
+        f"{name} {100 * c / labels.size:.1f}%"
+        for name, c in zip(synthetic.CLASS_NAMES, counts)
+    )
+    return (
+        f"{written} the synthetic data set in {data_dir} "
+        f"({len(tfexample.split_files(data_dir, 'train'))} train shards); a "
+        f"training batch: images {tuple(batch[pipeline.IMAGE].shape)}, labels "
+        f"{tuple(batch[pipeline.LABEL].shape)}, pixels per class: {share}, "
+        f"ignore {100 * np.mean(labels == synthetic.IGNORE_LABEL):.1f}%"
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    print(prepare_data(os.path.join(_DEMO_DIR.value, "synthetic")))
+    print()
     print(report(VARIANTS, CROP_SIZE, OUTPUT_STRIDE, NUM_CLASSES))
 
 

@@ -95,3 +95,12 @@ def test_num_classes_alone_declares_a_custom_set():
     FLAGS["num_classes"].parse("5")
     info = common_flags.dataset_info_from_flags()
     assert (info.name, info.num_classes, info.ignore_label) == ("custom", 5, 255)
+
+
+def test_tfds_dataset_names():
+    FLAGS["dataset"].parse("tfds:cityscapes/semantic_segmentation")
+    info = common_flags.dataset_info_from_flags()
+    assert (info.num_classes, info.ignore_label) == (19, 255)
+    FLAGS["dataset"].parse("tfds:mnist")
+    with pytest.raises(flags.ValidationError, match="--dataset"):
+        common_flags.dataset_info_from_flags()

@@ -17,3 +17,13 @@ def test_report_compares_dpc_and_aspp_per_backbone():
     )
     text = demo.report(["mobilenet_v2"], (33, 65), 16, 19)
     assert "DPC/ASPP head params" in text and "branch MAdds" in text
+
+
+def test_prepare_data_writes_then_reuses_the_synthetic_set(tmp_path):
+    data_dir = str(tmp_path / "synthetic")
+    first = demo.prepare_data(data_dir)
+    assert first.startswith("wrote") and "images (8, 129, 129, 3)" in first
+    shards = sorted(p.name for p in (tmp_path / "synthetic").iterdir())
+    assert "train-00000-of-00004.tfrecord" in shards
+    assert demo.prepare_data(data_dir).startswith("reused")
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == shards

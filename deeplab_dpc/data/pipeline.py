@@ -38,6 +38,7 @@ deterministic.
 import tensorflow as tf
 
 from deeplab_dpc.data import augment
+from deeplab_dpc.data import tfds_source
 from deeplab_dpc.data import tfexample
 
 # Keys of the batches, defined in tfexample (decoded records) and augment
@@ -73,11 +74,13 @@ def make_dataset(
     drop_remainder=None,
     num_readers=DEFAULT_NUM_READERS,
     shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER_SIZE,
+    tfds_name=None,
 ):
     """A batched `tf.data.Dataset` of one split.
 
     Args:
-      dataset_dir: str, the folder of the TFRecord shards (`--dataset_dir`).
+      dataset_dir: str, the folder of the TFRecord shards (`--dataset_dir`);
+        with `tfds_name`, TFDS's data directory (None: TFDS's default).
       split: str, the split name; its shards are `<split>-*`.
       crop_size: (height, width) ints: the random crop when training
         (`--train_crop_size`), the padded size otherwise (`--eval_crop_size`,
@@ -97,6 +100,9 @@ def make_dataset(
         batch shape) and False otherwise (every example once).
       num_readers: int, files read in parallel when training.
       shuffle_buffer_size: int, the element shuffle buffer when training.
+      tfds_name: str or None, read `tfds:<name>` (`tfds_source.load`)
+        instead of TFRecord shards; its elements are the same, and sharding
+        is by element.
 
     Returns:
       A `tf.data.Dataset` of dicts: `TRAIN_KEYS` when training, `EVAL_KEYS`
@@ -121,7 +127,12 @@ def make_dataset(
         augment.scale_factors(
             min_scale_factor, max_scale_factor, scale_factor_step_size
         )
-    files = tfexample.split_files(dataset_dir, split)
+    if tfds_name is None:
+        files = tfexample.split_files(dataset_dir, split)
+        decode = tfexample.decode_example
+    else:
+        files = []
+        decode = _already_decoded
 
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
@@ -134,22 +145,20 @@ def make_dataset(
     if drop_remainder is None:
         drop_remainder = bool(is_training)
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shard_by_file:
-        ds = ds.shard(num_pipelines, pipeline_id)
-    if is_training:
-        # Sharding by element keeps every n-th record of one fixed order, so
-        # every pipeline must read the files in the same order.
-        if not shard_by_element:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(num_readers, len(files)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic or shard_by_element,
-        )
+    if tfds_name is not None:
+        ds = tfds_source.load(tfds_name, split, dataset_dir)
     else:
-        ds = ds.flat_map(tf.data.TFRecordDataset)
+        ds = _read_records(
+            files,
+            shard_by_file,
+            shard_by_element,
+            is_training,
+            num_pipelines,
+            pipeline_id,
+            seed,
+            num_readers,
+            deterministic,
+        )
     if shard_by_element:
         ds = ds.shard(num_pipelines, pipeline_id)
 
@@ -165,7 +174,7 @@ def make_dataset(
 
         def preprocess(serialized, element_seed):
             element = augment.preprocess_for_train(
-                tfexample.decode_example(serialized),
+                decode(serialized),
                 element_seed,
                 crop_size=crop_size,
                 ignore_label=ignore_label,
@@ -180,7 +189,7 @@ def make_dataset(
 
         def preprocess(serialized):
             element = augment.preprocess_for_eval(
-                tfexample.decode_example(serialized),
+                decode(serialized),
                 crop_size=crop_size,
                 ignore_label=ignore_label,
                 mean_pixel=mean_pixel,
@@ -193,6 +202,39 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options)
+
+
+def _already_decoded(element):
+    return element
+
+
+def _read_records(
+    files,
+    shard_by_file,
+    shard_by_element,
+    is_training,
+    num_pipelines,
+    pipeline_id,
+    seed,
+    num_readers,
+    deterministic,
+):
+    """Serialized records of the shard files, sharded by file if asked."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shard_by_file:
+        ds = ds.shard(num_pipelines, pipeline_id)
+    if not is_training:
+        return ds.flat_map(tf.data.TFRecordDataset)
+    # Sharding by element keeps every n-th record of one fixed order, so
+    # every pipeline must read the files in the same order.
+    if not shard_by_element:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    return ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(num_readers, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic or shard_by_element,
+    )
 
 
 def distributed_dataset(strategy, dataset_dir, split, *, global_batch_size, **kwargs):

@@ -6,6 +6,7 @@ Programs take `--dataset=cityscapes` (or `pascal_voc_seg`, `ade20k`,
 """
 
 import dataclasses
+import importlib
 
 import numpy as np
 
@@ -111,6 +112,10 @@ _REGISTRY = {
         class_names=PASCAL_CLASSES,
         colormap="pascal",
     ),
+    # The built-in data set; imported lazily, it needs TensorFlow.
+    "synthetic": lambda: importlib.import_module(
+        "deeplab_dpc.data.synthetic"
+    ).dataset_info(),
     "ade20k": lambda: DatasetInfo(
         name="ade20k",
         num_classes=151,

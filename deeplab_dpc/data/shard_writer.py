@@ -84,7 +84,9 @@ def write_split(
 
     Args:
       make_example: picklable callable, `i -> bytes` (a serialized
-        `tf.train.Example`); raises `BadExampleError` for a bad input.
+        `tf.train.Example`); raises `BadExampleError` for a bad input. For
+        byte-identical shards across runs and worker counts, serialize with
+        `SerializeToString(deterministic=True)` (features are a map).
       num_examples: int, > 0.
       output_dir: str, created if missing.
       split: str, the split name.

@@ -9,8 +9,10 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.data import tfds_source
 from deeplab_dpc.data import tfexample
 
 H, W = 17, 23
@@ -380,3 +382,43 @@ def test_distributed_dataset_sets_the_batch_itself(tmp_path):
         pipeline.distributed_dataset(
             strategy, str(tmp_path), "train", global_batch_size=2, batch_size=2
         )
+
+
+def test_tfds_source_gives_the_same_batches_as_records():
+    """`tfds_name` feeds TFDS elements through the same preprocessing."""
+    name = "tfds:cityscapes/semantic_segmentation"
+    with tfds.testing.mock_data(num_examples=3, max_value=40):
+        elements = list(tfds_source.load(name, "val_fine", data_dir=None))
+        height = max(int(e[tfexample.HEIGHT]) for e in elements)
+        width = max(int(e[tfexample.WIDTH]) for e in elements)
+        batches = list(
+            pipeline.make_dataset(
+                None,
+                "val_fine",
+                crop_size=(height, width),
+                batch_size=2,
+                is_training=False,
+                ignore_label=255,
+                tfds_name=name,
+            )
+        )
+        train = pipeline.make_dataset(
+            None,
+            "val_fine",
+            crop_size=(9, 9),
+            batch_size=2,
+            is_training=True,
+            ignore_label=255,
+            seed=0,
+            tfds_name=name,
+        )
+        train_batch = next(iter(train))
+    assert [b[pipeline.IMAGE].shape[0] for b in batches] == [2, 1]
+    images = np.concatenate([b[pipeline.IMAGE].numpy() for b in batches])
+    labels = np.concatenate([b[pipeline.LABEL].numpy() for b in batches])
+    for i, element in enumerate(elements):
+        h, w = int(element[tfexample.HEIGHT]), int(element[tfexample.WIDTH])
+        np.testing.assert_array_equal(images[i, :h, :w], element[tfexample.IMAGE])
+        np.testing.assert_array_equal(labels[i, :h, :w], element[tfexample.LABEL])
+    assert train_batch[pipeline.IMAGE].shape == (2, 9, 9, 3)
+    assert train_batch[pipeline.LABEL].dtype == tf.int32
