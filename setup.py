@@ -20,6 +20,7 @@ setuptools.setup(
         "tf-keras>=2.21,<2.22",
         "tensorflow-model-optimization>=0.8,<0.9",
         "tensorflow-datasets>=4.9,<5",
+        "tensorboard>=2.21,<2.22",
         "absl-py>=1.4,<3",
         "numpy>=1.26,<3",
         "pillow>=10,<14",
@@ -33,6 +34,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "deeplab_dpc_flops=deeplab_dpc.flops:run",
+            "deeplab_dpc_train=deeplab_dpc.train:run",
             "deeplab_dpc_demo=deeplab_dpc.demo:run",
         ],
     },

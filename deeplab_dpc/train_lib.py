@@ -1,0 +1,500 @@
+"""DeepLab training: a custom `tf.distribute` loop (DeepLab's train.py).
+
+`run` builds the model and an SGD-with-momentum optimizer under
+`strategy.scope()`, reads the training split through
+`pipeline.distributed_dataset` and trains with `strategy.run` and a
+`tf.GradientTape` inside one `tf.function`. `Model.fit` is not used: Keras 3's
+`fit` fails under `MultiWorkerMirroredStrategy`, a custom loop does not.
+
+Loss (the same value whatever the number of replicas):
+
+* softmax cross-entropy per pixel; pixels labelled `ignore_label` weigh 0;
+* without hard example mining (`top_k_percent_pixels == 1`): DeepLab's mean
+  over valid pixels. Each replica sums its pixel losses and divides by the
+  number of valid pixels of the GLOBAL batch (an all-reduce), so the sum of
+  the replicas' losses (and of their gradients, which the optimizer
+  all-reduces) is the mean over the global batch;
+* with hard example mining: the fraction of pixels kept ramps linearly from
+  1 to `top_k_percent_pixels` over the first `hard_example_mining_step`
+  steps (DeepLab's `_compute_top_k_percent_pixels`); each replica keeps its
+  `int(fraction * pixels)` largest weighted pixel losses; the loss is their
+  sum over the non-zero kept losses of the global batch (DeepLab divides by
+  the number of non-zero kept losses). The top k is taken per replica, as in
+  DeepLab's per-clone loss, so this one depends on the replica split;
+* plus the model's regularisation losses (`model.losses`), each replica
+  adding `1 / num_replicas` of them.
+
+Learning rate: DeepLab's poly or step policy with slow start
+(`DeepLabLearningRate`).
+
+Checkpoints: `tf.train.Checkpoint(model, optimizer, step)` in the log dir,
+every `save_interval_secs` and at the end, `max_to_keep` kept; a new `run`
+restores the latest one and continues to `training_number_of_steps`. SIGTERM
+makes the loop save and return. A non-finite loss raises `FloatingPointError`
+naming the step, and no checkpoint is ever written from non-finite weights.
+"""
+
+import dataclasses
+import os
+import shutil
+import signal
+import time
+from typing import Optional
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from deeplab_dpc.data import pipeline
+from deeplab_dpc.models import deeplab
+
+POLICY_POLY = "poly"
+POLICY_STEP = "step"
+LEARNING_POLICIES = (POLICY_POLY, POLICY_STEP)
+
+CHECKPOINT_PREFIX = "ckpt"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """Training settings, DeepLab's train.py flags.
+
+    Attributes:
+      train_batch_size: int, the GLOBAL batch (split over the replicas).
+      training_number_of_steps: int, the step a run trains to.
+      base_learning_rate, learning_policy ("poly" or "step"), learning_power,
+        end_learning_rate, learning_rate_decay_step,
+        learning_rate_decay_factor, slow_start_step, slow_start_learning_rate:
+        the learning rate (see `DeepLabLearningRate`).
+      momentum: float, SGD momentum.
+      hard_example_mining_step, top_k_percent_pixels: hard example mining
+        (see the module docstring); `top_k_percent_pixels == 1` disables it.
+      log_steps: int, steps between log lines and summaries.
+      save_interval_secs: float, seconds between checkpoints (<= 0: only at
+        the end).
+      max_to_keep: int, checkpoints kept.
+      seed: int or None, seeds weights, dropout and the input pipeline.
+      min_scale_factor, max_scale_factor, scale_factor_step_size: the random
+        scale augmentation.
+      train_split: str, the split read for training.
+      dataset_dir: str, the folder of the TFRecord shards.
+      ignore_label: int, the label that does not count.
+      fine_tune_batch_norm: bool; False freezes batch norm (moving statistics
+        and frozen gamma/beta), as DeepLab does for small batches.
+    """
+
+    train_batch_size: int = 8
+    training_number_of_steps: int = 30000
+    base_learning_rate: float = 1e-4
+    learning_policy: str = POLICY_POLY
+    learning_power: float = 0.9
+    end_learning_rate: float = 0.0
+    learning_rate_decay_step: int = 2000
+    learning_rate_decay_factor: float = 0.1
+    slow_start_step: int = 0
+    slow_start_learning_rate: float = 1e-4
+    momentum: float = 0.9
+    hard_example_mining_step: int = 0
+    top_k_percent_pixels: float = 1.0
+    log_steps: int = 10
+    save_interval_secs: float = 1200.0
+    max_to_keep: int = 5
+    seed: Optional[int] = None
+    min_scale_factor: float = 0.5
+    max_scale_factor: float = 2.0
+    scale_factor_step_size: float = 0.25
+    train_split: str = "train"
+    dataset_dir: Optional[str] = None
+    ignore_label: int = 255
+    fine_tune_batch_norm: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "train_batch_size",
+            "training_number_of_steps",
+            "log_steps",
+            "max_to_keep",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("hard_example_mining_step", "slow_start_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning_policy not in LEARNING_POLICIES:
+            raise ValueError(
+                f"learning_policy must be one of {LEARNING_POLICIES}, got "
+                f"{self.learning_policy!r}"
+            )
+        if self.learning_policy == POLICY_STEP and self.learning_rate_decay_step < 1:
+            raise ValueError(
+                f"learning_rate_decay_step must be >= 1, got "
+                f"{self.learning_rate_decay_step}"
+            )
+        if not 0.0 < self.top_k_percent_pixels <= 1.0:
+            raise ValueError(
+                f"top_k_percent_pixels must be in (0, 1], got "
+                f"{self.top_k_percent_pixels}"
+            )
+
+
+class DeepLabLearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """DeepLab's learning rate: poly or step policy, with slow start.
+
+    poly: `(base - end) * (1 - min(step, total) / total) ** power + end`;
+    step: `base * factor ** floor(step / decay_step)`; for
+    `step < slow_start_step` the rate is `slow_start_learning_rate`.
+
+    Args:
+      options: a `TrainOptions`.
+
+    Call: `schedule(step)` -> float32 scalar tensor, `step` the number of
+    steps already taken.
+    """
+
+    def __init__(self, options):
+        self.options = options
+
+    def __call__(self, step):
+        o = self.options
+        step = tf.cast(step, tf.float32)
+        if o.learning_policy == POLICY_POLY:
+            total = float(o.training_number_of_steps)
+            frac = 1.0 - tf.minimum(step, total) / total
+            rate = (o.base_learning_rate - o.end_learning_rate) * tf.pow(
+                frac, o.learning_power
+            ) + o.end_learning_rate
+        else:
+            rate = o.base_learning_rate * tf.pow(
+                o.learning_rate_decay_factor,
+                tf.floor(step / float(o.learning_rate_decay_step)),
+            )
+        return tf.where(
+            step < float(o.slow_start_step),
+            tf.constant(o.slow_start_learning_rate, tf.float32),
+            tf.cast(rate, tf.float32),
+        )
+
+    def get_config(self):
+        return dataclasses.asdict(self.options)
+
+
+def top_k_fraction(step, top_k_percent_pixels, hard_example_mining_step):
+    """The fraction of pixels hard example mining keeps at `step`.
+
+    DeepLab's linear ramp from 1.0 (step 0) to `top_k_percent_pixels`
+    (at and after `hard_example_mining_step`).
+
+    Args:
+      step: int or scalar tensor, steps already taken.
+      top_k_percent_pixels: float in (0, 1].
+      hard_example_mining_step: int >= 0.
+
+    Returns:
+      A float32 scalar tensor.
+    """
+    if hard_example_mining_step == 0:
+        return tf.constant(top_k_percent_pixels, tf.float32)
+    ratio = tf.minimum(1.0, tf.cast(step, tf.float32) / float(hard_example_mining_step))
+    return ratio * top_k_percent_pixels + (1.0 - ratio)
+
+
+def pixel_loss_sum(logits, labels, *, ignore_label, top_k_fraction_value=1.0):
+    """The summed pixel losses of one (replica) batch and their count.
+
+    Args:
+      logits: float `[batch, height, width, num_classes]`.
+      labels: int `[batch, height, width, 1]` (or `[batch, height, width]`).
+      ignore_label: int, pixels with this label weigh 0.
+      top_k_fraction_value: float or scalar tensor in (0, 1]; below 1 only
+        the `int(fraction * pixels)` largest weighted losses are kept.
+
+    Returns:
+      (loss_sum, count), float32 scalars: the sum of the kept losses and the
+      number of valid pixels (fraction 1) or of non-zero kept losses
+      (fraction < 1). The loss is `loss_sum / count`, the counts summed over
+      replicas.
+    """
+    num_classes = tf.shape(logits)[-1]
+    logits = tf.reshape(tf.cast(logits, tf.float32), [-1, num_classes])
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    valid = tf.not_equal(labels, ignore_label)
+    weights = tf.cast(valid, tf.float32)
+    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+    losses = weights * tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=safe_labels, logits=logits
+    )
+    fraction = tf.convert_to_tensor(top_k_fraction_value, tf.float32)
+
+    def mean_over_valid():
+        return tf.reduce_sum(losses), tf.reduce_sum(weights)
+
+    def top_k():
+        num_pixels = tf.cast(tf.size(losses), tf.float32)
+        k = tf.maximum(1, tf.cast(fraction * num_pixels, tf.int32))
+        kept, _ = tf.nn.top_k(losses, k=k, sorted=False)
+        return tf.reduce_sum(kept), tf.reduce_sum(
+            tf.cast(tf.not_equal(kept, 0.0), tf.float32)
+        )
+
+    return tf.cond(fraction >= 1.0, mean_over_valid, top_k)
+
+
+def is_chief(strategy):
+    """True for the chief (or a single-process run)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    return (
+        task_type == "worker"
+        and task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def _num_workers(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("chief", [])) + len(spec.get("worker", [])))
+
+
+def freeze_batch_norm(model):
+    """Freezes every BatchNormalization layer (inference mode, fixed params)."""
+    for layer in model._flatten_layers(
+        include_self=False
+    ):  # pylint: disable=protected-access
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+class _TerminationFlag:
+    """Set by SIGTERM; the loop then saves and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: no handler.
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _all_finite(variables):
+    return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables)
+
+
+def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=None):
+    """Trains DeepLab to `train_options.training_number_of_steps`.
+
+    Args:
+      model_options: a `deeplab.ModelOptions` (crop = the training crop).
+      train_options: a `TrainOptions`.
+      train_logdir: str, checkpoints, `train.flags` and TensorBoard events.
+      strategy: a `tf.distribute.Strategy`; None means the default strategy.
+      model_fn: callable `ModelOptions -> tf.keras.Model`, called under the
+        strategy's scope; default `deeplab.build_deeplab` (tests pass hooks).
+
+    Returns:
+      dict with "step" (the final step), "loss" (the last loss, None when no
+      step ran), "losses" (the loss of every step this run took),
+      "logged_losses" (the losses of the log lines), "checkpoint" (path of
+      the last checkpoint written, or None) and "terminated" (SIGTERM).
+
+    Raises:
+      ValueError: when the global batch does not split over the replicas.
+      FileNotFoundError: when the split has no shards.
+      FloatingPointError: on a non-finite loss, naming the step.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    o = train_options
+    num_replicas = strategy.num_replicas_in_sync
+    if o.train_batch_size % num_replicas:
+        raise ValueError(
+            f"train_batch_size {o.train_batch_size} is not divisible by the "
+            f"{num_replicas} replicas"
+        )
+    chief = is_chief(strategy)
+    tf.io.gfile.makedirs(train_logdir)
+    if o.seed is not None:
+        tf.keras.utils.set_random_seed(o.seed)
+
+    dataset = pipeline.distributed_dataset(
+        strategy,
+        o.dataset_dir,
+        o.train_split,
+        global_batch_size=o.train_batch_size,
+        crop_size=model_options.crop_size,
+        is_training=True,
+        ignore_label=o.ignore_label,
+        min_scale_factor=o.min_scale_factor,
+        max_scale_factor=o.max_scale_factor,
+        scale_factor_step_size=o.scale_factor_step_size,
+        seed=o.seed,
+    )
+
+    schedule = DeepLabLearningRate(o)
+    with strategy.scope():
+        model = (model_fn or deeplab.build_deeplab)(model_options)
+        if not o.fine_tune_batch_norm:
+            freeze_batch_norm(model)
+        optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum)
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(
+            0,
+            dtype=tf.int64,
+            trainable=False,
+            name="global_step",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    ckpt_dir = train_logdir
+    if not chief:
+        resolver = strategy.cluster_resolver
+        ckpt_dir = os.path.join(
+            train_logdir, f"workertemp_{resolver.task_type}_{resolver.task_id}"
+        )
+    manager = tf.train.CheckpointManager(
+        checkpoint,
+        ckpt_dir,
+        max_to_keep=o.max_to_keep if chief else 1,
+        checkpoint_name=CHECKPOINT_PREFIX,
+    )
+    latest = tf.train.latest_checkpoint(train_logdir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Restored %s at step %d.", latest, int(step_var.numpy()))
+
+    def replica_step(batch, fraction):
+        ctx = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            logits = model(batch[pipeline.IMAGE], training=True)
+            loss_sum, count = pixel_loss_sum(
+                logits,
+                batch[pipeline.LABEL],
+                ignore_label=o.ignore_label,
+                top_k_fraction_value=fraction,
+            )
+            global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            loss = tf.math.divide_no_nan(loss_sum, global_count)
+            if model.losses:
+                loss += tf.add_n(model.losses) / float(num_replicas)
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    @tf.function
+    def train_step(iterator, fraction):
+        per_replica = strategy.run(replica_step, args=(next(iterator), fraction))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    @tf.function
+    def agree(flag):
+        """Any worker's flag, for decisions every worker must take alike."""
+        value = strategy.run(lambda: tf.cast(flag, tf.int32))
+        return strategy.reduce(tf.distribute.ReduceOp.MAX, value, axis=None) > 0
+
+    multi_worker = _num_workers(strategy) > 1
+    writer = (
+        tf.summary.create_file_writer(train_logdir)
+        if chief
+        else tf.summary.create_noop_writer()
+    )
+    results = {
+        "step": int(step_var.numpy()),
+        "loss": None,
+        "losses": [],
+        "logged_losses": [],
+        "checkpoint": latest,
+        "terminated": False,
+    }
+
+    def save(step):
+        if not _all_finite(model.variables):
+            raise FloatingPointError(
+                f"non-finite weights at step {step}: refusing to write a checkpoint"
+            )
+        path = manager.save(checkpoint_number=step)
+        if chief:
+            results["checkpoint"] = path
+        return path
+
+    iterator = iter(dataset)
+    step = int(step_var.numpy())
+    total = o.training_number_of_steps
+    last_save = time.time()
+    window_start, window_step = time.time(), step
+    saved_step = step if latest else None
+    with _TerminationFlag() as termination, writer.as_default():
+        while step < total:
+            fraction = top_k_fraction(
+                step, o.top_k_percent_pixels, o.hard_example_mining_step
+            )
+            loss = float(train_step(iterator, fraction))
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step + 1} (learning rate "
+                    f"{float(schedule(step)):.3g}); no checkpoint was written "
+                    f"for it, the last one is {results['checkpoint']}"
+                )
+            step += 1
+            step_var.assign(step)
+            results["losses"].append(loss)
+            results["loss"] = loss
+            if step % o.log_steps == 0 or step == total:
+                now = time.time()
+                rate = (step - window_step) / max(now - window_start, 1e-9)
+                eta = (total - step) / rate if rate > 0 else float("inf")
+                lr = float(schedule(step - 1))
+                results["logged_losses"].append(loss)
+                if chief:
+                    logging.info(
+                        "step %d/%d loss %.4f lr %.3g %.2f steps/s ETA %.0f s",
+                        step,
+                        total,
+                        loss,
+                        lr,
+                        rate,
+                        eta,
+                    )
+                    tf.summary.scalar("loss", loss, step=step)
+                    tf.summary.scalar("learning_rate", lr, step=step)
+                    writer.flush()
+                window_start, window_step = now, step
+            stop = termination.requested
+            due = o.save_interval_secs > 0 and (
+                time.time() - last_save >= o.save_interval_secs
+            )
+            if multi_worker:
+                stop = bool(agree(stop))
+                due = bool(agree(due))
+            if (due or stop) and step < total:
+                save(step)
+                saved_step = step
+                last_save = time.time()
+            if stop:
+                results["terminated"] = True
+                break
+        if saved_step != step:
+            save(step)
+    results["step"] = step
+    if not chief and tf.io.gfile.exists(ckpt_dir):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return results

@@ -1,0 +1,237 @@
+"""The training program: end to end, SIGTERM, MirroredStrategy, bad flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from absl import flags
+from absl.testing import flagsaver
+import pytest
+import tensorflow as tf
+
+from deeplab_dpc import train
+from deeplab_dpc.data import synthetic
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.build(
+        path, num_train=16, num_val=2, height=48, width=48, seed=0, num_workers=1
+    )
+    return path
+
+
+@pytest.fixture
+def parsed_flags():
+    if not FLAGS.is_parsed():
+        FLAGS(["test"])
+    with flagsaver.flagsaver():
+        yield
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _program_args(data_dir, logdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "deeplab_dpc.train",
+        f"--train_logdir={logdir}",
+        "--dataset=synthetic",
+        f"--dataset_dir={data_dir}",
+        "--train_crop_size=33,33",
+        "--depth_multiplier=0.35",
+        "--train_batch_size=2",
+        "--base_learning_rate=0.01",
+        "--seed=1",
+        *extra,
+    ]
+
+
+def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path):
+    logdir = str(tmp_path / "log")
+    proc = subprocess.run(
+        _program_args(
+            data_dir, logdir, "--training_number_of_steps=3", "--log_steps=1"
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 3/3 loss" in proc.stderr
+    assert "steps/s" in proc.stderr and "ETA" in proc.stderr
+    with open(os.path.join(logdir, "train.flags")) as f:
+        written = f.read()
+    assert "--train_crop_size=33,33" in written
+    assert "--training_number_of_steps=3" in written
+    assert tf.train.latest_checkpoint(logdir).endswith("ckpt-3")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
+
+
+def test_sigterm_saves_and_exits(data_dir, tmp_path):
+    logdir = str(tmp_path / "log")
+    proc = subprocess.Popen(
+        _program_args(
+            data_dir, logdir, "--training_number_of_steps=100000", "--log_steps=1"
+        ),
+        cwd=REPO,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "step 1/100000" in line:
+                proc.send_signal(signal.SIGTERM)
+                break
+        assert any("step 1/100000" in line for line in seen), "".join(seen)[-3000:]
+        rest = proc.communicate(timeout=TIMEOUT)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest[-3000:]
+    assert "SIGTERM" in rest
+    latest = tf.train.latest_checkpoint(logdir)
+    assert latest is not None
+    step = tf.train.load_checkpoint(latest).get_tensor(
+        "step/.ATTRIBUTES/VARIABLE_VALUE"
+    )
+    assert 1 <= step < 100000
+
+
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from deeplab_dpc import train_lib
+    from deeplab_dpc.models import deeplab
+
+    def model_fn(options):
+        model = deeplab.build_deeplab(options)
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, tf.keras.layers.Dropout):
+                layer.rate = 0.0
+        return model
+
+    data_dir, logdir = sys.argv[1:3]
+    model_options = deeplab.ModelOptions(
+        num_classes=7, crop_size=(33, 33), depth_multiplier=0.35)
+    train_options = train_lib.TrainOptions(
+        train_batch_size=4, training_number_of_steps=4, base_learning_rate=0.01,
+        dataset_dir=data_dir, ignore_label=255, log_steps=1, seed=1,
+        fine_tune_batch_norm=False)
+    out = {}
+    for name, strategy in (
+        ("default", tf.distribute.get_strategy()),
+        ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+    ):
+        results = train_lib.run(model_options, train_options,
+                                f"{logdir}/{name}", strategy, model_fn=model_fn)
+        out[name] = results["losses"]
+        out[name + "_replicas"] = strategy.num_replicas_in_sync
+    print("RESULT " + json.dumps(out))
+    """)
+
+
+def test_mirrored_two_replicas_match_the_default_strategy(data_dir, tmp_path):
+    # Batch norm is frozen (fine_tune_batch_norm=False) and dropout off: with
+    # them, each replica normalises with its own half batch and draws its own
+    # dropout mask, so the losses legitimately differ. Everything else (the
+    # loss over the global batch's valid pixels, the summed gradients, the
+    # same examples in the same order) must agree up to float round-off.
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT, data_dir, str(tmp_path)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT ") :])
+    assert out["default_replicas"] == 1 and out["mirrored_replicas"] == 2
+    assert len(out["default"]) == 4
+    assert out["mirrored"] == pytest.approx(out["default"], rel=1e-4, abs=1e-5)
+
+
+def _set(**values):
+    for name, value in values.items():
+        setattr(FLAGS, name, value)
+
+
+def test_bad_crop_names_the_flag(parsed_flags, data_dir):
+    _set(dataset="synthetic", dataset_dir=data_dir, train_crop_size="32,32")
+    with pytest.raises(flags.ValidationError, match="--train_crop_size='32,32'"):
+        train.options_from_flags(1)
+
+
+def test_batch_not_divisible_by_replicas(parsed_flags, data_dir):
+    _set(
+        dataset="synthetic",
+        dataset_dir=data_dir,
+        train_crop_size="33,33",
+        train_batch_size=3,
+    )
+    with pytest.raises(flags.ValidationError, match="--train_batch_size=3"):
+        train.options_from_flags(2)
+    model_options, train_options = train.options_from_flags(1)
+    assert model_options.crop_size == (33, 33)
+    assert model_options.num_classes == synthetic.NUM_CLASSES
+    assert train_options.train_batch_size == 3
+    assert train_options.ignore_label == synthetic.IGNORE_LABEL
+
+
+def test_missing_dataset_dir_or_shards(parsed_flags, tmp_path):
+    _set(dataset="synthetic", train_crop_size="33,33", dataset_dir=None)
+    with pytest.raises(flags.ValidationError, match="--dataset_dir is required"):
+        train.options_from_flags(1)
+    _set(dataset_dir=str(tmp_path), train_split="train")
+    with pytest.raises(
+        flags.ValidationError, match=r"no shards of --train_split='train'"
+    ):
+        train.options_from_flags(1)
+
+
+def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path):
+    proc = subprocess.run(
+        _program_args(data_dir, str(tmp_path / "log"), "--train_crop_size=40,40", "x"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode != 0
+    assert "Too many arguments" in proc.stderr
+    proc = subprocess.run(
+        _program_args(data_dir, str(tmp_path / "log"), "--train_crop_size=40,40"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode != 0
+    assert "--train_crop_size='40,40'" in proc.stderr
+    assert not os.path.exists(tmp_path / "log" / "train.flags")
