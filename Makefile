@@ -16,7 +16,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m deeplab_dpc.demo
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m deeplab_dpc.demo
 
 # The whole suite under Keras 3, then the model-building tests again under
 # tf_keras (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs.

@@ -17,6 +17,7 @@ import os
 import tensorflow as tf
 
 from deeplab_dpc.layers import atrous_pooling
+from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import image_preprocessing
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -313,8 +314,30 @@ def _endpoint(model, names):
     raise ValueError(f"{model.name}: none of the endpoint layers {names} exists")
 
 
+def add_weight_decay(config, weight_decay):
+    """Puts DeepLab's L2 weight decay on the backbone's kernels (in place).
+
+    As slim's arg scopes in DeepLab: every conv kernel and the pointwise half
+    of separable convs; depthwise kernels carry none.
+    """
+    regularizer = conv_bn.l2_regularizer(weight_decay)
+    if regularizer is None:
+        return
+    keys = {"Conv2D": "kernel_regularizer", "SeparableConv2D": "pointwise_regularizer"}
+    for layer in config["layers"]:
+        if layer["class_name"] in keys:
+            layer["config"][keys[layer["class_name"]]] = (
+                tf.keras.regularizers.serialize(regularizer)
+            )
+
+
 def build_backbone(
-    model_variant, crop_size, output_stride=16, depth_multiplier=1.0, weights=None
+    model_variant,
+    crop_size,
+    output_stride=16,
+    depth_multiplier=1.0,
+    weights=None,
+    weight_decay=0.0,
 ):
     """Builds a backbone for a fixed crop at an output stride.
 
@@ -325,6 +348,7 @@ def build_backbone(
       depth_multiplier: float, MobileNet-v2's alpha.
       weights: None or "none", "imagenet" (the Keras download), or the path of
         a weights file for the no-top application.
+      weight_decay: float, DeepLab's L2 weight decay on the kernels (0: none).
 
     Returns:
       A functional `tf.keras.Model` from `[batch, h, w, 3]` images in [0, 255]
@@ -349,6 +373,7 @@ def build_backbone(
     for layer in config["layers"]:
         layer.pop("build_config", None)
     dilate_config(config, output_stride, spec.same_padding)
+    add_weight_decay(config, weight_decay)
     _insert_preprocessing(config, spec.preprocessing)
     dilated = tf.keras.Model.from_config(config)
     dilated.set_weights(original.get_weights())

@@ -51,7 +51,7 @@ class ModelOptions:
       decoder_output_stride: None (no decoder) or 4 (DeepLab v3+).
       depth_multiplier: MobileNet-v2's alpha.
       backbone_weights: None/"none", "imagenet" or a weights file path.
-      weight_decay: DeepLab's `--weight_decay` on the head, decoder and logits.
+      weight_decay: DeepLab's `--weight_decay` on every kernel but depthwise ones.
       norm_momentum, norm_epsilon, synchronized: BatchNormalization settings.
     """
 
@@ -144,6 +144,7 @@ def build_deeplab(options):
         options.output_stride,
         depth_multiplier=options.depth_multiplier,
         weights=options.backbone_weights,
+        weight_decay=options.weight_decay,
     )
     endpoints = backbone.output
     x = build_head(options)(endpoints[backbones.FEATURES])

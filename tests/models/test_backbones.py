@@ -443,3 +443,23 @@ def test_backbone_takes_images_in_0_255():
     c = model(x / 127.5 - 1.0, training=False)[backbones.FEATURES].numpy()
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 0.1 * np.abs(a).max()
+
+
+@pytest.mark.parametrize("variant", ["mobilenet_v2", "xception"])
+def test_weight_decay_on_backbone_kernels_not_depthwise(variant):
+    crop = (33, 33) if variant == "mobilenet_v2" else (81, 81)
+    multiplier = 0.35 if variant == "mobilenet_v2" else 1.0
+    plain = backbones.build_backbone(variant, crop, 16, multiplier)
+    decayed = backbones.build_backbone(variant, crop, 16, multiplier, weight_decay=4e-5)
+    assert not plain.losses
+    kernels = [
+        layer.kernel for layer in decayed.layers if type(layer).__name__ == "Conv2D"
+    ] + [
+        layer.pointwise_kernel
+        for layer in decayed.layers
+        if type(layer).__name__ == "SeparableConv2D"
+    ]
+    assert len(decayed.losses) == len(kernels) > 0
+    # slim's l2_regularizer: weight_decay * sum(w ** 2) / 2 per kernel.
+    expected = sum(2e-5 * float(tf.reduce_sum(tf.square(w))) for w in kernels)
+    assert float(tf.add_n(decayed.losses)) == pytest.approx(expected, rel=1e-4)
