@@ -210,13 +210,6 @@ def convert_splits(
             skip_bad_examples=options.skip_bad_examples,
             description=split,
         )
-        if result.num_written == 0:
-            for path in result.shards:
-                os.remove(path)
-            raise BadExampleError(
-                f"split {split!r}: all {len(examples)} examples are bad, nothing "
-                f"written; first: {result.skipped[0]}"
-            )
         print(
             f"{split}: wrote {result.num_written} examples to "
             f"{len(result.shards)} shard(s) in {output_dir}"

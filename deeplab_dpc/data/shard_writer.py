@@ -101,7 +101,8 @@ def write_split(
 
     Raises:
       FileExistsError: shards of the split exist and `overwrite` is False.
-      BadExampleError: a bad example, unless `skip_bad_examples`.
+      BadExampleError: a bad example, unless `skip_bad_examples`; with it,
+        when every example is bad (nothing is written then).
       ValueError: no examples, or bad counts.
     """
     if num_examples < 1:
@@ -135,6 +136,12 @@ def write_split(
         with progress:
             _run_jobs(
                 make_example, jobs, results, num_workers, skip_bad_examples, progress
+            )
+        if not any(written for written, _ in results):
+            reasons = [reason for _, skipped in results for reason in skipped]
+            raise BadExampleError(
+                f"split {split!r}: all {num_examples} examples are bad, nothing "
+                f"written; first: {reasons[0]}"
             )
         for _, path in jobs:
             os.replace(_temporary(path), path)

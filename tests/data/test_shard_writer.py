@@ -146,3 +146,22 @@ def test_killed_conversion_leaves_no_complete_looking_shard(tmp_path):
         tfexample.split_files(str(out), "train")
     left = os.listdir(out)
     assert left and all(p.startswith(".") and p.endswith(".tmp") for p in left)
+
+
+def _always_bad(i):
+    raise shard_writer.BadExampleError(f"example {i} is bad")
+
+
+def test_all_bad_with_skip_raises_and_publishes_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(shard_writer.BadExampleError, match="all 5 examples"):
+        shard_writer.write_split(
+            _always_bad,
+            5,
+            str(out),
+            "train",
+            num_shards=2,
+            num_workers=1,
+            skip_bad_examples=True,
+        )
+    assert sorted(os.listdir(out)) == []
