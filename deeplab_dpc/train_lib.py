@@ -447,7 +447,8 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
             fraction = top_k_fraction(
                 step, o.top_k_percent_pixels, o.hard_example_mining_step
             )
-            loss = float(train_step(iterator, fraction))
+            # A tensor, so that the mining ramp does not retrace the step.
+            loss = float(train_step(iterator, tf.constant(fraction, tf.float32)))
             if not np.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss} at step {step + 1} (learning rate "
