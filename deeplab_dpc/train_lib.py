@@ -32,6 +32,13 @@ every `save_interval_secs` and at the end, `max_to_keep` kept; a new `run`
 restores the latest one and continues to `training_number_of_steps`. SIGTERM
 makes the loop save and return. A non-finite loss raises `FloatingPointError`
 naming the step, and no checkpoint is ever written from non-finite weights.
+
+Fine-tuning (DeepLab's `tf_initial_checkpoint`, `initialize_last_layer`,
+`last_layers_contain_logits_only`): a run whose log dir has no checkpoint yet
+initialises the MODEL weights (not the optimizer, not the step) from
+`tf_initial_checkpoint`, a checkpoint written by this program; a resumed run
+restores its own latest checkpoint and ignores it. See
+`restore_initial_checkpoint` for how the last layers are skipped.
 """
 
 import dataclasses
@@ -44,6 +51,7 @@ from typing import Optional
 from absl import logging
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.models import deeplab
@@ -53,6 +61,16 @@ POLICY_STEP = "step"
 LEARNING_POLICIES = (POLICY_POLY, POLICY_STEP)
 
 CHECKPOINT_PREFIX = "ckpt"
+
+# The modules (`deeplab.MODULES`) that DeepLab's "last layers" cover.
+LOGITS_MODULES = ("logits",)
+LAST_LAYER_MODULES = ("logits", "head", "decoder")
+
+# Keras 3 functional models track their layers as `<model>/_operations/<i>`,
+# `i` the layer's index in `model._operations`.
+_MODEL_KEY = "model"
+_LAYERS_KEY = "_operations"
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -81,6 +99,14 @@ class TrainOptions:
       ignore_label: int, the label that does not count.
       fine_tune_batch_norm: bool; False freezes batch norm (moving statistics
         and frozen gamma/beta), as DeepLab does for small batches.
+      tf_initial_checkpoint: str, a checkpoint of this program (a prefix, or
+        a directory: its latest checkpoint) whose model weights initialise a
+        run that starts from scratch; "" starts from the model's own
+        initialisation. Ignored when the log dir already has a checkpoint.
+      initialize_last_layer: bool; False does not restore the last layers
+        (to fine-tune with a different number of classes).
+      last_layers_contain_logits_only: bool; the last layers are the logits
+        layer only (True) or the logits, head (DPC/ASPP) and decoder (False).
     """
 
     train_batch_size: int = 8
@@ -107,6 +133,9 @@ class TrainOptions:
     dataset_dir: Optional[str] = None
     ignore_label: int = 255
     fine_tune_batch_norm: bool = True
+    tf_initial_checkpoint: str = ""
+    initialize_last_layer: bool = True
+    last_layers_contain_logits_only: bool = False
 
     def __post_init__(self):
         for name in (
@@ -300,6 +329,194 @@ def _all_finite(variables):
     return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables)
 
 
+def resolve_initial_checkpoint(path):
+    """The checkpoint prefix `--tf_initial_checkpoint` names.
+
+    Args:
+      path: str, a checkpoint prefix or a directory of checkpoints.
+
+    Returns:
+      str, the checkpoint prefix (for a directory, its latest checkpoint).
+
+    Raises:
+      FileNotFoundError: when there is no checkpoint at `path`.
+    """
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(
+                f"--tf_initial_checkpoint={path!r} is a directory without a "
+                "checkpoint"
+            )
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(
+            f"--tf_initial_checkpoint={path!r}: no checkpoint there (neither a "
+            f"directory of checkpoints nor a prefix with {path + '.index'!r})"
+        )
+    return path
+
+
+def _checkpoint_layer_variables(reader, num_layers):
+    """The model layers' variables in a checkpoint of this program.
+
+    Walks the checkpoint's object graph from `model/_operations/<i>`; a
+    variable saved once but reachable from several objects (Keras 3 saves
+    the trainable ones under the optimizer) is found through the layer.
+
+    Args:
+      reader: a `tf.train.CheckpointReader`.
+      num_layers: int, the number of layers of the model being initialised.
+
+    Returns:
+      dict: layer index -> {path inside the layer ("conv/kernel"; leading
+      underscores of the object names dropped): checkpoint key}.
+
+    Raises:
+      ValueError: when the checkpoint holds no Keras 3 functional model.
+    """
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+
+    def child(node_id, name):
+        for ref in graph.nodes[node_id].children:
+            if ref.local_name == name:
+                return ref.node_id
+        return None
+
+    model_id = child(0, _MODEL_KEY)
+    layers_id = None if model_id is None else child(model_id, _LAYERS_KEY)
+    if layers_id is None:
+        raise ValueError(
+            "--tf_initial_checkpoint is not a checkpoint of this training "
+            f"program: it has no '{_MODEL_KEY}/{_LAYERS_KEY}' object"
+        )
+
+    def walk(node_id, prefix, out, seen):
+        for attribute in graph.nodes[node_id].attributes:
+            out[prefix] = attribute.checkpoint_key
+        for ref in graph.nodes[node_id].children:
+            if ref.node_id not in seen:
+                name = ref.local_name.lstrip("_")
+                walk(
+                    ref.node_id,
+                    f"{prefix}/{name}" if prefix else name,
+                    out,
+                    seen | {ref.node_id},
+                )
+
+    layers = {}
+    for ref in graph.nodes[layers_id].children:
+        if ref.local_name.isdigit() and int(ref.local_name) < num_layers:
+            variables = {}
+            walk(ref.node_id, "", variables, {ref.node_id})
+            layers[int(ref.local_name)] = variables
+    return layers
+
+
+def _check_logits_shapes(reader, layer, saved):
+    """Raises a ValueError when the checkpoint's logits do not fit `layer`."""
+    shapes = reader.get_variable_to_shape_map()
+    prefix = layer.name + "/"
+    for variable in layer.variables:
+        name = variable.path
+        name = name[len(prefix) :] if name.startswith(prefix) else name
+        key = saved.get(name)
+        if key is None:
+            continue
+        if tuple(shapes[key]) != tuple(variable.shape):
+            raise ValueError(
+                f"--tf_initial_checkpoint's {variable.path} has shape "
+                f"{tuple(shapes[key])} but the model's has shape "
+                f"{tuple(variable.shape)} (a different number of classes?); "
+                "--initialize_last_layer=false fine-tunes with a new number "
+                "of classes (the logits are then freshly initialised)"
+            )
+
+
+def restore_initial_checkpoint(
+    model,
+    path,
+    *,
+    initialize_last_layer=True,
+    last_layers_contain_logits_only=False,
+):
+    """Initialises `model`'s weights from a checkpoint of this program.
+
+    Only the model is restored (not the optimizer nor the step). The layers
+    are matched by position: the checkpoint tracks layer `i` of the model as
+    `model/_operations/<i>`, so a `tf.train.Checkpoint(model=holder)`, with
+    `holder._operations` a dict {"i": layer} of the layers to restore, reads
+    exactly those layers through TensorFlow's object-graph matching (with
+    the usual variable names and shape checks); the skipped layers keep
+    their fresh initialisation. The model must have the checkpoint's
+    architecture up to the skipped last layers.
+
+    Args:
+      model: a Keras 3 functional DeepLab model (`deeplab.build_deeplab`).
+      path: str, a checkpoint prefix or a directory (its latest checkpoint).
+      initialize_last_layer: bool; False skips the last layers.
+      last_layers_contain_logits_only: bool; the last layers are the logits
+        layer only (True) or the logits, head and decoder (False), the
+        modules of `deeplab.MODULES`.
+
+    Returns:
+      (checkpoint path, restored layer names, skipped layer names); layers
+      without variables are in neither list.
+
+    Raises:
+      FileNotFoundError: when there is no checkpoint at `path`.
+      ValueError: when the checkpoint is not one of this program, when the
+        logits shapes differ and `initialize_last_layer` is True, or when
+        the architectures differ.
+    """
+    path = resolve_initial_checkpoint(path)
+    layers = list(getattr(model, _LAYERS_KEY, ()))
+    if not layers:
+        raise ValueError(
+            "--tf_initial_checkpoint needs a Keras 3 functional model "
+            f"(with `{_LAYERS_KEY}`), got {type(model).__name__}"
+        )
+    reader = tf.train.load_checkpoint(path)
+    saved = _checkpoint_layer_variables(reader, len(layers))
+    skipped_modules = ()
+    if not initialize_last_layer:
+        skipped_modules = (
+            LOGITS_MODULES if last_layers_contain_logits_only else LAST_LAYER_MODULES
+        )
+    kept, restored, skipped = {}, [], []
+    for index, layer in enumerate(layers):
+        if not layer.variables:
+            continue
+        if deeplab.module_of(layer.name) in skipped_modules:
+            skipped.append(layer.name)
+            continue
+        if layer.name == deeplab.LOGITS_LAYER:
+            _check_logits_shapes(reader, layer, saved.get(index, {}))
+        kept[str(index)] = layer
+        restored.append(layer.name)
+    holder = tf.Module()
+    setattr(holder, _LAYERS_KEY, kept)
+    try:
+        status = tf.train.Checkpoint(**{_MODEL_KEY: holder}).restore(path)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise ValueError(
+            f"--tf_initial_checkpoint={path!r} does not fit the model (another "
+            f"architecture?): {e}"
+        ) from e
+    logging.info(
+        "Initialised from %s: restored %d layers (%s); skipped %d (%s).",
+        path,
+        len(restored),
+        ", ".join(restored),
+        len(skipped),
+        ", ".join(skipped) or "none",
+    )
+    return path, restored, skipped
+
+
 def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=None):
     """Trains DeepLab to `train_options.training_number_of_steps`.
 
@@ -318,8 +535,11 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
       the last checkpoint written, or None) and "terminated" (SIGTERM).
 
     Raises:
-      ValueError: when the global batch does not split over the replicas.
-      FileNotFoundError: when the split has no shards.
+      ValueError: when the global batch does not split over the replicas,
+        or `tf_initial_checkpoint` does not fit the model (see
+        `restore_initial_checkpoint`).
+      FileNotFoundError: when the split has no shards, or nothing is at
+        `tf_initial_checkpoint`.
       FloatingPointError: on a non-finite loss, naming the step.
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -380,6 +600,18 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Restored %s at step %d.", latest, int(step_var.numpy()))
+        if o.tf_initial_checkpoint:
+            logging.info(
+                "Resuming: --tf_initial_checkpoint=%s is ignored.",
+                o.tf_initial_checkpoint,
+            )
+    elif o.tf_initial_checkpoint:
+        restore_initial_checkpoint(
+            model,
+            o.tf_initial_checkpoint,
+            initialize_last_layer=o.initialize_last_layer,
+            last_layers_contain_logits_only=o.last_layers_contain_logits_only,
+        )
 
     def replica_step(batch, fraction):
         ctx = tf.distribute.get_replica_context()

@@ -197,28 +197,30 @@ def convert_splits(
                 f"--overwrite to replace them"
             )
     results = {}
-    for split, examples in split_examples.items():
-        maker = ExampleMaker(tuple(examples), num_classes, ignore_label, label_map)
-        result = shard_writer.write_split(
-            maker,
-            len(examples),
-            output_dir,
-            split,
-            num_shards=options.num_shards,
-            overwrite=options.overwrite,
-            num_workers=options.num_workers,
-            skip_bad_examples=options.skip_bad_examples,
-            description=split,
-        )
-        print(
-            f"{split}: wrote {result.num_written} examples to "
-            f"{len(result.shards)} shard(s) in {output_dir}"
-        )
-        if result.skipped:
-            print(f"{split}: {len(result.skipped)} examples skipped")
-            for reason in result.skipped:
-                print(f"  skipped: {reason}")
-        results[split] = result
+    with shard_writer.worker_pool(options.num_workers) as pool:
+        for split, examples in split_examples.items():
+            maker = ExampleMaker(tuple(examples), num_classes, ignore_label, label_map)
+            result = shard_writer.write_split(
+                maker,
+                len(examples),
+                output_dir,
+                split,
+                num_shards=options.num_shards,
+                overwrite=options.overwrite,
+                num_workers=options.num_workers,
+                pool=pool,
+                skip_bad_examples=options.skip_bad_examples,
+                description=split,
+            )
+            print(
+                f"{split}: wrote {result.num_written} examples to "
+                f"{len(result.shards)} shard(s) in {output_dir}"
+            )
+            if result.skipped:
+                print(f"{split}: {len(result.skipped)} examples skipped")
+                for reason in result.skipped:
+                    print(f"  skipped: {reason}")
+            results[split] = result
     return results
 
 

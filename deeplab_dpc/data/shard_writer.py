@@ -8,6 +8,7 @@ whole; existing shards of the split are only replaced with `overwrite=True`.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import math
@@ -79,6 +80,7 @@ def write_split(
     num_workers=2,
     skip_bad_examples=False,
     description=None,
+    pool=None,
 ):
     """Writes `num_examples` records as `<split>-%05d-of-%05d.tfrecord` shards.
 
@@ -95,6 +97,9 @@ def write_split(
       num_workers: int, processes; 1 writes in this process.
       skip_bad_examples: bool, count bad examples instead of failing.
       description: str, progress bar label.
+      pool: an executor from `worker_pool`, shared by the splits of one
+        conversion so that its workers start (and import TensorFlow) once;
+        None starts `num_workers` processes for this split.
 
     Returns:
       A `WriteResult`.
@@ -133,10 +138,11 @@ def write_split(
         total=num_shards, desc=description or split, unit="shard", leave=False
     )
     try:
-        with progress:
-            _run_jobs(
-                make_example, jobs, results, num_workers, skip_bad_examples, progress
-            )
+        owned = (
+            worker_pool(num_workers) if pool is None else contextlib.nullcontext(pool)
+        )
+        with progress, owned as active:
+            _run_jobs(active, make_example, jobs, results, skip_bad_examples, progress)
         if not any(written for written, _ in results):
             reasons = [reason for _, skipped in results for reason in skipped]
             raise BadExampleError(
@@ -159,32 +165,47 @@ def write_split(
     )
 
 
-def _run_jobs(make_example, jobs, results, num_workers, skip_bad_examples, progress):
-    """Writes every shard's temporary file, in this process or in workers."""
+@contextlib.contextmanager
+def worker_pool(num_workers):
+    """Spawned writer processes for `write_split(pool=...)`; None for 1 worker.
+
+    Yields:
+      A `concurrent.futures.ProcessPoolExecutor`, or None (write in-process).
+    """
+    if num_workers < 1:
+        raise ValueError("num_workers must be >= 1")
     if num_workers == 1:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=context
+    ) as pool:
+        yield pool
+
+
+def _run_jobs(pool, make_example, jobs, results, skip_bad_examples, progress):
+    """Writes every shard's temporary file, in this process or in `pool`.
+
+    On a failure the shards not yet started are cancelled.
+    """
+    if pool is None:
         for k, (indices, path) in enumerate(jobs):
             results[k] = _write_shard(make_example, indices, path, skip_bad_examples)
             progress.update()
-    else:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            num_workers, mp_context=context
-        ) as pool:
-            futures = {
-                pool.submit(
-                    _write_shard,
-                    make_example,
-                    indices,
-                    path,
-                    skip_bad_examples,
-                    os.getpid(),
-                ): k
-                for k, (indices, path) in enumerate(jobs)
-            }
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    results[futures[future]] = future.result()
-                    progress.update()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+        return
+    futures = {
+        pool.submit(
+            _write_shard, make_example, indices, path, skip_bad_examples, os.getpid()
+        ): k
+        for k, (indices, path) in enumerate(jobs)
+    }
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+            progress.update()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        concurrent.futures.wait(futures)
+        raise

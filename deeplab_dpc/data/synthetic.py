@@ -417,20 +417,22 @@ def build(
                 f"{pattern!r}; pass --overwrite to replace them"
             )
     results = {}
-    for split, count in counts:
-        make_example = functools.partial(
-            serialized_example, int(seed), split, int(height), int(width)
-        )
-        results[split] = shard_writer.write_split(
-            make_example,
-            int(count),
-            output_dir,
-            split,
-            num_shards=num_shards,
-            overwrite=overwrite,
-            num_workers=num_workers,
-            description=f"synthetic {split}",
-        )
+    with shard_writer.worker_pool(num_workers) as pool:
+        for split, count in counts:
+            make_example = functools.partial(
+                serialized_example, int(seed), split, int(height), int(width)
+            )
+            results[split] = shard_writer.write_split(
+                make_example,
+                int(count),
+                output_dir,
+                split,
+                num_shards=num_shards,
+                overwrite=overwrite,
+                num_workers=num_workers,
+                pool=pool,
+                description=f"synthetic {split}",
+            )
     return results
 
 
