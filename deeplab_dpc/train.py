@@ -7,6 +7,9 @@
 Model and data set flags come from `deeplab_dpc.common_flags`. The program
 writes its resolved flags to `<train_logdir>/train.flags`, then runs
 `train_lib.run`; a restarted run resumes from the latest checkpoint.
+`--tf_initial_checkpoint` (with `--initialize_last_layer`,
+`--last_layers_contain_logits_only`) initialises a new run's model weights
+from another run's checkpoint, as DeepLab's fine-tuning flags.
 `multi_worker_mirrored` reads the cluster from `TF_CONFIG`.
 """
 
@@ -81,6 +84,24 @@ _SCALE_FACTOR_STEP_SIZE = flags.DEFINE_float(
 )
 _FINE_TUNE_BATCH_NORM = flags.DEFINE_boolean(
     "fine_tune_batch_norm", True, "Train batch norm (False freezes it)."
+)
+_TF_INITIAL_CHECKPOINT = flags.DEFINE_string(
+    "tf_initial_checkpoint",
+    "",
+    "Checkpoint of this program (prefix or directory) whose model weights "
+    "initialise a run that starts from scratch; ignored when resuming.",
+)
+_INITIALIZE_LAST_LAYER = flags.DEFINE_boolean(
+    "initialize_last_layer",
+    True,
+    "Restore the last layers from --tf_initial_checkpoint (false to fine-tune "
+    "with another number of classes).",
+)
+_LAST_LAYERS_CONTAIN_LOGITS_ONLY = flags.DEFINE_boolean(
+    "last_layers_contain_logits_only",
+    False,
+    "The last layers are the logits only (true) or the logits, head and "
+    "decoder (false).",
 )
 _DISTRIBUTION_STRATEGY = flags.DEFINE_enum(
     "distribution_strategy", "default", list(STRATEGIES), "tf.distribute strategy."
@@ -169,6 +190,9 @@ def options_from_flags(num_replicas):
             dataset_dir=dataset_dir,
             ignore_label=common_flags.dataset_info_from_flags().ignore_label,
             fine_tune_batch_norm=_FINE_TUNE_BATCH_NORM.value,
+            tf_initial_checkpoint=_TF_INITIAL_CHECKPOINT.value,
+            initialize_last_layer=_INITIALIZE_LAST_LAYER.value,
+            last_layers_contain_logits_only=_LAST_LAYERS_CONTAIN_LOGITS_ONLY.value,
         )
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e

@@ -66,11 +66,12 @@ CHECKPOINT_PREFIX = "ckpt"
 LOGITS_MODULES = ("logits",)
 LAST_LAYER_MODULES = ("logits", "head", "decoder")
 
-# Keras 3 functional models track their layers as `<model>/_operations/<i>`,
-# `i` the layer's index in `model._operations`.
+# Names in the object graph of the checkpoints `run` writes.
 _MODEL_KEY = "model"
-_LAYERS_KEY = "_operations"
+_OPTIMIZER_KEY = "optimizer"
+_OPTIMIZER_VARIABLES_KEY = "_trainable_variables"
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_VARIABLE_VALUE = "VARIABLE_VALUE"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -357,23 +358,23 @@ def resolve_initial_checkpoint(path):
     return path
 
 
-def _checkpoint_layer_variables(reader, num_layers):
-    """The model layers' variables in a checkpoint of this program.
+def _checkpoint_model_variables(reader):
+    """The model variables of a checkpoint of this program, by Keras path.
 
-    Walks the checkpoint's object graph from `model/_operations/<i>`; a
-    variable saved once but reachable from several objects (Keras 3 saves
-    the trainable ones under the optimizer) is found through the layer.
+    Walks the checkpoint's object graph from its `model` and from the
+    optimizer's `_trainable_variables` (Keras 3 saves each variable once, the
+    trainable ones of sublayers held in Python lists only there) and reads
+    each variable's `full_name`, the Keras variable path ("logits/kernel").
 
     Args:
       reader: a `tf.train.CheckpointReader`.
-      num_layers: int, the number of layers of the model being initialised.
 
     Returns:
-      dict: layer index -> {path inside the layer ("conv/kernel"; leading
-      underscores of the object names dropped): checkpoint key}.
+      dict: variable path -> checkpoint key.
 
     Raises:
-      ValueError: when the checkpoint holds no Keras 3 functional model.
+      ValueError: when the checkpoint has no `model` object, or two of its
+        variables share a path.
     """
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
@@ -385,53 +386,39 @@ def _checkpoint_layer_variables(reader, num_layers):
         return None
 
     model_id = child(0, _MODEL_KEY)
-    layers_id = None if model_id is None else child(model_id, _LAYERS_KEY)
-    if layers_id is None:
+    if model_id is None:
         raise ValueError(
             "--tf_initial_checkpoint is not a checkpoint of this training "
-            f"program: it has no '{_MODEL_KEY}/{_LAYERS_KEY}' object"
+            f"program: it has no '{_MODEL_KEY}' object"
         )
-
-    def walk(node_id, prefix, out, seen):
-        for attribute in graph.nodes[node_id].attributes:
-            out[prefix] = attribute.checkpoint_key
-        for ref in graph.nodes[node_id].children:
-            if ref.node_id not in seen:
-                name = ref.local_name.lstrip("_")
-                walk(
-                    ref.node_id,
-                    f"{prefix}/{name}" if prefix else name,
-                    out,
-                    seen | {ref.node_id},
+    roots = [model_id]
+    optimizer_id = child(0, _OPTIMIZER_KEY)
+    if optimizer_id is not None:
+        trainable_id = child(optimizer_id, _OPTIMIZER_VARIABLES_KEY)
+        if trainable_id is not None:
+            roots.append(trainable_id)
+    paths, seen, stack = {}, set(roots), list(roots)
+    while stack:
+        node = graph.nodes[stack.pop()]
+        for attribute in node.attributes:
+            if attribute.name != _VARIABLE_VALUE or not attribute.full_name:
+                continue
+            key = attribute.checkpoint_key
+            if paths.setdefault(attribute.full_name, key) != key:
+                raise ValueError(
+                    f"--tf_initial_checkpoint has two variables named "
+                    f"{attribute.full_name!r}"
                 )
-
-    layers = {}
-    for ref in graph.nodes[layers_id].children:
-        if ref.local_name.isdigit() and int(ref.local_name) < num_layers:
-            variables = {}
-            walk(ref.node_id, "", variables, {ref.node_id})
-            layers[int(ref.local_name)] = variables
-    return layers
+        for ref in node.children:
+            if ref.node_id not in seen:
+                seen.add(ref.node_id)
+                stack.append(ref.node_id)
+    return paths
 
 
-def _check_logits_shapes(reader, layer, saved):
-    """Raises a ValueError when the checkpoint's logits do not fit `layer`."""
-    shapes = reader.get_variable_to_shape_map()
-    prefix = layer.name + "/"
-    for variable in layer.variables:
-        name = variable.path
-        name = name[len(prefix) :] if name.startswith(prefix) else name
-        key = saved.get(name)
-        if key is None:
-            continue
-        if tuple(shapes[key]) != tuple(variable.shape):
-            raise ValueError(
-                f"--tf_initial_checkpoint's {variable.path} has shape "
-                f"{tuple(shapes[key])} but the model's has shape "
-                f"{tuple(variable.shape)} (a different number of classes?); "
-                "--initialize_last_layer=false fine-tunes with a new number "
-                "of classes (the logits are then freshly initialised)"
-            )
+def _is_weight(variable):
+    """True for the float variables (not e.g. a dropout's RNG state)."""
+    return tf.as_dtype(variable.dtype).is_floating
 
 
 def restore_initial_checkpoint(
@@ -443,17 +430,19 @@ def restore_initial_checkpoint(
 ):
     """Initialises `model`'s weights from a checkpoint of this program.
 
-    Only the model is restored (not the optimizer nor the step). The layers
-    are matched by position: the checkpoint tracks layer `i` of the model as
-    `model/_operations/<i>`, so a `tf.train.Checkpoint(model=holder)`, with
-    `holder._operations` a dict {"i": layer} of the layers to restore, reads
-    exactly those layers through TensorFlow's object-graph matching (with
-    the usual variable names and shape checks); the skipped layers keep
-    their fresh initialisation. The model must have the checkpoint's
-    architecture up to the skipped last layers.
+    Only the model is restored (not the optimizer nor the step). Variables
+    are matched by their Keras path (`variable.path`, e.g. "logits/kernel"),
+    which the checkpoint's object graph stores as each variable's
+    `full_name`: the keys alone do not do, as Keras 3 saves a trainable
+    variable once, often under `optimizer/_trainable_variables/<i>`. Weights
+    a checkpoint lacks (e.g. the branches' batch-norm statistics in
+    checkpoints written before `conv_bn.track_sublayers` made list-held
+    sublayers visible to `tf.train.Checkpoint`) keep their initialisation and
+    are logged as a warning. Layers of the skipped last layers keep their
+    fresh initialisation.
 
     Args:
-      model: a Keras 3 functional DeepLab model (`deeplab.build_deeplab`).
+      model: a DeepLab Keras model (`deeplab.build_deeplab`).
       path: str, a checkpoint prefix or a directory (its latest checkpoint).
       initialize_last_layer: bool; False skips the last layers.
       last_layers_contain_logits_only: bool; the last layers are the logits
@@ -461,51 +450,66 @@ def restore_initial_checkpoint(
         modules of `deeplab.MODULES`.
 
     Returns:
-      (checkpoint path, restored layer names, skipped layer names); layers
-      without variables are in neither list.
+      dict with "checkpoint" (the path read), "restored" and "skipped"
+      (layer names; layers without weights are in neither), "missing"
+      (paths of weights of restored layers absent from the checkpoint) and
+      "unused" (checkpoint model variables the model did not take).
 
     Raises:
       FileNotFoundError: when there is no checkpoint at `path`.
       ValueError: when the checkpoint is not one of this program, when the
         logits shapes differ and `initialize_last_layer` is True, or when
-        the architectures differ.
+        the architectures differ (a restored layer with no weight in the
+        checkpoint, or a weight of another shape).
     """
     path = resolve_initial_checkpoint(path)
-    layers = list(getattr(model, _LAYERS_KEY, ()))
-    if not layers:
-        raise ValueError(
-            "--tf_initial_checkpoint needs a Keras 3 functional model "
-            f"(with `{_LAYERS_KEY}`), got {type(model).__name__}"
-        )
     reader = tf.train.load_checkpoint(path)
-    saved = _checkpoint_layer_variables(reader, len(layers))
+    saved = _checkpoint_model_variables(reader)
+    shapes = reader.get_variable_to_shape_map()
     skipped_modules = ()
     if not initialize_last_layer:
         skipped_modules = (
             LOGITS_MODULES if last_layers_contain_logits_only else LAST_LAYER_MODULES
         )
-    kept, restored, skipped = {}, [], []
-    for index, layer in enumerate(layers):
-        if not layer.variables:
+    restored, skipped, missing, used = [], [], [], set()
+    for layer in model.layers:
+        weights = [v for v in layer.variables if _is_weight(v)]
+        if not weights:
             continue
         if deeplab.module_of(layer.name) in skipped_modules:
             skipped.append(layer.name)
+            used.update(v.path for v in weights)
             continue
-        if layer.name == deeplab.LOGITS_LAYER:
-            _check_logits_shapes(reader, layer, saved.get(index, {}))
-        kept[str(index)] = layer
+        found = [v for v in weights if v.path in saved]
+        if not found:
+            raise ValueError(
+                f"--tf_initial_checkpoint={path!r} has no weight of layer "
+                f"{layer.name!r} (another architecture?)"
+            )
+        for variable in found:
+            key = saved[variable.path]
+            shape = tuple(shapes[key])
+            if shape != tuple(variable.shape):
+                if layer.name == deeplab.LOGITS_LAYER:
+                    raise ValueError(
+                        f"--tf_initial_checkpoint's {variable.path} has shape "
+                        f"{shape} but the model's has shape "
+                        f"{tuple(variable.shape)} (another number of classes?); "
+                        "--initialize_last_layer=false fine-tunes with a new "
+                        "number of classes (the logits are then freshly "
+                        "initialised)"
+                    )
+                raise ValueError(
+                    f"--tf_initial_checkpoint's {variable.path} has shape "
+                    f"{shape} but the model's has shape {tuple(variable.shape)} "
+                    "(another architecture?)"
+                )
+        for variable in found:
+            variable.assign(reader.get_tensor(saved[variable.path]))
+            used.add(variable.path)
+        missing.extend(v.path for v in weights if v.path not in saved)
         restored.append(layer.name)
-    holder = tf.Module()
-    setattr(holder, _LAYERS_KEY, kept)
-    try:
-        status = tf.train.Checkpoint(**{_MODEL_KEY: holder}).restore(path)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError) as e:
-        raise ValueError(
-            f"--tf_initial_checkpoint={path!r} does not fit the model (another "
-            f"architecture?): {e}"
-        ) from e
+    unused = sorted(set(saved) - used)
     logging.info(
         "Initialised from %s: restored %d layers (%s); skipped %d (%s).",
         path,
@@ -514,7 +518,26 @@ def restore_initial_checkpoint(
         len(skipped),
         ", ".join(skipped) or "none",
     )
-    return path, restored, skipped
+    if missing:
+        logging.warning(
+            "--tf_initial_checkpoint has no value for %d weights, left as "
+            "initialised: %s",
+            len(missing),
+            ", ".join(missing),
+        )
+    if unused:
+        logging.warning(
+            "%d model variables of --tf_initial_checkpoint were not used: %s",
+            len(unused),
+            ", ".join(unused),
+        )
+    return {
+        "checkpoint": path,
+        "restored": restored,
+        "skipped": skipped,
+        "missing": missing,
+        "unused": unused,
+    }
 
 
 def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=None):

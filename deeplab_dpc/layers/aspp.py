@@ -119,6 +119,7 @@ class ASPP(tf.keras.layers.Layer):
                     **norm,
                 )
             self.branch_layers.append(layer)
+        conv_bn.track_sublayers(self, self.branch_layers)
         self.concat_projection = conv_bn.ConvBN(
             self.filters, 1, weight_decay=weight_decay, name="concat_projection", **norm
         )

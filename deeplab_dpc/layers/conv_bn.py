@@ -23,6 +23,17 @@ def l2_regularizer(weight_decay):
     return tf.keras.regularizers.L2(0.5 * weight_decay) if weight_decay else None
 
 
+def track_sublayers(owner, layers):
+    """Sets each of `layers` as an attribute of `owner`, named after it.
+
+    Keras 3 tracks sublayers kept in a list for its own weights and `.keras`
+    files, but `tf.train.Checkpoint` does not see into those lists: without
+    this, the batch-norm statistics of list-held branches are not saved.
+    """
+    for layer in layers:
+        setattr(owner, layer.name, layer)
+
+
 def kernel_initializer(stddev):
     """Truncated normal with `stddev` (slim's choice), or Glorot-uniform."""
     if stddev is None:

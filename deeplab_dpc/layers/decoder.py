@@ -71,6 +71,7 @@ class Decoder(tf.keras.layers.Layer):
             )
             for i in range(2)
         ]
+        conv_bn.track_sublayers(self, self.refine)
 
     def build(self, input_shape):
         features_shape, low_shape = (tf.TensorShape(s) for s in input_shape)

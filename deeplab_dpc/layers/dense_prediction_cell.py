@@ -150,6 +150,7 @@ class DensePredictionCell(tf.keras.layers.Layer):
             )
             for i, spec in enumerate(self.cell)
         ]
+        conv_bn.track_sublayers(self, self.branch_layers)
         self.dropout = tf.keras.layers.Dropout(
             self.dropout_rate, name="concat_projection_dropout"
         )

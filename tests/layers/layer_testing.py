@@ -95,3 +95,14 @@ def check_keras_save_load(factory, shapes, tmp_path):
     reloaded_layer = loaded.layers[-1]
     assert type(reloaded_layer) is type(layer)
     assert dumps(reloaded_layer.get_config()) == dumps(layer.get_config())
+
+
+def check_checkpoint_saves_every_weight(layer, tmp_path):
+    """`tf.train.Checkpoint` of a built layer holds every one of its weights."""
+    path = tf.train.Checkpoint(layer=layer).write(str(tmp_path / "ckpt"))
+    saved = [
+        name
+        for name, _ in tf.train.list_variables(path)
+        if name.startswith("layer/") and name.endswith("VARIABLE_VALUE")
+    ]
+    assert len(saved) == len(layer.weights) > 0

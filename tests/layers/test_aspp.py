@@ -179,3 +179,9 @@ def test_config_round_trip(factory, shapes):
 @pytest.mark.parametrize("factory,shapes", _CASES)
 def test_keras_save_load(factory, shapes, tmp_path):
     layer_testing.check_keras_save_load(factory, shapes, tmp_path)
+
+
+def test_checkpoint_saves_every_branch_weight(tmp_path):
+    layer = aspp.ASPP((6, 12), crop_size=_crop(16), output_stride=16, filters=F)
+    layer(_features())
+    layer_testing.check_checkpoint_saves_every_weight(layer, tmp_path)

@@ -1,6 +1,7 @@
 """Tests for deeplab_dpc.layers.decoder."""
 
 import pytest
+import tensorflow as tf
 
 import layer_testing
 from deeplab_dpc.layers import decoder
@@ -66,3 +67,9 @@ def test_config_round_trip(factory, shapes):
 @pytest.mark.parametrize("factory,shapes", _CASES)
 def test_keras_save_load(factory, shapes, tmp_path):
     layer_testing.check_keras_save_load(factory, shapes, tmp_path)
+
+
+def test_checkpoint_saves_every_refine_weight(tmp_path):
+    layer = decoder.Decoder(filters=F, low_level_filters=4)
+    layer([tf.zeros([1, 5, 5, C]), tf.zeros([1, 9, 9, C])])
+    layer_testing.check_checkpoint_saves_every_weight(layer, tmp_path)

@@ -348,3 +348,15 @@ def test_dpc_rebuilt_from_config_gives_same_outputs():
     np.testing.assert_allclose(
         rebuilt(x, training=False).numpy(), layer(x, training=False).numpy(), rtol=1e-6
     )
+
+
+def test_checkpoint_saves_every_branch_weight(tmp_path):
+    cell = space.CellSpec(
+        [
+            space.BranchSpec(input=-1, op="sep3x3", rate=(1, 3)),
+            space.BranchSpec(input=0, op="pool", grid=(2, 2)),
+        ]
+    )
+    layer = _dpc(cell)
+    layer(_features())
+    layer_testing.check_checkpoint_saves_every_weight(layer, tmp_path)
