@@ -186,16 +186,8 @@ def convert_splits(
     for split, examples in split_examples.items():
         if not examples:
             raise ValueError(f"split {split!r} has no examples")
-        if not options.overwrite:
-            try:
-                existing = tfexample.split_files(output_dir, split)
-            except FileNotFoundError:
-                continue
-            raise FileExistsError(
-                f"{output_dir} already holds {len(existing)} shard(s) of split "
-                f"{split!r} (e.g. {os.path.basename(existing[0])}); pass "
-                f"--overwrite to replace them"
-            )
+    if not options.overwrite:
+        shard_writer.check_no_shards(output_dir, split_examples)
     results = {}
     with shard_writer.worker_pool(options.num_workers) as pool:
         for split, examples in split_examples.items():

@@ -33,6 +33,25 @@ class WriteResult:
     skipped: tuple  # error messages of the examples skipped
 
 
+def check_no_shards(output_dir, splits):
+    """Raises unless `output_dir` holds no shard of any of `splits`.
+
+    Conversions call it for all their splits before writing any, so that a
+    refused run writes nothing.
+
+    Raises:
+      FileExistsError: naming the directory, the split and `--overwrite`.
+    """
+    for split in splits:
+        existing = _existing_shards(output_dir, split)
+        if existing:
+            raise FileExistsError(
+                f"{output_dir} already holds {len(existing)} shard(s) of split "
+                f"{split!r} (e.g. {os.path.basename(existing[0])}); pass "
+                f"--overwrite to replace them"
+            )
+
+
 def _existing_shards(output_dir, split):
     try:
         return tfexample.split_files(output_dir, split)
@@ -118,12 +137,8 @@ def write_split(
     existing = _existing_shards(output_dir, split)
     for stale in glob.glob(os.path.join(glob.escape(output_dir), f".{split}-*.tmp")):
         os.remove(stale)  # Left by a killed run.
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{output_dir} already holds {len(existing)} shard(s) of split "
-            f"{split!r} (e.g. {os.path.basename(existing[0])}); pass --overwrite "
-            f"to replace them"
-        )
+    if not overwrite:
+        check_no_shards(output_dir, [split])
     per_shard = math.ceil(num_examples / num_shards)
     num_shards = math.ceil(num_examples / per_shard)
     jobs = [

@@ -46,7 +46,6 @@ DeepLab's tf.Example format (`tfexample`). The registry lists it as
 import dataclasses
 import functools
 import numbers
-import os
 
 import numpy as np
 
@@ -406,16 +405,7 @@ def build(
     for split, count in counts:
         _check_int(f"num_{split}", count, 1)
     if not overwrite:
-        for split, _ in counts:
-            pattern = os.path.join(output_dir, f"{split}-*")
-            try:
-                existing = tfexample.split_files(output_dir, split)
-            except FileNotFoundError:
-                continue
-            raise FileExistsError(
-                f"{output_dir} already holds {len(existing)} shard(s) matching "
-                f"{pattern!r}; pass --overwrite to replace them"
-            )
+        shard_writer.check_no_shards(output_dir, [split for split, _ in counts])
     results = {}
     with shard_writer.worker_pool(num_workers) as pool:
         for split, count in counts:
