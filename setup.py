@@ -22,19 +22,34 @@ setuptools.setup(
         "tensorflow-datasets>=4.9,<5",
         "tensorboard>=2.21,<2.22",
         "absl-py>=1.4,<3",
-        "numpy>=1.26,<3",
+        # cityscapesscripts' official evaluator calls np.in1d, removed in NumPy 2.4.
+        "numpy>=1.26,<2.4",
         "pillow>=10,<14",
         "tqdm>=4.60,<5",
         # The official Cityscapes label table and evaluator.
         "cityscapesscripts>=2.2,<3",
+        # Studies of the architecture search (shared storage for workers).
+        "optuna>=5,<6",
+        "psycopg2-binary>=2.9,<3",
+        "matplotlib>=3.8,<4",
+        "scipy>=1.11,<2",
+        # The mobile runtime the TFLite files are checked and timed in.
+        "ai-edge-litert>=2.3,<2.4",
+        # TF Serving's PredictRequest/PredictResponse protos for the client.
+        "tensorflow-serving-api>=2.21,<2.22",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # Open Source Vizier: google-vizier 0.1.24 pins an equinox that breaks
+        # on current jax; the -dev build with a current equinox runs.
+        "vizier": ["google-vizier-dev[jax]", "jax>=0.6", "equinox>=0.13"],
     },
     entry_points={
         "console_scripts": [
             "deeplab_dpc_flops=deeplab_dpc.flops:run",
             "deeplab_dpc_train=deeplab_dpc.train:run",
+            "deeplab_dpc_eval=deeplab_dpc.eval:run",
+            "deeplab_dpc_vis=deeplab_dpc.vis:run",
             "deeplab_dpc_demo=deeplab_dpc.demo:run",
         ],
     },

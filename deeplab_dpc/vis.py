@@ -1,0 +1,114 @@
+"""Writes colorized (and raw) predictions of a split, as DeepLab's vis.py.
+
+  python -m deeplab_dpc.vis --checkpoint_dir=TRAIN_LOGDIR --vis_logdir=DIR \
+      --dataset=synthetic --dataset_dir=DATA [--vis_split=val] \
+      [--vis_crop_size=513,513] [--colormap_type=pascal] \
+      [--also_save_raw_predictions]
+
+Outputs go to `<vis_logdir>/segmentation_results/` and, with
+`--also_save_raw_predictions`, `<vis_logdir>/raw_segmentation_results/`
+(see `vis_lib`); for `--dataset=cityscapes` the raw maps are the official
+labelIds the `cityscapesscripts` evaluator reads. The program refuses to
+write over results already in `--vis_logdir` unless `--overwrite`. It
+visualises the latest checkpoint `--max_number_of_iterations` times, each
+time a new one appears (0: watch forever, DeepLab's default; here the
+default is one pass).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from deeplab_dpc import common_flags
+from deeplab_dpc import eval_flags
+from deeplab_dpc import inference
+from deeplab_dpc import vis_lib
+from deeplab_dpc.data import pipeline
+from deeplab_dpc.data import registry
+
+_VIS_LOGDIR = flags.DEFINE_string("vis_logdir", None, "Where the PNGs are written.")
+_VIS_SPLIT = flags.DEFINE_string("vis_split", "val", "Split to visualise.")
+_VIS_CROP_SIZE = flags.DEFINE_string(
+    "vis_crop_size",
+    "513,513",
+    "'height,width' every image is padded to; at least the split's largest image.",
+)
+_VIS_BATCH_SIZE = flags.DEFINE_integer("vis_batch_size", 1, "Images per batch.")
+_COLORMAP_TYPE = flags.DEFINE_enum(
+    "colormap_type",
+    None,
+    registry.COLORMAPS,
+    "Colormap of the predictions (default: the data set's).",
+)
+_ALSO_SAVE_RAW_PREDICTIONS = flags.DEFINE_boolean(
+    "also_save_raw_predictions", False, "Also write the raw class-map PNGs."
+)
+_MAX_NUMBER_OF_ITERATIONS = flags.DEFINE_integer(
+    "max_number_of_iterations",
+    1,
+    "Passes over new checkpoints (0: watch --checkpoint_dir forever).",
+)
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Write over results already in --vis_logdir."
+)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    crop = common_flags.parse_size(_VIS_CROP_SIZE.value, "vis_crop_size")
+    try:
+        model_options = common_flags.model_options_from_flags(crop)
+        scales = eval_flags.parse_scales(crop, model_options.output_stride)
+        info = common_flags.dataset_info_from_flags()
+        eval_flags.check_split(_VIS_SPLIT.value, "vis_split")
+        if _VIS_BATCH_SIZE.value < 1:
+            raise flags.ValidationError("--vis_batch_size must be >= 1")
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    existing = vis_lib.existing_results(_VIS_LOGDIR.value)
+    if existing and not _OVERWRITE.value:
+        raise app.UsageError(
+            f"--vis_logdir={_VIS_LOGDIR.value!r} already holds {len(existing)} "
+            f"results (e.g. {existing[0]}); pass --overwrite to replace them or "
+            "choose another folder"
+        )
+    os.makedirs(_VIS_LOGDIR.value, exist_ok=True)
+    colormap_type = _COLORMAP_TYPE.value or info.colormap
+    for checkpoint in eval_flags.checkpoints(_MAX_NUMBER_OF_ITERATIONS.value):
+        model = inference.load_model(model_options, checkpoint)
+        predictor = inference.Predictor(
+            model, model_options, scales, eval_flags.ADD_FLIPPED_IMAGES.value
+        )
+        dataset = pipeline.make_dataset(
+            common_flags.DATASET_DIR.value,
+            _VIS_SPLIT.value,
+            crop_size=crop,
+            batch_size=_VIS_BATCH_SIZE.value,
+            is_training=False,
+            ignore_label=info.ignore_label,
+            tfds_name=eval_flags.tfds_name(),
+        )
+        count = vis_lib.visualize(
+            predictor,
+            dataset,
+            _VIS_LOGDIR.value,
+            colormap_type=colormap_type,
+            also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
+            cityscapes_label_ids=info.name == "cityscapes",
+            progress=True,
+        )
+        logging.info(
+            "Wrote %d images of %s to %s.", count, checkpoint, _VIS_LOGDIR.value
+        )
+
+
+def run():
+    flags.mark_flags_as_required(["checkpoint_dir", "vis_logdir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,241 @@
+"""The eval program: mIOU as a NumPy reference, scales and flips, bad flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_dpc import eval as eval_program
+from deeplab_dpc import eval_lib
+from deeplab_dpc import inference
+from deeplab_dpc.data import pipeline
+from deeplab_dpc.data import synthetic
+from deeplab_dpc.layers import resize
+from deeplab_dpc.models import deeplab
+from deeplab_dpc.search import space
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CROP = (65, 65)
+OPTIONS = deeplab.ModelOptions(
+    num_classes=synthetic.NUM_CLASSES,
+    crop_size=CROP,
+    depth_multiplier=0.35,
+    dense_prediction_cell=space.published_cell(),
+)
+STEP = 5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny data set and a checkpoint (at step 5) of a randomly set model."""
+    root = tmp_path_factory.mktemp("eval")
+    data_dir = str(root / "data")
+    synthetic.build(
+        data_dir, num_train=1, num_val=3, height=48, width=56, seed=4, num_workers=1
+    )
+    tf.keras.utils.set_random_seed(2)
+    model = deeplab.build_deeplab(OPTIONS)
+    # Batch-norm statistics recalibrated on the images (one pass with
+    # momentum 0) and random logits: the predictions then spread over the
+    # classes (an untrained model's activations otherwise vanish).
+    images = next(iter(_val_batches(data_dir, batch_size=3)))[pipeline.IMAGE]
+    norms = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for variable in model.get_layer("logits").variables:
+        variable.assign(tf.random.normal(variable.shape))
+    ckpt_dir = str(root / "train")
+    step = tf.Variable(STEP, dtype=tf.int64)
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, step=step), ckpt_dir, 1, checkpoint_name="ckpt"
+    ).save(checkpoint_number=STEP)
+    return data_dir, ckpt_dir, model
+
+
+def _val_batches(data_dir, batch_size=1):
+    return list(
+        pipeline.make_dataset(
+            data_dir,
+            "val",
+            crop_size=CROP,
+            batch_size=batch_size,
+            is_training=False,
+            ignore_label=synthetic.IGNORE_LABEL,
+        )
+    )
+
+
+def _numpy_miou(labels, predictions, num_classes, ignore_label):
+    keep = labels != ignore_label
+    labels, predictions = labels[keep], predictions[keep]
+    ious = []
+    for c in range(num_classes):
+        union = np.sum((labels == c) | (predictions == c))
+        if union:
+            ious.append(np.sum((labels == c) & (predictions == c)) / union)
+    return float(np.mean(ious))
+
+
+def _reference(data_dir, probabilities_fn):
+    """NumPy mIOU of argmax(probabilities) over the val images, uncropped."""
+    labels, predictions = [], []
+    for batch in _val_batches(data_dir):
+        h, w = int(batch[pipeline.ORIGINAL_HEIGHT][0]), int(
+            batch[pipeline.ORIGINAL_WIDTH][0]
+        )
+        probabilities = np.asarray(probabilities_fn(batch[pipeline.IMAGE]))
+        predictions.append(probabilities[0, :h, :w].argmax(-1))
+        labels.append(batch[pipeline.LABEL].numpy()[0, :h, :w, 0])
+    labels, predictions = np.stack(labels), np.stack(predictions)
+    assert len(np.unique(predictions)) > 1, "degenerate predictions"
+    return _numpy_miou(labels, predictions, synthetic.NUM_CLASSES, 255)
+
+
+def _program(data_dir, ckpt_dir, logdir, *extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.eval",
+            f"--checkpoint_dir={ckpt_dir}",
+            f"--eval_logdir={logdir}",
+            "--dataset=synthetic",
+            f"--dataset_dir={data_dir}",
+            "--eval_crop_size=65,65",
+            "--depth_multiplier=0.35",
+            "--head=dpc",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_program_miou_equals_numpy_reference(setup, tmp_path):
+    data_dir, ckpt_dir, model = setup
+    logdir = str(tmp_path / "eval")
+    # Watching the directory: the one checkpoint is evaluated, then the
+    # program stops when no new one comes within the timeout.
+    proc = _program(
+        data_dir,
+        ckpt_dir,
+        logdir,
+        "--max_number_of_evaluations=0",
+        "--eval_timeout_secs=1",
+        "--eval_interval_secs=0.5",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(logdir, "eval_results.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(logdir, f"eval_results-{STEP}.json")) as f:
+        assert json.load(f) == result
+    expected = _reference(data_dir, lambda x: tf.nn.softmax(model(x)))
+    assert result["miou"] == pytest.approx(expected, abs=1e-9)
+    assert result["step"] == STEP and result["num_images"] == 3
+    assert result["class_names"] == list(synthetic.CLASS_NAMES)
+    assert "mIOU" in proc.stderr and "background" in proc.stderr
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
+
+
+def test_scales_and_flips_average_probabilities(setup):
+    data_dir, ckpt_dir, model = setup
+    scales = (0.5, 1.0)
+    result = eval_lib.evaluate_checkpoint(
+        OPTIONS,
+        ckpt_dir,
+        dataset_dir=data_dir,
+        split="val",
+        batch_size=2,
+        ignore_label=255,
+        scales=scales,
+        add_flipped_images=True,
+    )
+    # DeepLab's predict_labels_multi_scale, written out: a model per scaled
+    # crop with the same weights, logits resized back, softmax averaged.
+    models = {}
+    for scale in scales:
+        crop = tuple(int((c - 1) * scale + 1) for c in CROP)
+        scaled = deeplab.build_deeplab(
+            deeplab.ModelOptions(**{**OPTIONS.__dict__, "crop_size": crop})
+        )
+        scaled.set_weights(model.get_weights())
+        models[crop] = scaled
+
+    def probabilities(images):
+        total = 0
+        for crop, scaled in models.items():
+            for flip in (False, True):
+                x = tf.reverse(images, [2]) if flip else images
+                x = tf.compat.v1.image.resize_bilinear(x, crop, align_corners=True)
+                logits = tf.compat.v1.image.resize_bilinear(
+                    scaled(x), CROP, align_corners=True
+                )
+                p = tf.nn.softmax(logits)
+                total += tf.reverse(p, [2]) if flip else p
+        return total / (2 * len(models))
+
+    assert result["miou"] == pytest.approx(
+        _reference(data_dir, probabilities), abs=1e-9
+    )
+    assert result["eval_scales"] == list(scales) and result["add_flipped_images"]
+
+
+def test_scaled_crop_must_suit_the_output_stride():
+    assert inference.scaled_crop((513, 513), 0.75, 16) == (385, 385)
+    with pytest.raises(ValueError, match="scale 0.3"):
+        inference.scaled_crop((513, 513), 0.3, 16)
+    assert resize.resize_bilinear(tf.zeros([1, 3, 3, 1]), (5, 5)).shape[1] == 5
+
+
+@pytest.fixture
+def parsed_flags():
+    if not FLAGS.is_parsed():
+        FLAGS(["test"])
+    with flagsaver.flagsaver():
+        yield
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"eval_crop_size": "64,64"}, "--eval_crop_size"),
+        ({"eval_scales": ["0.3"]}, "--eval_scales"),
+        ({"eval_split": "nosuch"}, "--eval_split='nosuch'"),
+        ({"dataset": "nosuch"}, "nosuch"),
+        ({"dataset_dir": None}, "--dataset_dir is required"),
+        ({"eval_batch_size": 0}, "--eval_batch_size"),
+    ],
+)
+def test_bad_flags_are_named(setup, parsed_flags, values, message):
+    FLAGS.dataset = "synthetic"
+    FLAGS.dataset_dir = setup[0]
+    FLAGS.eval_crop_size = "65,65"
+    for name, value in values.items():
+        setattr(FLAGS, name, value)
+    with pytest.raises(flags.ValidationError, match=message):
+        eval_program.eval_setup()
+
+
+def test_checkpoint_that_does_not_fit_is_named(setup):
+    aspp = deeplab.ModelOptions(
+        num_classes=synthetic.NUM_CLASSES, crop_size=CROP, depth_multiplier=0.35
+    )
+    with pytest.raises(ValueError, match="another architecture"):
+        inference.load_model(aspp, setup[1])
