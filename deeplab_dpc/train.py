@@ -103,6 +103,11 @@ _LAST_LAYERS_CONTAIN_LOGITS_ONLY = flags.DEFINE_boolean(
     "The last layers are the logits only (true) or the logits, head and "
     "decoder (false).",
 )
+_SAVE_SUMMARIES_IMAGES = flags.DEFINE_boolean(
+    "save_summaries_images",
+    False,
+    "Also write an image, its labels and prediction to TensorBoard at log steps.",
+)
 _DISTRIBUTION_STRATEGY = flags.DEFINE_enum(
     "distribution_strategy", "default", list(STRATEGIES), "tf.distribute strategy."
 )
@@ -193,6 +198,8 @@ def options_from_flags(num_replicas):
             tf_initial_checkpoint=_TF_INITIAL_CHECKPOINT.value,
             initialize_last_layer=_INITIALIZE_LAST_LAYER.value,
             last_layers_contain_logits_only=_LAST_LAYERS_CONTAIN_LOGITS_ONLY.value,
+            save_summaries_images=_SAVE_SUMMARIES_IMAGES.value,
+            colormap_type=common_flags.dataset_info_from_flags().colormap,
         )
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e

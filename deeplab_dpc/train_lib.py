@@ -53,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from deeplab_dpc import vis_lib
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.models import deeplab
 
@@ -108,6 +109,9 @@ class TrainOptions:
         (to fine-tune with a different number of classes).
       last_layers_contain_logits_only: bool; the last layers are the logits
         layer only (True) or the logits, head (DPC/ASPP) and decoder (False).
+      save_summaries_images: bool; at every log step the chief also writes
+        an image of the batch with its true and predicted labels colorized.
+      colormap_type: the colormap of those label images.
     """
 
     train_batch_size: int = 8
@@ -137,6 +141,8 @@ class TrainOptions:
     tf_initial_checkpoint: str = ""
     initialize_last_layer: bool = True
     last_layers_contain_logits_only: bool = False
+    save_summaries_images: bool = False
+    colormap_type: str = "pascal"
 
     def __post_init__(self):
         for name in (
@@ -540,6 +546,25 @@ def restore_initial_checkpoint(
     }
 
 
+def write_image_summaries(model, strategy, batch, step, options):
+    """The first image of this worker's batch, its labels and prediction.
+
+    Labels are colorized with `options.colormap_type` (ignored pixels take
+    the colormap's color of the ignore label).
+    """
+    image = strategy.experimental_local_results(batch[pipeline.IMAGE])[0][:1]
+    label = strategy.experimental_local_results(batch[pipeline.LABEL])[0][:1]
+    logits = model(image, training=False)
+    prediction = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    tf.summary.image("image", tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), step)
+    tf.summary.image(
+        "label", vis_lib.colorize(label[..., 0], options.colormap_type), step
+    )
+    tf.summary.image(
+        "prediction", vis_lib.colorize(prediction, options.colormap_type), step
+    )
+
+
 def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=None):
     """Trains DeepLab to `train_options.training_number_of_steps`.
 
@@ -656,15 +681,15 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
         return loss
 
     @tf.function
-    def train_step(iterator, fraction):
-        per_replica = strategy.run(replica_step, args=(next(iterator), fraction))
+    def train_step(batch, fraction):
+        per_replica = strategy.run(replica_step, args=(batch, fraction))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     @tf.function
     def agree(flag):
         """Any worker's flag, for decisions every worker must take alike."""
         value = strategy.run(lambda: tf.cast(flag, tf.int32))
-        return strategy.reduce(tf.distribute.ReduceOp.MAX, value, axis=None) > 0
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
 
     multi_worker = _num_workers(strategy) > 1
     writer = (
@@ -703,7 +728,8 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                 step, o.top_k_percent_pixels, o.hard_example_mining_step
             )
             # A tensor, so that the mining ramp does not retrace the step.
-            loss = float(train_step(iterator, tf.constant(fraction, tf.float32)))
+            batch = next(iterator)
+            loss = float(train_step(batch, tf.constant(fraction, tf.float32)))
             if not np.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss} at step {step + 1} (learning rate "
@@ -732,6 +758,8 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                     )
                     tf.summary.scalar("loss", loss, step=step)
                     tf.summary.scalar("learning_rate", lr, step=step)
+                    if o.save_summaries_images:
+                        write_image_summaries(model, strategy, batch, step, o)
                     writer.flush()
                 window_start, window_step = now, step
             stop = termination.requested

@@ -64,7 +64,11 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path):
     logdir = str(tmp_path / "log")
     proc = subprocess.run(
         _program_args(
-            data_dir, logdir, "--training_number_of_steps=3", "--log_steps=1"
+            data_dir,
+            logdir,
+            "--training_number_of_steps=3",
+            "--log_steps=1",
+            "--save_summaries_images",
         ),
         cwd=REPO,
         env=_env(),
@@ -80,7 +84,15 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path):
     assert "--train_crop_size=33,33" in written
     assert "--training_number_of_steps=3" in written
     assert tf.train.latest_checkpoint(logdir).endswith("ckpt-3")
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(logdir))
+    events = [n for n in os.listdir(logdir) if n.startswith("events.out.tfevents")]
+    assert events
+    tags = {}
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, events[0])):
+        for value in event.summary.value:
+            tags.setdefault(value.tag, []).append(event.step)
+    assert tags["loss"] == [1, 2, 3] and tags["learning_rate"] == [1, 2, 3]
+    for tag in ("image", "label", "prediction"):
+        assert tags[tag] == [1, 2, 3], tags
 
 
 def test_sigterm_saves_and_exits(data_dir, tmp_path):

@@ -1,0 +1,206 @@
+"""Tests of deeplab_dpc.search.proxy on cached features of the built-in data set."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_dpc import eval_lib
+from deeplab_dpc.data import synthetic
+from deeplab_dpc.models import accounting
+from deeplab_dpc.models import deeplab
+from deeplab_dpc.search import cache
+from deeplab_dpc.search import proxy
+from deeplab_dpc.search import space
+
+CROP = (65, 65)
+TARGET = (129, 129)
+SEED = 3
+OPTIONS = deeplab.ModelOptions(
+    model_variant="mobilenet_v2",
+    depth_multiplier=0.35,
+    num_classes=synthetic.NUM_CLASSES,
+    crop_size=CROP,
+    output_stride=16,
+)
+CELL = space.cell_from_json(
+    [
+        {"op": "conv", "kernel": 3, "rate": [1, 6], "input": -1},
+        {"op": "pyramid_pooling", "grid_size": [2, 2], "input": 0},
+        {"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1},
+    ]
+)
+
+
+def write_pretrained(options, directory, seed=0):
+    """A training-program checkpoint of a He-initialised DeepLab model.
+
+    Keras' default initialisation shrinks MobileNet-v2's activations to
+    about 1e-10 (zero in float16); He-normal kernels keep them near 1, like a
+    trained backbone's. The same as in test_cache.py, so that both modules
+    share one cache.
+    """
+    tf.keras.utils.set_random_seed(seed)
+    model = deeplab.build_deeplab(options)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D)):
+            shape = layer.kernel.shape
+            depthwise = isinstance(layer, tf.keras.layers.DepthwiseConv2D)
+            fan_in = np.prod(shape[:2] if depthwise else shape[:-1])
+            layer.kernel.assign(rng.normal(0.0, np.sqrt(2.0 / fan_in), shape))
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model), directory, 1, checkpoint_name="ckpt"
+    )
+    return model, manager.save(checkpoint_number=1)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """(search_dir, dataset_dir, CacheInfo), shared with test_cache.py."""
+    base = tmp_path_factory.getbasetemp() / "search_shared"
+    data, pretrained = str(base / "data"), str(base / "pretrained")
+    if not os.path.exists(data):
+        synthetic.build(
+            data,
+            num_train=8,
+            num_val=4,
+            height=CROP[0],
+            width=CROP[1],
+            num_workers=1,
+            num_shards=2,
+        )
+    if tf.train.latest_checkpoint(pretrained) is None:
+        write_pretrained(OPTIONS, pretrained)
+    search = str(base / "search")
+    info = cache.build_cache(
+        search,
+        dataset_dir=data,
+        train_split="train",
+        val_split="val",
+        model_options=OPTIONS,
+        checkpoint=pretrained,
+        cache_copies=2,
+        ignore_label=synthetic.IGNORE_LABEL,
+        seed=SEED,
+        progress=False,
+        batch_size=4,
+    )
+    return search, data, info
+
+
+@pytest.fixture(scope="module")
+def trial(shared, tmp_path_factory):
+    """A trained trial, its report calls and its DeepLab checkpoint."""
+    search, _, _ = shared
+    calls = []
+    result = proxy.run_trial(
+        CELL,
+        search,
+        proxy_steps=60,
+        proxy_batch_size=8,
+        base_learning_rate=0.1,
+        eval_every=20,
+        report=lambda step, miou: calls.append((step, miou)),
+        seed=0,
+        target_crop_size=TARGET,
+        checkpoint_dir=str(tmp_path_factory.mktemp("trial") / "deeplab"),
+    )
+    return result, calls
+
+
+def test_trial_trains_evaluates_and_reports(trial):
+    result, calls = trial
+    assert result.steps == 60
+    assert result.losses[-1][0] == 60
+    assert result.losses[-1][1] < 0.6 * result.losses[0][1]
+    assert 0.0 <= result.miou <= 1.0
+    assert len(result.per_class_iou) == synthetic.NUM_CLASSES
+    assert [step for step, _ in result.intermediate] == [20, 40, 60]
+    assert calls == list(result.intermediate[:-1])
+    assert result.intermediate[-1][1] == result.miou
+    assert all(0.0 <= miou <= 1.0 for _, miou in calls)
+    assert result.cell == CELL
+    assert result.target_crop_size == TARGET
+    assert result.to_dict()["cell_json"] == space.cell_to_json_string(CELL)
+
+
+def test_exception_from_report_stops_the_trial(shared):
+    search, _, _ = shared
+
+    class Pruned(Exception):
+        pass
+
+    calls = []
+
+    def report(step, miou):
+        calls.append(step)
+        raise Pruned(f"step {step}")
+
+    with pytest.raises(Pruned, match="step 2"):
+        proxy.run_trial(
+            CELL, search, proxy_steps=6, proxy_batch_size=2, eval_every=2, report=report
+        )
+    assert calls == [2]
+
+
+def test_head_cost_is_the_accounting_head_row_at_the_target_crop(trial, shared):
+    result, _ = trial
+    _, _, info = shared
+    options = proxy.model_options(info, CELL)
+    full = deeplab.build_deeplab(dataclasses.replace(options, crop_size=TARGET))
+    head = accounting.count(full)["head"]
+    assert (result.head_params, result.head_madds) == (head["params"], head["madds"])
+    # The pooling geometry and feature size follow the crop: another crop,
+    # other MAdds.
+    _, madds_at_cache_crop = proxy.head_cost(options, info.feature_shape[-1], CROP)
+    assert madds_at_cache_crop < result.head_madds
+
+
+def test_eval_program_on_images_gives_the_proxy_miou(trial, shared):
+    result, _ = trial
+    search, data, info = shared
+    assert os.path.basename(result.checkpoint) == "ckpt-0"
+    directory = os.path.dirname(result.checkpoint)
+    assert tf.train.latest_checkpoint(directory) == result.checkpoint
+    assert space.load_cell(os.path.join(directory, proxy.CELL_JSON)) == CELL
+    # The eval program's loader refuses checkpoints with missing or extra
+    # weights, so this also checks that the checkpoint is complete.
+    full = eval_lib.evaluate_checkpoint(
+        proxy.model_options(search, CELL),
+        directory,
+        dataset_dir=data,
+        split="val",
+        batch_size=4,
+        ignore_label=info.ignore_label,
+    )
+    # Not a constant prediction: the model predicts several classes.
+    assert np.count_nonzero(np.sum(full["confusion_matrix"], axis=0)) >= 2
+    assert full["num_pixels"] == 4 * CROP[0] * CROP[1]
+    assert abs(full["miou"] - result.miou) <= 0.02
+    np.testing.assert_allclose(
+        [v or 0.0 for v in full["per_class_iou"]],
+        [v or 0.0 for v in result.per_class_iou],
+        atol=0.05,
+    )
+
+
+def test_aspp_baseline_and_bad_arguments(shared, tmp_path):
+    search, _, info = shared
+    result = proxy.run_trial(
+        None, search, proxy_steps=2, proxy_batch_size=2, target_crop_size=CROP
+    )
+    assert result.cell_json is None and result.cell is None
+    options = proxy.model_options(info, None)
+    assert options.head == deeplab.HEAD_ASPP
+    assert (result.head_params, result.head_madds) == proxy.head_cost(
+        options, info.feature_shape[-1], CROP
+    )
+    with pytest.raises(ValueError, match="num_classes=5 but the feature cache has"):
+        proxy.run_trial(CELL, search, proxy_steps=2, proxy_batch_size=2, num_classes=5)
+    with pytest.raises(ValueError, match="proxy_steps must be a positive int"):
+        proxy.run_trial(CELL, search, proxy_steps=0, proxy_batch_size=2)
+    with pytest.raises(FileNotFoundError, match="no complete feature cache"):
+        proxy.run_trial(CELL, str(tmp_path), proxy_steps=2, proxy_batch_size=2)
