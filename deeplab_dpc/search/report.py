@@ -1,0 +1,375 @@
+"""The search report: tables, plots and a JSON export of every trial.
+
+`write_report` turns the trials of a study (plain dicts, see `TRIAL_FIELDS`),
+the baselines trained on the same proxy budget and the re-rank summary into
+`<search_dir>/report.md` with PNG plots (matplotlib, Agg backend) in
+`<search_dir>/plots/`, and `<search_dir>/trials.json` for other tools:
+
+* best-so-far proxy mIOU against the trial number;
+* proxy mIOU against head MAdds, with the Pareto front (max mIOU, min MAdds);
+* how often each operation, atrous rate and pooling grid appears among the
+  top trials;
+* a drawing of the best cell's graph (backbone feature F, branches, concat).
+
+Every file is written under a temporary name and renamed.
+"""
+
+import collections
+import json
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from deeplab_dpc.search import space  # pylint: disable=wrong-import-position
+
+REPORT_FILE = "report.md"
+TRIALS_FILE = "trials.json"
+PLOTS_DIR = "plots"
+TRIAL_FIELDS = (
+    "number",  # int, the study's trial number
+    "state",  # "COMPLETE", "PRUNED", "FAIL", "RUNNING", ...
+    "miou",  # float or None, the proxy mIOU
+    "madds",  # int or None, head MAdds at the target crop
+    "params",  # int or None, head params
+    "seconds",  # float or None, wall time of the trial
+    "cell",  # DeepLab JSON list of the cell
+    "duplicate_of",  # int or None: an identical earlier cell's trial
+)
+
+
+def completed(records):
+    """The trials with a proxy mIOU, best first."""
+    done = [r for r in records if r["state"] == "COMPLETE" and r["miou"] is not None]
+    return sorted(done, key=lambda r: (-r["miou"], r["madds"] or 0, r["number"]))
+
+
+def pareto_front(records):
+    """Completed trials no other beats on both mIOU (max) and MAdds (min).
+
+    Returns:
+      list of records sorted by MAdds.
+    """
+    done = [r for r in completed(records) if r["madds"] is not None]
+    front = []
+    for r in done:
+        dominated = any(
+            o["miou"] >= r["miou"]
+            and o["madds"] <= r["madds"]
+            and (o["miou"] > r["miou"] or o["madds"] < r["madds"])
+            for o in done
+        )
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: (r["madds"], -r["miou"]))
+
+
+def _save(fig, path):
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_best_so_far(records, path):
+    done = sorted(
+        (r for r in records if r["state"] == "COMPLETE" and r["miou"] is not None),
+        key=lambda r: r["number"],
+    )
+    fig, ax = plt.subplots(figsize=(6, 4))
+    best, xs, ys = -1.0, [], []
+    for r in done:
+        best = max(best, r["miou"])
+        xs.append(r["number"])
+        ys.append(best)
+    ax.scatter(
+        [r["number"] for r in done],
+        [r["miou"] for r in done],
+        s=10,
+        alpha=0.5,
+        label="trial",
+    )
+    ax.step(xs, ys, where="post", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("proxy mIOU")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_miou_vs_madds(records, path, baselines=()):
+    done = [r for r in completed(records) if r["madds"] is not None]
+    front = pareto_front(records)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(
+        [r["madds"] / 1e9 for r in done],
+        [r["miou"] for r in done],
+        s=10,
+        alpha=0.5,
+        label="trial",
+    )
+    ax.plot(
+        [r["madds"] / 1e9 for r in front],
+        [r["miou"] for r in front],
+        "o-",
+        color="C3",
+        label="Pareto front",
+    )
+    for b in baselines:
+        ax.scatter([b["madds"] / 1e9], [b["miou"]], marker="*", s=120, label=b["name"])
+    ax.set_xlabel("head GMAdds at the target crop")
+    ax.set_ylabel("proxy mIOU")
+    ax.legend()
+    _save(fig, path)
+
+
+def op_counts(records, top):
+    """Counters of ops, atrous rates and pooling grids among the top trials."""
+    ops, rates, grids = (
+        collections.Counter(),
+        collections.Counter(),
+        collections.Counter(),
+    )
+    for r in completed(records)[:top]:
+        for branch in space.cell_from_json(r["cell"]):
+            ops[branch.op] += 1
+            if branch.op == space.OP_SEP3X3:
+                rates[f"{branch.rate[0]}x{branch.rate[1]}"] += 1
+            elif branch.op == space.OP_POOL:
+                grids[f"{branch.grid[0]}x{branch.grid[1]}"] += 1
+    return ops, rates, grids
+
+
+def plot_op_frequencies(records, path, top):
+    counters = op_counts(records, top)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, counter, title in zip(axes, counters, ("operation", "atrous rate", "grid")):
+        items = counter.most_common(12)
+        ax.bar([k for k, _ in items], [v for _, v in items])
+        ax.set_title(f"{title} among the top {top}")
+        ax.tick_params(axis="x", rotation=60)
+    _save(fig, path)
+
+
+def plot_cell(cell, path, title=""):
+    """Draws a cell: F on the left, branches by depth, the concat on the right."""
+    cell = space.cell_from_json(cell) if not isinstance(cell, space.CellSpec) else cell
+    depth = []
+    for branch in cell:
+        depth.append(1 if branch.input < 0 else depth[branch.input] + 1)
+    # A column per depth and a row per branch, so that no two boxes meet.
+    position = {"F": (0.0, 0.0)}
+    for i, d in enumerate(depth):
+        position[i] = (float(d), (len(cell) - 1) / 2.0 - i)
+    concat = (float(max(depth) + 1), 0.0)
+    fig, ax = plt.subplots(figsize=(2.6 * (max(depth) + 2), 1.2 * (len(cell) + 1)))
+    arrow = dict(arrowstyle="->", color="0.4", shrinkA=18, shrinkB=18)
+    for i, branch in enumerate(cell):
+        source = position["F" if branch.input < 0 else branch.input]
+        ax.annotate("", xy=position[i], xytext=source, arrowprops=arrow)
+        ax.annotate("", xy=concat, xytext=position[i], arrowprops=arrow)
+    boxes = [("F", position["F"], "F (backbone)"), ("concat", concat, "concat + 1x1")]
+    lines = space.describe(cell).splitlines()
+    boxes += [(i, position[i], lines[i]) for i in range(len(cell))]
+    for _, (x, y), text in boxes:
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox=dict(boxstyle="round", facecolor="#e8f0fe", edgecolor="0.5"),
+        )
+    ax.set_xlim(-0.7, concat[0] + 0.7)
+    ax.set_ylim(-len(cell) / 2.0 - 0.5, len(cell) / 2.0 + 0.5)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}"
+
+
+def _cell_text(cell_json):
+    if cell_json is None:
+        return "ASPP"
+    return "; ".join(space.describe(space.cell_from_json(cell_json)).splitlines())
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write_text(path, text):
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(
+    search_dir, records, *, baselines=(), rerank=None, top_k=10, settings=None
+):
+    """Writes report.md, its plots and trials.json into `search_dir`.
+
+    Args:
+      search_dir: str.
+      records: trial dicts with `TRIAL_FIELDS`.
+      baselines: dicts with "name", "miou", "madds", "params", "cell" (None
+        for ASPP): heads trained on the same proxy budget.
+      rerank: the `rerank.rerank` summary, or None.
+      top_k: rows of the top-trials table and trials counted in the op plot.
+      settings: optional dict of the search's settings, listed at the top.
+
+    Returns:
+      str, the path of report.md.
+
+    Raises:
+      ValueError: when no trial completed (nothing to report).
+    """
+    best = completed(records)
+    if not best:
+        raise ValueError(
+            f"{search_dir}: no completed trial to report yet "
+            f"({len(records)} trials in the study)"
+        )
+    plots = os.path.join(search_dir, PLOTS_DIR)
+    os.makedirs(plots, exist_ok=True)
+    plot_best_so_far(records, os.path.join(plots, "best_so_far.png"))
+    plot_miou_vs_madds(records, os.path.join(plots, "miou_vs_madds.png"), baselines)
+    plot_op_frequencies(records, os.path.join(plots, "op_frequencies.png"), top_k)
+    best_cell = best[0]["cell"]
+    if rerank:
+        best_cell = rerank["candidates"][0]["cell"]
+    plot_cell(best_cell, os.path.join(plots, "best_cell.png"), "best cell")
+
+    states = collections.Counter(r["state"] for r in records)
+    duplicates = sum(1 for r in records if r.get("duplicate_of") is not None)
+    seconds = sum(r["seconds"] or 0.0 for r in records)
+    parts = ["# Architecture search report", ""]
+    if settings:
+        parts += [_table(["setting", "value"], sorted(settings.items())), ""]
+    parts += [
+        f"{len(records)} trials: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        + f"; {duplicates} repeated cells answered from earlier trials; "
+        f"{seconds / 3600:.2f} trial-hours.",
+        "",
+        f"## Top {min(top_k, len(best))} trials by proxy mIOU",
+        "",
+        _table(
+            [
+                "rank",
+                "trial",
+                "proxy mIOU",
+                "head MAdds",
+                "head params",
+                "seconds",
+                "cell",
+            ],
+            [
+                [
+                    i + 1,
+                    r["number"],
+                    _fmt(r["miou"]),
+                    _fmt(r["madds"]),
+                    _fmt(r["params"]),
+                    _fmt(r["seconds"], 1),
+                    _cell_text(r["cell"]),
+                ]
+                for i, r in enumerate(best[:top_k])
+            ],
+        ),
+        "",
+        "## Pareto front (max mIOU, min MAdds)",
+        "",
+        _table(
+            ["trial", "proxy mIOU", "head MAdds", "cell"],
+            [
+                [r["number"], _fmt(r["miou"]), _fmt(r["madds"]), _cell_text(r["cell"])]
+                for r in pareto_front(records)
+            ],
+        ),
+        "",
+    ]
+    if baselines:
+        rows = [
+            [
+                b["name"],
+                _fmt(b["miou"]),
+                _fmt(b["madds"]),
+                _fmt(b["params"]),
+                _cell_text(b["cell"]),
+            ]
+            for b in baselines
+        ]
+        rows.append(
+            [
+                "best searched cell",
+                _fmt(best[0]["miou"]),
+                _fmt(best[0]["madds"]),
+                _fmt(best[0]["params"]),
+                _cell_text(best[0]["cell"]),
+            ]
+        )
+        parts += [
+            "## Against the baselines (same proxy budget)",
+            "",
+            _table(["head", "proxy mIOU", "head MAdds", "head params", "cell"], rows),
+            "",
+        ]
+    if rerank:
+        rho = rerank.get("spearman")
+        parts += [
+            f"## Re-rank by end-to-end training ({rerank['rerank_steps']} steps)",
+            "",
+            f"Spearman rank correlation of proxy and full mIOU: "
+            f"{'n/a' if rho is None else f'{rho:.3f}'} (the paper: 0.47 for "
+            "cached features vs end-to-end training). The winner is in "
+            "`best_cell.json`.",
+            "",
+            _table(
+                ["full rank", "proxy rank", "trial", "proxy mIOU", "full mIOU", "cell"],
+                [
+                    [
+                        c["full_rank"],
+                        c["proxy_rank"],
+                        c["trial"],
+                        _fmt(c["proxy_miou"]),
+                        _fmt(c["full_miou"]),
+                        _cell_text(c["cell"]),
+                    ]
+                    for c in rerank["candidates"]
+                ],
+            ),
+            "",
+        ]
+    parts += [
+        "## Plots",
+        "",
+        "![best so far](plots/best_so_far.png)",
+        "![mIOU vs MAdds](plots/miou_vs_madds.png)",
+        "![op frequencies](plots/op_frequencies.png)",
+        "![best cell](plots/best_cell.png)",
+        "",
+    ]
+    _write_text(
+        os.path.join(search_dir, TRIALS_FILE), json.dumps(list(records), indent=1)
+    )
+    path = os.path.join(search_dir, REPORT_FILE)
+    _write_text(path, "\n".join(parts))
+    return path

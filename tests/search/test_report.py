@@ -1,0 +1,112 @@
+"""The search report: Pareto front, op counts, report.md, plots, trials.json."""
+
+import json
+import os
+import random
+
+import pytest
+from PIL import Image
+
+from deeplab_dpc.search import report
+from deeplab_dpc.search import space
+
+
+def _records(n=12, seed=0):
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        cell = space.sample_cell(rng, 5)
+        state = "PRUNED" if i % 5 == 4 else "COMPLETE"
+        records.append(
+            {
+                "number": i,
+                "state": state,
+                "miou": None if state == "PRUNED" else rng.random(),
+                "madds": rng.randint(10**8, 10**10),
+                "params": rng.randint(10**5, 10**6),
+                "seconds": 2.0,
+                "cell": space.cell_to_json(cell),
+                "duplicate_of": 0 if i == 3 else None,
+            }
+        )
+    return records
+
+
+def test_pareto_front_is_the_non_dominated_set():
+    records = _records(30)
+    front = report.pareto_front(records)
+    done = report.completed(records)
+    assert front and done[0] in front  # the best mIOU is never dominated
+    for r in done:
+        beaten = any(o["miou"] > r["miou"] and o["madds"] < r["madds"] for o in done)
+        assert (r in front) == (not beaten)
+    assert [r["madds"] for r in front] == sorted(r["madds"] for r in front)
+
+
+def test_op_counts_count_branches_of_the_top_trials():
+    records = _records(10)
+    ops, rates, grids = report.op_counts(records, top=3)
+    assert sum(ops.values()) == 15
+    assert sum(rates.values()) == ops[space.OP_SEP3X3]
+    assert sum(grids.values()) == ops[space.OP_POOL]
+
+
+def test_write_report(tmp_path):
+    records = _records()
+    baselines = [
+        {
+            "name": "ASPP",
+            "miou": 0.3,
+            "madds": 5 * 10**9,
+            "params": 7 * 10**5,
+            "cell": None,
+        },
+    ]
+    rerank = {
+        "rerank_steps": 10,
+        "spearman": 0.5,
+        "candidates": [
+            {
+                "full_rank": 1,
+                "proxy_rank": 2,
+                "trial": 1,
+                "proxy_miou": 0.6,
+                "full_miou": 0.7,
+                "cell": records[1]["cell"],
+            },
+            {
+                "full_rank": 2,
+                "proxy_rank": 1,
+                "trial": 0,
+                "proxy_miou": 0.8,
+                "full_miou": 0.65,
+                "cell": records[0]["cell"],
+            },
+        ],
+    }
+    path = report.write_report(
+        str(tmp_path),
+        records,
+        baselines=baselines,
+        rerank=rerank,
+        top_k=5,
+        settings={"strategy": "random_local"},
+    )
+    text = open(path).read()
+    best = report.completed(records)[0]
+    assert f"| 1 | {best['number']} | {best['miou']:.4f} |" in text
+    assert "Spearman rank correlation of proxy and full mIOU: 0.500" in text
+    assert "| ASPP | 0.3000 |" in text and "random_local" in text
+    assert "10 complete, 2 pruned" in text and "1 repeated cells" in text
+    for name in ("best_so_far", "miou_vs_madds", "op_frequencies", "best_cell"):
+        png = tmp_path / "plots" / f"{name}.png"
+        assert f"plots/{name}.png" in text
+        width, height = Image.open(png).size
+        assert width > 100 and height > 100
+    assert json.load(open(tmp_path / "trials.json")) == records
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_no_completed_trial_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no completed trial"):
+        report.write_report(str(tmp_path), [dict(_records(1)[0], state="FAIL")])
