@@ -81,8 +81,8 @@ def candidate_dir(search_dir, cell):
 
 def spearman(proxy_scores, full_scores):
     """Spearman's rho between two score lists (None when undefined)."""
-    if len(proxy_scores) < 2:
-        return None
+    if len(set(proxy_scores)) < 2 or len(set(full_scores)) < 2:
+        return None  # A constant list has no ranks to correlate.
     rho = stats.spearmanr(proxy_scores, full_scores).statistic
     return None if np.isnan(rho) else float(rho)
 

@@ -14,17 +14,9 @@ from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache
 from deeplab_dpc.search import proxy
 from deeplab_dpc.search import space
+from cache_testing import CROP, OPTIONS, SEED, shared_search
 
-CROP = (65, 65)
 TARGET = (129, 129)
-SEED = 3
-OPTIONS = deeplab.ModelOptions(
-    model_variant="mobilenet_v2",
-    depth_multiplier=0.35,
-    num_classes=synthetic.NUM_CLASSES,
-    crop_size=CROP,
-    output_stride=16,
-)
 CELL = space.cell_from_json(
     [
         {"op": "conv", "kernel": 3, "rate": [1, 6], "input": -1},
@@ -34,60 +26,10 @@ CELL = space.cell_from_json(
 )
 
 
-def write_pretrained(options, directory, seed=0):
-    """A training-program checkpoint of a He-initialised DeepLab model.
-
-    Keras' default initialisation shrinks MobileNet-v2's activations to
-    about 1e-10 (zero in float16); He-normal kernels keep them near 1, like a
-    trained backbone's. The same as in test_cache.py, so that both modules
-    share one cache.
-    """
-    tf.keras.utils.set_random_seed(seed)
-    model = deeplab.build_deeplab(options)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D)):
-            shape = layer.kernel.shape
-            depthwise = isinstance(layer, tf.keras.layers.DepthwiseConv2D)
-            fan_in = np.prod(shape[:2] if depthwise else shape[:-1])
-            layer.kernel.assign(rng.normal(0.0, np.sqrt(2.0 / fan_in), shape))
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model), directory, 1, checkpoint_name="ckpt"
-    )
-    return model, manager.save(checkpoint_number=1)
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    """(search_dir, dataset_dir, CacheInfo), shared with test_cache.py."""
-    base = tmp_path_factory.getbasetemp() / "search_shared"
-    data, pretrained = str(base / "data"), str(base / "pretrained")
-    if not os.path.exists(data):
-        synthetic.build(
-            data,
-            num_train=8,
-            num_val=4,
-            height=CROP[0],
-            width=CROP[1],
-            num_workers=1,
-            num_shards=2,
-        )
-    if tf.train.latest_checkpoint(pretrained) is None:
-        write_pretrained(OPTIONS, pretrained)
-    search = str(base / "search")
-    info = cache.build_cache(
-        search,
-        dataset_dir=data,
-        train_split="train",
-        val_split="val",
-        model_options=OPTIONS,
-        checkpoint=pretrained,
-        cache_copies=2,
-        ignore_label=synthetic.IGNORE_LABEL,
-        seed=SEED,
-        progress=False,
-        batch_size=4,
-    )
+    """(search_dir, dataset_dir, CacheInfo) of `cache_testing.shared_search`."""
+    search, data, _, info = shared_search(tmp_path_factory)
     return search, data, info
 
 

@@ -1,0 +1,124 @@
+"""Re-ranking proxy cells by end-to-end training, and best_cell.json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from scipy import stats
+
+from deeplab_dpc.search import rerank
+from deeplab_dpc.search import space
+from cache_testing import shared_search
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CELLS = (
+    space.cell_from_json([{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]),
+    space.cell_from_json(
+        [
+            {"op": "conv", "kernel": 3, "rate": [1, 6], "input": -1},
+            {"op": "pyramid_pooling", "grid_size": [2, 2], "input": 0},
+        ]
+    ),
+)
+OPTIONS = rerank.RerankOptions(rerank_steps=2, train_batch_size=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reranked(tmp_path_factory):
+    search, data, _, info = shared_search(tmp_path_factory)
+    out = str(tmp_path_factory.mktemp("rerank"))
+    candidates = [
+        rerank.Candidate(cell=cell, proxy_miou=score, trial=i)
+        for i, (cell, score) in enumerate(zip(CELLS, (0.2, 0.3)))
+    ]
+    summary = rerank.rerank(
+        candidates,
+        info,
+        out,
+        dataset_dir=data,
+        train_split="train",
+        val_split="val",
+        options=OPTIONS,
+    )
+    return out, data, info, candidates, summary
+
+
+def test_rerank_ranks_by_full_miou_and_writes_the_winner(reranked):
+    out, _, _, candidates, summary = reranked
+    rows = summary["candidates"]
+    assert [r["full_rank"] for r in rows] == [1, 2]
+    assert rows[0]["full_miou"] >= rows[1]["full_miou"]
+    assert {r["trial"]: r["proxy_rank"] for r in rows} == {0: 2, 1: 1}
+    for row in rows:
+        assert 0.0 <= row["full_miou"] <= 1.0
+        with open(
+            os.path.join(os.path.dirname(row["checkpoint"]), "eval_results.json")
+        ) as f:
+            assert json.load(f)["miou"] == row["full_miou"]
+    full = [r["full_miou"] for r in rows]
+    if len(set(full)) == 1:  # Tied full mIOUs: the rank correlation is undefined.
+        assert summary["spearman"] is None
+    else:
+        expected = stats.spearmanr([r["proxy_miou"] for r in rows], full).statistic
+        assert summary["spearman"] == pytest.approx(expected)
+    assert rerank.spearman([0.1, 0.2, 0.3], [0.3, 0.5, 0.4]) == pytest.approx(0.5)
+    best = space.load_cell(os.path.join(out, rerank.BEST_CELL_FILE))
+    assert best == space.cell_from_json(rows[0]["cell"])
+    with open(os.path.join(out, rerank.RESULTS_FILE)) as f:
+        assert json.load(f)["candidates"] == rows
+
+
+def test_rerun_reuses_finished_candidates(reranked):
+    out, data, info, candidates, summary = reranked
+    stamps = {
+        r["checkpoint"]: os.path.getmtime(r["checkpoint"] + ".index")
+        for r in summary["candidates"]
+    }
+    again = rerank.rerank(
+        candidates,
+        info,
+        out,
+        dataset_dir=data,
+        train_split="train",
+        val_split="val",
+        options=OPTIONS,
+    )
+    assert again["candidates"] == summary["candidates"]
+    assert {p: os.path.getmtime(p + ".index") for p in stamps} == stamps
+
+
+def test_best_cell_trains_with_the_training_program(reranked, tmp_path):
+    out, data, _, _, _ = reranked
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.train",
+            f"--train_logdir={tmp_path / 'train'}",
+            "--dataset=synthetic",
+            f"--dataset_dir={data}",
+            "--train_crop_size=65,65",
+            "--depth_multiplier=0.35",
+            "--train_batch_size=2",
+            "--training_number_of_steps=1",
+            f"--dense_prediction_cell_json={os.path.join(out, rerank.BEST_CELL_FILE)}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 1/1 loss" in proc.stderr
+
+
+def test_no_candidates_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no candidate"):
+        rerank.rerank(
+            [], None, str(tmp_path), dataset_dir="", train_split="", val_split=""
+        )
