@@ -110,8 +110,8 @@ class Predictor:
 
     def predictions(self, images):
         """Predicted classes, int32 `[batch, crop_h, crop_w]`."""
-        if len(self.models) == 1 and not self.add_flipped_images:
-            crop, model = self.models[0]
+        if self.scales == (1.0,) and not self.add_flipped_images:
+            _, model = self.models[0]
             logits = model(tf.convert_to_tensor(images, tf.float32), training=False)
             return tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.argmax(self.probabilities(images), axis=-1, output_type=tf.int32)

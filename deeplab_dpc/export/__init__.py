@@ -1,0 +1,1 @@
+"""Exporters: SavedModels for TF Serving and LiteRT (TFLite) models."""
