@@ -37,6 +37,7 @@ setuptools.setup(
         "ai-edge-litert>=2.3,<2.4",
         # TF Serving's PredictRequest/PredictResponse protos for the client.
         "tensorflow-serving-api>=2.21,<2.22",
+        "grpcio>=1.60,<2",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
