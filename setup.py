@@ -51,6 +51,7 @@ setuptools.setup(
             "deeplab_dpc_train=deeplab_dpc.train:run",
             "deeplab_dpc_eval=deeplab_dpc.eval:run",
             "deeplab_dpc_vis=deeplab_dpc.vis:run",
+            "deeplab_dpc_search=deeplab_dpc.search.program:run",
             "deeplab_dpc_demo=deeplab_dpc.demo:run",
         ],
     },

@@ -517,10 +517,9 @@ def restore_initial_checkpoint(
         restored.append(layer.name)
     unused = sorted(set(saved) - used)
     logging.info(
-        "Initialised from %s: restored %d layers (%s); skipped %d (%s).",
+        "Initialised from %s: restored %d layers; skipped %d (%s).",
         path,
         len(restored),
-        ", ".join(restored),
         len(skipped),
         ", ".join(skipped) or "none",
     )

@@ -1,0 +1,468 @@
+"""The architecture search program (`python -m deeplab_dpc.search`).
+
+  python -m deeplab_dpc.search --mode=all --search_dir=DIR \
+      --dataset=synthetic --dataset_dir=DATA --train_crop_size=129,129 \
+      [--strategy=random_local] [--num_trials=50] [--num_workers=2]
+
+Modes (`--mode`):
+
+* `cache`: runs the proxy backbone (`--model_variant`, weights from
+  `--tf_initial_checkpoint` or `--backbone_weights`) over the train and val
+  splits at `--train_crop_size` and caches its features (`search.cache`).
+* `search`: trials of one Optuna study (`search.engine`) in `--storage`
+  (default: `search_dir/study.db`; a `postgresql://` URL for many machines)
+  until it holds `--num_trials` finished trials; each trial trains a cell on
+  the cached features (`search.proxy`). `--num_workers=N` starts N local
+  worker processes; a worker on another machine joins by running
+  `--mode=search` with the same `--storage` and `--study_name`.
+* `rerank`: trains the `--top_k` proxy cells end to end (`search.rerank`)
+  and writes `search_dir/best_cell.json`.
+* `report`: trains the baselines (ASPP and a 1x1-only cell) on the same
+  proxy budget once, then writes `search_dir/report.md`, its plots and
+  `trials.json` (`search.report`).
+* `all`: cache, search, rerank and report. Without `--tf_initial_checkpoint`
+  or real `--backbone_weights` it first trains the proxy backbone end to end
+  with an ASPP head for `--pretrain_steps` (a randomly initialised backbone
+  would make the search meaningless, and no ImageNet weights can be fetched
+  offline).
+
+Model and data set flags come from `deeplab_dpc.common_flags`; the training
+flags (`--train_crop_size`, `--train_split`, `--train_batch_size`,
+`--base_learning_rate`, `--tf_initial_checkpoint`, `--seed`) are the
+training program's, which pretraining and the re-rank use.
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import optuna
+
+from deeplab_dpc import common_flags
+
+# The training program's flags (--train_crop_size, --train_split, ...) are
+# this program's too.
+from deeplab_dpc import train  # pylint: disable=unused-import  # noqa: F401
+from deeplab_dpc import train_lib
+from deeplab_dpc.search import cache as cache_lib
+from deeplab_dpc.search import engine
+from deeplab_dpc.search import proxy
+from deeplab_dpc.search import report as report_lib
+from deeplab_dpc.search import rerank as rerank_lib
+from deeplab_dpc.search import space
+from deeplab_dpc.search import strategies
+
+MODES = ("cache", "search", "rerank", "report", "all")
+PRETRAIN_DIR = "pretrain"
+BASELINES_FILE = "baselines.json"
+FLAGS_FILE = "search.flags"
+FLAGS = flags.FLAGS
+
+_MODE = flags.DEFINE_enum("mode", "all", MODES, "What to run.")
+_SEARCH_DIR = flags.DEFINE_string("search_dir", None, "The search's folder.")
+_STORAGE = flags.DEFINE_string(
+    "storage", None, "Optuna storage URL (default: sqlite file in --search_dir)."
+)
+_STUDY_NAME = flags.DEFINE_string(
+    "study_name", engine.DEFAULT_STUDY_NAME, "Study shared by the workers."
+)
+_STRATEGY = flags.DEFINE_string(
+    "strategy",
+    "random_local",
+    "random_local | regularized_evolution | tpe | nsga2 | vizier:<ALGORITHM>.",
+)
+_NUM_BRANCHES = flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).")
+_NUM_TRIALS = flags.DEFINE_integer("num_trials", 50, "The study's total trials.")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Local worker processes.")
+_EXPLORE_PROB = flags.DEFINE_float(
+    "explore_prob", 0.5, "random_local: chance of a uniform sample."
+)
+_LOCAL_TOP_K = flags.DEFINE_integer(
+    "local_top_k", 5, "random_local: neighbours of one of the best k cells."
+)
+_POPULATION_SIZE = flags.DEFINE_integer(
+    "population_size", 20, "regularized_evolution: population."
+)
+_TOURNAMENT_SIZE = flags.DEFINE_integer(
+    "tournament_size", 5, "regularized_evolution: tournament."
+)
+_OBJECTIVES = flags.DEFINE_list(
+    "objectives", ["miou"], "miou, or miou,madds for a Pareto front (nsga2)."
+)
+_PRUNER = flags.DEFINE_enum(
+    "pruner", "median", ["median", "none"], "Stops weak trials early."
+)
+_PROXY_STEPS = flags.DEFINE_integer("proxy_steps", 1000, "Proxy training steps.")
+_PROXY_BATCH_SIZE = flags.DEFINE_integer("proxy_batch_size", 8, "Proxy batch.")
+_PROXY_LEARNING_RATE = flags.DEFINE_float(
+    "proxy_learning_rate", 0.01, "Proxy poly schedule start (the paper: 0.01)."
+)
+_PROXY_EVAL_EVERY = flags.DEFINE_integer(
+    "proxy_eval_every", None, "Steps between intermediate mIOUs (pruning)."
+)
+_CACHE_COPIES = flags.DEFINE_integer(
+    "cache_copies", 2, "Augmented copies cached per training image."
+)
+_VAL_SPLIT = flags.DEFINE_string("val_split", "val", "Split the proxy evaluates on.")
+_TARGET_CROP_SIZE = flags.DEFINE_string(
+    "target_crop_size", "769,769", "Crop at which head MAdds and params are counted."
+)
+_TOP_K = flags.DEFINE_integer("top_k", 5, "Proxy cells re-ranked end to end.")
+_RERANK_STEPS = flags.DEFINE_integer("rerank_steps", 500, "Re-rank training steps.")
+_PRETRAIN_STEPS = flags.DEFINE_integer(
+    "pretrain_steps", 1000, "Backbone pretraining steps of --mode=all."
+)
+_HEARTBEAT_INTERVAL = flags.DEFINE_integer(
+    "heartbeat_interval", 30, "Seconds between a worker's heartbeats."
+)
+
+
+def _search_dir():
+    path = _SEARCH_DIR.value
+    if not path:
+        raise flags.ValidationError("--search_dir is required")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _train_crop():
+    return common_flags.parse_size(FLAGS.train_crop_size, "train_crop_size")
+
+
+def _dataset():
+    info = common_flags.dataset_info_from_flags()
+    if not common_flags.DATASET_DIR.value:
+        raise flags.ValidationError("--dataset_dir is required")
+    return info
+
+
+def pretrain():
+    """Trains the proxy backbone with an ASPP head; returns its checkpoint."""
+    logdir = os.path.join(_search_dir(), PRETRAIN_DIR)
+    info = _dataset()
+    options = common_flags.model_options_from_flags(
+        _train_crop(), dense_prediction_cell=None
+    )
+    logging.info("Pretraining the proxy backbone for %d steps.", _PRETRAIN_STEPS.value)
+    train_lib.run(
+        options,
+        train_lib.TrainOptions(
+            train_batch_size=FLAGS.train_batch_size,
+            training_number_of_steps=_PRETRAIN_STEPS.value,
+            base_learning_rate=FLAGS.base_learning_rate,
+            dataset_dir=common_flags.DATASET_DIR.value,
+            train_split=FLAGS.train_split,
+            ignore_label=info.ignore_label,
+            log_steps=max(1, _PRETRAIN_STEPS.value // 10),
+            seed=FLAGS.seed,
+        ),
+        logdir,
+    )
+    return logdir
+
+
+def backbone_checkpoint(allow_pretrain):
+    """The checkpoint the cached features come from (None: backbone weights)."""
+    if FLAGS.tf_initial_checkpoint:
+        return FLAGS.tf_initial_checkpoint
+    if common_flags.BACKBONE_WEIGHTS.value not in ("", "none"):
+        return None
+    pretrained = os.path.join(_search_dir(), PRETRAIN_DIR)
+    if allow_pretrain:
+        return pretrain()
+    if os.path.isdir(pretrained):
+        return pretrained
+    raise flags.ValidationError(
+        "the features of a randomly initialised backbone make the search "
+        "meaningless: pass --tf_initial_checkpoint (a training checkpoint) or "
+        "--backbone_weights, or run --mode=all, which pretrains the backbone"
+    )
+
+
+def build_cache(allow_pretrain=False):
+    info = _dataset()
+    checkpoint = backbone_checkpoint(allow_pretrain)
+    options = common_flags.model_options_from_flags(
+        _train_crop(), dense_prediction_cell=None
+    )
+    cache = cache_lib.build_cache(
+        _search_dir(),
+        dataset_dir=common_flags.DATASET_DIR.value,
+        train_split=FLAGS.train_split,
+        val_split=_VAL_SPLIT.value,
+        model_options=options,
+        checkpoint=checkpoint,
+        cache_copies=_CACHE_COPIES.value,
+        ignore_label=info.ignore_label,
+        seed=FLAGS.seed or 0,
+    )
+    logging.info(
+        "Feature cache %s: %d train and %d val crops, %.1f MB%s.",
+        cache.cache_dir,
+        cache.count("train"),
+        cache.count("val"),
+        cache.size_bytes / 1e6,
+        " (reused)" if cache.reused else "",
+    )
+    return cache
+
+
+def _load_cache():
+    try:
+        return cache_lib.load_info(_search_dir())
+    except (FileNotFoundError, ValueError) as e:
+        raise flags.ValidationError(
+            f"--search_dir={_SEARCH_DIR.value!r} has no usable feature cache "
+            f"({e}); run --mode=cache first"
+        ) from e
+
+
+def _proxy_kwargs():
+    return dict(
+        proxy_steps=_PROXY_STEPS.value,
+        proxy_batch_size=_PROXY_BATCH_SIZE.value,
+        base_learning_rate=_PROXY_LEARNING_RATE.value,
+        weight_decay=common_flags.WEIGHT_DECAY.value,
+        target_crop_size=common_flags.parse_size(
+            _TARGET_CROP_SIZE.value, "target_crop_size"
+        ),
+        seed=FLAGS.seed,
+    )
+
+
+def make_objective(cache):
+    """`objective(cell, report)` for the engine: one proxy trial."""
+    kwargs = _proxy_kwargs()
+    eval_every = _PROXY_EVAL_EVERY.value or max(1, _PROXY_STEPS.value // 4)
+
+    def objective(cell, report):
+        result = proxy.run_trial(
+            cell, cache, eval_every=eval_every, report=report, **kwargs
+        )
+        logging.info(
+            "proxy mIOU %.4f, head %.3f GMAdds, %d params, %.1f s: %s",
+            result.miou,
+            result.head_madds / 1e9,
+            result.head_params,
+            result.wall_seconds,
+            space.canonical_key(cell),
+        )
+        return {
+            "miou": result.miou,
+            "madds": result.head_madds,
+            "params": result.head_params,
+            "seconds": result.wall_seconds,
+        }
+
+    return objective
+
+
+def open_study():
+    objectives = tuple(_OBJECTIVES.value)
+    unknown = sorted(set(objectives) - set(strategies.OBJECTIVES))
+    if unknown:
+        raise flags.ValidationError(
+            f"--objectives: unknown {unknown}; choose from "
+            f"{sorted(strategies.OBJECTIVES)}"
+        )
+    pruner = (
+        optuna.pruners.NopPruner()
+        if _PRUNER.value == "none" or len(objectives) > 1
+        else optuna.pruners.MedianPruner(n_startup_trials=5)
+    )
+    try:
+        return engine.create_or_load_study(
+            _STORAGE.value,
+            _STUDY_NAME.value,
+            _STRATEGY.value,
+            objectives,
+            search_dir=_search_dir(),
+            num_branches=_NUM_BRANCHES.value,
+            seed=FLAGS.seed,
+            pruner=pruner,
+            heartbeat_interval=_HEARTBEAT_INTERVAL.value,
+            explore_prob=_EXPLORE_PROB.value,
+            local_top_k=_LOCAL_TOP_K.value,
+            population_size=_POPULATION_SIZE.value,
+            tournament_size=_TOURNAMENT_SIZE.value,
+        )
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+
+
+def _write_flagfile(path):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(FLAGS.flags_into_string())
+    os.replace(tmp, path)
+
+
+def search():
+    """Runs this process's worker, or `--num_workers` local worker processes."""
+    cache = _load_cache()
+    study = open_study()
+    if _NUM_WORKERS.value > 1:
+        flagfile = os.path.join(_search_dir(), FLAGS_FILE)
+        _write_flagfile(flagfile)
+        engine.launch_workers(
+            _NUM_WORKERS.value,
+            [
+                sys.executable,
+                "-m",
+                "deeplab_dpc.search",
+                f"--flagfile={flagfile}",
+                "--mode=search",
+                "--num_workers=1",
+            ],
+            log_dir=os.path.join(_search_dir(), "logs"),
+        )
+    else:
+        stats = engine.run_worker(
+            study, make_objective(cache), num_trials_total=_NUM_TRIALS.value
+        )
+        logging.info("This worker: %s.", stats)
+    return study
+
+
+def trial_records(study):
+    """The study's trials as `report.TRIAL_FIELDS` dicts."""
+    records = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        records.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "miou": attrs.get("miou"),
+                "madds": attrs.get("madds"),
+                "params": attrs.get("params"),
+                "seconds": attrs.get("seconds"),
+                "cell": attrs.get(engine.ATTR_CELL),
+                "duplicate_of": attrs.get(engine.ATTR_DUPLICATE),
+            }
+        )
+    return records
+
+
+def top_candidates(records, k):
+    """The best `k` distinct cells by proxy mIOU."""
+    seen, candidates = set(), []
+    for record in report_lib.completed(records):
+        cell = space.cell_from_json(record["cell"])
+        key = space.canonical_key(cell)
+        if key not in seen:
+            seen.add(key)
+            candidates.append(
+                rerank_lib.Candidate(cell, record["miou"], trial=record["number"])
+            )
+        if len(candidates) == k:
+            break
+    return candidates
+
+
+def run_rerank(study):
+    cache = _load_cache()
+    return rerank_lib.rerank(
+        top_candidates(trial_records(study), _TOP_K.value),
+        cache,
+        _search_dir(),
+        dataset_dir=common_flags.DATASET_DIR.value,
+        train_split=FLAGS.train_split,
+        val_split=_VAL_SPLIT.value,
+        options=rerank_lib.RerankOptions(
+            rerank_steps=_RERANK_STEPS.value,
+            train_batch_size=FLAGS.train_batch_size,
+            base_learning_rate=FLAGS.base_learning_rate,
+            weight_decay=common_flags.WEIGHT_DECAY.value,
+            seed=FLAGS.seed,
+        ),
+    )
+
+
+def baselines(cache):
+    """ASPP and a 1x1-only cell trained on the same proxy budget (cached)."""
+    kwargs = _proxy_kwargs()
+    path = os.path.join(_search_dir(), BASELINES_FILE)
+    budget = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("budget") == budget:
+            return stored["baselines"]
+    conv1x1 = space.cell_from_json(
+        [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
+    )
+    rows = []
+    for name, cell in (("ASPP (no atrous rates)", None), ("1x1 only", conv1x1)):
+        logging.info("Baseline %s on the proxy budget.", name)
+        result = proxy.run_trial(cell, cache, **kwargs)
+        rows.append(
+            {
+                "name": name,
+                "miou": result.miou,
+                "madds": result.head_madds,
+                "params": result.head_params,
+                "cell": None if cell is None else space.cell_to_json(cell),
+            }
+        )
+    fd, tmp = tempfile.mkstemp(dir=_search_dir(), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"budget": budget, "baselines": rows}, f, indent=1)
+    os.replace(tmp, path)
+    return rows
+
+
+def write_report(study):
+    cache = _load_cache()
+    rerank_path = os.path.join(_search_dir(), rerank_lib.RESULTS_FILE)
+    rerank_summary = None
+    if os.path.exists(rerank_path):
+        with open(rerank_path) as f:
+            rerank_summary = json.load(f)
+    path = report_lib.write_report(
+        _search_dir(),
+        trial_records(study),
+        baselines=baselines(cache),
+        rerank=rerank_summary,
+        top_k=max(_TOP_K.value, 10),
+        settings={
+            "strategy": _STRATEGY.value,
+            "num_branches": _NUM_BRANCHES.value,
+            "num_trials": _NUM_TRIALS.value,
+            "proxy_steps": _PROXY_STEPS.value,
+            "proxy_batch_size": _PROXY_BATCH_SIZE.value,
+            "model_variant": common_flags.MODEL_VARIANT.value,
+            "train_crop_size": FLAGS.train_crop_size,
+            "target_crop_size": _TARGET_CROP_SIZE.value,
+        },
+    )
+    logging.info("Wrote %s.", path)
+    return path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    mode = _MODE.value
+    try:
+        if mode in ("cache", "all"):
+            build_cache(allow_pretrain=mode == "all")
+        if mode in ("search", "all"):
+            study = search()
+        else:
+            study = open_study()
+        if mode in ("rerank", "all"):
+            run_rerank(study)
+        if mode in ("report", "all"):
+            write_report(study)
+    except (flags.ValidationError, cache_lib.CacheSettingsError) as e:
+        raise app.UsageError(str(e)) from e
+
+
+def run():
+    flags.mark_flags_as_required(["search_dir"])
+    app.run(main)

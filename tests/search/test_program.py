@@ -1,0 +1,114 @@
+"""The search program end to end: cache, search, rerank and report."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import optuna
+import pytest
+
+from deeplab_dpc.search import program
+from deeplab_dpc.search import space
+from cache_testing import CROP, shared_search
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(search_dir, data, checkpoint, *extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.search",
+            f"--search_dir={search_dir}",
+            "--dataset=synthetic",
+            f"--dataset_dir={data}",
+            f"--train_crop_size={CROP[0]},{CROP[1]}",
+            "--depth_multiplier=0.35",
+            f"--tf_initial_checkpoint={checkpoint}",
+            "--cache_copies=1",
+            "--num_trials=3",
+            "--num_branches=2",
+            "--proxy_steps=6",
+            "--proxy_batch_size=4",
+            "--proxy_eval_every=3",
+            "--top_k=1",
+            "--rerank_steps=2",
+            "--train_batch_size=2",
+            "--target_crop_size=129,129",
+            "--seed=1",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_all_modes_leave_a_report_and_a_best_cell(tmp_path_factory):
+    _, data, pretrained, _ = shared_search(tmp_path_factory)
+    search_dir = tmp_path_factory.mktemp("program")
+    proc = _run(search_dir, data, pretrained, "--mode=all")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    storage = f"sqlite:///{search_dir / 'study.db'}"
+    study = optuna.load_study(study_name="dpc_search", storage=storage)
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == 3
+    for trial in done:
+        cell = space.cell_from_json(trial.user_attrs["cell_json"])
+        assert len(cell) == 2
+    best = space.load_cell(str(search_dir / "best_cell.json"))
+    complete = [t for t in done if t.state.name == "COMPLETE"]
+    assert best in [space.cell_from_json(t.user_attrs["cell_json"]) for t in complete]
+    report = (search_dir / "report.md").read_text()
+    assert "## Top" in report and "ASPP (no atrous rates)" in report
+    assert "Re-rank by end-to-end training (2 steps)" in report
+    for name in ("best_so_far", "miou_vs_madds", "op_frequencies", "best_cell"):
+        assert (search_dir / "plots" / f"{name}.png").stat().st_size > 0
+    records = json.loads((search_dir / "trials.json").read_text())
+    assert sorted(r["number"] for r in records) == [t.number for t in study.trials]
+
+    # Re-running resumes: the study is complete, nothing is trained again.
+    again = _run(search_dir, data, pretrained, "--mode=search")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained=0" in again.stderr
+    assert len(
+        optuna.load_study(study_name="dpc_search", storage=storage).trials
+    ) == len(study.trials)
+
+
+@pytest.fixture
+def parsed_flags():
+    if not FLAGS.is_parsed():
+        FLAGS(["test"])
+    with flagsaver.flagsaver():
+        yield
+
+
+def test_search_without_a_cache_names_the_mode(parsed_flags, tmp_path):
+    FLAGS.search_dir = str(tmp_path)
+    with pytest.raises(flags.ValidationError, match="--mode=cache"):
+        program.search()
+
+
+def test_random_backbone_is_refused(parsed_flags, tmp_path):
+    FLAGS.search_dir = str(tmp_path)
+    FLAGS.tf_initial_checkpoint = ""
+    with pytest.raises(flags.ValidationError, match="randomly initialised"):
+        program.backbone_checkpoint(allow_pretrain=False)
+
+
+def test_unknown_objective_is_named(parsed_flags, tmp_path):
+    FLAGS.search_dir = str(tmp_path)
+    FLAGS.objectives = ["miou", "latency"]
+    with pytest.raises(flags.ValidationError, match="latency"):
+        program.open_study()
