@@ -30,6 +30,7 @@ setuptools.setup(
         "cityscapesscripts>=2.2,<3",
         # Studies of the architecture search (shared storage for workers).
         "optuna>=5,<6",
+        "sqlalchemy>=2,<3",
         "psycopg2-binary>=2.9,<3",
         "matplotlib>=3.8,<4",
         "scipy>=1.11,<2",

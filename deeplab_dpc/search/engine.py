@@ -1,0 +1,548 @@
+"""The search engine: one Optuna study shared by any number of workers.
+
+Storage: an RDB storage, by default the SQLite file `search_dir/study.db`
+(write-ahead log, 60 s lock timeout) for the workers of one machine, or a
+`postgresql://` / `mysql://` URL for workers on many machines. In Optuna 5
+only `RDBStorage` records heartbeats (the journal storage has none), and
+heartbeats are how the others notice a killed worker; hence SQLite, not a
+journal file, is the local default.
+
+Failures: a RUNNING trial without a heartbeat for `grace_period` seconds is
+marked FAIL by the next worker that starts a trial or waits, and
+`RetryHeartbeatStaleTrialCallback` queues its cell again (WAITING, up to
+`max_retry` times) for the next free worker. (Optuna never fails a trial that
+has no heartbeat at all: a worker killed in the milliseconds between creating
+a trial and its first beat leaves it RUNNING, and the others wait for it at
+the end; `study.tell(number, state=optuna.trial.TrialState.FAIL)` frees them.)
+
+Total: `num_trials_total` counts the study's COMPLETE and PRUNED trials (a
+pruned cell was judged and spent budget); FAIL trials do not count. A worker
+starts a trial only while finished + running trials fall short of the total,
+and otherwise waits (failing dead trials) until the total is reached or a
+running trial fails. If two workers start at the same instant, the trial with
+the higher number waits and, when the total is reached meanwhile, ends FAIL
+unrun ("surplus"), so the total is exact. A retry still WAITING when the
+total is reached stays queued for a later run. Re-running resumes.
+
+Duplicates: a trial stores its cell (`cell_json`) and canonical key
+(`cell_key`) as user attributes before training. If a finished trial has the
+same key, the trial is not trained: it gets that result and a `duplicate_of`
+attribute (the original's number) and counts toward the total. Trials of the
+same cell running at once are ordered by number: a trial waits while a
+lower-numbered RUNNING trial has the same key or has not chosen its cell yet,
+so only the lowest trains and the others reuse its result (or train if it
+fails).
+"""
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from typing import Callable, Mapping, Optional, Sequence
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from deeplab_dpc.search import space
+from deeplab_dpc.search import strategies
+
+DEFAULT_STUDY_NAME = "dpc_search"
+STORAGE_FILE = "study.db"
+WORKER_INDEX_ENV = "DEEPLAB_DPC_WORKER_INDEX"
+ATTR_KEY = "cell_key"
+ATTR_CELL = "cell_json"
+ATTR_DUPLICATE = "duplicate_of"
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+_SETTINGS = ("strategy", "objectives", "num_branches")
+
+
+def default_storage(search_dir) -> str:
+    """The URL of the default storage: the SQLite file `search_dir/study.db`."""
+    return "sqlite:///" + os.path.abspath(os.path.join(search_dir, STORAGE_FILE))
+
+
+def _connect_sqlite(path: str) -> sqlite3.Connection:
+    # In WAL mode synchronous=NORMAL never corrupts the file and loses no
+    # commit when a process dies (only at a power cut); it saves an fsync a commit.
+    conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def open_storage(
+    storage: Optional[str] = None,
+    *,
+    search_dir=None,
+    heartbeat_interval: int = 60,
+    grace_period: Optional[int] = None,
+    max_retry: int = 3,
+) -> optuna.storages.RDBStorage:
+    """Opens a study storage with heartbeats and retries of dead trials.
+
+    Args:
+        storage: URL (`sqlite:///path`, `postgresql://...` or `mysql://...`,
+            optionally `+driver`), or None for `default_storage(search_dir)`.
+        search_dir: directory of the default storage (created if needed).
+        heartbeat_interval: int > 0, seconds between heartbeats.
+        grace_period: int > 0, seconds without a heartbeat after which a
+            running trial is failed; None for 2 * heartbeat_interval.
+        max_retry: int, how often a dead trial's cell is queued again.
+
+    Returns:
+        An `optuna.storages.RDBStorage`.
+
+    Raises:
+        ValueError: if neither argument is given or the URL is not an RDB one.
+    """
+    if storage is None:
+        if search_dir is None:
+            raise ValueError("give a storage URL or a search_dir for the default")
+        os.makedirs(search_dir, exist_ok=True)
+        storage = default_storage(search_dir)
+    url = sqlalchemy.engine.make_url(storage) if "://" in storage else None
+    if url is None or url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+        raise ValueError(
+            f"storage is {storage!r}; it must be a URL starting with "
+            "sqlite:///, postgresql:// or mysql://"
+        )
+    engine_kwargs = {}
+    if url.get_backend_name() != "sqlite":
+        engine_kwargs["pool_pre_ping"] = True
+    elif url.database and url.database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+        with contextlib.closing(_connect_sqlite(url.database)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # Persists in the file.
+        engine_kwargs["creator"] = functools.partial(_connect_sqlite, url.database)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=(
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            ),
+        )
+
+
+def worker_index() -> int:
+    """This process's worker index (set by `launch_workers`; 0 otherwise)."""
+    return int(os.environ.get(WORKER_INDEX_ENV, "0"))
+
+
+def create_or_load_study(
+    storage=None,
+    study_name: str = DEFAULT_STUDY_NAME,
+    strategy: str = "random_local",
+    objectives: Sequence[str] = ("miou",),
+    *,
+    search_dir=None,
+    num_branches: int = 5,
+    seed: Optional[int] = None,
+    pruner: Optional[optuna.pruners.BasePruner] = None,
+    heartbeat_interval: int = 60,
+    grace_period: Optional[int] = None,
+    max_retry: int = 3,
+    **sampler_options,
+) -> optuna.Study:
+    """Creates a study, or joins it with the sampler of its strategy.
+
+    Args:
+        storage: URL, an `RDBStorage`, or None for the default storage in
+            `search_dir` (see `open_storage`).
+        study_name: str, shared by all workers of the study.
+        strategy, objectives, num_branches: see `strategies.make_sampler`;
+            stored in the study, which refuses other values later.
+        search_dir: directory of the default storage.
+        seed: int or None; offset by `worker_index()` so workers differ.
+        pruner: an Optuna pruner; None for Optuna's default (median).
+        heartbeat_interval, grace_period, max_retry: see `open_storage`
+            (unused when `storage` is an `RDBStorage`).
+        **sampler_options: explore_prob, local_top_k, population_size,
+            tournament_size for `strategies.make_sampler`.
+
+    Returns:
+        The `optuna.Study`; its user attributes hold the settings above.
+
+    Raises:
+        ValueError: for bad settings, or if the stored study was created with
+            another strategy, objectives or number of branches.
+    """
+    sampler = strategies.make_sampler(
+        strategy,
+        num_branches=num_branches,
+        seed=None if seed is None else seed + worker_index(),
+        objectives=objectives,
+        **sampler_options,
+    )
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        storage = open_storage(
+            storage,
+            search_dir=search_dir,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retry=max_retry,
+        )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=strategies.directions(objectives),
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    settings = (strategy, list(objectives), num_branches)
+    for name, value in zip(_SETTINGS, settings):
+        stored = study.user_attrs.get(name)
+        if stored is None:
+            study.set_user_attr(name, value)
+        elif stored != value:
+            raise ValueError(
+                f"study {study_name!r} in {storage.url} was created with "
+                f"{name}={stored!r}, not {value!r}; use another study name"
+            )
+    return study
+
+
+@dataclasses.dataclass
+class WorkerStats:
+    """What one `run_worker` call did.
+
+    Attributes:
+        trials: trials this worker finished, in any state.
+        trained: cells it trained (called the objective for).
+        duplicates: trials answered with an earlier trial's result.
+        pruned: trials that ended PRUNED.
+        surplus: trials ended unrun because the total was reached meanwhile.
+    """
+
+    trials: int = 0
+    trained: int = 0
+    duplicates: int = 0
+    pruned: int = 0
+    surplus: int = 0
+
+
+class SurplusTrial(Exception):
+    """Ends a trial that the study no longer needs (it is recorded as FAIL)."""
+
+
+def _array_to_list(value):
+    if hasattr(value, "numpy"):  # A TensorFlow tensor.
+        value = value.numpy()
+    if hasattr(value, "tolist"):  # A NumPy array or scalar.
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _Worker:
+    """The objective and callback that `run_worker` gives `study.optimize`."""
+
+    def __init__(self, study, objective, total, poll_seconds):
+        self.study = study
+        self.objective = objective
+        self.total = total
+        self.poll_seconds = poll_seconds
+        self.objectives = tuple(study.user_attrs["objectives"])
+        self.num_branches = int(study.user_attrs["num_branches"])
+        self.stats = WorkerStats()
+
+    def _wait(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # Dead workers' trials.
+        time.sleep(self.poll_seconds)
+
+    def needed(self, below: Optional[int] = None) -> bool:
+        """Waits until the study needs another trial (True) or has its total.
+
+        Running trials count as on their way: all of them between trials; in
+        trial `below`, only those numbered below it.
+        """
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            finished = sum(t.state in COUNTED_STATES for t in trials)
+            if finished >= self.total:
+                return False
+            running = sum(
+                t.state == TrialState.RUNNING and (below is None or t.number < below)
+                for t in trials
+            )
+            if finished + running < self.total:
+                return True
+            self._wait()
+
+    def _earlier(self, number: int, key: str):
+        """Waits for lower-numbered trials that may hold the cell; returns a result."""
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            same = [t for t in trials if t.user_attrs.get(ATTR_KEY) == key]
+            for state in COUNTED_STATES:
+                done = [t for t in same if t.state == state and t.number != number]
+                if done:
+                    return done[0]
+            if not any(
+                t.state == TrialState.RUNNING
+                and t.number < number
+                and t.user_attrs.get(ATTR_KEY, key) == key  # Same or unchosen.
+                for t in trials
+            ):
+                return None
+            self._wait()
+
+    def _report(self, trial, step, value) -> None:
+        if len(self.objectives) > 1:
+            return  # Optuna prunes single-objective studies only.
+        trial.report(float(value), int(step))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4f})")
+
+    def _reuse(self, trial, earlier):
+        self.stats.duplicates += 1
+        for name, value in earlier.user_attrs.items():
+            if name not in (ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE):
+                trial.set_user_attr(name, value)
+        origin = earlier.user_attrs.get(ATTR_DUPLICATE, earlier.number)
+        trial.set_user_attr(ATTR_DUPLICATE, origin)
+        if earlier.state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"repeats pruned trial {origin}")
+        return earlier.values if len(self.objectives) > 1 else earlier.value
+
+    def __call__(self, trial: optuna.Trial):
+        if not self.needed(below=trial.number):
+            self.stats.surplus += 1
+            raise SurplusTrial(f"not run: the study reached {self.total} trials")
+        params = {
+            name: trial.suggest_categorical(name, dist.choices)
+            for name, dist in strategies.distributions(self.num_branches).items()
+        }
+        cell = strategies.params_to_cell(params, self.num_branches)
+        key = space.canonical_key(cell)
+        trial.set_user_attr(ATTR_CELL, space.cell_to_json(cell))
+        trial.set_user_attr(ATTR_KEY, key)
+        earlier = self._earlier(trial.number, key)
+        if earlier is not None:
+            return self._reuse(trial, earlier)
+        self.stats.trained += 1
+        result = self.objective(cell, functools.partial(self._report, trial))
+        missing = [name for name in self.objectives if name not in result]
+        if missing:
+            raise ValueError(
+                f"the objective returned keys {sorted(result)}; it must also "
+                f"return {missing} (objectives of this study)"
+            )
+        reserved = sorted(set(result) & {ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE})
+        if reserved:
+            raise ValueError(
+                f"the objective returned {reserved}; the engine sets these "
+                "trial attributes itself"
+            )
+        for name, value in result.items():
+            try:
+                value = json.loads(json.dumps(value, default=_array_to_list))
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"the objective returned {name!r}: {value!r}, which cannot "
+                    f"be stored as a trial attribute ({err})"
+                ) from err
+            trial.set_user_attr(name, value)
+        values = [float(result[name]) for name in self.objectives]
+        return values if len(values) > 1 else values[0]
+
+    def after_trial(self, study, trial) -> None:
+        """`study.optimize` callback: counts, and stops at the total."""
+        self.stats.trials += 1
+        self.stats.pruned += trial.state == TrialState.PRUNED
+        if not self.needed():
+            study.stop()
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Callable[..., Mapping],
+    *,
+    num_trials_total: int,
+    catch: Sequence[type] = (),
+    poll_seconds: float = 1.0,
+) -> WorkerStats:
+    """Runs trials of a study until it holds `num_trials_total` finished trials.
+
+    Args:
+        study: from `create_or_load_study`.
+        objective: `objective(cell, report)` trains a `CellSpec` and returns a
+            dict with a number for each objective of the study plus anything
+            JSON-able to keep (e.g. "seconds"; NumPy values and tensors are
+            converted); every entry becomes a trial user attribute. It may
+            call `report(step, value)`, which records an intermediate value
+            and raises `optuna.TrialPruned` when the study's pruner says so.
+        num_trials_total: int >= 1, the study's total of COMPLETE and PRUNED
+            trials (not this worker's share).
+        catch: exception types that fail a trial without stopping the worker.
+        poll_seconds: float, how often a waiting worker reads the storage.
+
+    Returns:
+        `WorkerStats` of this call.
+
+    Raises:
+        ValueError: for a bad total, a study without the settings that
+            `create_or_load_study` stores, or a bad objective result.
+        Exception: what the objective raised, unless listed in `catch`.
+    """
+    if type(num_trials_total) is not int or num_trials_total < 1:
+        raise ValueError(
+            f"num_trials_total is {num_trials_total!r}; it must be an int >= 1"
+        )
+    missing = [name for name in _SETTINGS if name not in study.user_attrs]
+    if missing:
+        raise ValueError(
+            f"study {study.study_name!r} lacks the search settings {missing}; "
+            "open it with create_or_load_study"
+        )
+    worker = _Worker(study, objective, num_trials_total, poll_seconds)
+    if worker.needed():
+        study.optimize(
+            worker,
+            callbacks=[worker.after_trial],
+            catch=tuple(catch) + (SurplusTrial,),
+        )
+    return worker.stats
+
+
+def thread_env(num_workers: int, cores: Optional[int] = None) -> dict:
+    """TensorFlow and OpenMP thread counts for one of `num_workers` local workers.
+
+    Args:
+        num_workers: int >= 1.
+        cores: int, the cores to share; None for those this process may use.
+
+    Returns:
+        Environment variables TF_NUM_INTRAOP_THREADS and OMP_NUM_THREADS
+        (max(1, cores // num_workers)) and TF_NUM_INTEROP_THREADS (1).
+        TensorFlow reads them when it first runs an op.
+    """
+    if cores is None:
+        if hasattr(os, "sched_getaffinity"):
+            cores = len(os.sched_getaffinity(0))
+        else:
+            cores = os.cpu_count() or 1
+    threads = str(max(1, cores // num_workers))
+    return {
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": threads,
+    }
+
+
+class WorkerError(RuntimeError):
+    """Raised by `launch_workers` when a worker process fails."""
+
+
+def _pump(index, stream, tail, log_path, echo) -> None:
+    """Copies a worker's output lines to its log file, stderr and `tail`."""
+    with contextlib.ExitStack() as stack:
+        log = None
+        if log_path:
+            log = stack.enter_context(open(log_path, "a", encoding="utf-8"))
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            tail.append(line)
+            if log:
+                log.write(line + "\n")
+                log.flush()
+            if echo:
+                sys.stderr.write(f"[worker {index}] {line}\n")
+
+
+def launch_workers(
+    num_workers: int,
+    argv: Sequence[str],
+    *,
+    env: Optional[Mapping[str, str]] = None,
+    cwd=None,
+    log_dir=None,
+    cores: Optional[int] = None,
+    echo: bool = True,
+) -> None:
+    """Runs `num_workers` local worker processes of one study and waits for them.
+
+    Worker i runs `argv` (such as `[sys.executable, "-m", "deeplab_dpc.search",
+    "--mode=search", ...]`) with `thread_env(num_workers, cores)`, then `env`,
+    and DEEPLAB_DPC_WORKER_INDEX=i in its environment. Create the study first.
+    A failed worker does not stop the others. Workers on other machines join
+    by running the same command with the same storage URL and study name.
+
+    Args:
+        num_workers: int >= 1.
+        argv: the worker command.
+        env: extra environment variables.
+        cwd: working directory of the workers.
+        log_dir: if set, worker i's output is appended to `worker-<i>.log` there.
+        cores: the cores to share; None for this process's.
+        echo: copy worker output to stderr, each line prefixed `[worker i]`.
+
+    Raises:
+        ValueError: if `num_workers` is not an int >= 1.
+        WorkerError: once all workers ended, naming each failed one with its
+            exit status and last output lines.
+    """
+    if type(num_workers) is not int or num_workers < 1:
+        raise ValueError(f"num_workers is {num_workers!r}; it must be an int >= 1")
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    workers = []
+    try:
+        for index in range(num_workers):
+            worker_env = {**os.environ, **thread_env(num_workers, cores), **(env or {})}
+            worker_env[WORKER_INDEX_ENV] = str(index)
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                list(argv),
+                env=worker_env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            tail = collections.deque(maxlen=20)
+            log_path = os.path.join(log_dir, f"worker-{index}.log") if log_dir else None
+            pump = threading.Thread(
+                target=_pump, args=(index, proc.stdout, tail, log_path, echo)
+            )
+            pump.start()
+            workers.append((proc, pump, tail))
+        for proc, _, _ in workers:
+            proc.wait()
+    finally:
+        for proc, _, _ in workers:
+            if proc.poll() is None:  # Interrupted: stop the workers we started.
+                proc.terminate()
+                proc.wait()
+        for proc, pump, _ in workers:
+            pump.join()
+            proc.stdout.close()
+    failures = []
+    for index, (proc, _, tail) in enumerate(workers):
+        if proc.returncode:
+            status = (
+                f"was killed by {signal.Signals(-proc.returncode).name}"
+                if proc.returncode < 0
+                else f"exited with status {proc.returncode}"
+            )
+            lines = "".join(f"\n    {line}" for line in tail)
+            failures.append(
+                f"  worker {index} (pid {proc.pid}) {status}; last output:{lines}"
+            )
+    if failures:
+        raise WorkerError(
+            f"{len(failures)} of {num_workers} search workers failed:\n"
+            + "\n".join(failures)
+        )

@@ -1,0 +1,408 @@
+"""Search strategies over Dense Prediction Cells, as Optuna samplers.
+
+A cell of B branches is flattened to 2B categorical parameters: `op_<i>` over
+the 81 op tokens (`OP_TOKENS`, e.g. "sep3x3@6x21") and `input_<i>` over the
+legal inputs of branch i (-1 for the backbone feature, else 0..i-1). Every
+assignment of these parameters is a valid cell, so any sampler proposes only
+valid cells. The paper's random + local search and aging evolution are Optuna
+samplers that read the history from the study's storage, so every worker of a
+study sees the same history.
+"""
+
+import abc
+import dataclasses
+import random
+from typing import Optional, Sequence
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from deeplab_dpc.search import space
+
+VIZIER_PREFIX = "vizier:"
+STRATEGIES = (
+    "random_local",
+    "regularized_evolution",
+    "tpe",
+    "nsga2",
+    VIZIER_PREFIX + "<ALGORITHM>",
+)
+# Objective name -> direction; values come from the trial result of that name.
+OBJECTIVES = {
+    "miou": StudyDirection.MAXIMIZE,
+    "madds": StudyDirection.MINIMIZE,
+    "params": StudyDirection.MINIMIZE,
+}
+# Tries to propose a cell no trial of the study holds before settling for one.
+_MAX_ATTEMPTS = 100
+_SEEN_STATES = (
+    TrialState.COMPLETE,
+    TrialState.PRUNED,
+    TrialState.RUNNING,
+    TrialState.WAITING,
+)
+
+
+def op_token(branch: space.BranchSpec) -> str:
+    """Returns the op of a branch as a string: conv1x1, sep3x3@RHxRW or pool@GHxGW."""
+    if branch.op == space.OP_SEP3X3:
+        return f"{space.OP_SEP3X3}@{branch.rate[0]}x{branch.rate[1]}"
+    if branch.op == space.OP_POOL:
+        return f"{space.OP_POOL}@{branch.grid[0]}x{branch.grid[1]}"
+    return space.OP_CONV1X1
+
+
+OP_TOKENS = tuple(op_token(op) for op in space.all_ops())
+_OP_BY_TOKEN = dict(zip(OP_TOKENS, space.all_ops()))
+
+
+def _check_num_branches(num_branches) -> None:
+    space.space_size(num_branches)  # Raises ValueError naming the value.
+
+
+def distributions(num_branches: int) -> dict:
+    """The flattened search space.
+
+    Args:
+        num_branches: int >= 1, the number of branches B.
+
+    Returns:
+        Dict from parameter name to `CategoricalDistribution`, in the order
+        op_0, input_0, op_1, input_1, ...; `input_0` has the single choice -1.
+
+    Raises:
+        ValueError: if `num_branches` is not an int >= 1.
+    """
+    _check_num_branches(num_branches)
+    out = {}
+    for i in range(num_branches):
+        out[f"op_{i}"] = CategoricalDistribution(OP_TOKENS)
+        out[f"input_{i}"] = CategoricalDistribution(tuple(range(-1, i)))
+    return out
+
+
+def cell_to_params(cell) -> dict:
+    """Returns the flattened parameters of a `CellSpec` (or what it accepts)."""
+    cell = cell if isinstance(cell, space.CellSpec) else space.CellSpec(cell)
+    params = {}
+    for i, branch in enumerate(cell):
+        params[f"op_{i}"] = op_token(branch)
+        params[f"input_{i}"] = branch.input
+    return params
+
+
+def params_to_cell(params: dict, num_branches: int) -> space.CellSpec:
+    """Builds the cell of flattened parameters.
+
+    Args:
+        params: dict with `op_<i>` (an op token) and `input_<i>` (an int) for
+            i in 0..num_branches-1; other keys are ignored.
+        num_branches: int >= 1.
+
+    Returns:
+        A valid `CellSpec`.
+
+    Raises:
+        ValueError: naming the parameter that is missing or out of range.
+    """
+    _check_num_branches(num_branches)
+    branches = []
+    for i in range(num_branches):
+        for name in (f"op_{i}", f"input_{i}"):
+            if name not in params:
+                raise ValueError(
+                    f'parameter "{name}" is missing; a cell of {num_branches} '
+                    f"branches needs op_0..op_{num_branches - 1} and "
+                    f"input_0..input_{num_branches - 1}"
+                )
+        token, source = params[f"op_{i}"], params[f"input_{i}"]
+        if token not in _OP_BY_TOKEN:
+            raise ValueError(
+                f'parameter "op_{i}" is {token!r}; it must be one of the 81 op '
+                "tokens such as 'conv1x1', 'sep3x3@6x21' or 'pool@2x4'"
+            )
+        if not isinstance(source, int) or not -1 <= source <= i - 1:
+            raise ValueError(
+                f'parameter "input_{i}" is {source!r}; it must be an int in '
+                f"-1..{i - 1}"
+            )
+        branches.append(dataclasses.replace(_OP_BY_TOKEN[token], input=source))
+    return space.CellSpec(branches=tuple(branches))
+
+
+def directions(objectives: Sequence[str]) -> list:
+    """Returns the `StudyDirection` of each objective name.
+
+    Raises:
+        ValueError: if `objectives` is empty, repeats a name or has an
+            unknown one.
+    """
+    objectives = tuple(objectives)
+    if not objectives or len(set(objectives)) != len(objectives):
+        raise ValueError(
+            f"objectives is {objectives!r}; it must list distinct names out of "
+            f"{', '.join(OBJECTIVES)}"
+        )
+    for name in objectives:
+        if name not in OBJECTIVES:
+            raise ValueError(
+                f"objective {name!r} is unknown; known objectives are "
+                f"{', '.join(OBJECTIVES)}"
+            )
+    return [OBJECTIVES[name] for name in objectives]
+
+
+class CellSampler(optuna.samplers.BaseSampler):
+    """Base of the samplers that propose a whole cell at once.
+
+    Subclasses implement `propose`. The proposal is drawn again
+    (up to 100 times) while a trial of the study already holds the same cell
+    (by `space.canonical_key`); the engine reuses results of any repeat that
+    remains. Randomness is seeded by (seed, trial number), so a study is
+    reproducible with one worker and workers never share a random stream.
+
+    Args:
+        num_branches: int >= 1, the number of branches B.
+        seed: int or None (None: fresh entropy for every trial).
+    """
+
+    def __init__(self, num_branches: int, seed: Optional[int] = None):
+        self._space = distributions(num_branches)
+        self._num_branches = num_branches
+        self._seed = seed
+        self._independent = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        del study, trial  # The space is fixed.
+        return dict(self._space)
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        if not search_space:
+            return {}
+        if len(study.directions) > 1:
+            raise ValueError(
+                f"{type(self).__name__} optimises one objective; this study has "
+                f"{len(study.directions)} (use nsga2, tpe or vizier:<ALGORITHM>)"
+            )
+        if self._seed is None:
+            rng = random.Random()
+        else:
+            rng = random.Random(f"{self._seed}:{trial.number}")
+        trials = study.get_trials(deepcopy=False, states=_SEEN_STATES)
+        history = []
+        seen = set()
+        for past in trials:
+            if not all(name in past.params for name in self._space):
+                continue  # Still choosing its cell.
+            cell = params_to_cell(past.params, self._num_branches)
+            seen.add(space.canonical_key(cell))
+            if past.state == TrialState.COMPLETE:
+                history.append((past, cell))
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        for _ in range(_MAX_ATTEMPTS):
+            cell = self.propose(history, rng, maximize)
+            if space.canonical_key(cell) not in seen:
+                break
+        return cell_to_params(cell)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._independent.sample_independent(
+            study, trial, param_name, param_distribution
+        )
+
+    @abc.abstractmethod
+    def propose(self, history: list, rng: random.Random, maximize: bool):
+        """Returns a `CellSpec` to try next.
+
+        Args:
+            history: list of (FrozenTrial, CellSpec) of the COMPLETE trials in
+                trial-number order.
+            rng: `random.Random`, the only source of randomness.
+            maximize: bool, whether a larger trial value is better.
+        """
+
+
+class RandomLocalSampler(CellSampler):
+    """The paper's search: uniform samples plus neighbours of the best cells.
+
+    Until `local_top_k` trials have completed every proposal is uniform
+    (`space.sample_cell`). Then, with probability `explore_prob`, a uniform
+    sample; otherwise `space.neighbour` (one branch's op or input changed) of
+    a cell drawn uniformly from the `local_top_k` best distinct completed cells.
+
+    Args:
+        num_branches: int >= 1.
+        explore_prob: float in [0, 1].
+        local_top_k: int >= 1.
+        seed: int or None.
+    """
+
+    def __init__(
+        self,
+        num_branches: int,
+        *,
+        explore_prob: float = 0.5,
+        local_top_k: int = 5,
+        seed: Optional[int] = None,
+    ):
+        super().__init__(num_branches, seed)
+        if not 0.0 <= explore_prob <= 1.0:
+            raise ValueError(f"explore_prob is {explore_prob!r}; it must be in [0, 1]")
+        _check_positive("local_top_k", local_top_k)
+        self._explore_prob = explore_prob
+        self._local_top_k = local_top_k
+
+    def top_cells(self, history: list, maximize: bool) -> list:
+        """The best `local_top_k` distinct cells of `history`, best first."""
+        # Stable, also reversed: of equal values the earlier trial ranks first.
+        ranked = sorted(history, key=lambda item: item[0].value, reverse=maximize)
+        top, keys = [], set()
+        for _, cell in ranked:
+            key = space.canonical_key(cell)
+            if key not in keys:
+                keys.add(key)
+                top.append(cell)
+            if len(top) == self._local_top_k:
+                break
+        return top
+
+    def propose(self, history, rng, maximize):
+        if len(history) < self._local_top_k or rng.random() < self._explore_prob:
+            return space.sample_cell(rng, self._num_branches)
+        return space.neighbour(rng.choice(self.top_cells(history, maximize)), rng)
+
+
+class RegularizedEvolutionSampler(CellSampler):
+    """Aging evolution (Real et al., 2019).
+
+    The population is the `population_size` most recently completed trials
+    (by completion time), so the oldest member leaves as a new one joins.
+    Each proposal is `space.neighbour` of the best of `tournament_size`
+    members drawn at random (with replacement). Until the population is full,
+    proposals are uniform samples.
+
+    Args:
+        num_branches: int >= 1.
+        population_size: int >= 1.
+        tournament_size: int in 1..population_size.
+        seed: int or None.
+    """
+
+    def __init__(
+        self,
+        num_branches: int,
+        *,
+        population_size: int = 20,
+        tournament_size: int = 5,
+        seed: Optional[int] = None,
+    ):
+        super().__init__(num_branches, seed)
+        _check_positive("population_size", population_size)
+        _check_positive("tournament_size", tournament_size)
+        if tournament_size > population_size:
+            raise ValueError(
+                f"tournament_size is {tournament_size}; it must not exceed "
+                f"population_size ({population_size})"
+            )
+        self._population_size = population_size
+        self._tournament_size = tournament_size
+
+    def population(self, history: list) -> list:
+        """The most recently completed `population_size` items of `history`."""
+        by_age = sorted(
+            history, key=lambda item: (item[0].datetime_complete, item[0].number)
+        )
+        return by_age[-self._population_size :]
+
+    def propose(self, history, rng, maximize):
+        if len(history) < self._population_size:
+            return space.sample_cell(rng, self._num_branches)
+        population = self.population(history)
+        sample = [rng.choice(population) for _ in range(self._tournament_size)]
+        sign = 1.0 if maximize else -1.0
+        _, parent = max(sample, key=lambda item: sign * item[0].value)
+        return space.neighbour(parent, rng)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} is {value!r}; it must be an int >= 1")
+
+
+def make_sampler(
+    strategy: str,
+    *,
+    num_branches: int = 5,
+    seed: Optional[int] = None,
+    explore_prob: float = 0.5,
+    local_top_k: int = 5,
+    population_size: int = 20,
+    tournament_size: int = 5,
+    objectives: Sequence[str] = ("miou",),
+) -> optuna.samplers.BaseSampler:
+    """Builds the sampler of a strategy.
+
+    Args:
+        strategy: one of `random_local`, `regularized_evolution`, `tpe`,
+            `nsga2` or `vizier:<ALGORITHM>` (see `vizier_sampler.ALGORITHMS`).
+        num_branches: int >= 1, branches per cell.
+        seed: int or None. Give each worker of a study its own seed for the
+            Optuna and Vizier samplers (the engine adds the worker index).
+        explore_prob, local_top_k: `random_local` settings.
+        population_size: `regularized_evolution` and `nsga2` population.
+        tournament_size: `regularized_evolution` tournament.
+        objectives: objective names (`OBJECTIVES`); `random_local` and
+            `regularized_evolution` take exactly one.
+
+    Returns:
+        An `optuna.samplers.BaseSampler`.
+
+    Raises:
+        ValueError: for an unknown strategy or a bad setting (named).
+        ImportError: for `vizier:` when Open Source Vizier is not installed.
+    """
+    _check_num_branches(num_branches)
+    directions(objectives)
+    if strategy in ("random_local", "regularized_evolution") and len(objectives) != 1:
+        raise ValueError(
+            f"strategy {strategy} optimises one objective; objectives is "
+            f"{tuple(objectives)!r} (use nsga2, tpe or vizier:<ALGORITHM>)"
+        )
+    if strategy == "random_local":
+        return RandomLocalSampler(
+            num_branches, explore_prob=explore_prob, local_top_k=local_top_k, seed=seed
+        )
+    if strategy == "regularized_evolution":
+        return RegularizedEvolutionSampler(
+            num_branches,
+            population_size=population_size,
+            tournament_size=tournament_size,
+            seed=seed,
+        )
+    if strategy == "tpe":
+        # Constant liar: running trials count as bad, so parallel workers
+        # spread out instead of proposing the same cell.
+        return optuna.samplers.TPESampler(
+            multivariate=True, constant_liar=True, seed=seed
+        )
+    if strategy == "nsga2":
+        if population_size < 2:
+            raise ValueError(
+                f"population_size is {population_size}; nsga2 needs at least 2"
+            )
+        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+    if strategy.startswith(VIZIER_PREFIX):
+        # pylint: disable-next=import-outside-toplevel
+        from deeplab_dpc.search import vizier_sampler
+
+        return vizier_sampler.VizierSampler(
+            strategy[len(VIZIER_PREFIX) :],
+            num_branches=num_branches,
+            objectives=objectives,
+            seed=seed,
+        )
+    raise ValueError(
+        f"strategy {strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}"
+    )

@@ -1,0 +1,193 @@
+"""Open Source Vizier algorithms as an Optuna sampler over flattened cells.
+
+Vizier's algorithms take no conditional parameters, so a cell is flattened as
+in `strategies`: one categorical `op_<i>` over the 81 op tokens and one
+categorical `input_<i>` per branch (Vizier categories are strings, so inputs
+travel as "-1", "0", ...; branch 0 has no choice and is left out). For each
+trial the sampler builds the algorithm's designer afresh, replays the study's
+completed trials from the shared storage (with the Vizier metadata each
+suggestion carried, e.g. Eagle's parent firefly) and asks for one suggestion,
+so every worker of a study works from the same history.
+
+Vizier is an optional extra: `pip install .[vizier]`.
+"""
+
+import random
+import types
+import zlib
+from typing import Optional, Sequence
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from deeplab_dpc.search import strategies
+
+ALGORITHMS = ("RANDOM_SEARCH", "EAGLE_STRATEGY", "GAUSSIAN_PROCESS_BANDIT")
+# Trial system attribute holding the suggestion's Vizier metadata.
+METADATA_ATTR = "vizier_metadata"
+
+
+def _import_vizier() -> types.SimpleNamespace:
+    """Imports Vizier's pieces, or explains how to install them."""
+    try:
+        # pylint: disable=import-outside-toplevel
+        from vizier import algorithms as vza
+        from vizier import pyvizier as vz
+        from vizier._src.algorithms.designers import gp_bandit
+        from vizier._src.algorithms.designers import random as random_designer
+        from vizier._src.algorithms.designers.eagle_strategy import eagle_strategy
+
+        # pylint: enable=import-outside-toplevel
+    except ImportError as err:
+        raise ImportError(
+            "the vizier:<ALGORITHM> strategies need Open Source Vizier, which "
+            f"is not installed ({err}); install the extra with "
+            "`pip install .[vizier]` (google-vizier-dev with jax and equinox)"
+        ) from err
+    factories = {
+        "RANDOM_SEARCH": lambda problem, seed: random_designer.RandomDesigner(
+            problem.search_space, seed=seed
+        ),
+        "EAGLE_STRATEGY": lambda problem, seed: eagle_strategy.EagleStrategyDesigner(
+            problem, seed=seed
+        ),
+        "GAUSSIAN_PROCESS_BANDIT": gp_bandit.VizierGPBandit.from_problem,
+    }
+    return types.SimpleNamespace(vz=vz, vza=vza, factories=factories)
+
+
+class VizierSampler(optuna.samplers.BaseSampler):
+    """Proposes cells with an Open Source Vizier algorithm.
+
+    Args:
+        algorithm: one of `ALGORITHMS`.
+        num_branches: int >= 1, branches per cell.
+        objectives: objective names of the study (`strategies.OBJECTIVES`),
+            in the study's order.
+        seed: int or None; the designer of trial n is seeded by (seed, n).
+
+    Raises:
+        ValueError: for an unknown algorithm, or one that cannot optimise
+            these objectives (Eagle takes one).
+        ImportError: if Vizier is not installed.
+    """
+
+    def __init__(
+        self,
+        algorithm: str,
+        *,
+        num_branches: int = 5,
+        objectives: Sequence[str] = ("miou",),
+        seed: Optional[int] = None,
+    ):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"strategy vizier:{algorithm} is unknown; supported algorithms "
+                f"are {', '.join(ALGORITHMS)}"
+            )
+        self._vizier = _import_vizier()
+        self._algorithm = algorithm
+        self._space = strategies.distributions(num_branches)
+        self._num_branches = num_branches
+        self._objectives = tuple(objectives)
+        self._seed = seed
+        self._independent = optuna.samplers.RandomSampler(seed=seed)
+        self._problem = self._make_problem(strategies.directions(objectives))
+        try:
+            self._new_designer(0)
+        except ValueError as err:
+            raise ValueError(
+                f"strategy vizier:{algorithm} cannot optimise objectives "
+                f"{self._objectives!r}: {err}"
+            ) from err
+
+    def _make_problem(self, goals):
+        vz = self._vizier.vz
+        problem = vz.ProblemStatement()
+        root = problem.search_space.root
+        for name, dist in self._space.items():
+            if len(dist.choices) > 1:
+                root.add_categorical_param(name, [str(c) for c in dist.choices])
+        for name, goal in zip(self._objectives, goals):
+            problem.metric_information.append(
+                vz.MetricInformation(
+                    name,
+                    goal=(
+                        vz.ObjectiveMetricGoal.MAXIMIZE
+                        if goal == StudyDirection.MAXIMIZE
+                        else vz.ObjectiveMetricGoal.MINIMIZE
+                    ),
+                )
+            )
+        return problem
+
+    def _new_designer(self, trial_number: int):
+        if self._seed is None:
+            seed = random.getrandbits(31)
+        else:
+            seed = zlib.crc32(f"{self._seed}:{trial_number}".encode()) & 0x7FFFFFFF
+        return self._vizier.factories[self._algorithm](self._problem, seed)
+
+    def _to_vizier(self, trial):
+        vz = self._vizier.vz
+        parameters = {
+            name: str(trial.params[name])
+            for name, dist in self._space.items()
+            if len(dist.choices) > 1
+        }
+        out = vz.Trial(id=trial.number + 1, parameters=parameters)
+        for namespace, key, value in trial.system_attrs.get(METADATA_ATTR, ()):
+            out.metadata.abs_ns(vz.Namespace.decode(namespace))[key] = value
+        return out
+
+    def infer_relative_search_space(self, study, trial) -> dict:
+        del study, trial  # The space is fixed.
+        return dict(self._space)
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        if not search_space or trial.params or "fixed_params" in trial.system_attrs:
+            return {}  # A retried or enqueued trial: its cell is already set.
+        vz, vza = self._vizier.vz, self._vizier.vza
+        completed, active = [], []
+        for past in study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+        ):
+            if past.number == trial.number or not all(
+                name in past.params for name in self._space
+            ):
+                continue
+            converted = self._to_vizier(past)
+            if past.state == TrialState.COMPLETE:
+                converted.complete(
+                    vz.Measurement(metrics=dict(zip(self._objectives, past.values)))
+                )
+                completed.append(converted)
+            else:
+                active.append(converted)
+        designer = self._new_designer(trial.number)
+        designer.update(vza.CompletedTrials(completed), vza.ActiveTrials(active))
+        suggestion = designer.suggest(1)[0]
+        metadata = [
+            [namespace.encode(), key, value]
+            for namespace, key, value in suggestion.metadata.all_items()
+            if isinstance(value, str)
+        ]
+        # Optuna has no public setter for samplers; its own GA samplers do this.
+        study._storage.set_trial_system_attr(  # pylint: disable=protected-access
+            trial._trial_id, METADATA_ATTR, metadata  # pylint: disable=protected-access
+        )
+        params = {}
+        for name, dist in self._space.items():
+            if len(dist.choices) == 1:
+                params[name] = dist.choices[0]
+            elif name.startswith("input_"):
+                params[name] = int(suggestion.parameters[name].value)
+            else:
+                params[name] = str(suggestion.parameters[name].value)
+        return params
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._independent.sample_independent(
+            study, trial, param_name, param_distribution
+        )

@@ -1,0 +1,276 @@
+"""Tests for deeplab_dpc.search.strategies and deeplab_dpc.search.vizier_sampler."""
+
+import collections
+import datetime
+import random
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from deeplab_dpc.search import engine
+from deeplab_dpc.search import space
+from deeplab_dpc.search import strategies
+import search_testing
+
+# ---------------------------------------------------------------- flattening
+
+
+def test_distributions_cover_the_space_exactly():
+    dists = strategies.distributions(3)
+    assert list(dists) == ["op_0", "input_0", "op_1", "input_1", "op_2", "input_2"]
+    assert len(set(strategies.OP_TOKENS)) == 81 == len(dists["op_0"].choices)
+    assert all(isinstance(token, str) for token in strategies.OP_TOKENS)
+    assert strategies.OP_TOKENS[:2] == ("conv1x1", "sep3x3@1x1")
+    assert strategies.OP_TOKENS[-1] == "pool@8x8"
+    assert dists["input_0"].choices == (-1,)
+    assert dists["input_2"].choices == (-1, 0, 1)
+    assignments = 1
+    for dist in dists.values():
+        assignments *= len(dist.choices)
+    assert assignments == space.space_size(3)
+
+
+def test_params_round_trip():
+    rng = random.Random(0)
+    cells = [space.published_cell()]
+    cells += [space.sample_cell(rng, rng.randint(1, 6)) for _ in range(200)]
+    for cell in cells:
+        params = strategies.cell_to_params(cell)
+        assert set(params) == set(strategies.distributions(len(cell)))
+        assert strategies.params_to_cell(params, len(cell)) == cell
+    published = strategies.cell_to_params(space.published_cell())
+    assert published["op_1"] == "sep3x3@18x15" and published["input_1"] == 0
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("input_3", None, 'parameter "input_3" is missing'),
+        ("op_2", "sep3x3@2x2", "parameter \"op_2\" is 'sep3x3@2x2'"),
+        ("input_2", 2, 'parameter "input_2" is 2; it must be an int in -1..1'),
+        ("input_1", "0", "parameter \"input_1\" is '0'"),
+    ],
+)
+def test_params_to_cell_names_the_bad_parameter(name, value, message):
+    params = strategies.cell_to_params(space.published_cell())
+    if value is None:
+        del params[name]
+    else:
+        params[name] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        strategies.params_to_cell(params, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(strategy="grid"), "strategy 'grid' is unknown; choose one of"),
+        (
+            dict(strategy="random_local", objectives=("miou", "madds")),
+            "random_local optimises one objective",
+        ),
+        (dict(strategy="tpe", objectives=("miou", "flops")), "'flops' is unknown"),
+        (dict(strategy="tpe", objectives=()), "objectives is"),
+        (dict(strategy="random_local", explore_prob=1.5), "explore_prob is 1.5"),
+        (dict(strategy="random_local", local_top_k=0), "local_top_k is 0"),
+        (
+            dict(strategy="regularized_evolution", population_size=3),
+            "tournament_size is 5; it must not exceed population_size",
+        ),
+        (
+            dict(strategy="nsga2", population_size=1, objectives=("miou", "madds")),
+            "nsga2 needs at least 2",
+        ),
+        (dict(strategy="tpe", num_branches=0), "num_branches is 0"),
+    ],
+)
+def test_make_sampler_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        strategies.make_sampler(**kwargs)
+
+
+# --------------------------------------------------------------- strategies
+
+
+def _new_study(tmp_path, strategy, objectives=("miou",), **kwargs):
+    options = dict(num_branches=3, seed=0, local_top_k=2, population_size=4)
+    options.update(kwargs)
+    return engine.create_or_load_study(
+        search_dir=tmp_path,
+        strategy=strategy,
+        objectives=objectives,
+        tournament_size=2,
+        pruner=optuna.pruners.NopPruner(),
+        **options,
+    )
+
+
+def _check_trials(study, total, objectives, num_branches=3):
+    """Every trial is a valid cell whose values are the objective's."""
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == total
+    trained_keys = []
+    for trial in trials:
+        cell = space.cell_from_json(trial.user_attrs[engine.ATTR_CELL])
+        assert cell == strategies.params_to_cell(trial.params, num_branches)
+        assert trial.user_attrs[engine.ATTR_KEY] == space.canonical_key(cell)
+        scores = search_testing.analytic_scores(cell)
+        assert trial.values == pytest.approx([scores[name] for name in objectives])
+        if engine.ATTR_DUPLICATE not in trial.user_attrs:
+            trained_keys.append(trial.user_attrs[engine.ATTR_KEY])
+    assert len(trained_keys) == len(set(trained_keys))
+    return trials
+
+
+@pytest.mark.parametrize(
+    "strategy, objectives",
+    [
+        ("random_local", ("miou",)),
+        ("regularized_evolution", ("miou",)),
+        ("tpe", ("miou",)),
+        ("nsga2", ("miou", "madds")),
+    ],
+)
+def test_strategy_completes_trials_with_valid_cells(tmp_path, strategy, objectives):
+    study = _new_study(tmp_path, strategy, objectives)
+    stats = engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=10, poll_seconds=0.01
+    )
+    assert stats.trials == 10 and stats.trained + stats.duplicates == 10
+    _check_trials(study, 10, objectives)
+
+
+def test_random_local_proposes_neighbours_of_the_top_k(tmp_path):
+    top_k, num_branches = 3, 4
+    study = _new_study(
+        tmp_path,
+        "random_local",
+        num_branches=num_branches,
+        explore_prob=0.0,
+        local_top_k=top_k,
+    )
+    engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=16, poll_seconds=0.01
+    )
+    trials = _check_trials(study, 16, ("miou",), num_branches)
+    for n, trial in enumerate(trials):
+        cell = strategies.params_to_cell(trial.params, num_branches)
+        if n < top_k:
+            continue  # Uniform samples until top_k trials have completed.
+        ranked = sorted(trials[:n], key=lambda t: t.value, reverse=True)
+        top = []
+        for earlier in ranked:
+            earlier_cell = strategies.params_to_cell(earlier.params, num_branches)
+            if all(
+                space.canonical_key(earlier_cell) != space.canonical_key(c) for c in top
+            ):
+                top.append(earlier_cell)
+        top = top[:top_k]
+        assert min(search_testing.param_distance(cell, c) for c in top) == 1, n
+    best = max(trial.value for trial in trials)
+    assert best > trials[0].value  # Local search improved on the first sample.
+
+
+def test_regularized_evolution_ages_out_the_oldest():
+    size, num_branches = 4, 5
+    sampler = strategies.RegularizedEvolutionSampler(
+        num_branches, population_size=size, tournament_size=size, seed=0
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rng = random.Random(0)
+    cells = []
+    while len(cells) < 2 * size:
+        cell = space.sample_cell(rng, num_branches)
+        if all(search_testing.param_distance(cell, c) >= 4 for c in cells):
+            cells.append(cell)
+    old, young = cells[:size], cells[size:]
+    dists = strategies.distributions(num_branches)
+    start = datetime.datetime(2026, 1, 1)
+    # The young cells get the LOWER trial numbers but complete later; the old
+    # ones are far better, so only aging by completion keeps them out.
+    for i, cell in enumerate(young + old):
+        trial = optuna.trial.create_trial(
+            params=strategies.cell_to_params(cell),
+            distributions=dists,
+            value=0.1 * (i + 1) if i < size else 0.9,
+        )
+        trial.datetime_start = start
+        trial.datetime_complete = start + datetime.timedelta(
+            minutes=10 * i if i < size else -10 * i
+        )
+        study.add_trial(trial)
+    parents = collections.Counter()
+    for _ in range(24):
+        trial = study.ask(dists)
+        child = strategies.params_to_cell(trial.params, num_branches)
+        study.tell(trial, state=TrialState.FAIL)
+        assert min(search_testing.param_distance(child, c) for c in old) >= 3
+        distances = [search_testing.param_distance(child, c) for c in young]
+        assert min(distances) == 1
+        parents[distances.index(1)] += 1
+    # Tournaments favour the best young cell (the last one, value 0.4).
+    assert parents.most_common(1)[0][0] == size - 1
+
+
+def test_nsga2_front_is_non_dominated(tmp_path):
+    objectives = ("miou", "madds")
+    study = _new_study(tmp_path, "nsga2", objectives, population_size=4)
+    engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=12, poll_seconds=0.01
+    )
+    trials = _check_trials(study, 12, objectives)
+    front = study.best_trials
+    assert front
+
+    def dominates(a, b):
+        return (
+            a.values[0] >= b.values[0]
+            and a.values[1] <= b.values[1]
+            and a.values != b.values
+        )
+
+    for member in front:
+        assert not any(dominates(other, member) for other in trials)
+    for other in trials:
+        if other.number not in {m.number for m in front}:
+            assert any(dominates(m, other) or m.values == other.values for m in front)
+
+
+# ------------------------------------------------------------------- vizier
+
+
+def test_vizier_algorithms_propose_valid_cells(tmp_path):
+    for algorithm, total in (
+        ("RANDOM_SEARCH", 4),
+        ("EAGLE_STRATEGY", 4),
+        ("GAUSSIAN_PROCESS_BANDIT", 2),
+    ):
+        study = engine.create_or_load_study(
+            search_dir=tmp_path,
+            study_name=algorithm,
+            strategy="vizier:" + algorithm,
+            num_branches=2,
+            seed=0,
+            pruner=optuna.pruners.NopPruner(),
+        )
+        engine.run_worker(
+            study,
+            search_testing.make_objective(),
+            num_trials_total=total,
+            poll_seconds=0.01,
+        )
+        trials = _check_trials(study, total, ("miou",), num_branches=2)
+        for trial in trials:
+            assert isinstance(trial.system_attrs["vizier_metadata"], list)
+        if algorithm == "EAGLE_STRATEGY":  # Each trial names its parent firefly.
+            for trial in trials:
+                keys = [key for _, key, _ in trial.system_attrs["vizier_metadata"]]
+                assert "parent_fly_id" in keys
+
+
+def test_vizier_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="vizier:GRID is unknown; supported"):
+        strategies.make_sampler("vizier:GRID")
+    with pytest.raises(ValueError, match="EAGLE_STRATEGY cannot optimise objectives"):
+        strategies.make_sampler("vizier:EAGLE_STRATEGY", objectives=("miou", "madds"))
