@@ -34,12 +34,19 @@ def test_published_cell_reserializes_to_identical_text():
 def test_published_cell_contents():
     cell = space.published_cell()
     assert cell == _cell(
-        _b(-1, space.OP_SEP3X3, (1, 6)), _b(0, space.OP_SEP3X3, (18, 15)),
-        _b(1, space.OP_SEP3X3, (6, 3)), _b(0, space.OP_SEP3X3, (1, 1)),
-        _b(0, space.OP_SEP3X3, (6, 21)))
+        _b(-1, space.OP_SEP3X3, (1, 6)),
+        _b(0, space.OP_SEP3X3, (18, 15)),
+        _b(1, space.OP_SEP3X3, (6, 3)),
+        _b(0, space.OP_SEP3X3, (1, 1)),
+        _b(0, space.OP_SEP3X3, (6, 21)),
+    )
     assert space.describe(cell).splitlines() == [
-        "b0 = sep3x3@1x6(F)", "b1 = sep3x3@18x15(b0)", "b2 = sep3x3@6x3(b1)",
-        "b3 = sep3x3@1x1(b0)", "b4 = sep3x3@6x21(b0)"]
+        "b0 = sep3x3@1x6(F)",
+        "b1 = sep3x3@18x15(b0)",
+        "b2 = sep3x3@6x3(b1)",
+        "b3 = sep3x3@1x1(b0)",
+        "b4 = sep3x3@6x21(b0)",
+    ]
 
 
 # ----------------------------------------------------------------- round trip
@@ -66,19 +73,30 @@ def test_file_round_trip(tmp_path):
 
 
 def test_json_writing_format():
-    cell = _cell(_b(-1, space.OP_CONV1X1), _b(0, space.OP_POOL, grid=(2, 4)),
-                 _b(1, space.OP_SEP3X3, rate=(3, 21)))
+    cell = _cell(
+        _b(-1, space.OP_CONV1X1),
+        _b(0, space.OP_POOL, grid=(2, 4)),
+        _b(1, space.OP_SEP3X3, rate=(3, 21)),
+    )
     assert space.cell_to_json_string(cell) == (
         '[{"kernel": 1, "rate": [1, 1], "op": "conv", "input": -1}, '
         '{"op": "pyramid_pooling", "grid_size": [2, 4], "input": 0}, '
-        '{"kernel": 3, "rate": [3, 21], "op": "conv", "input": 1}]')
+        '{"kernel": 3, "rate": [3, 21], "op": "conv", "input": 1}]'
+    )
 
 
 def test_reads_deeplab_variants():
-    cell = space.cell_from_json([
-        {"op": "conv", "kernel": 1, "input": -1},  # No rate on a 1x1: fine.
-        {"op": "pyramid_pooling", "grid_size": [1, 1], "target_size": [65, 65],
-         "input": -1}])
+    cell = space.cell_from_json(
+        [
+            {"op": "conv", "kernel": 1, "input": -1},  # No rate on a 1x1: fine.
+            {
+                "op": "pyramid_pooling",
+                "grid_size": [1, 1],
+                "target_size": [65, 65],
+                "input": -1,
+            },
+        ]
+    )
     assert cell == _cell(_b(-1, space.OP_CONV1X1), _b(-1, space.OP_POOL))
 
 
@@ -102,7 +120,7 @@ def test_all_ops():
 def test_space_size():
     assert space.space_size(5) == 418_414_128_120
     assert space.space_size(1) == 81
-    assert space.space_size(2) == 2 * 81 ** 2
+    assert space.space_size(2) == 2 * 81**2
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="num_branches"):
             space.space_size(bad)
@@ -139,7 +157,11 @@ def test_neighbour_changes_exactly_one_field():
         diff = [i for i in range(len(cell)) if cell[i] != new[i]]
         assert len(diff) == 1
         old_b, new_b = cell[diff[0]], new[diff[0]]
-        same_op = (old_b.op, old_b.rate, old_b.grid) == (new_b.op, new_b.rate, new_b.grid)
+        same_op = (old_b.op, old_b.rate, old_b.grid) == (
+            new_b.op,
+            new_b.rate,
+            new_b.grid,
+        )
         assert same_op != (old_b.input == new_b.input)  # Exactly one changed.
         if diff[0] == 0:
             assert new_b.input == -1
@@ -153,15 +175,30 @@ def test_neighbour_changes_exactly_one_field():
 def test_canonical_key_invariant_under_renumbering():
     conv, sep, pool = space.OP_CONV1X1, space.OP_SEP3X3, space.OP_POOL
     # b0 and b1 are siblings under F, each with a child; swap them.
-    a = _cell(_b(-1, conv), _b(-1, sep, (6, 21)), _b(0, pool, grid=(2, 4)),
-              _b(1, sep, (3, 3)), _b(2, conv))
-    b = _cell(_b(-1, sep, (6, 21)), _b(-1, conv), _b(1, pool, grid=(2, 4)),
-              _b(0, sep, (3, 3)), _b(2, conv))
+    a = _cell(
+        _b(-1, conv),
+        _b(-1, sep, (6, 21)),
+        _b(0, pool, grid=(2, 4)),
+        _b(1, sep, (3, 3)),
+        _b(2, conv),
+    )
+    b = _cell(
+        _b(-1, sep, (6, 21)),
+        _b(-1, conv),
+        _b(1, pool, grid=(2, 4)),
+        _b(0, sep, (3, 3)),
+        _b(2, conv),
+    )
     assert a != b
     assert space.canonical_key(a) == space.canonical_key(b)
     # Same graph, children listed in another order.
-    c = _cell(_b(-1, sep, (6, 21)), _b(0, sep, (3, 3)), _b(-1, conv),
-              _b(2, pool, grid=(2, 4)), _b(3, conv))
+    c = _cell(
+        _b(-1, sep, (6, 21)),
+        _b(0, sep, (3, 3)),
+        _b(-1, conv),
+        _b(2, pool, grid=(2, 4)),
+        _b(3, conv),
+    )
     assert space.canonical_key(a) == space.canonical_key(c)
 
 
@@ -172,15 +209,24 @@ def test_canonical_key_random_permutations():
         # A random topological renumbering: repeatedly pick a ready branch.
         order, placed = [], set()
         while len(order) < len(cell):
-            ready = [i for i in range(len(cell)) if i not in placed
-                     and (cell[i].input < 0 or cell[i].input in placed)]
+            ready = [
+                i
+                for i in range(len(cell))
+                if i not in placed and (cell[i].input < 0 or cell[i].input in placed)
+            ]
             j = rng.choice(ready)
             order.append(j)
             placed.add(j)
         new_index = {old: new for new, old in enumerate(order)}
-        permuted = _cell(*(dataclasses.replace(
-            cell[old], input=-1 if cell[old].input < 0 else new_index[cell[old].input])
-            for old in order))
+        permuted = _cell(
+            *(
+                dataclasses.replace(
+                    cell[old],
+                    input=-1 if cell[old].input < 0 else new_index[cell[old].input],
+                )
+                for old in order
+            )
+        )
         assert space.canonical_key(permuted) == space.canonical_key(cell)
 
 
@@ -193,16 +239,21 @@ def test_canonical_key_path_multiset_counterexample():
 
 def test_canonical_key_different_ops():
     conv, sep, pool = space.OP_CONV1X1, space.OP_SEP3X3, space.OP_POOL
-    keys = {space.canonical_key(_cell(_b(-1, conv), dataclasses.replace(op, input=0)))
-            for op in space.all_ops()}
+    keys = {
+        space.canonical_key(_cell(_b(-1, conv), dataclasses.replace(op, input=0)))
+        for op in space.all_ops()
+    }
     assert len(keys) == 81
-    assert (space.canonical_key(_cell(_b(-1, sep, (6, 21))))
-            != space.canonical_key(_cell(_b(-1, sep, (21, 6)))))
-    assert (space.canonical_key(_cell(_b(-1, pool, grid=(2, 4))))
-            != space.canonical_key(_cell(_b(-1, pool, grid=(4, 2)))))
+    assert space.canonical_key(_cell(_b(-1, sep, (6, 21)))) != space.canonical_key(
+        _cell(_b(-1, sep, (21, 6)))
+    )
+    assert space.canonical_key(_cell(_b(-1, pool, grid=(2, 4)))) != space.canonical_key(
+        _cell(_b(-1, pool, grid=(4, 2)))
+    )
     # Same ops, different wiring.
-    assert (space.canonical_key(_cell(_b(-1, conv), _b(-1, sep)))
-            != space.canonical_key(_cell(_b(-1, conv), _b(0, sep))))
+    assert space.canonical_key(_cell(_b(-1, conv), _b(-1, sep))) != space.canonical_key(
+        _cell(_b(-1, conv), _b(0, sep))
+    )
 
 
 def test_canonical_key_distinguishes_random_cells():
@@ -232,38 +283,86 @@ def _with(index, branch):
     return cell
 
 
-@pytest.mark.parametrize("obj, pattern", [
-    (_with(2, _conv([2, 6], 0)), r'branch 2: field "rate" is \[2, 6\]; each rate must be one of 1, 3, 6'),
-    (_with(1, _conv([1, 6, 3], 0)), r'branch 1: field "rate" is \[1, 6, 3\]'),
-    (_with(1, _conv([1, True], 0)), r'branch 1: field "rate" is \[1, true\]'),
-    (_with(1, _conv("1,6", 0)), r'branch 1: field "rate"'),
-    (_with(1, _conv([1.0, 6], 0)), r'branch 1: field "rate"'),
-    (_with(1, _conv([3, 3], 0, kernel=1)), r'branch 1: field "rate" is \[3, 3\]'),
-    (_with(1, {"kernel": 3, "op": "conv", "input": 0}), r'branch 1: field "rate" is missing'),
-    (_with(1, {"rate": [1, 1], "op": "conv", "input": 0}), r'branch 1: field "kernel" is missing'),
-    (_with(1, _conv([1, 1], 0, kernel=5)), r'branch 1: field "kernel" is 5'),
-    (_with(1, _conv([1, 1], 0, kernel=True)), r'branch 1: field "kernel" is true'),
-    (_with(1, {"kernel": 3, "rate": [1, 1], "input": 0}), r'branch 1: field "op" is missing'),
-    (_with(1, {"kernel": 3, "rate": [1, 1], "op": "conv"}), r'branch 1: field "input" is missing'),
-    (_with(1, {"kernel": 3, "rate": [1, 1], "op": "atrous", "input": 0}), r'branch 1: field "op" is "atrous"'),
-    (_with(1, {"kernel": 3, "rate": [1, 1], "op": ["conv"], "input": 0}), r'branch 1: field "op"'),
-    (_with(1, {**_conv([1, 1], 0), "stride": 2}), r'branch 1: field "stride" is unknown'),
-    (_with(1, {**_conv([1, 1], 0), "grid_size": [1, 1]}), r'branch 1: field "grid_size" is not used'),
-    (_with(1, {"op": "pyramid_pooling", "input": 0}), r'branch 1: field "grid_size" is missing'),
-    (_with(1, {"op": "pyramid_pooling", "grid_size": [3, 1], "input": 0}), r'branch 1: field "grid_size" is \[3, 1\]; each grid size must be one of 1, 2, 4, 8'),
-    (_with(1, {"op": "pyramid_pooling", "grid_size": [1, False], "input": 0}), r'branch 1: field "grid_size"'),
-    (_with(1, {"op": "pyramid_pooling", "kernel": 1, "grid_size": [1, 1], "input": 0}), r'branch 1: field "kernel" is not used'),
-    (_with(2, _conv([1, 1], 2)), r'branch 2: field "input" is 2; it must be -1 \(the backbone feature\) or an earlier branch index 0\.\.1'),
-    (_with(1, _conv([1, 1], 2)), r'branch 1: field "input" is 2'),
-    (_with(0, _conv([1, 1], 0)), r'branch 0: field "input" is 0'),
-    (_with(2, _conv([1, 1], -2)), r'branch 2: field "input" is -2'),
-    (_with(2, _conv([1, 1], "0")), r'branch 2: field "input" is "0"'),
-    (_with(2, _conv([1, 1], False)), r'branch 2: field "input" is false'),
-    (_with(2, _conv([1, 1], 0.0)), r'branch 2: field "input" is 0.0'),
-    (_with(1, [3, [1, 1], "conv", 0]), r"branch 1: expected a JSON object"),
-    ([], r"cell: the cell is empty"),
-    ({"branches": _GOOD}, r"cell: the cell must be a JSON list"),
-])
+@pytest.mark.parametrize(
+    "obj, pattern",
+    [
+        (
+            _with(2, _conv([2, 6], 0)),
+            r'branch 2: field "rate" is \[2, 6\]; each rate must be one of 1, 3, 6',
+        ),
+        (_with(1, _conv([1, 6, 3], 0)), r'branch 1: field "rate" is \[1, 6, 3\]'),
+        (_with(1, _conv([1, True], 0)), r'branch 1: field "rate" is \[1, true\]'),
+        (_with(1, _conv("1,6", 0)), r'branch 1: field "rate"'),
+        (_with(1, _conv([1.0, 6], 0)), r'branch 1: field "rate"'),
+        (_with(1, _conv([3, 3], 0, kernel=1)), r'branch 1: field "rate" is \[3, 3\]'),
+        (
+            _with(1, {"kernel": 3, "op": "conv", "input": 0}),
+            r'branch 1: field "rate" is missing',
+        ),
+        (
+            _with(1, {"rate": [1, 1], "op": "conv", "input": 0}),
+            r'branch 1: field "kernel" is missing',
+        ),
+        (_with(1, _conv([1, 1], 0, kernel=5)), r'branch 1: field "kernel" is 5'),
+        (_with(1, _conv([1, 1], 0, kernel=True)), r'branch 1: field "kernel" is true'),
+        (
+            _with(1, {"kernel": 3, "rate": [1, 1], "input": 0}),
+            r'branch 1: field "op" is missing',
+        ),
+        (
+            _with(1, {"kernel": 3, "rate": [1, 1], "op": "conv"}),
+            r'branch 1: field "input" is missing',
+        ),
+        (
+            _with(1, {"kernel": 3, "rate": [1, 1], "op": "atrous", "input": 0}),
+            r'branch 1: field "op" is "atrous"',
+        ),
+        (
+            _with(1, {"kernel": 3, "rate": [1, 1], "op": ["conv"], "input": 0}),
+            r'branch 1: field "op"',
+        ),
+        (
+            _with(1, {**_conv([1, 1], 0), "stride": 2}),
+            r'branch 1: field "stride" is unknown',
+        ),
+        (
+            _with(1, {**_conv([1, 1], 0), "grid_size": [1, 1]}),
+            r'branch 1: field "grid_size" is not used',
+        ),
+        (
+            _with(1, {"op": "pyramid_pooling", "input": 0}),
+            r'branch 1: field "grid_size" is missing',
+        ),
+        (
+            _with(1, {"op": "pyramid_pooling", "grid_size": [3, 1], "input": 0}),
+            r'branch 1: field "grid_size" is \[3, 1\]; each grid size must be one of 1, 2, 4, 8',
+        ),
+        (
+            _with(1, {"op": "pyramid_pooling", "grid_size": [1, False], "input": 0}),
+            r'branch 1: field "grid_size"',
+        ),
+        (
+            _with(
+                1,
+                {"op": "pyramid_pooling", "kernel": 1, "grid_size": [1, 1], "input": 0},
+            ),
+            r'branch 1: field "kernel" is not used',
+        ),
+        (
+            _with(2, _conv([1, 1], 2)),
+            r'branch 2: field "input" is 2; it must be -1 \(the backbone feature\) or an earlier branch index 0\.\.1',
+        ),
+        (_with(1, _conv([1, 1], 2)), r'branch 1: field "input" is 2'),
+        (_with(0, _conv([1, 1], 0)), r'branch 0: field "input" is 0'),
+        (_with(2, _conv([1, 1], -2)), r'branch 2: field "input" is -2'),
+        (_with(2, _conv([1, 1], "0")), r'branch 2: field "input" is "0"'),
+        (_with(2, _conv([1, 1], False)), r'branch 2: field "input" is false'),
+        (_with(2, _conv([1, 1], 0.0)), r'branch 2: field "input" is 0.0'),
+        (_with(1, [3, [1, 1], "conv", 0]), r"branch 1: expected a JSON object"),
+        ([], r"cell: the cell is empty"),
+        ({"branches": _GOOD}, r"cell: the cell must be a JSON list"),
+    ],
+)
 def test_cell_from_json_errors(obj, pattern):
     with pytest.raises(ValueError, match=pattern):
         space.cell_from_json(obj)
@@ -272,11 +371,15 @@ def test_cell_from_json_errors(obj, pattern):
 def test_load_cell_errors_name_the_file(tmp_path):
     path = tmp_path / "cell.json"
     path.write_text(json.dumps(_with(2, _conv([2, 6], 0))))
-    with pytest.raises(ValueError, match=r'cell\.json: branch 2: field "rate" is \[2, 6\]'):
+    with pytest.raises(
+        ValueError, match=r'cell\.json: branch 2: field "rate" is \[2, 6\]'
+    ):
         space.load_cell(path)
     assert str(path) in _raised(ValueError, space.load_cell, path)
     path.write_text("[{")
-    assert _raised(ValueError, space.load_cell, path).startswith(f"{path}: not valid JSON")
+    assert _raised(ValueError, space.load_cell, path).startswith(
+        f"{path}: not valid JSON"
+    )
     missing = tmp_path / "nope.json"
     assert str(missing) in _raised(FileNotFoundError, space.load_cell, missing)
 
@@ -287,16 +390,25 @@ def _raised(kind, fn, *args):
     return str(info.value)
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    (dict(input=-1, op="sep5x5"), r'field "op" is \'sep5x5\''),
-    (dict(input=-2, op="conv1x1"), r'field "input" is -2'),
-    (dict(input=True, op="conv1x1"), r'field "input" is True'),
-    (dict(input=-1, op="sep3x3", rate=(2, 6)), r'field "rate" is \(2, 6\)'),
-    (dict(input=-1, op="conv1x1", rate=(3, 3)), r'field "rate" is \(3, 3\); it must be \(1, 1\)'),
-    (dict(input=-1, op="pool", grid=(3, 3)), r'field "grid" is \(3, 3\)'),
-    (dict(input=-1, op="sep3x3", grid=(2, 2)), r'field "grid" is \(2, 2\); it must be \(1, 1\)'),
-    (dict(input=-1, op="pool", grid=[1, 2, 4]), r'field "grid" is \[1, 2, 4\]'),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(input=-1, op="sep5x5"), r'field "op" is \'sep5x5\''),
+        (dict(input=-2, op="conv1x1"), r'field "input" is -2'),
+        (dict(input=True, op="conv1x1"), r'field "input" is True'),
+        (dict(input=-1, op="sep3x3", rate=(2, 6)), r'field "rate" is \(2, 6\)'),
+        (
+            dict(input=-1, op="conv1x1", rate=(3, 3)),
+            r'field "rate" is \(3, 3\); it must be \(1, 1\)',
+        ),
+        (dict(input=-1, op="pool", grid=(3, 3)), r'field "grid" is \(3, 3\)'),
+        (
+            dict(input=-1, op="sep3x3", grid=(2, 2)),
+            r'field "grid" is \(2, 2\); it must be \(1, 1\)',
+        ),
+        (dict(input=-1, op="pool", grid=[1, 2, 4]), r'field "grid" is \[1, 2, 4\]'),
+    ],
+)
 def test_branch_spec_errors(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         BranchSpec(**kwargs)
@@ -309,27 +421,37 @@ def test_branch_spec_converts_lists():
 
 
 def test_cell_spec_accepts_dicts_and_lists():
-    cell = CellSpec(branches=[{"input": -1, "op": "pool", "grid": [2, 4]},
-                              _b(0, space.OP_CONV1X1)])
+    cell = CellSpec(
+        branches=[{"input": -1, "op": "pool", "grid": [2, 4]}, _b(0, space.OP_CONV1X1)]
+    )
     assert isinstance(cell.branches, tuple)
     assert cell[0] == _b(-1, space.OP_POOL, grid=(2, 4))
     assert list(cell) == list(cell.branches) and len(cell) == 2
     assert CellSpec(branches=[dataclasses.asdict(b) for b in cell]) == cell
 
 
-@pytest.mark.parametrize("branches, pattern", [
-    ([], r"the cell is empty"),
-    ([_b(-1, "conv1x1"), _b(0, "conv1x1"), _b(2, "conv1x1")],
-     r'branch 2: field "input" is 2; it must be -1 \(the backbone feature\) or an earlier branch index 0\.\.1'),
-    ([_b(-1, "conv1x1"), _b(3, "conv1x1")], r'branch 1: field "input" is 3'),
-    ([_b(0, "conv1x1")], r'branch 0: field "input" is 0'),
-    ([_b(-1, "conv1x1"), {"input": 0, "op": "pool", "grid": (3, 1)}],
-     r'branch 1: BranchSpec: field "grid" is \(3, 1\)'),
-    ([_b(-1, "conv1x1"), {"input": 0, "op": "pool", "size": 3}],
-     r'branch 1: field "size" is unknown'),
-    ([_b(-1, "conv1x1"), {"op": "pool"}], r"branch 1: .*input"),
-    ([_b(-1, "conv1x1"), "conv1x1"], r"branch 1: expected a BranchSpec"),
-])
+@pytest.mark.parametrize(
+    "branches, pattern",
+    [
+        ([], r"the cell is empty"),
+        (
+            [_b(-1, "conv1x1"), _b(0, "conv1x1"), _b(2, "conv1x1")],
+            r'branch 2: field "input" is 2; it must be -1 \(the backbone feature\) or an earlier branch index 0\.\.1',
+        ),
+        ([_b(-1, "conv1x1"), _b(3, "conv1x1")], r'branch 1: field "input" is 3'),
+        ([_b(0, "conv1x1")], r'branch 0: field "input" is 0'),
+        (
+            [_b(-1, "conv1x1"), {"input": 0, "op": "pool", "grid": (3, 1)}],
+            r'branch 1: BranchSpec: field "grid" is \(3, 1\)',
+        ),
+        (
+            [_b(-1, "conv1x1"), {"input": 0, "op": "pool", "size": 3}],
+            r'branch 1: field "size" is unknown',
+        ),
+        ([_b(-1, "conv1x1"), {"op": "pool"}], r"branch 1: .*input"),
+        ([_b(-1, "conv1x1"), "conv1x1"], r"branch 1: expected a BranchSpec"),
+    ],
+)
 def test_cell_spec_errors(branches, pattern):
     with pytest.raises(ValueError, match=pattern):
         CellSpec(branches=branches)
@@ -340,7 +462,9 @@ def test_cell_spec_errors(branches, pattern):
 
 def test_dump_cell_refuses_to_overwrite(tmp_path):
     path = tmp_path / "cell.json"
-    first, second = space.sample_cell(random.Random(8)), space.sample_cell(random.Random(9))
+    first, second = space.sample_cell(random.Random(8)), space.sample_cell(
+        random.Random(9)
+    )
     space.dump_cell(first, path)
     with pytest.raises(FileExistsError, match="cell.json"):
         space.dump_cell(second, path)
