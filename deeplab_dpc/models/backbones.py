@@ -331,6 +331,13 @@ def add_weight_decay(config, weight_decay):
             )
 
 
+def set_norm_momentum(config, momentum):
+    """Sets every batch norm's momentum (DeepLab's `batch_norm_decay`), in place."""
+    for layer in config["layers"]:
+        if layer["class_name"] == "BatchNormalization":
+            layer["config"]["momentum"] = float(momentum)
+
+
 def build_backbone(
     model_variant,
     crop_size,
@@ -338,6 +345,7 @@ def build_backbone(
     depth_multiplier=1.0,
     weights=None,
     weight_decay=0.0,
+    norm_momentum=None,
 ):
     """Builds a backbone for a fixed crop at an output stride.
 
@@ -349,6 +357,8 @@ def build_backbone(
       weights: None or "none", "imagenet" (the Keras download), or the path of
         a weights file for the no-top application.
       weight_decay: float, DeepLab's L2 weight decay on the kernels (0: none).
+      norm_momentum: float or None, the momentum of every batch norm's moving
+        statistics (DeepLab: 0.9997); None keeps the application's.
 
     Returns:
       A functional `tf.keras.Model` from `[batch, h, w, 3]` images in [0, 255]
@@ -374,6 +384,8 @@ def build_backbone(
         layer.pop("build_config", None)
     dilate_config(config, output_stride, spec.same_padding)
     add_weight_decay(config, weight_decay)
+    if norm_momentum is not None:
+        set_norm_momentum(config, norm_momentum)
     _insert_preprocessing(config, spec.preprocessing)
     dilated = tf.keras.Model.from_config(config)
     dilated.set_weights(original.get_weights())

@@ -52,7 +52,9 @@ class ModelOptions:
       depth_multiplier: MobileNet-v2's alpha.
       backbone_weights: None/"none", "imagenet" or a weights file path.
       weight_decay: DeepLab's `--weight_decay` on every kernel but depthwise ones.
-      norm_momentum, norm_epsilon, synchronized: BatchNormalization settings.
+      norm_momentum, norm_epsilon, synchronized: BatchNormalization settings;
+        `norm_momentum` (DeepLab's batch-norm decay) applies to the backbone
+        too.
     """
 
     model_variant: str = "mobilenet_v2"
@@ -145,6 +147,7 @@ def build_deeplab(options):
         depth_multiplier=options.depth_multiplier,
         weights=options.backbone_weights,
         weight_decay=options.weight_decay,
+        norm_momentum=options.norm_momentum,
     )
     endpoints = backbone.output
     x = build_head(options)(endpoints[backbones.FEATURES])

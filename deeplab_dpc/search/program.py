@@ -6,6 +6,9 @@
 
 Modes (`--mode`):
 
+* `pretrain`: trains the proxy backbone end to end with an ASPP head for
+  `--pretrain_steps` into `search_dir/pretrain` (what `all` does first when
+  no weights are given); `cache` then uses it.
 * `cache`: runs the proxy backbone (`--model_variant`, weights from
   `--tf_initial_checkpoint` or `--backbone_weights`) over the train and val
   splits at `--train_crop_size` and caches its features (`search.cache`).
@@ -56,7 +59,7 @@ from deeplab_dpc.search import rerank as rerank_lib
 from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
 
-MODES = ("cache", "search", "rerank", "report", "all")
+MODES = ("pretrain", "cache", "search", "rerank", "report", "all")
 PRETRAIN_DIR = "pretrain"
 BASELINES_FILE = "baselines.json"
 FLAGS_FILE = "search.flags"
@@ -144,8 +147,13 @@ def pretrain():
     """Trains the proxy backbone with an ASPP head; returns its checkpoint."""
     logdir = os.path.join(_search_dir(), PRETRAIN_DIR)
     info = _dataset()
+    # DeepLab's batch-norm decay (0.9997) suits 30k steps; a short pretraining
+    # keeps its horizon instead, or the moving statistics the cached features
+    # are computed with would barely leave their initial values.
     options = common_flags.model_options_from_flags(
-        _train_crop(), dense_prediction_cell=None
+        _train_crop(),
+        dense_prediction_cell=None,
+        norm_momentum=proxy.proxy_norm_momentum(_PRETRAIN_STEPS.value),
     )
     logging.info("Pretraining the proxy backbone for %d steps.", _PRETRAIN_STEPS.value)
     train_lib.run(
@@ -449,6 +457,9 @@ def main(argv):
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     mode = _MODE.value
     try:
+        if mode == "pretrain":
+            pretrain()
+            return
         if mode in ("cache", "all"):
             build_cache(allow_pretrain=mode == "all")
         if mode in ("search", "all"):

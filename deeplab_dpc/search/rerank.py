@@ -104,8 +104,12 @@ def train_and_evaluate(
       dict: "miou", "per_class_iou", "checkpoint", "step".
     """
     info = cache_lib.load_info(cache)
+    # A short run keeps DeepLab's batch-norm averaging horizon (see proxy).
     model_options = proxy.model_options(
-        info, candidate.cell, weight_decay=options.weight_decay
+        info,
+        candidate.cell,
+        weight_decay=options.weight_decay,
+        norm_momentum=proxy.proxy_norm_momentum(options.rerank_steps),
     )
     results_path = os.path.join(workdir, eval_lib.RESULTS_FILE)
     if os.path.exists(results_path):

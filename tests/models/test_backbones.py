@@ -463,3 +463,24 @@ def test_weight_decay_on_backbone_kernels_not_depthwise(variant):
     # slim's l2_regularizer: weight_decay * sum(w ** 2) / 2 per kernel.
     expected = sum(2e-5 * float(tf.reduce_sum(tf.square(w))) for w in kernels)
     assert float(tf.add_n(decayed.losses)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_norm_momentum_reaches_every_backbone_batch_norm():
+    # DeepLab's batch_norm_decay; without it Keras' 0.999 would stay, and a
+    # short run would evaluate with moving statistics near their start.
+    model = backbones.build_backbone(
+        "mobilenet_v2", (33, 33), 16, depth_multiplier=0.35, norm_momentum=0.9
+    )
+    norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    assert len(norms) > 40
+    assert {layer.momentum for layer in norms} == {0.9}
+    kept = backbones.build_backbone("mobilenet_v2", (33, 33), 16, depth_multiplier=0.35)
+    assert {
+        layer.momentum
+        for layer in kept.layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    } == {0.999}
