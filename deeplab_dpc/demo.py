@@ -1,19 +1,33 @@
-"""The built-in demo: the built-in data set, and the published DPC vs ASPP.
+"""The built-in demo: data, the DPC vs ASPP, a real search, export.
 
-  python -m deeplab_dpc.demo [--demo_dir=demo_output]
+  python -m deeplab_dpc.demo [--demo_dir=demo_output] [--stages=...]
 
-1. Writes the built-in synthetic multi-scale data set as DeepLab TFRecords
-   under `<demo_dir>/synthetic` (kept and reused when already there) and
-   reads a training batch through the input pipeline (DeepLab's
+1. `data`: writes the built-in synthetic multi-scale data set as DeepLab
+   TFRecords under `<demo_dir>/synthetic` (kept and reused when already
+   there) and reads a training batch through the input pipeline (DeepLab's
    augmentation), printing what came out.
-2. Builds MobileNet-v2 and Xception DeepLab models (random weights: nothing
-   is downloaded) with the published Cityscapes DPC and with ASPP at rates
-   6, 12, 18 at 1025x2049, output stride 16, and prints params and
+2. `heads`: builds MobileNet-v2 and Xception DeepLab models (random weights:
+   nothing is downloaded) with the published Cityscapes DPC and with ASPP at
+   rates 6, 12, 18 at 1025x2049, output stride 16, and prints params and
    multiply-adds of the head, of its branches alone (the DPC paper's count)
    and of the whole model.
+3. `search`: a small real architecture search on the synthetic set with the
+   search program (`python -m deeplab_dpc.search --mode=all`): pretraining of
+   the MobileNet-v2 proxy backbone, the feature cache, two local workers on
+   one study, the re-rank of the top cells and `<demo_dir>/search/report.md`.
+   A finished search is reused.
+4. `export`: the best cell's model (its re-rank checkpoint) as a SavedModel
+   and as TFLite files, and the side-by-side comparison with the
+   pretrained ASPP model (`export/compare.py`).
+
+Stages 3 and 4 run the project's programs as subprocesses, with the presets
+of `configs/synthetic_mobilenetv2_dpc.flags`.
 """
 
+import json
 import os
+import subprocess
+import sys
 
 from absl import app
 from absl import flags
@@ -36,6 +50,26 @@ DEMO_CROP = (129, 129)
 
 _DEMO_DIR = flags.DEFINE_string(
     "demo_dir", "demo_output", "Where the demo writes its data set."
+)
+STAGES = ("data", "heads", "search", "export")
+_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, of {STAGES}.")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET = os.path.join(REPO, "configs", "synthetic_mobilenetv2_dpc.flags")
+# A search that fits in minutes on 2 CPU cores (see the README's figures).
+SEARCH_FLAGS = (
+    "--train_crop_size=129,129",
+    "--train_batch_size=8",
+    "--base_learning_rate=0.02",
+    "--pretrain_steps=600",
+    "--num_trials=12",
+    "--num_workers=2",
+    "--proxy_steps=100",
+    "--proxy_batch_size=8",
+    "--proxy_learning_rate=0.05",
+    "--top_k=3",
+    "--rerank_steps=150",
+    "--target_crop_size=513,513",
+    "--seed=1",
 )
 
 _COLUMNS = [
@@ -121,12 +155,53 @@ def prepare_data(data_dir):
     )
 
 
+def run_program(args):
+    """Runs one of the project's programs, its output going to the console."""
+    print("$ " + " ".join(args), flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    subprocess.run([sys.executable, *args], check=True, cwd=REPO, env=env)
+
+
+def search(data_dir, search_dir):
+    """Stage 3: the search program on the synthetic set (reused when done)."""
+    run_program(
+        [
+            "-m",
+            "deeplab_dpc.search",
+            f"--flagfile={PRESET}",
+            "--mode=all",
+            f"--search_dir={search_dir}",
+            f"--dataset_dir={data_dir}",
+            *SEARCH_FLAGS,
+        ]
+    )
+    with open(os.path.join(search_dir, "rerank.json")) as f:
+        best = json.load(f)["candidates"][0]
+    print(
+        f"Best cell (trial {best['trial']}): proxy mIOU {best['proxy_miou']:.4f}, "
+        f"full mIOU {best['full_miou']:.4f}; report: "
+        f"{os.path.join(search_dir, 'report.md')}"
+    )
+    return best
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
-    print(prepare_data(os.path.join(_DEMO_DIR.value, "synthetic")))
-    print()
-    print(report(VARIANTS, CROP_SIZE, OUTPUT_STRIDE, NUM_CLASSES))
+    unknown = sorted(set(_STAGES.value) - set(STAGES))
+    if unknown:
+        raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
+    data_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "synthetic"))
+    search_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "search"))
+    if "data" in _STAGES.value:
+        print(prepare_data(data_dir))
+        print()
+    if "heads" in _STAGES.value:
+        print(report(VARIANTS, CROP_SIZE, OUTPUT_STRIDE, NUM_CLASSES))
+        print()
+    if "search" in _STAGES.value:
+        search(data_dir, search_dir)
 
 
 def report(variants, crop_size, output_stride, num_classes):
