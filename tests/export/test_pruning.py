@@ -1,0 +1,91 @@
+"""Magnitude-pruned TFLite files (pruning, under tf_keras)."""
+
+import os
+
+from ai_edge_litert import schema_py_generated as schema
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab_dpc.export import legacy_keras
+from deeplab_dpc.export import litert_runner
+from deeplab_dpc.export import tflite
+from deeplab_dpc.export import tflite_export
+from tests.export import tflite_testing as tt
+
+TARGET = 0.5
+
+
+@pytest.fixture(name="pruned", scope="module")
+def _pruned(tmp_path_factory):
+    """The pruned variant made once (a tf_keras subprocess fine-tunes)."""
+    output_dir = str(tmp_path_factory.mktemp("pruned"))
+    fine_tune = legacy_keras.FineTuneOptions(
+        dataset_dir=tt.workspace()["data"],
+        batch_size=2,
+        ignore_label=tt.IGNORE_LABEL,
+        target_sparsity=TARGET,
+        pruning_steps=2,
+        run_eagerly=True,
+    )
+    report = tflite_export.export(
+        output_dir,
+        tflite.keras_model_fn(tt.model()),
+        tflite.ConversionOptions(crop_size=tt.CROP),
+        tt.checks(dataset_dir=None),
+        variants=["pruned"],
+        keras=(tt.model(), tt.options()),
+        fine_tune=fine_tune,
+    )
+    return os.path.join(output_dir, "pruned.tflite"), report["variants"]["pruned"]
+
+
+def _conv_filter_sparsity(path):
+    """Zeros / weights of the CONV_2D filters stored in a .tflite file."""
+    with open(path, "rb") as f:
+        content = f.read()
+    model = schema.Model.GetRootAs(content, 0)
+    subgraph = model.Subgraphs(0)
+    zeros = total = 0
+    for i in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != (
+            schema.BuiltinOperator.CONV_2D
+        ):
+            continue
+        tensor = subgraph.Tensors(op.Inputs(1))
+        data = model.Buffers(tensor.Buffer()).DataAsNumpy()
+        weights = np.frombuffer(data.tobytes(), np.float32)
+        zeros += int(np.sum(weights == 0))
+        total += weights.size
+    return zeros / total
+
+
+def test_pruned_kernels_reach_the_target_sparsity(pruned):
+    path, entry = pruned
+    assert entry["sparsity"] >= TARGET - 0.01
+    kernels = [  # Every Conv2D kernel, nested ones too; depthwise ones are kept.
+        kernel
+        for layer in tt.model().layers
+        for kernel in legacy_keras.conv_kernels(layer)
+        if not isinstance(kernel[1], tf.keras.layers.DepthwiseConv2D)
+    ]
+    assert entry["num_kernels"] == len(kernels) > 30
+    # In the file itself: batch norm is folded into the filters, zeros stay.
+    assert _conv_filter_sparsity(path) >= TARGET - 0.02
+
+
+def test_compressed_size_beside_the_raw_size(pruned):
+    path, entry = pruned
+    assert entry["size_bytes"] == os.path.getsize(path)
+    assert entry["gzip_bytes"] < 0.8 * entry["size_bytes"]
+
+
+def test_pruned_file_reproduces_the_pruned_model(pruned):
+    path, entry = pruned
+    assert entry["passed"]
+    assert entry["fine_tuned_parity"]["relative_max_abs_diff"] <= 1e-3
+    assert len(entry["losses"]) == 2
+    info = litert_runner.model_info(path)
+    assert info.unsupported_ops == () and info.input_types == ("float32",)

@@ -1,0 +1,125 @@
+"""Quantization-aware int8 under tf_keras (legacy_keras, qat) and the weight
+transfer from the Keras 3 model."""
+
+import dataclasses
+import json
+import os
+
+from ai_edge_litert import schema_py_generated as schema
+import numpy as np
+import pytest
+
+from deeplab_dpc.export import legacy_keras
+from deeplab_dpc.export import litert_runner
+from deeplab_dpc.export import tflite
+from deeplab_dpc.export import tflite_export
+from tests.export import tflite_testing as tt
+
+QAT_STEPS = 2
+
+
+@pytest.fixture(name="qat", scope="module")
+def _qat(tmp_path_factory):
+    """qat_int8 made once: a tf_keras subprocess fine-tunes, then conversion."""
+    output_dir = str(tmp_path_factory.mktemp("qat"))
+    fine_tune = legacy_keras.FineTuneOptions(
+        dataset_dir=tt.workspace()["data"],
+        batch_size=2,
+        ignore_label=tt.IGNORE_LABEL,
+        qat_steps=QAT_STEPS,
+        calibration_steps=2,
+        run_eagerly=True,
+    )
+    report = tflite_export.export(
+        output_dir,
+        tflite.keras_model_fn(tt.model()),
+        tflite.ConversionOptions(crop_size=tt.CROP),
+        tt.checks(),
+        variants=["qat_int8"],
+        representative=tt.representative(),
+        keras=(tt.model(), tt.options()),
+        fine_tune=fine_tune,
+    )
+    return output_dir, report["variants"]["qat_int8"], report
+
+
+def _convolutions(path):
+    """(op, input types, output types) of the convolutions of a file."""
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    wanted = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D)
+    subgraph = model.Subgraphs(0)
+    found = []
+    for i in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin not in wanted:
+            continue
+        types = [
+            [names[subgraph.Tensors(t).Type()].lower() for t in tensors if t >= 0]
+            for tensors in (op.InputsAsNumpy(), op.OutputsAsNumpy())
+        ]
+        found.append((i, *types))
+    assert found
+    return found
+
+
+def test_tf_keras_copy_starts_from_the_keras_3_weights(qat):
+    # The subprocess's tf_keras model, before fine-tuning, on the parity
+    # images, against the Keras 3 model's logits (relative max difference).
+    _, entry, _ = qat
+    assert entry["tf_keras_transfer_difference"] <= 1e-5
+
+
+def test_qat_file_is_full_integer_and_agrees_with_the_models(qat):
+    output_dir, entry, report = qat
+    path = os.path.join(output_dir, "qat_int8.tflite")
+    info = litert_runner.model_info(path)
+    assert info.unsupported_ops == ()
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "CONCATENATION"} <= set(info.ops)
+    assert info.input_types == ("int8",) and info.output_types == ("int8",)
+    for op, inputs, outputs in _convolutions(path):
+        assert inputs[:2] == ["int8", "int8"] and outputs == ["int8"], op
+        assert inputs[2:] in ([], ["int32"]), op  # The bias.
+    assert entry["passed"] and entry["parity"]["agreement"] >= tt.INT8_AGREEMENT
+    # Against the fake-quantized tf_keras model it was converted from.
+    assert entry["fine_tuned_parity"]["agreement"] >= tt.INT8_AGREEMENT
+    assert report["evaluation"]["qat_int8"]["agreement"] >= tt.INT8_AGREEMENT
+
+
+def test_qat_ranges_calibrated_then_fine_tuned(qat):
+    _, entry, _ = qat
+    assert entry["calibrated_ranges"] > 50
+    assert len(entry["losses"]) == QAT_STEPS
+    assert all(np.isfinite(entry["losses"]))
+
+
+def test_layer_weights_cover_every_weight_once():
+    model = tt.model("aspp")
+    weights = legacy_keras.layer_weights(model)
+    assert len(weights) == len(model.weights)
+    assert sum(w.size for w in weights.values()) == model.count_params()
+    assert "aspp/image_pooling/conv/bn:3" in weights  # moving variance
+    head = model.get_layer("aspp").image_pooling.conv.bn.moving_variance
+    np.testing.assert_array_equal(weights["aspp/image_pooling/conv/bn:3"], head.numpy())
+
+
+def test_load_weights_names_what_does_not_fit(tmp_path):
+    path = str(tmp_path / "weights.npz")
+    weights = legacy_keras.layer_weights(tt.model("aspp"))
+    np.savez(path, **weights)
+    with pytest.raises(ValueError, match="weights it lacks: .*dense_prediction_cell"):
+        legacy_keras.load_weights(tt.model("dpc"), path)
+    weights["logits:0"] = weights["logits:0"][..., :3]  # Another num_classes.
+    np.savez(path, **weights)
+    with pytest.raises(ValueError, match=r"logits:0 has shape \(1, 1, 256, 3\)"):
+        legacy_keras.load_weights(tt.model("aspp"), path)
+
+
+def test_model_options_survive_the_request_json():
+    for head in ("dpc", "aspp"):
+        options = dataclasses.replace(tt.options(head), image_pooling_crop_size=(9, 9))
+        request = json.loads(json.dumps(legacy_keras.options_to_json(options)))
+        assert legacy_keras.options_from_json(request) == options
