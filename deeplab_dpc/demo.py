@@ -186,6 +186,39 @@ def search(data_dir, search_dir):
     return best
 
 
+def export(data_dir, search_dir, export_dir, best):
+    """Stage 4: SavedModel and TFLite files of the best model, compared."""
+    best_dir = os.path.dirname(best["checkpoint"])
+    cell_json = os.path.join(search_dir, "best_cell.json")
+    common = [
+        f"--flagfile={PRESET}",
+        f"--dataset_dir={data_dir}",
+        "--crop_size=129,129",
+        "--overwrite",
+    ]
+    run_program(
+        [
+            "export/export_model.py",
+            *common,
+            f"--checkpoint_path={best_dir}",
+            f"--dense_prediction_cell_json={cell_json}",
+            f"--export_path={os.path.join(export_dir, 'saved_model')}",
+        ]
+    )
+    run_program(
+        [
+            "export/compare.py",
+            *common,
+            f"--output_dir={os.path.join(export_dir, 'compare')}",
+            f"--models=searched:{best_dir}:{cell_json},"
+            f"aspp:{os.path.join(search_dir, 'pretrain')}:aspp",
+            "--qat_steps=100",
+            "--pruning_steps=100",
+            "--calibration_steps=20",
+        ]
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
@@ -200,8 +233,15 @@ def main(argv):
     if "heads" in _STAGES.value:
         print(report(VARIANTS, CROP_SIZE, OUTPUT_STRIDE, NUM_CLASSES))
         print()
+    best = None
     if "search" in _STAGES.value:
-        search(data_dir, search_dir)
+        best = search(data_dir, search_dir)
+    if "export" in _STAGES.value:
+        if best is None:
+            with open(os.path.join(search_dir, "rerank.json")) as f:
+                best = json.load(f)["candidates"][0]
+        export_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "export"))
+        export(data_dir, search_dir, export_dir, best)
 
 
 def report(variants, crop_size, output_stride, num_classes):
