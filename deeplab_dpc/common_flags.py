@@ -197,3 +197,21 @@ def model_options_from_flags(crop_size, **overrides):
     )
     values.update(overrides)
     return deeplab.ModelOptions(**values)
+
+
+def model_options_for_crop_flag(flag_name, value, **overrides):
+    """(crop, ModelOptions) for a program's crop flag (e.g. train_crop_size).
+
+    Raises:
+      flags.ValidationError: naming the crop flag and the output stride when
+        the crop does not suit them, or the flag of another bad value.
+    """
+    crop = parse_size(value, flag_name)
+    try:
+        return crop, model_options_from_flags(crop, **overrides)
+    except ValueError as e:
+        if isinstance(e, flags.ValidationError):
+            raise
+        raise flags.ValidationError(
+            f"--{flag_name}={value!r} (--output_stride={OUTPUT_STRIDE.value}): {e}"
+        ) from e

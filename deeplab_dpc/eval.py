@@ -45,16 +45,9 @@ def eval_setup():
     Raises:
       flags.ValidationError: naming the flag of a bad value.
     """
-    crop = common_flags.parse_size(_EVAL_CROP_SIZE.value, "eval_crop_size")
-    try:
-        model_options = common_flags.model_options_from_flags(crop)
-    except ValueError as e:
-        if isinstance(e, flags.ValidationError):
-            raise
-        raise flags.ValidationError(
-            f"--eval_crop_size={_EVAL_CROP_SIZE.value!r} "
-            f"(--output_stride={common_flags.OUTPUT_STRIDE.value}): {e}"
-        ) from e
+    crop, model_options = common_flags.model_options_for_crop_flag(
+        "eval_crop_size", _EVAL_CROP_SIZE.value
+    )
     scales = eval_flags.parse_scales(crop, model_options.output_stride)
     if _EVAL_BATCH_SIZE.value < 1:
         raise flags.ValidationError(

@@ -144,16 +144,9 @@ def options_from_flags(num_replicas):
     Raises:
       flags.ValidationError: naming the flag of a bad value.
     """
-    crop = common_flags.parse_size(_TRAIN_CROP_SIZE.value, "train_crop_size")
-    try:
-        model_options = common_flags.model_options_from_flags(crop)
-    except ValueError as e:
-        if isinstance(e, flags.ValidationError):
-            raise
-        raise flags.ValidationError(
-            f"--train_crop_size={_TRAIN_CROP_SIZE.value!r} "
-            f"(--output_stride={common_flags.OUTPUT_STRIDE.value}): {e}"
-        ) from e
+    crop, model_options = common_flags.model_options_for_crop_flag(
+        "train_crop_size", _TRAIN_CROP_SIZE.value
+    )
     if _TRAIN_BATCH_SIZE.value % num_replicas:
         raise flags.ValidationError(
             f"--train_batch_size={_TRAIN_BATCH_SIZE.value} is the global batch "

@@ -58,9 +58,10 @@ _OVERWRITE = flags.DEFINE_boolean(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
-    crop = common_flags.parse_size(_VIS_CROP_SIZE.value, "vis_crop_size")
     try:
-        model_options = common_flags.model_options_from_flags(crop)
+        crop, model_options = common_flags.model_options_for_crop_flag(
+            "vis_crop_size", _VIS_CROP_SIZE.value
+        )
         scales = eval_flags.parse_scales(crop, model_options.output_stride)
         info = common_flags.dataset_info_from_flags()
         eval_flags.check_split(_VIS_SPLIT.value, "vis_split")

@@ -74,8 +74,13 @@ def shared_search(tmp_path_factory):
     if tf.train.latest_checkpoint(pretrained) is None:
         write_pretrained(OPTIONS, pretrained)
     search = str(base / "search")
-    info = cache.build_cache(
-        search,
+    info = build(search, data, pretrained)
+    return search, data, pretrained, info
+
+
+def build(search, data, pretrained, **overrides):
+    """`cache.build_cache` with the shared settings, some overridden."""
+    kwargs = dict(
         dataset_dir=data,
         train_split="train",
         val_split="val",
@@ -87,4 +92,5 @@ def shared_search(tmp_path_factory):
         progress=False,
         batch_size=4,
     )
-    return search, data, pretrained, info
+    kwargs.update(overrides)
+    return cache.build_cache(search, **kwargs)

@@ -14,29 +14,12 @@ from deeplab_dpc.data import synthetic
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache
 from cache_testing import COPIES, CROP, NUM_TRAIN, NUM_VAL, OPTIONS, SEED
-from cache_testing import shared_search, write_pretrained
+from cache_testing import build, shared_search, write_pretrained
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     return shared_search(tmp_path_factory)
-
-
-def _build(search, data, pretrained, **overrides):
-    kwargs = dict(
-        dataset_dir=data,
-        train_split="train",
-        val_split="val",
-        model_options=OPTIONS,
-        checkpoint=pretrained,
-        cache_copies=COPIES,
-        ignore_label=synthetic.IGNORE_LABEL,
-        seed=SEED,
-        progress=False,
-        batch_size=4,
-    )
-    kwargs.update(overrides)
-    return cache.build_cache(search, **kwargs)
 
 
 def _records(info, split):
@@ -121,7 +104,7 @@ def test_same_settings_reuse_the_cache_without_writing(shared):
     search, data, pretrained, info = shared
     files = glob.glob(os.path.join(info.cache_dir, "**"), recursive=True)
     mtimes = {f: os.stat(f).st_mtime_ns for f in files}
-    again = _build(search, data, pretrained)
+    again = build(search, data, pretrained)
     assert again.reused
     assert again.manifest == info.manifest
     assert {f: os.stat(f).st_mtime_ns for f in files} == mtimes
@@ -132,7 +115,7 @@ def test_other_settings_are_refused_naming_them(shared, tmp_path):
     manifest = os.path.join(info.cache_dir, cache.MANIFEST)
     before = os.stat(manifest).st_mtime_ns
     with pytest.raises(cache.CacheSettingsError) as error:
-        _build(search, data, pretrained, cache_copies=3, seed=SEED + 1)
+        build(search, data, pretrained, cache_copies=3, seed=SEED + 1)
     message = str(error.value)
     assert "cache_copies: cached 2, requested 3" in message
     assert "seed:" in message
@@ -140,10 +123,10 @@ def test_other_settings_are_refused_naming_them(shared, tmp_path):
     moved = str(tmp_path / "moved")
     shutil.copytree(pretrained, moved)
     with pytest.raises(cache.CacheSettingsError, match="checkpoint: cached"):
-        _build(search, data, moved)
+        build(search, data, moved)
     assert os.stat(manifest).st_mtime_ns == before
     with pytest.raises(ValueError, match="cache_copies must be a positive int"):
-        _build(str(tmp_path / "other"), data, pretrained, cache_copies=0)
+        build(str(tmp_path / "other"), data, pretrained, cache_copies=0)
 
 
 def test_corrupt_or_truncated_shards_are_named(shared, tmp_path):
@@ -165,7 +148,7 @@ def test_corrupt_or_truncated_shards_are_named(shared, tmp_path):
     with pytest.raises(cache.CorruptCacheError, match=f"{shard} has 100 bytes"):
         cache.load_split(copy, "train", batch_size=2)
     with pytest.raises(cache.CorruptCacheError, match=f"{shard} has 100 bytes"):
-        _build(copy, data, pretrained)
+        build(copy, data, pretrained)
 
 
 def test_failed_rebuild_keeps_the_old_cache_and_leaves_no_partial_files(
@@ -193,7 +176,7 @@ def test_failed_rebuild_keeps_the_old_cache_and_leaves_no_partial_files(
     for path in glob.glob(os.path.join(data, "train-*")):
         shutil.copy(path, bad)
     with pytest.raises(ValueError) as error:
-        _build(copy, bad, pretrained, overwrite=True)
+        build(copy, bad, pretrained, overwrite=True)
     message = str(error.value)
     assert "split 'val'" in message and "larger than the crop (65, 65)" in message
     assert sorted(os.listdir(info.cache_dir)) == listing
