@@ -33,7 +33,7 @@ def _run(search_dir, data, checkpoint, *extra):
             "--depth_multiplier=0.35",
             f"--tf_initial_checkpoint={checkpoint}",
             "--cache_copies=1",
-            "--num_trials=3",
+            "--num_trials=2",
             "--num_branches=2",
             "--proxy_steps=6",
             "--proxy_batch_size=4",
