@@ -275,6 +275,19 @@ def pixel_loss_sum(logits, labels, *, ignore_label, top_k_fraction_value=1.0):
     return tf.cond(fraction >= 1.0, mean_over_valid, top_k)
 
 
+def regularized_loss(model, logits, labels, *, ignore_label):
+    """One replica's loss: the mean over valid pixels plus the model's L2.
+
+    What the training step computes without a strategy (the proxy trial and
+    the QAT/pruning fine-tunes); `run` divides by the global pixel count.
+    """
+    loss_sum, count = pixel_loss_sum(logits, labels, ignore_label=ignore_label)
+    loss = tf.math.divide_no_nan(loss_sum, count)
+    if model.losses:
+        loss += tf.add_n(model.losses)
+    return loss
+
+
 def is_chief(strategy):
     """True for the chief (or a single-process run)."""
     resolver = getattr(strategy, "cluster_resolver", None)

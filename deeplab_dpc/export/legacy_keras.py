@@ -318,19 +318,14 @@ def fine_tune_model(model, batches, steps, learning_rate, options, hooks=None):
     Raises:
       FloatingPointError: on a non-finite loss, naming the step.
     """
-    optimizer = tf.keras.optimizers.SGD(
-        learning_rate, momentum=options.momentum
-    )
+    optimizer = tf.keras.optimizers.SGD(learning_rate, momentum=options.momentum)
 
     def step(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss_sum, count = train_lib.pixel_loss_sum(
-                logits, labels, ignore_label=options.ignore_label
+            loss = train_lib.regularized_loss(
+                model, logits, labels, ignore_label=options.ignore_label
             )
-            loss = tf.math.divide_no_nan(loss_sum, count)
-            if model.losses:
-                loss += tf.add_n(model.losses)
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss

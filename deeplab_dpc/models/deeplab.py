@@ -125,6 +125,17 @@ def build_head(options):
     )
 
 
+def build_logits(options):
+    """DeepLab's 1x1 logits layer (named `LOGITS_LAYER`) for the options."""
+    return tf.keras.layers.Conv2D(
+        options.num_classes,
+        1,
+        kernel_initializer=conv_bn.kernel_initializer(0.01),
+        kernel_regularizer=conv_bn.l2_regularizer(options.weight_decay),
+        name=LOGITS_LAYER,
+    )
+
+
 def build_deeplab(options):
     """Builds DeepLab as one flat functional Keras model.
 
@@ -159,13 +170,7 @@ def build_deeplab(options):
             synchronized=options.synchronized,
             name=DECODER_LAYER,
         )([x, endpoints[backbones.LOW_LEVEL]])
-    x = tf.keras.layers.Conv2D(
-        options.num_classes,
-        1,
-        kernel_initializer=conv_bn.kernel_initializer(0.01),
-        kernel_regularizer=conv_bn.l2_regularizer(options.weight_decay),
-        name=LOGITS_LAYER,
-    )(x)
+    x = build_logits(options)(x)
     x = resize.ResizeBilinear(options.crop_size, name=UPSAMPLE_LAYER)(x)
     return tf.keras.Model(backbone.input, x, name="deeplab")
 

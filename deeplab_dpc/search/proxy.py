@@ -157,13 +157,7 @@ def build_proxy_model(options, feature_shape):
     """
     features = tf.keras.Input(shape=tuple(feature_shape))
     x = deeplab.build_head(options)(features)
-    x = tf.keras.layers.Conv2D(
-        options.num_classes,
-        1,
-        kernel_initializer=conv_bn.kernel_initializer(0.01),
-        kernel_regularizer=conv_bn.l2_regularizer(options.weight_decay),
-        name=deeplab.LOGITS_LAYER,
-    )(x)
+    x = deeplab.build_logits(options)(x)
     x = resize.ResizeBilinear(options.crop_size, name=deeplab.UPSAMPLE_LAYER)(x)
     return tf.keras.Model(features, x, name="proxy")
 
@@ -355,12 +349,9 @@ def run_trial(
         features, labels = next(iterator)
         with tf.GradientTape() as tape:
             logits = model(features, training=True)
-            loss_sum, count = train_lib.pixel_loss_sum(
-                logits, labels, ignore_label=info.ignore_label
+            loss = train_lib.regularized_loss(
+                model, logits, labels, ignore_label=info.ignore_label
             )
-            loss = tf.math.divide_no_nan(loss_sum, count)
-            if model.losses:
-                loss += tf.add_n(model.losses)
         variables = model.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
