@@ -247,6 +247,34 @@ def _check_matches(name, value, cached):
         raise ValueError(f"{name}={value} but the feature cache has {name}={cached}")
 
 
+def make_train_step(model, optimizer, ignore_label):
+    """The proxy's training step, a `tf.function` of a batch iterator.
+
+    Args:
+      model: the proxy model (`build_proxy_model`).
+      optimizer: a Keras optimizer.
+      ignore_label: int, the label the loss skips.
+
+    Returns:
+      step(iterator) -> the scalar loss: takes the next (features, labels)
+      batch, applies one SGD update of the regularised DeepLab loss.
+    """
+
+    @tf.function
+    def train_step(iterator):
+        features, labels = next(iterator)
+        with tf.GradientTape() as tape:
+            logits = model(features, training=True)
+            loss = train_lib.regularized_loss(
+                model, logits, labels, ignore_label=ignore_label
+            )
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return train_step
+
+
 def run_trial(
     cell,
     cache,
@@ -344,17 +372,7 @@ def run_trial(
         info, "train", batch_size=proxy_batch_size, shuffle=True, seed=seed, repeat=True
     )
 
-    @tf.function
-    def train_step(iterator):
-        features, labels = next(iterator)
-        with tf.GradientTape() as tape:
-            logits = model(features, training=True)
-            loss = train_lib.regularized_loss(
-                model, logits, labels, ignore_label=info.ignore_label
-            )
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+    train_step = make_train_step(model, optimizer, info.ignore_label)
 
     @tf.function
     def predict(features):
