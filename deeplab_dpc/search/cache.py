@@ -4,20 +4,9 @@
 head) once over the train split (`cache_copies` augmented copies of every
 image) and the val split (un-augmented, padded to the crop), and stores the
 feature maps as float16 with their labels at the crop size. Proxy trials then
-train heads on `load_split` alone, without the backbone in the graph.
-
-Format: `<search_dir>/cache/<train|val>-NNNNN-of-NNNNN.tfrecord`, one
-`tf.train.Example` per crop with the raw bytes of the features ("features",
-float16 `[fh, fw, c]`) and of the labels ("label", uint8 or int32 `[h, w]`),
-shapes and dtypes in `manifest.json`. TFRecord rather than .npy: shards stream
-through `tf.data` (a Cityscapes cache does not fit in memory), every record
-carries a CRC, and raw bytes with static shapes decode without parsing
-tensors. `manifest.json` holds the settings, the feature and label shapes,
-and the record count, size and sha256 of every shard; `load_split` checks the
-shards against it (once per process and file state). The backbone weights the
-features came from are kept as a checkpoint in `cache/backbone/`, so a
-trained head can be put back on its backbone (`proxy.to_deeplab_checkpoint`)
-even when the user's checkpoint is later deleted.
+train heads on `load_split` alone, without the backbone in the graph. The
+format and the reading side (`load_info`, `verify`, `load_split`) live in
+`cache_reader`; this module exports them too.
 
 Atomicity: everything is written into a hidden `.partial-<pid>-*` folder of
 the cache; only a complete cache is moved into place, the old manifest being
@@ -25,15 +14,12 @@ removed first and the new one written last (temporary name, then rename). A
 folder without `manifest.json` holds no usable cache.
 """
 
-import dataclasses
 import glob
-import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from typing import Any
 
 from absl import logging
 import numpy as np
@@ -44,103 +30,24 @@ from deeplab_dpc import train_lib
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import tfexample
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.search import cache_reader
 
-CACHE_DIR = "cache"
-MANIFEST = "manifest.json"
-BACKBONE_DIR = "backbone"
-SPLITS = ("train", "val")
-FORMAT_VERSION = 1
+# The reading side, exported here as well.
+CACHE_DIR = cache_reader.CACHE_DIR
+MANIFEST = cache_reader.MANIFEST
+SPLITS = cache_reader.SPLITS
+CacheInfo = cache_reader.CacheInfo
+CorruptCacheError = cache_reader.CorruptCacheError
+load_info = cache_reader.load_info
+verify = cache_reader.verify
+load_split = cache_reader.load_split
+
 DEFAULT_SHARD_BYTES = 256 * 2**20
-_FEATURES_KEY = "features"
-_LABEL_KEY = "label"
-_SHUFFLE_BYTES = 256 * 2**20
 _PARTIAL_PREFIX = ".partial-"
-# sha256 of shards already checked in this process, by (path, size, mtime).
-_VERIFIED = {}
 
 
 class CacheSettingsError(ValueError):
     """The cache on disk was made with other settings."""
-
-
-class CorruptCacheError(ValueError):
-    """A shard is missing, truncated or altered; the message names it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheInfo:
-    """A complete feature cache.
-
-    Attributes:
-      cache_dir: str, the folder of the shards and `manifest.json`.
-      manifest: dict, the parsed manifest.
-      reused: bool, `build_cache` found it already made.
-    """
-
-    cache_dir: str
-    manifest: Any
-    reused: bool = False
-
-    @property
-    def settings(self):
-        return self.manifest["settings"]
-
-    @property
-    def feature_shape(self):
-        return tuple(self.manifest["feature_shape"])
-
-    @property
-    def label_shape(self):
-        return tuple(self.manifest["label_shape"])
-
-    @property
-    def crop_size(self):
-        return tuple(self.settings["crop_size"])
-
-    @property
-    def output_stride(self):
-        return self.settings["output_stride"]
-
-    @property
-    def num_classes(self):
-        return self.settings["num_classes"]
-
-    @property
-    def ignore_label(self):
-        return self.settings["ignore_label"]
-
-    @property
-    def backbone_checkpoint(self):
-        """The prefix of the checkpoint of the backbone the features came from."""
-        return os.path.join(self.cache_dir, self.manifest["backbone_checkpoint"])
-
-    @property
-    def size_bytes(self):
-        return sum(s["bytes"] for s in self.shards())
-
-    def count(self, split):
-        """Examples cached for `split` ("train" or "val")."""
-        return self.manifest["splits"][_check_split(split)]["count"]
-
-    def shards(self, split=None):
-        """Shard entries ({"file", "count", "bytes", "sha256"}) of one or all splits."""
-        names = SPLITS if split is None else (_check_split(split),)
-        return [s for n in names for s in self.manifest["splits"][n]["shards"]]
-
-
-def _check_split(split):
-    if split not in SPLITS:
-        raise ValueError(f"cache split must be one of {SPLITS}, got {split!r}")
-    return split
-
-
-def sha256_file(path):
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def feature_extractor(model):
@@ -157,7 +64,12 @@ def feature_extractor(model):
 def _settings(options, checkpoint, dataset_dir, train_split, val_split, **values):
     """The JSON-normalised settings that decide the cache's content."""
     weights = options.backbone_weights
-    weights_sha = sha256_file(weights) if weights and os.path.isfile(weights) else None
+    weights_sha = None
+    if weights and os.path.isfile(weights):
+        weights_sha = cache_reader.sha256_file(weights)
+    checkpoint_sha = None
+    if checkpoint:
+        checkpoint_sha = cache_reader.sha256_file(checkpoint + ".index")
     settings = dict(
         model_variant=options.model_variant,
         depth_multiplier=options.depth_multiplier,
@@ -167,7 +79,7 @@ def _settings(options, checkpoint, dataset_dir, train_split, val_split, **values
         backbone_weights=weights,
         backbone_weights_sha256=weights_sha,
         checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
-        checkpoint_sha256=sha256_file(checkpoint + ".index") if checkpoint else None,
+        checkpoint_sha256=checkpoint_sha,
         dataset_dir=os.path.abspath(dataset_dir),
         train_split=train_split,
         val_split=val_split,
@@ -192,128 +104,6 @@ def _differences(old, new):
     ]
 
 
-def _read_manifest(cache_dir):
-    path = os.path.join(cache_dir, MANIFEST)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise CorruptCacheError(f"unreadable cache manifest {path}: {e}") from e
-
-
-def load_info(cache):
-    """The `CacheInfo` of a cache.
-
-    Args:
-      cache: a `CacheInfo`, a search dir (its `cache/`) or a cache dir.
-
-    Raises:
-      FileNotFoundError: when there is no complete cache there.
-    """
-    if isinstance(cache, CacheInfo):
-        return cache
-    for cache_dir in (os.path.join(cache, CACHE_DIR), cache):
-        manifest = _read_manifest(cache_dir)
-        if manifest is not None:
-            return CacheInfo(cache_dir, manifest)
-    raise FileNotFoundError(
-        f"no complete feature cache in {cache} (no {CACHE_DIR}/{MANIFEST}); "
-        "build it first (--mode=cache)"
-    )
-
-
-def verify(info, split=None, *, checksums=True):
-    """Checks the shards of one or all splits against the manifest.
-
-    Args:
-      info: a `CacheInfo`.
-      split: "train", "val" or None (both).
-      checksums: bool; False checks only that the shards exist with their
-        sizes.
-
-    Raises:
-      CorruptCacheError: naming the first shard that is missing, of another
-        size or (with `checksums`) of another sha256.
-    """
-    for shard in info.shards(split):
-        path = os.path.join(info.cache_dir, shard["file"])
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError as e:
-            raise CorruptCacheError(f"cache shard {path} is missing") from e
-        if stat.st_size != shard["bytes"]:
-            raise CorruptCacheError(
-                f"cache shard {path} has {stat.st_size} bytes, the manifest says "
-                f"{shard['bytes']} (truncated or altered); rebuild it (--overwrite)"
-            )
-        key = (path, stat.st_size, stat.st_mtime_ns)
-        if not checksums:
-            continue
-        if key not in _VERIFIED:
-            _VERIFIED[key] = sha256_file(path)
-        if _VERIFIED[key] != shard["sha256"]:
-            raise CorruptCacheError(
-                f"cache shard {path} fails its sha256 check (corrupt); rebuild it "
-                "(--overwrite)"
-            )
-
-
-def load_split(cache, split, *, batch_size, shuffle=False, seed=None, repeat=False):
-    """The cached examples of a split, checked against the manifest.
-
-    Args:
-      cache: a `CacheInfo`, search dir or cache dir.
-      split: "train" or "val".
-      batch_size: int.
-      shuffle: bool, shuffle shards and examples (seeded by `seed`).
-      seed: int or None.
-      repeat: bool, repeat forever (batches then all have `batch_size`).
-
-    Returns:
-      A `tf.data.Dataset` of (features float32 `[batch, fh, fw, c]`,
-      labels int32 `[batch, h, w]`).
-
-    Raises:
-      FileNotFoundError, CorruptCacheError: see `load_info` and `verify`.
-    """
-    info = load_info(cache)
-    verify(info, split)
-    files = [os.path.join(info.cache_dir, s["file"]) for s in info.shards(split)]
-    feature_shape, label_shape = info.feature_shape, info.label_shape
-    label_dtype = tf.as_dtype(info.manifest["label_dtype"])
-    example_bytes = 2 * math.prod(feature_shape)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if not shuffle:
-        ds = ds.flat_map(tf.data.TFRecordDataset)
-    else:
-        ds = ds.shuffle(len(files), seed=seed)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)))
-        buffer = min(info.count(split), max(1, _SHUFFLE_BYTES // example_bytes))
-        ds = ds.shuffle(buffer, seed=seed)
-    if repeat:
-        ds = ds.repeat()
-    spec = {
-        _FEATURES_KEY: tf.io.FixedLenFeature([], tf.string),
-        _LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
-    }
-
-    def parse(serialized):
-        parsed = tf.io.parse_example(serialized, spec)
-        features = tf.io.decode_raw(parsed[_FEATURES_KEY], tf.float16)
-        labels = tf.io.decode_raw(parsed[_LABEL_KEY], label_dtype)
-        return (
-            tf.cast(tf.reshape(features, [-1, *feature_shape]), tf.float32),
-            tf.cast(tf.reshape(labels, [-1, *label_shape]), tf.int32),
-        )
-
-    ds = ds.batch(batch_size, drop_remainder=repeat)
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )
-
-
 def _count_records(dataset_dir, split):
     files = tfexample.split_files(dataset_dir, split)
     return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
@@ -322,7 +112,10 @@ def _count_records(dataset_dir, split):
 def _example(features, label):
     feature = {
         key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[a.tobytes()]))
-        for key, a in ((_FEATURES_KEY, features), (_LABEL_KEY, label))
+        for key, a in (
+            (cache_reader.FEATURES_KEY, features),
+            (cache_reader.LABEL_KEY, label),
+        )
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
@@ -358,7 +151,7 @@ def _write_split(directory, name, dataset, count, extract, per_shard, check, pro
             bar.update(min(len(stored), bar.total - bar.n))
     for shard in shards:
         path = os.path.join(directory, shard["file"])
-        shard.update(bytes=os.path.getsize(path), sha256=sha256_file(path))
+        shard.update(bytes=os.path.getsize(path), sha256=cache_reader.sha256_file(path))
     return {"count": written, "shards": shards}
 
 
@@ -402,7 +195,7 @@ def _write_cache(
         )
     extractor = feature_extractor(model)
     backbone = tf.train.Checkpoint(model=extractor).write(
-        os.path.join(directory, BACKBONE_DIR, "ckpt")
+        os.path.join(directory, cache_reader.BACKBONE_DIR, "ckpt")
     )
     extract = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
     feature_shape = tuple(int(d) for d in extractor.output.shape[1:])
@@ -447,7 +240,7 @@ def _write_cache(
                 f"TensorFlow says: {e.message.splitlines()[0]}"
             ) from e
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": cache_reader.FORMAT_VERSION,
         "settings": settings,
         "feature_shape": list(feature_shape),
         "feature_dtype": "float16",
@@ -479,14 +272,13 @@ def _install(partial, cache_dir, manifest):
     for split in SPLITS:
         for old in glob.glob(os.path.join(cache_dir, f"{split}-*-of-*.tfrecord")):
             os.remove(old)
-    shutil.rmtree(os.path.join(cache_dir, BACKBONE_DIR), ignore_errors=True)
+    backbone = os.path.join(cache_dir, cache_reader.BACKBONE_DIR)
+    shutil.rmtree(backbone, ignore_errors=True)
     for shard in (s for n in SPLITS for s in manifest["splits"][n]["shards"]):
         os.replace(
             os.path.join(partial, shard["file"]), os.path.join(cache_dir, shard["file"])
         )
-    os.replace(
-        os.path.join(partial, BACKBONE_DIR), os.path.join(cache_dir, BACKBONE_DIR)
-    )
+    os.replace(os.path.join(partial, cache_reader.BACKBONE_DIR), backbone)
     temporary = os.path.join(partial, MANIFEST)
     with open(temporary, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -570,7 +362,7 @@ def build_cache(
         ignore_label=ignore_label,
     )
     cache_dir = os.path.join(search_dir, CACHE_DIR)
-    existing = _read_manifest(cache_dir)
+    existing = cache_reader.read_manifest(cache_dir)
     if existing is not None:
         differences = _differences(existing["settings"], settings)
         if not differences:

@@ -1,19 +1,10 @@
 """The search engine: one Optuna study shared by any number of workers.
 
-Storage: an RDB storage, by default the SQLite file `search_dir/study.db`
-(write-ahead log, 60 s lock timeout) for the workers of one machine, or a
-`postgresql://` / `mysql://` URL for workers on many machines. In Optuna 5
-only `RDBStorage` records heartbeats (the journal storage has none), and
-heartbeats are how the others notice a killed worker; hence SQLite, not a
-journal file, is the local default.
-
-Failures: a RUNNING trial without a heartbeat for `grace_period` seconds is
-marked FAIL by the next worker that starts a trial or waits, and
-`RetryHeartbeatStaleTrialCallback` queues its cell again (WAITING, up to
-`max_retry` times) for the next free worker. (Optuna never fails a trial that
-has no heartbeat at all: a worker killed in the milliseconds between creating
-a trial and its first beat leaves it RUNNING, and the others wait for it at
-the end; `study.tell(number, state=optuna.trial.TrialState.FAIL)` frees them.)
+Storage: a `study_storage.StudyStorage` (by default the SQLite file
+`search_dir/study.db`; a PostgreSQL or MySQL URL for many machines). A
+running trial whose worker died (no heartbeat for `grace_period` seconds, or
+none at all) is marked FAIL by the next worker that starts a trial or waits,
+and its cell is queued again for the next free worker (see `study_storage`).
 
 Total: `num_trials_total` counts the study's COMPLETE and PRUNED trials (a
 pruned cell was judged and spent budget); FAIL trials do not count. A worker
@@ -26,8 +17,9 @@ total is reached stays queued for a later run. Re-running resumes.
 
 Duplicates: a trial stores its cell (`cell_json`) and canonical key
 (`cell_key`) as user attributes before training. If a finished trial has the
-same key, the trial is not trained: it gets that result and a `duplicate_of`
-attribute (the original's number) and counts toward the total. Trials of the
+same key, the trial is not trained: it gets that result (values,
+intermediate values, attributes) and a `duplicate_of` attribute (the
+original's number) and counts toward the total. Trials of the
 same cell running at once are ordered by number: a trial waits while a
 lower-numbered RUNNING trial has the same key or has not chosen its cell yet,
 so only the lowest trains and the others reuse its result (or train if it
@@ -41,7 +33,6 @@ import functools
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -50,90 +41,23 @@ import warnings
 from typing import Callable, Mapping, Optional, Sequence
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
 from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
+from deeplab_dpc.search import study_storage
 
 DEFAULT_STUDY_NAME = "dpc_search"
-STORAGE_FILE = "study.db"
 WORKER_INDEX_ENV = "DEEPLAB_DPC_WORKER_INDEX"
 ATTR_KEY = "cell_key"
 ATTR_CELL = "cell_json"
 ATTR_DUPLICATE = "duplicate_of"
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# The storage API lives in `study_storage`; callers of the engine find it here too.
+STORAGE_FILE = study_storage.STORAGE_FILE
+default_storage = study_storage.default_storage
+open_storage = study_storage.open_storage
 _SETTINGS = ("strategy", "objectives", "num_branches")
-
-
-def default_storage(search_dir) -> str:
-    """The URL of the default storage: the SQLite file `search_dir/study.db`."""
-    return "sqlite:///" + os.path.abspath(os.path.join(search_dir, STORAGE_FILE))
-
-
-def _connect_sqlite(path: str) -> sqlite3.Connection:
-    # In WAL mode synchronous=NORMAL never corrupts the file and loses no
-    # commit when a process dies (only at a power cut); it saves an fsync a commit.
-    conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
-def open_storage(
-    storage: Optional[str] = None,
-    *,
-    search_dir=None,
-    heartbeat_interval: int = 60,
-    grace_period: Optional[int] = None,
-    max_retry: int = 3,
-) -> optuna.storages.RDBStorage:
-    """Opens a study storage with heartbeats and retries of dead trials.
-
-    Args:
-        storage: URL (`sqlite:///path`, `postgresql://...` or `mysql://...`,
-            optionally `+driver`), or None for `default_storage(search_dir)`.
-        search_dir: directory of the default storage (created if needed).
-        heartbeat_interval: int > 0, seconds between heartbeats.
-        grace_period: int > 0, seconds without a heartbeat after which a
-            running trial is failed; None for 2 * heartbeat_interval.
-        max_retry: int, how often a dead trial's cell is queued again.
-
-    Returns:
-        An `optuna.storages.RDBStorage`.
-
-    Raises:
-        ValueError: if neither argument is given or the URL is not an RDB one.
-    """
-    if storage is None:
-        if search_dir is None:
-            raise ValueError("give a storage URL or a search_dir for the default")
-        os.makedirs(search_dir, exist_ok=True)
-        storage = default_storage(search_dir)
-    url = sqlalchemy.engine.make_url(storage) if "://" in storage else None
-    if url is None or url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
-        raise ValueError(
-            f"storage is {storage!r}; it must be a URL starting with "
-            "sqlite:///, postgresql:// or mysql://"
-        )
-    engine_kwargs = {}
-    if url.get_backend_name() != "sqlite":
-        engine_kwargs["pool_pre_ping"] = True
-    elif url.database and url.database != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-        with contextlib.closing(_connect_sqlite(url.database)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # Persists in the file.
-        engine_kwargs["creator"] = functools.partial(_connect_sqlite, url.database)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            storage,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=(
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            ),
-        )
 
 
 def worker_index() -> int:
@@ -315,6 +239,9 @@ class _Worker:
                 trial.set_user_attr(name, value)
         origin = earlier.user_attrs.get(ATTR_DUPLICATE, earlier.number)
         trial.set_user_attr(ATTR_DUPLICATE, origin)
+        if len(self.objectives) == 1:  # Samplers judge pruned trials by these.
+            for step, value in sorted(earlier.intermediate_values.items()):
+                trial.report(value, step)
         if earlier.state == TrialState.PRUNED:
             raise optuna.TrialPruned(f"repeats pruned trial {origin}")
         return earlier.values if len(self.objectives) > 1 else earlier.value

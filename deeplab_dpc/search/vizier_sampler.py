@@ -5,13 +5,16 @@ in `strategies`: one categorical `op_<i>` over the 81 op tokens and one
 categorical `input_<i>` per branch (Vizier categories are strings, so inputs
 travel as "-1", "0", ...; branch 0 has no choice and is left out). For each
 trial the sampler builds the algorithm's designer afresh, replays the study's
-completed trials from the shared storage (with the Vizier metadata each
+finished trials from the shared storage (with the Vizier metadata each
 suggestion carried, e.g. Eagle's parent firefly) and asks for one suggestion,
-so every worker of a study works from the same history.
+so every worker of a study works from the same history. A pruned trial
+reaches the designer as Vizier's service records an early-stopped one: its
+last intermediate value is its final measurement (see `designer_trials`).
 
 Vizier is an optional extra: `pip install .[vizier]`.
 """
 
+import math
 import random
 import types
 import zlib
@@ -145,26 +148,74 @@ class VizierSampler(optuna.samplers.BaseSampler):
         del study, trial  # The space is fixed.
         return dict(self._space)
 
-    def sample_relative(self, study, trial, search_space) -> dict:
-        if not search_space or trial.params or "fixed_params" in trial.system_attrs:
-            return {}  # A retried or enqueued trial: its cell is already set.
-        vz, vza = self._vizier.vz, self._vizier.vza
+    def designer_trials(self, study, exclude: Optional[int] = None):
+        """The study's history as the designer gets it.
+
+        COMPLETE trials are completed with their values. PRUNED trials are
+        completed as Vizier's service completes an early-stopped trial: with
+        their intermediate values as measurements and the last one as the
+        final measurement (the pruner judged the cell on it), or infeasible
+        if they reported none. RUNNING trials are active. FAIL trials, and
+        trials without every parameter, are left out.
+
+        Args:
+            study: an `optuna.Study` of this sampler's cells.
+            exclude: a trial number to leave out (the trial being sampled).
+
+        Returns:
+            (completed, active): lists of `vizier.pyvizier.Trial`, whose id
+            is the Optuna trial number + 1.
+        """
         completed, active = [], []
         for past in study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)
+            deepcopy=False,
+            states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
         ):
-            if past.number == trial.number or not all(
+            if past.number == exclude or not all(
                 name in past.params for name in self._space
             ):
                 continue
             converted = self._to_vizier(past)
-            if past.state == TrialState.COMPLETE:
-                converted.complete(
-                    vz.Measurement(metrics=dict(zip(self._objectives, past.values)))
-                )
-                completed.append(converted)
-            else:
+            if past.state == TrialState.RUNNING:
                 active.append(converted)
+                continue
+            completed.append(converted)
+            if past.state == TrialState.COMPLETE:
+                metrics = dict(zip(self._objectives, past.values))
+                converted.complete(self._vizier.vz.Measurement(metrics=metrics))
+            else:
+                self._complete_pruned(converted, past.intermediate_values)
+        return completed, active
+
+    def _complete_pruned(self, converted, intermediate_values) -> None:
+        vz = self._vizier.vz
+        steps = sorted(
+            step
+            for step, value in intermediate_values.items()
+            if math.isfinite(value)
+        )
+        if len(self._objectives) > 1 or not steps:
+            # No finite value, or not one per objective (Optuna's intermediate
+            # values are single numbers): nothing to measure it by.
+            converted.stopping_reason = "pruned"
+            converted.complete(
+                vz.Measurement(), infeasibility_reason="pruned without a measurement"
+            )
+            return
+        converted.stopping_reason = f"pruned at step {steps[-1]}"
+        converted.measurements = [
+            vz.Measurement(
+                metrics={self._objectives[0]: intermediate_values[step]}, steps=step
+            )
+            for step in steps
+        ]
+        converted.complete(converted.measurements[-1])
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        if not search_space or trial.params or "fixed_params" in trial.system_attrs:
+            return {}  # A retried or enqueued trial: its cell is already set.
+        vza = self._vizier.vza
+        completed, active = self.designer_trials(study, exclude=trial.number)
         designer = self._new_designer(trial.number)
         designer.update(vza.CompletedTrials(completed), vza.ActiveTrials(active))
         suggestion = designer.suggest(1)[0]

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from deeplab_dpc.models import accounting
 from deeplab_dpc.search import engine
 from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
+from deeplab_dpc.search import study_storage
 from deeplab_dpc.search.space import BranchSpec, CellSpec
 import search_testing
 
@@ -62,27 +62,10 @@ def _counted(study):
 # ------------------------------------------------------------------ storage
 
 
-@pytest.mark.parametrize("url", ["redis://localhost/0", "study.db", "journal.log"])
-def test_open_storage_rejects_what_is_not_an_rdb_url(url):
-    with pytest.raises(ValueError, match="sqlite:///, postgresql:// or mysql://"):
-        engine.open_storage(url)
-
-
-def test_open_storage_needs_a_url_or_a_search_dir():
-    with pytest.raises(ValueError, match="search_dir"):
-        engine.open_storage()
-
-
-def test_default_storage_is_a_sqlite_file_with_heartbeats(tmp_path):
+def test_a_study_keeps_its_settings_in_the_default_storage(tmp_path):
     study = _study(tmp_path)
-    path = tmp_path / "search" / engine.STORAGE_FILE
-    assert path.is_file()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    storage = engine.open_storage(
-        engine.default_storage(tmp_path / "search"), heartbeat_interval=7
-    )
-    assert storage.get_heartbeat_interval() == 7
+    storage = engine.open_storage(engine.default_storage(tmp_path / "search"))
+    assert isinstance(storage, study_storage.StudyStorage)
     loaded = optuna.load_study(study_name=study.study_name, storage=storage)
     assert loaded.user_attrs == {
         "strategy": "random_local",
@@ -154,6 +137,8 @@ def test_pruned_trials_count_and_their_repeats_are_pruned(tmp_path):
     expected = search_testing.analytic_scores(CELL_B)["miou"] * 0.5
     assert trials[0].intermediate_values == {1: pytest.approx(expected)}
     assert trials[1].user_attrs[engine.ATTR_DUPLICATE] == 0
+    # Samplers judge the repeat as they judge its original.
+    assert trials[1].intermediate_values == trials[0].intermediate_values
 
 
 def test_the_total_is_study_wide_and_rerunning_resumes(tmp_path):
@@ -303,6 +288,43 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(tmp_path):
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == dead.params
     assert retries[0].user_attrs[engine.ATTR_KEY] == dead.user_attrs[engine.ATTR_KEY]
+
+
+def test_a_trial_that_never_sent_a_heartbeat_is_failed_and_retried(tmp_path):
+    study = _study(tmp_path, num_branches=2, heartbeat_interval=1, grace_period=1)
+    cell = CellSpec(CELL_B.branches[:2])
+    study.enqueue_trial(strategies.cell_to_params(cell))
+    # A worker that claimed the queued cell and died before its first
+    # heartbeat: a storage opened without heartbeats never writes one.
+    plain = optuna.load_study(
+        study_name=study.study_name, storage=engine.default_storage(tmp_path / "search")
+    )
+    dead = plain.ask(strategies.distributions(2))
+    assert strategies.params_to_cell(dead.params, 2) == cell
+    result = {}
+
+    def work():
+        start = time.monotonic()
+        result["stats"] = engine.run_worker(
+            study,
+            search_testing.make_objective(),
+            num_trials_total=3,
+            poll_seconds=0.05,
+        )
+        result["seconds"] = time.monotonic() - start
+
+    worker = threading.Thread(target=work, daemon=True)  # Hangs if never failed.
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the worker waited for the dead trial"
+    assert result["seconds"] > 1.0  # It waited the grace period out first.
+    assert (result["stats"].trials, result["stats"].trained) == (3, 3)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
+    assert retry.user_attrs[engine.ATTR_KEY] == space.canonical_key(cell)
+    assert len(_counted(study)) == 3
 
 
 # ------------------------------------------------------ a real TF objective

@@ -1,0 +1,285 @@
+"""Helpers shared by the benchmark scripts of bench/ (standard library only).
+
+Conventions (every bench script follows them):
+
+* figures are compared as ratios measured in the same run, alternating the
+  compared things (A B A B ...) with `alternate`, and summarised by `median`
+  after a warm-up that is not timed;
+* peak memory is the peak resident set size (MB) of the measured process:
+  `peak_rss_mb` for this process, `child_peak_rss_mb` for a running child;
+* `write_result` writes one JSON object per script atomically:
+  {"benchmark", "command", "machine": {"cpu", "cores"}, "figures": [...]},
+  each figure made by `figure` (name, value, unit, detail);
+* `serve` is the line protocol of long-lived benchmark workers (one JSON
+  object per line on stdin, one JSON reply per line on stdout), so that a
+  driver alternates rounds between models without rebuilding them. Model
+  Garden's worker runs it under another virtual environment, which is why
+  this module imports nothing outside the standard library.
+"""
+
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import traceback
+
+_KIB_PER_MB = 1024.0
+
+
+def median(values):
+    """The median of a non-empty sequence of numbers.
+
+    Raises:
+      ValueError: for an empty sequence.
+    """
+    values = list(values)
+    if not values:
+        raise ValueError("median of no values")
+    return float(statistics.median(values))
+
+
+def alternate(callables, rounds):
+    """Calls each callable once per round, in turn: A B C A B C ...
+
+    Args:
+      callables: a dict name -> zero-argument callable, or a sequence of them.
+      rounds: int >= 1.
+
+    Returns:
+      the return values of every call: a dict name -> list (one per round)
+      for a dict, else a list of such lists in the callables' order.
+
+    Raises:
+      ValueError: for rounds < 1 or no callables.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    named = isinstance(callables, dict)
+    items = list(callables.items()) if named else list(enumerate(callables))
+    if not items:
+        raise ValueError("nothing to alternate")
+    results = {key: [] for key, _ in items}
+    for _ in range(rounds):
+        for key, fn in items:
+            results[key].append(fn())
+    return results if named else [results[key] for key, _ in items]
+
+
+def _status_kib(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name == key:
+                    return int(value.split()[0])
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_mb():
+    """Peak resident set size of this process, in MB.
+
+    VmHWM of /proc/self/status (Linux) counts from this program's exec. The
+    fallback, `ru_maxrss`, can include the parent's size at the fork, as
+    Linux carries it across exec.
+    """
+    kib = _status_kib("/proc/self/status", "VmHWM")
+    if kib is None:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / _KIB_PER_MB
+
+
+def current_rss_mb():
+    """Current resident set size (VmRSS) of this process, in MB (0 if unknown)."""
+    return (_status_kib("/proc/self/status", "VmRSS") or 0) / _KIB_PER_MB
+
+
+def reset_peak_rss():
+    """Resets this process's peak RSS (VmHWM) to its current RSS (Linux).
+
+    Returns:
+      True when reset (writing 5 to /proc/self/clear_refs), False when the
+      kernel does not allow it: the peak then counts from the start.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def child_peak_rss_mb(pid):
+    """Peak resident set size (VmHWM) of a running process, in MB.
+
+    Raises:
+      ProcessLookupError: when /proc/<pid>/status cannot be read (the
+        process has exited, or this is not Linux).
+    """
+    kib = _status_kib(f"/proc/{int(pid)}/status", "VmHWM")
+    if kib is None:
+        raise ProcessLookupError(f"no VmHWM for process {pid}; has it exited?")
+    return kib / _KIB_PER_MB
+
+
+def machine():
+    """{"cpu": model name, "cores": usable cores} of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    return {"cpu": cpu, "cores": cores or os.cpu_count()}
+
+
+def figure(name, value, unit, detail=""):
+    """One figure of a result: {"name", "value" (float), "unit", "detail"}."""
+    return {"name": name, "value": float(value), "unit": unit, "detail": detail}
+
+
+def command_line(argv=None):
+    """The command that ran this script, as a shell would take it."""
+    argv = list(sys.argv if argv is None else argv)
+    python = sys.executable
+    relative = os.path.relpath(python)
+    if not relative.startswith(".."):
+        python = relative
+    return shlex.join([python, *argv])
+
+
+def write_result(path, benchmark, figures, argv=None):
+    """Writes a result JSON object atomically (temporary name, then rename).
+
+    Args:
+      path: str, the JSON file.
+      benchmark: str, the script's name (e.g. "inference").
+      figures: list of `figure` dicts.
+      argv: the script's argv; default `sys.argv`.
+
+    Returns:
+      the dict written.
+    """
+    result = {
+        "benchmark": benchmark,
+        "command": command_line(argv),
+        "machine": machine(),
+        "figures": list(figures),
+    }
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return result
+
+
+def _format_value(value):
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if value == 0 or 0.01 <= abs(value) < 1e5:
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{value:.3e}"
+
+
+def format_figures(figures):
+    """A plain-text table of figures: name, value, unit, detail."""
+    rows = [
+        (f["name"], _format_value(f["value"]), f["unit"], f["detail"]) for f in figures
+    ]
+    widths = [max([len(r[i]) for r in rows] + [1]) for i in range(3)]
+    return "\n".join(
+        f"{n:<{widths[0]}}  {v:>{widths[1]}} {u:<{widths[2]}}  {d}".rstrip()
+        for n, v, u, d in rows
+    )
+
+
+def rss_reply(reset=False):
+    """A worker's reply to {"cmd": "rss"}: this process's memory in MB.
+
+    Args:
+      reset: after reading, reset the peak to the current RSS, so that the
+        next reply's peak covers only what ran in between.
+
+    Returns:
+      {"peak_rss_mb", "rss_mb", "reset": whether the peak was reset}.
+    """
+    reply = {"peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb()}
+    reply["reset"] = reset_peak_rss() if reset else False
+    return reply
+
+
+def claim_stdout():
+    """Keeps standard output for a worker's protocol replies alone.
+
+    Points file descriptor 1 (where native code such as TensorFlow's converter
+    may write) and `sys.stdout` at stderr, and returns a text stream on the
+    original stdout. Call it before anything else prints.
+    """
+    sys.stdout.flush()
+    stream = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return stream
+
+
+def serve(handlers, stdin=None, stdout=None):
+    """Runs a worker's line protocol until {"cmd": "quit"} or end of input.
+
+    Each input line is a JSON object with a "cmd" key; the other keys are
+    passed to `handlers[cmd]` as keyword arguments. Its return value (a
+    JSON-serialisable dict) is written back as one line with "ok": true; an
+    exception is written as {"ok": false, "error": ..., "traceback": ...} and
+    the worker goes on.
+
+    Args:
+      handlers: dict command name -> callable returning a dict.
+      stdin: text stream of requests; default `sys.stdin`.
+      stdout: text stream for the replies; default `claim_stdout()`.
+    """
+    stdin = stdin or sys.stdin
+    out = stdout or claim_stdout()
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            command = request.pop("cmd")
+            if command == "quit":
+                _reply(out, {"ok": True})
+                return
+            if command not in handlers:
+                raise KeyError(
+                    f"unknown command {command!r}; known: "
+                    f"{sorted(handlers) + ['quit']}"
+                )
+            reply = dict(handlers[command](**request))
+            reply["ok"] = True
+        except Exception as e:  # Reported to the driver, which raises.
+            reply = {
+                "ok": False,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
+        _reply(out, reply)
+
+
+def _reply(stream, obj):
+    stream.write(json.dumps(obj) + "\n")
+    stream.flush()

@@ -1,0 +1,172 @@
+"""The storage of a search study: an Optuna RDB storage that survives dead workers.
+
+Where: by default the SQLite file `search_dir/study.db` (write-ahead log, 60 s
+lock timeout) for the workers of one machine, or a `postgresql://` /
+`mysql://` URL for workers on many machines. In Optuna 5 only `RDBStorage`
+records heartbeats (the journal storage has none), and heartbeats are how the
+others notice a killed worker; hence SQLite, not a journal file, is the local
+default.
+
+Dead workers: a RUNNING trial is stale when it has had no heartbeat for
+`grace_period` seconds; the next worker that starts a trial or waits fails
+every stale trial, and `RetryHeartbeatStaleTrialCallback` queues its cell
+again (WAITING, up to `max_retry` times) for the next free worker. Optuna's
+own check skips a trial that has no heartbeat at all: the trial of a worker
+killed after `ask()` created or claimed it and before the heartbeat thread
+recorded its first beat, or one made by a client without heartbeats. It
+stayed RUNNING forever and the other workers waited for it at the end of the
+study. `StudyStorage` also counts such a trial stale once this process has
+seen it RUNNING without a heartbeat for `grace_period` seconds (timed on this
+process's monotonic clock, so the workers' clocks need not agree). A live
+worker's first beat comes milliseconds after `ask()`: samplers propose the
+parameters later, at the objective's first suggestion.
+
+SQLite transactions: Optuna claims a WAITING trial with a read-then-update
+that relies on `SELECT ... FOR UPDATE`, which SQLite ignores, so two
+processes could both claim one queued trial and train it twice. Every
+transaction on a SQLite storage therefore starts with `BEGIN IMMEDIATE`,
+which takes the database's write lock before the first read.
+"""
+
+import contextlib
+import functools
+import os
+import sqlite3
+import time
+import warnings
+from typing import Optional
+
+import optuna
+import sqlalchemy
+import sqlalchemy.orm
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+STORAGE_FILE = "study.db"
+
+
+def default_storage(search_dir) -> str:
+    """The URL of the default storage: the SQLite file `search_dir/study.db`."""
+    return "sqlite:///" + os.path.abspath(os.path.join(search_dir, STORAGE_FILE))
+
+
+def _connect_sqlite(path: str) -> sqlite3.Connection:
+    # isolation_level=None: the driver begins no transaction by itself (it
+    # would begin one only before writing); `_begin_immediate` begins them.
+    conn = sqlite3.connect(
+        path, timeout=60, check_same_thread=False, isolation_level=None
+    )
+    # In WAL mode synchronous=NORMAL never corrupts the file and loses no
+    # commit when a process dies (only at a power cut); it saves an fsync a commit.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def _begin_immediate(connection) -> None:
+    """SQLAlchemy "begin" listener: a SQLite transaction that holds the write lock."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class StudyStorage(optuna.storages.RDBStorage):
+    """An `RDBStorage` that also fails trials that never sent a heartbeat.
+
+    Takes the arguments of `optuna.storages.RDBStorage`. Use `open_storage`
+    to make one: on SQLite it also sets the connection up so that each
+    transaction can begin with `BEGIN IMMEDIATE`.
+    """
+
+    def __init__(self, url: str, **kwargs):
+        super().__init__(url, **kwargs)
+        self._lock_sqlite_transactions()
+        # {study_id: {trial_id: monotonic time first seen without a heartbeat}}
+        self._unbeaten = {}
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._lock_sqlite_transactions()
+        self._unbeaten = {}  # Times of another process's clock mean nothing here.
+
+    def _lock_sqlite_transactions(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            sqlalchemy.event.listen(self.engine, "begin", _begin_immediate)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list:
+        """Trials past the grace period since their last heartbeat or first sight."""
+        stale = super()._get_stale_trial_ids(study_id)
+        trial, heartbeat = models.TrialModel, models.TrialHeartbeatModel
+        query = (
+            sqlalchemy.select(trial.trial_id)
+            .outerjoin(heartbeat, heartbeat.trial_id == trial.trial_id)
+            .where(
+                trial.study_id == study_id,
+                trial.state == TrialState.RUNNING,
+                heartbeat.trial_heartbeat_id.is_(None),
+            )
+        )
+        with sqlalchemy.orm.Session(self.engine) as session:
+            unbeaten = session.scalars(query).all()
+        now = time.monotonic()
+        seen = self._unbeaten.get(study_id, {})
+        seen = {trial_id: seen.get(trial_id, now) for trial_id in unbeaten}
+        self._unbeaten[study_id] = seen
+        grace_period = self.grace_period or 2 * self.heartbeat_interval
+        return stale + [
+            trial_id for trial_id, since in seen.items() if now - since > grace_period
+        ]
+
+
+def open_storage(
+    storage: Optional[str] = None,
+    *,
+    search_dir=None,
+    heartbeat_interval: int = 60,
+    grace_period: Optional[int] = None,
+    max_retry: int = 3,
+) -> StudyStorage:
+    """Opens a study storage with heartbeats and retries of dead trials.
+
+    Args:
+        storage: URL (`sqlite:///path`, `postgresql://...` or `mysql://...`,
+            optionally `+driver`), or None for `default_storage(search_dir)`.
+        search_dir: directory of the default storage (created if needed).
+        heartbeat_interval: int > 0, seconds between heartbeats.
+        grace_period: int > 0, seconds without a heartbeat after which a
+            running trial is failed; None for 2 * heartbeat_interval.
+        max_retry: int, how often a dead trial's cell is queued again.
+
+    Returns:
+        A `StudyStorage`.
+
+    Raises:
+        ValueError: if neither argument is given or the URL is not an RDB one.
+    """
+    if storage is None:
+        if search_dir is None:
+            raise ValueError("give a storage URL or a search_dir for the default")
+        os.makedirs(search_dir, exist_ok=True)
+        storage = default_storage(search_dir)
+    url = sqlalchemy.engine.make_url(storage) if "://" in storage else None
+    if url is None or url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+        raise ValueError(
+            f"storage is {storage!r}; it must be a URL starting with "
+            "sqlite:///, postgresql:// or mysql://"
+        )
+    engine_kwargs = {}
+    if url.get_backend_name() != "sqlite":
+        engine_kwargs["pool_pre_ping"] = True
+    elif url.database and url.database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+        with contextlib.closing(_connect_sqlite(url.database)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # Persists in the file.
+        engine_kwargs["creator"] = functools.partial(_connect_sqlite, url.database)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return StudyStorage(
+            storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=(
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            ),
+        )
