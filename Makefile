@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 tests/layers tests/models
+
+# Benchmarks (not part of the quick start): sets up the peers' own virtual
+# environment (TF Model Garden pins TensorFlow 2.20), then runs bench/ and
+# writes bench/results.json and bench/results.md. BENCH_FLAGS=--quick for a
+# smoke run, BENCH_FLAGS=--only=inference,train_step for a subset.
+bench: $(STAMP)
+	PYTHON=$(PYTHON) bash bench/peers/setup.sh
+	$(PY) bench/run_all.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

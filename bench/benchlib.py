@@ -14,7 +14,8 @@ Conventions (every bench script follows them):
   object per line on stdin, one JSON reply per line on stdout), so that a
   driver alternates rounds between models without rebuilding them. Model
   Garden's worker runs it under another virtual environment, which is why
-  this module imports nothing outside the standard library.
+  this module imports nothing outside the standard library (`op_type_profile`
+  is handed the `tensorflow` module by its caller).
 """
 
 import json
@@ -23,8 +24,10 @@ import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 import traceback
 
 _KIB_PER_MB = 1024.0
@@ -210,6 +213,59 @@ def format_figures(figures):
     )
 
 
+def fp32_peak(peak_json=None, threads=2, quick=False, output_json=None):
+    """fma_peak.py's "fp32_peak" figure: from its JSON, or measured now.
+
+    Args:
+      peak_json: str or None, fma_peak.py's result file. None means
+        `fma_peak.json` beside `output_json` when it exists (bench/run_all.py
+        writes every result in one folder, the peak first), else running
+        bench/fma_peak.py in a child process.
+
+      threads, quick: fma_peak.py's `--threads` and `--quick` when it runs.
+      output_json: the calling script's `--output_json`, or None.
+
+    Returns:
+      the figure dict (its "value" in GFLOP/s).
+
+    Raises:
+      RuntimeError: when fma_peak.py fails.
+      ValueError: when the JSON has no "fp32_peak" figure.
+    """
+    if peak_json is None and output_json:
+        beside = os.path.join(
+            os.path.dirname(os.path.abspath(output_json)), "fma_peak.json"
+        )
+        if os.path.exists(beside):
+            peak_json = beside
+    if peak_json is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            peak_json = os.path.join(tmp, "fma_peak.json")
+            command = [
+                sys.executable,
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.py"),
+                f"--threads={threads}",
+                f"--output_json={peak_json}",
+            ] + (["--quick"] if quick else [])
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+            )
+            if done.returncode:
+                raise RuntimeError(
+                    f"{' '.join(command)} failed:\n{done.stderr[-3000:]}"
+                )
+            return fp32_peak(peak_json, threads, quick)
+    with open(peak_json) as f:
+        figures = json.load(f)["figures"]
+    for fig in figures:
+        if fig["name"] == "fp32_peak":
+            return fig
+    raise ValueError(f"{peak_json} has no 'fp32_peak' figure (run bench/fma_peak.py)")
+
+
 def rss_reply(reset=False):
     """A worker's reply to {"cmd": "rss"}: this process's memory in MB.
 
@@ -283,3 +339,62 @@ def serve(handlers, stdin=None, stdout=None):
 def _reply(stream, obj):
     stream.write(json.dumps(obj) + "\n")
     stream.flush()
+
+
+def op_type_profile(
+    tf, concrete_function, image, runs, intra_op_threads=0, inter_op_threads=0
+):
+    """Time per op type of a batch forward, from TensorFlow's step stats.
+
+    The function's variables are folded into constants and its graph is run
+    in a `tf.compat.v1.Session` (the same kernels and Grappler rewrites as a
+    `tf.function`, e.g. oneDNN's `_MklNative*` ops) with full tracing, which
+    records each op's start and end. Tracing adds some overhead per op.
+    `tf` is passed in so that this module itself imports no TensorFlow.
+
+    Args:
+      tf: the `tensorflow` module.
+      concrete_function: one input (the image) -> one output.
+      image: the input value.
+      runs: int >= 1, traced runs after one untraced warm-up run.
+      intra_op_threads, inter_op_threads: the session's threads (0: default).
+
+    Returns:
+      {"ms": {op type: mean ms per run}, "count": {op type: ops per run},
+       "wall_ms": median traced wall time per run}.
+    """
+    from tensorflow.python.framework import convert_to_constants
+
+    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete_function)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=intra_op_threads,
+        inter_op_parallelism_threads=inter_op_threads,
+    )
+    fetch, feed = frozen.outputs[0].name, {frozen.inputs[0].name: image}
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+    micros, counts, walls = {}, {}, []
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
+        session.run(fetch, feed)
+        for _ in range(runs):
+            metadata = tf.compat.v1.RunMetadata()
+            start = time.perf_counter()
+            session.run(fetch, feed, options=options, run_metadata=metadata)
+            walls.append((time.perf_counter() - start) * 1000.0)
+            for device in metadata.step_stats.dev_stats:
+                for node in device.node_stats:
+                    label = node.timeline_label
+                    op = (
+                        label.split(" = ", 1)[1].split("(")[0]
+                        if " = " in label
+                        else (node.node_name)
+                    )
+                    micros[op] = micros.get(op, 0) + node.all_end_rel_micros
+                    counts[op] = counts.get(op, 0) + 1
+    return {
+        "ms": {op: us / runs / 1000.0 for op, us in micros.items()},
+        "count": {op: n // runs for op, n in counts.items()},
+        "wall_ms": median(walls),
+    }

@@ -1,0 +1,151 @@
+r"""Training step images/s: our MobileNet-v2 + DPC vs Model Garden, 513x513, batch 8.
+
+  .venv/bin/python bench/train_step.py [--quick] [--output_json=PATH]
+
+Two workers (`peer_process`), one process each, same TensorFlow threads
+(`--intra_op_threads` / `--inter_op_threads`, default 2 / 2):
+
+  ours_dpc      our MobileNet-v2 (alpha 1.0) + the published DPC, output
+                stride 16, no decoder: a `tf.function` step built as
+                train_lib's (logits of the model in training mode,
+                `train_lib.regularized_loss`: pixel softmax cross-entropy
+                over valid pixels plus the L2 losses; `tf.GradientTape`; SGD
+                momentum 0.9) on a fixed random batch and random labels;
+  model_garden  Model Garden's `mnv2_deeplabv3_pascal`: a plain
+                `tf.GradientTape` SGD (momentum 0.9) step, softmax
+                cross-entropy of its logits resized to the crop on random
+                labels (21 classes), plus its L2 losses.
+
+The batch is fixed (no input pipeline: bench/input_pipeline.py measures
+that). After `--warmup` untimed steps each, the two alternate for
+`--rounds` rounds of `--repeats` steps; images/s = batch / median step time.
+Peak RSS is each worker's VmHWM over the training steps (reset after the
+build).
+"""
+
+import argparse
+import sys
+
+import benchlib
+import peer_process
+
+BENCHMARK = "train_step"
+MODELS = ("ours_dpc", "model_garden")
+BASELINE = peer_process.BASELINE
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="129x129, 2 rounds")
+    parser.add_argument("--crop", type=int, default=513, help="square crop")
+    parser.add_argument("--batch", type=int, default=8, help="global batch")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--repeats", type=int, default=2, help="steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--intra_op_threads", type=int, default=2)
+    parser.add_argument("--inter_op_threads", type=int, default=2)
+    parser.add_argument("--output_json", help="write the result JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.crop, args.batch, args.rounds, args.repeats, args.warmup = 129, 2, 2, 1, 1
+    if (args.crop - 1) % peer_process.OUTPUT_STRIDE or args.crop < 1:
+        parser.error(
+            f"--crop must be {peer_process.OUTPUT_STRIDE}*k+1, got {args.crop}"
+        )
+    if min(args.batch, args.rounds, args.repeats) < 1 or args.warmup < 0:
+        parser.error("--batch, --rounds and --repeats must be >= 1, --warmup >= 0")
+    return args
+
+
+def measure(args):
+    """Per-step seconds, last loss and peak RSS of each model's worker."""
+    workers = {}
+    try:
+        for name in MODELS:
+            workers[name] = peer_process.start(
+                name,
+                crop=args.crop,
+                intra_op_threads=args.intra_op_threads,
+                inter_op_threads=args.inter_op_threads,
+            )
+        for worker in workers.values():
+            worker.call("rss", reset=True)
+            worker.call("train", batch=args.batch, repeats=0, warmup=args.warmup)
+        rounds = benchlib.alternate(
+            {
+                name: (
+                    lambda w=w: w.call(
+                        "train", batch=args.batch, repeats=args.repeats, warmup=0
+                    )
+                )
+                for name, w in workers.items()
+            },
+            args.rounds,
+        )
+        return {
+            name: {
+                "seconds": [s for reply in rounds[name] for s in reply["seconds"]],
+                "loss": rounds[name][-1]["loss"],
+                "peak_rss_mb": worker.call("rss")["peak_rss_mb"],
+            }
+            for name, worker in workers.items()
+        }
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def figures_of(results, args):
+    steps = args.rounds * args.repeats
+    detail = (
+        f"batch {args.batch}, {args.crop}x{args.crop}, threads intra "
+        f"{args.intra_op_threads} / inter {args.inter_op_threads}; batch / median of "
+        f"{steps} steps in {args.rounds} alternating rounds of {args.repeats}, "
+        f"{args.warmup} warm-up steps"
+    )
+    figures = []
+    rate = {}
+    for name in MODELS:
+        seconds = results[name]["seconds"]
+        rate[name] = args.batch / benchlib.median(seconds)
+        figures += [
+            benchlib.figure(
+                f"{name}_images_per_s",
+                rate[name],
+                "images/s",
+                f"{detail}; step min {min(seconds):.2f} s, max {max(seconds):.2f} s; "
+                f"last loss {results[name]['loss']:.3f}",
+            ),
+            benchlib.figure(
+                f"{name}_peak_rss",
+                results[name]["peak_rss_mb"],
+                "MB",
+                "worker process VmHWM over the training steps (reset after build)",
+            ),
+        ]
+    figures.append(
+        benchlib.figure(
+            f"ours_dpc_over_{BASELINE}_images_per_s",
+            rate["ours_dpc"] / rate[BASELINE],
+            "x",
+            "ratio of images/s, same run (above 1: ours faster)",
+        )
+    )
+    return figures
+
+
+def main(argv):
+    args = parse_args(argv)
+    try:
+        peer_process.peers_python()
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    figures = figures_of(measure(args), args)
+    print(benchlib.format_figures(figures))
+    if args.output_json:
+        benchlib.write_result(args.output_json, BENCHMARK, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
