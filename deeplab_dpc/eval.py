@@ -12,6 +12,8 @@ looks) until `--max_number_of_evaluations` evaluations are done (0: watch
 forever, as DeepLab) or no new checkpoint comes for `--eval_timeout_secs`.
 Results: a per-class IoU table in the log, `eval_results.json` and
 `eval_results-<step>.json` in `--eval_logdir`, and TensorBoard scalars.
+`--jit_compile` (XLA), `--mixed_precision` and the thread flags
+(`deeplab_dpc.speed_flags`) speed inference up.
 """
 
 from absl import app
@@ -21,6 +23,7 @@ from absl import logging
 from deeplab_dpc import common_flags
 from deeplab_dpc import eval_flags
 from deeplab_dpc import eval_lib
+from deeplab_dpc import speed_flags
 
 _EVAL_LOGDIR = flags.DEFINE_string(
     "eval_logdir", None, "Where the results and summaries are written."
@@ -62,6 +65,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     try:
+        speed_flags.apply_threads()
         model_options, scales, info = eval_setup()
     except flags.ValidationError as e:
         raise app.UsageError(str(e)) from e
@@ -80,6 +84,8 @@ def main(argv):
             class_names=info.class_names or None,
             progress=True,
             tfds_name=eval_flags.tfds_name(),
+            jit_compile=speed_flags.JIT_COMPILE.value,
+            mixed_precision=speed_flags.MIXED_PRECISION.value,
         )
         logging.info(
             "Step %s, %d images:\n%s",

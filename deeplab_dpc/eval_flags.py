@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from deeplab_dpc import common_flags
 from deeplab_dpc import inference
-from deeplab_dpc import train_lib
+from deeplab_dpc import initial_checkpoint
 from deeplab_dpc.data import tfds_source
 from deeplab_dpc.data import tfexample
 
@@ -91,7 +91,7 @@ def checkpoints(max_count):
     """
     path = CHECKPOINT_DIR.value
     if not tf.io.gfile.isdir(path):
-        yield train_lib.resolve_initial_checkpoint(path)
+        yield initial_checkpoint.resolve_initial_checkpoint(path)
         return
     for count, checkpoint in enumerate(
         tf.train.checkpoints_iterator(

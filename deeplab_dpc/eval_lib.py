@@ -19,8 +19,9 @@ import tensorflow as tf
 import tqdm
 
 from deeplab_dpc import inference
+from deeplab_dpc import initial_checkpoint
 from deeplab_dpc import metrics
-from deeplab_dpc import train_lib
+from deeplab_dpc import speed
 from deeplab_dpc.data import pipeline
 
 RESULTS_FILE = "eval_results.json"
@@ -52,7 +53,8 @@ def evaluate(
     """Streams a split through a predictor and returns its figures.
 
     Args:
-      predictor: an `inference.Predictor` (or anything with `predictions`).
+      predictor: an `inference.Predictor` (its `predictions_function` runs
+        the batches, XLA-compiled when the predictor's `jit_compile`).
       dataset: batches of `pipeline.EVAL_KEYS` dicts (images padded to the
         predictor's crop).
       num_classes, ignore_label: the label set.
@@ -64,7 +66,7 @@ def evaluate(
       dict of `metrics.StreamingMeanIoU.result` plus "num_images" and
       "confusion_matrix" (nested lists, rows true, columns predicted).
     """
-    predict = tf.function(predictor.predictions)
+    predict = predictor.predictions_function()
     metric = metrics.StreamingMeanIoU(
         num_classes=num_classes, ignore_label=ignore_label
     )
@@ -94,6 +96,8 @@ def evaluate_checkpoint(
     class_names=None,
     progress=False,
     tfds_name=None,
+    jit_compile=False,
+    mixed_precision=speed.MIXED_PRECISION_NONE,
 ):
     """Evaluates one checkpoint of the training program on a split.
 
@@ -107,15 +111,22 @@ def evaluate_checkpoint(
       class_names: optional class names for the results.
       progress: bool, show a progress bar.
       tfds_name: optional `tfds:` data set name (see `pipeline.make_dataset`).
+      jit_compile: bool, XLA-compile inference.
+      mixed_precision: "none", "bfloat16" or "float16" (see `speed`).
 
     Returns:
       `evaluate`'s dict plus "checkpoint", "step", "eval_scales",
-      "add_flipped_images", "split" and "seconds".
+      "add_flipped_images", "split", "jit_compile", "mixed_precision" and
+      "seconds".
     """
-    checkpoint_path = train_lib.resolve_initial_checkpoint(checkpoint_path)
+    checkpoint_path = initial_checkpoint.resolve_initial_checkpoint(checkpoint_path)
     start = time.time()
-    model = inference.load_model(model_options, checkpoint_path)
-    predictor = inference.Predictor(model, model_options, scales, add_flipped_images)
+    model = inference.load_model(
+        model_options, checkpoint_path, mixed_precision=mixed_precision
+    )
+    predictor = inference.Predictor(
+        model, model_options, scales, add_flipped_images, jit_compile=jit_compile
+    )
     dataset = pipeline.make_dataset(
         dataset_dir,
         split,
@@ -139,6 +150,8 @@ def evaluate_checkpoint(
         split=split,
         eval_scales=list(predictor.scales),
         add_flipped_images=predictor.add_flipped_images,
+        jit_compile=predictor.jit_compile,
+        mixed_precision=mixed_precision,
         seconds=time.time() - start,
     )
     return result

@@ -12,13 +12,19 @@ fixed by it, as in DeepLab), so a scale gets its own model built for the
 scaled crop, sharing the weights of the scale-1 model: `Predictor` builds
 them and copies the weights. Every scaled crop must itself be of the form
 OS*k + 1 (e.g. 0.5 to 1.75 in steps of 0.25 for 513 or 1025 at OS 16).
+
+Speed levers: `load_model(..., mixed_precision=)` builds the model under a
+mixed-precision policy (`speed`; the checkpoint's float32 weights load
+whatever the policy), and `Predictor(..., jit_compile=True)` makes
+`predictions_function` an XLA-compiled `tf.function`.
 """
 
 import dataclasses
 
 import tensorflow as tf
 
-from deeplab_dpc import train_lib
+from deeplab_dpc import initial_checkpoint
+from deeplab_dpc import speed
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import backbones
@@ -64,16 +70,30 @@ class Predictor:
       options: its `deeplab.ModelOptions`.
       scales: floats, DeepLab's `eval_scales` / `inference_scales`.
       add_flipped_images: bool, also run the left-right mirrored images.
+      jit_compile: bool, `predictions_function` is XLA-compiled.
 
     `probabilities(images)` and `predictions(images)` take float images
     `[batch, crop_h, crop_w, 3]` in [0, 255] (padded to the crop, as the eval
-    pipeline makes them) and work eagerly or inside a `tf.function`.
+    pipeline makes them) and work eagerly or inside a `tf.function`. The
+    models of the other scales are built under the dtype policy of `model`.
+
+    Raises:
+      ValueError: for a bad scale, or a model of an unknown dtype policy.
     """
 
-    def __init__(self, model, options, scales=(1.0,), add_flipped_images=False):
+    def __init__(
+        self,
+        model,
+        options,
+        scales=(1.0,),
+        add_flipped_images=False,
+        *,
+        jit_compile=False,
+    ):
         self.options = options
         self.scales = check_scales(scales)
         self.add_flipped_images = bool(add_flipped_images)
+        self.jit_compile = bool(jit_compile)
         self.crop_size = tuple(options.crop_size)
         self.models = []
         for scale in self.scales:
@@ -81,9 +101,10 @@ class Predictor:
             if crop == self.crop_size:
                 self.models.append((crop, model))
                 continue
-            scaled = deeplab.build_deeplab(
-                dataclasses.replace(options, crop_size=crop, backbone_weights=None)
-            )
+            with speed.dtype_policy(speed.mixed_precision_of(model)):
+                scaled = deeplab.build_deeplab(
+                    dataclasses.replace(options, crop_size=crop, backbone_weights=None)
+                )
             scaled.set_weights(model.get_weights())
             self.models.append((crop, scaled))
 
@@ -116,14 +137,20 @@ class Predictor:
             return tf.argmax(logits, axis=-1, output_type=tf.int32)
         return tf.argmax(self.probabilities(images), axis=-1, output_type=tf.int32)
 
+    def predictions_function(self):
+        """`predictions` as a `tf.function`, XLA-compiled with `jit_compile`."""
+        return tf.function(self.predictions, jit_compile=self.jit_compile)
 
-def load_model(options, checkpoint_path):
+
+def load_model(options, checkpoint_path, *, mixed_precision=speed.MIXED_PRECISION_NONE):
     """Builds the model for `options` and restores a training checkpoint.
 
     Args:
       options: `deeplab.ModelOptions` (its backbone weights are not loaded:
         the checkpoint has them).
       checkpoint_path: a checkpoint prefix or a `train_logdir` (its latest).
+      mixed_precision: "none", "bfloat16" or "float16", the dtype policy the
+        model is built under (`speed.dtype_policy`).
 
     Returns:
       the Keras model with the checkpoint's weights.
@@ -131,10 +158,14 @@ def load_model(options, checkpoint_path):
     Raises:
       FileNotFoundError: when there is no checkpoint there.
       ValueError: when the checkpoint does not fit the model (e.g. another
-        `num_classes` or cell), naming the mismatching weights.
+        `num_classes` or cell), naming the mismatching weights, or for a bad
+        `mixed_precision`.
     """
-    model = deeplab.build_deeplab(dataclasses.replace(options, backbone_weights=None))
-    result = train_lib.restore_initial_checkpoint(model, checkpoint_path)
+    with speed.dtype_policy(mixed_precision):
+        model = deeplab.build_deeplab(
+            dataclasses.replace(options, backbone_weights=None)
+        )
+    result = initial_checkpoint.restore_initial_checkpoint(model, checkpoint_path)
     if result["missing"] or result["unused"]:
         raise ValueError(
             f"checkpoint {result['checkpoint']!r} does not fit the model "

@@ -10,7 +10,9 @@ writes its resolved flags to `<train_logdir>/train.flags`, then runs
 `--tf_initial_checkpoint` (with `--initialize_last_layer`,
 `--last_layers_contain_logits_only`) initialises a new run's model weights
 from another run's checkpoint, as DeepLab's fine-tuning flags.
-`multi_worker_mirrored` reads the cluster from `TF_CONFIG`.
+`multi_worker_mirrored` reads the cluster from `TF_CONFIG`. The speed levers
+`--jit_compile`, `--mixed_precision` and the thread flags come from
+`deeplab_dpc.speed_flags`.
 """
 
 import os
@@ -22,6 +24,7 @@ from absl import logging
 import tensorflow as tf
 
 from deeplab_dpc import common_flags
+from deeplab_dpc import speed_flags
 from deeplab_dpc import train_lib
 from deeplab_dpc.data import tfexample
 
@@ -193,6 +196,8 @@ def options_from_flags(num_replicas):
             last_layers_contain_logits_only=_LAST_LAYERS_CONTAIN_LOGITS_ONLY.value,
             save_summaries_images=_SAVE_SUMMARIES_IMAGES.value,
             colormap_type=common_flags.dataset_info_from_flags().colormap,
+            jit_compile=speed_flags.JIT_COMPILE.value,
+            mixed_precision=speed_flags.MIXED_PRECISION.value,
         )
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e
@@ -202,6 +207,10 @@ def options_from_flags(num_replicas):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    try:
+        speed_flags.apply_threads()
+    except flags.ValidationError as e:
+        raise app.UsageError(str(e)) from e
     strategy = make_strategy(_DISTRIBUTION_STRATEGY.value, _NUM_GPUS.value)
     try:
         model_options, train_options = options_from_flags(strategy.num_replicas_in_sync)

@@ -6,26 +6,19 @@
 `tf.GradientTape` inside one `tf.function`. `Model.fit` is not used: Keras 3's
 `fit` fails under `MultiWorkerMirroredStrategy`, a custom loop does not.
 
-Loss (the same value whatever the number of replicas):
-
-* softmax cross-entropy per pixel; pixels labelled `ignore_label` weigh 0;
-* without hard example mining (`top_k_percent_pixels == 1`): DeepLab's mean
-  over valid pixels. Each replica sums its pixel losses and divides by the
-  number of valid pixels of the GLOBAL batch (an all-reduce), so the sum of
-  the replicas' losses (and of their gradients, which the optimizer
-  all-reduces) is the mean over the global batch;
-* with hard example mining: the fraction of pixels kept ramps linearly from
-  1 to `top_k_percent_pixels` over the first `hard_example_mining_step`
-  steps (DeepLab's `_compute_top_k_percent_pixels`); each replica keeps its
-  `int(fraction * pixels)` largest weighted pixel losses; the loss is their
-  sum over the non-zero kept losses of the global batch (DeepLab divides by
-  the number of non-zero kept losses). The top k is taken per replica, as in
-  DeepLab's per-clone loss, so this one depends on the replica split;
-* plus the model's regularisation losses (`model.losses`), each replica
-  adding `1 / num_replicas` of them.
+Loss: DeepLab's softmax cross-entropy over the valid pixels of the GLOBAL
+batch, with optional hard example mining, plus the L2 (see `losses`): each
+replica divides its pixel-loss sum by the global count (an all-reduce) and
+adds `1 / num_replicas` of the L2, so the replicas' summed losses and
+gradients are the global batch's.
 
 Learning rate: DeepLab's poly or step policy with slow start
 (`DeepLabLearningRate`).
+
+Speed levers: with `TrainOptions.jit_compile` each replica's forward and
+backward pass is XLA-compiled (see `build_train_step`); the all-reduce and
+the optimizer update stay outside XLA, where every strategy supports them.
+`TrainOptions.mixed_precision` builds the model under a `speed` dtype policy.
 
 Checkpoints: `tf.train.Checkpoint(model, optimizer, step)` in the log dir,
 every `save_interval_secs` and at the end, `max_to_keep` kept; a new `run`
@@ -38,7 +31,8 @@ Fine-tuning (DeepLab's `tf_initial_checkpoint`, `initialize_last_layer`,
 initialises the MODEL weights (not the optimizer, not the step) from
 `tf_initial_checkpoint`, a checkpoint written by this program; a resumed run
 restores its own latest checkpoint and ignores it. See
-`restore_initial_checkpoint` for how the last layers are skipped.
+`initial_checkpoint.restore_initial_checkpoint` for how the last layers
+are skipped.
 """
 
 import dataclasses
@@ -51,8 +45,10 @@ from typing import Optional
 from absl import logging
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from deeplab_dpc import initial_checkpoint
+from deeplab_dpc import losses
+from deeplab_dpc import speed
 from deeplab_dpc import vis_lib
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.models import deeplab
@@ -63,16 +59,13 @@ LEARNING_POLICIES = (POLICY_POLY, POLICY_STEP)
 
 CHECKPOINT_PREFIX = "ckpt"
 
-# The modules (`deeplab.MODULES`) that DeepLab's "last layers" cover.
-LOGITS_MODULES = ("logits",)
-LAST_LAYER_MODULES = ("logits", "head", "decoder")
-
-# Names in the object graph of the checkpoints `run` writes.
-_MODEL_KEY = "model"
-_OPTIMIZER_KEY = "optimizer"
-_OPTIMIZER_VARIABLES_KEY = "_trainable_variables"
-_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_VARIABLE_VALUE = "VARIABLE_VALUE"
+# The loss and fine-tuning live in `losses` and `initial_checkpoint`; these
+# names stay importable from here for the callers that predate the split.
+top_k_fraction = losses.top_k_fraction
+pixel_loss_sum = losses.pixel_loss_sum
+regularized_loss = losses.regularized_loss
+resolve_initial_checkpoint = initial_checkpoint.resolve_initial_checkpoint
+restore_initial_checkpoint = initial_checkpoint.restore_initial_checkpoint
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -112,6 +105,11 @@ class TrainOptions:
       save_summaries_images: bool; at every log step the chief also writes
         an image of the batch with its true and predicted labels colorized.
       colormap_type: the colormap of those label images.
+      jit_compile: bool, XLA-compile each replica's forward and backward
+        pass (the optimizer update stays outside XLA, see `run`).
+      mixed_precision: "none", "bfloat16" or "float16" (see `speed`): the
+        dtype policy the model is built under; "float16" also scales the
+        loss (`LossScaleOptimizer`).
     """
 
     train_batch_size: int = 8
@@ -143,6 +141,8 @@ class TrainOptions:
     last_layers_contain_logits_only: bool = False
     save_summaries_images: bool = False
     colormap_type: str = "pascal"
+    jit_compile: bool = False
+    mixed_precision: str = speed.MIXED_PRECISION_NONE
 
     def __post_init__(self):
         for name in (
@@ -171,6 +171,7 @@ class TrainOptions:
                 f"top_k_percent_pixels must be in (0, 1], got "
                 f"{self.top_k_percent_pixels}"
             )
+        speed.check_mixed_precision(self.mixed_precision)
 
 
 class DeepLabLearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -212,80 +213,6 @@ class DeepLabLearningRate(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return dataclasses.asdict(self.options)
-
-
-def top_k_fraction(step, top_k_percent_pixels, hard_example_mining_step):
-    """The fraction of pixels hard example mining keeps at `step`.
-
-    DeepLab's linear ramp from 1.0 (step 0) to `top_k_percent_pixels`
-    (at and after `hard_example_mining_step`).
-
-    Args:
-      step: int or scalar tensor, steps already taken.
-      top_k_percent_pixels: float in (0, 1].
-      hard_example_mining_step: int >= 0.
-
-    Returns:
-      A float32 scalar tensor.
-    """
-    if hard_example_mining_step == 0:
-        return tf.constant(top_k_percent_pixels, tf.float32)
-    ratio = tf.minimum(1.0, tf.cast(step, tf.float32) / float(hard_example_mining_step))
-    return ratio * top_k_percent_pixels + (1.0 - ratio)
-
-
-def pixel_loss_sum(logits, labels, *, ignore_label, top_k_fraction_value=1.0):
-    """The summed pixel losses of one (replica) batch and their count.
-
-    Args:
-      logits: float `[batch, height, width, num_classes]`.
-      labels: int `[batch, height, width, 1]` (or `[batch, height, width]`).
-      ignore_label: int, pixels with this label weigh 0.
-      top_k_fraction_value: float or scalar tensor in (0, 1]; below 1 only
-        the `int(fraction * pixels)` largest weighted losses are kept.
-
-    Returns:
-      (loss_sum, count), float32 scalars: the sum of the kept losses and the
-      number of valid pixels (fraction 1) or of non-zero kept losses
-      (fraction < 1). The loss is `loss_sum / count`, the counts summed over
-      replicas.
-    """
-    num_classes = tf.shape(logits)[-1]
-    logits = tf.reshape(tf.cast(logits, tf.float32), [-1, num_classes])
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    valid = tf.not_equal(labels, ignore_label)
-    weights = tf.cast(valid, tf.float32)
-    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
-    losses = weights * tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=safe_labels, logits=logits
-    )
-    fraction = tf.convert_to_tensor(top_k_fraction_value, tf.float32)
-
-    def mean_over_valid():
-        return tf.reduce_sum(losses), tf.reduce_sum(weights)
-
-    def top_k():
-        num_pixels = tf.cast(tf.size(losses), tf.float32)
-        k = tf.maximum(1, tf.cast(fraction * num_pixels, tf.int32))
-        kept, _ = tf.nn.top_k(losses, k=k, sorted=False)
-        return tf.reduce_sum(kept), tf.reduce_sum(
-            tf.cast(tf.not_equal(kept, 0.0), tf.float32)
-        )
-
-    return tf.cond(fraction >= 1.0, mean_over_valid, top_k)
-
-
-def regularized_loss(model, logits, labels, *, ignore_label):
-    """One replica's loss: the mean over valid pixels plus the model's L2.
-
-    What the training step computes without a strategy (the proxy trial and
-    the QAT/pruning fine-tunes); `run` divides by the global pixel count.
-    """
-    loss_sum, count = pixel_loss_sum(logits, labels, ignore_label=ignore_label)
-    loss = tf.math.divide_no_nan(loss_sum, count)
-    if model.losses:
-        loss += tf.add_n(model.losses)
-    return loss
 
 
 def is_chief(strategy):
@@ -349,215 +276,6 @@ def _all_finite(variables):
     return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables)
 
 
-def resolve_initial_checkpoint(path):
-    """The checkpoint prefix `--tf_initial_checkpoint` names.
-
-    Args:
-      path: str, a checkpoint prefix or a directory of checkpoints.
-
-    Returns:
-      str, the checkpoint prefix (for a directory, its latest checkpoint).
-
-    Raises:
-      FileNotFoundError: when there is no checkpoint at `path`.
-    """
-    if tf.io.gfile.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise FileNotFoundError(
-                f"--tf_initial_checkpoint={path!r} is a directory without a "
-                "checkpoint"
-            )
-        return latest
-    if not tf.io.gfile.exists(path + ".index"):
-        raise FileNotFoundError(
-            f"--tf_initial_checkpoint={path!r}: no checkpoint there (neither a "
-            f"directory of checkpoints nor a prefix with {path + '.index'!r})"
-        )
-    return path
-
-
-def _checkpoint_model_variables(reader):
-    """The model variables of a checkpoint of this program, by Keras path.
-
-    Walks the checkpoint's object graph from its `model` and from the
-    optimizer's `_trainable_variables` (Keras 3 saves each variable once, the
-    trainable ones of sublayers held in Python lists only there) and reads
-    each variable's `full_name`, the Keras variable path ("logits/kernel").
-
-    Args:
-      reader: a `tf.train.CheckpointReader`.
-
-    Returns:
-      dict: variable path -> checkpoint key.
-
-    Raises:
-      ValueError: when the checkpoint has no `model` object, or two of its
-        variables share a path.
-    """
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
-
-    def child(node_id, name):
-        for ref in graph.nodes[node_id].children:
-            if ref.local_name == name:
-                return ref.node_id
-        return None
-
-    model_id = child(0, _MODEL_KEY)
-    if model_id is None:
-        raise ValueError(
-            "--tf_initial_checkpoint is not a checkpoint of this training "
-            f"program: it has no '{_MODEL_KEY}' object"
-        )
-    roots = [model_id]
-    optimizer_id = child(0, _OPTIMIZER_KEY)
-    if optimizer_id is not None:
-        trainable_id = child(optimizer_id, _OPTIMIZER_VARIABLES_KEY)
-        if trainable_id is not None:
-            roots.append(trainable_id)
-    paths, seen, stack = {}, set(roots), list(roots)
-    while stack:
-        node = graph.nodes[stack.pop()]
-        for attribute in node.attributes:
-            if attribute.name != _VARIABLE_VALUE or not attribute.full_name:
-                continue
-            key = attribute.checkpoint_key
-            if paths.setdefault(attribute.full_name, key) != key:
-                raise ValueError(
-                    f"--tf_initial_checkpoint has two variables named "
-                    f"{attribute.full_name!r}"
-                )
-        for ref in node.children:
-            if ref.node_id not in seen:
-                seen.add(ref.node_id)
-                stack.append(ref.node_id)
-    return paths
-
-
-def _is_weight(variable):
-    """True for the float variables (not e.g. a dropout's RNG state)."""
-    return tf.as_dtype(variable.dtype).is_floating
-
-
-def restore_initial_checkpoint(
-    model,
-    path,
-    *,
-    initialize_last_layer=True,
-    last_layers_contain_logits_only=False,
-):
-    """Initialises `model`'s weights from a checkpoint of this program.
-
-    Only the model is restored (not the optimizer nor the step). Variables
-    are matched by their Keras path (`variable.path`, e.g. "logits/kernel"),
-    which the checkpoint's object graph stores as each variable's
-    `full_name`: the keys alone do not do, as Keras 3 saves a trainable
-    variable once, often under `optimizer/_trainable_variables/<i>`. Weights
-    a checkpoint lacks (e.g. the branches' batch-norm statistics in
-    checkpoints written before `conv_bn.track_sublayers` made list-held
-    sublayers visible to `tf.train.Checkpoint`) keep their initialisation and
-    are logged as a warning. Layers of the skipped last layers keep their
-    fresh initialisation.
-
-    Args:
-      model: a DeepLab Keras model (`deeplab.build_deeplab`).
-      path: str, a checkpoint prefix or a directory (its latest checkpoint).
-      initialize_last_layer: bool; False skips the last layers.
-      last_layers_contain_logits_only: bool; the last layers are the logits
-        layer only (True) or the logits, head and decoder (False), the
-        modules of `deeplab.MODULES`.
-
-    Returns:
-      dict with "checkpoint" (the path read), "restored" and "skipped"
-      (layer names; layers without weights are in neither), "missing"
-      (paths of weights of restored layers absent from the checkpoint) and
-      "unused" (checkpoint model variables the model did not take).
-
-    Raises:
-      FileNotFoundError: when there is no checkpoint at `path`.
-      ValueError: when the checkpoint is not one of this program, when the
-        logits shapes differ and `initialize_last_layer` is True, or when
-        the architectures differ (a restored layer with no weight in the
-        checkpoint, or a weight of another shape).
-    """
-    path = resolve_initial_checkpoint(path)
-    reader = tf.train.load_checkpoint(path)
-    saved = _checkpoint_model_variables(reader)
-    shapes = reader.get_variable_to_shape_map()
-    skipped_modules = ()
-    if not initialize_last_layer:
-        skipped_modules = (
-            LOGITS_MODULES if last_layers_contain_logits_only else LAST_LAYER_MODULES
-        )
-    restored, skipped, missing, used = [], [], [], set()
-    for layer in model.layers:
-        weights = [v for v in layer.variables if _is_weight(v)]
-        if not weights:
-            continue
-        if deeplab.module_of(layer.name) in skipped_modules:
-            skipped.append(layer.name)
-            used.update(v.path for v in weights)
-            continue
-        found = [v for v in weights if v.path in saved]
-        if not found:
-            raise ValueError(
-                f"--tf_initial_checkpoint={path!r} has no weight of layer "
-                f"{layer.name!r} (another architecture?)"
-            )
-        for variable in found:
-            key = saved[variable.path]
-            shape = tuple(shapes[key])
-            if shape != tuple(variable.shape):
-                if layer.name == deeplab.LOGITS_LAYER:
-                    raise ValueError(
-                        f"--tf_initial_checkpoint's {variable.path} has shape "
-                        f"{shape} but the model's has shape "
-                        f"{tuple(variable.shape)} (another number of classes?); "
-                        "--initialize_last_layer=false fine-tunes with a new "
-                        "number of classes (the logits are then freshly "
-                        "initialised)"
-                    )
-                raise ValueError(
-                    f"--tf_initial_checkpoint's {variable.path} has shape "
-                    f"{shape} but the model's has shape {tuple(variable.shape)} "
-                    "(another architecture?)"
-                )
-        for variable in found:
-            variable.assign(reader.get_tensor(saved[variable.path]))
-            used.add(variable.path)
-        missing.extend(v.path for v in weights if v.path not in saved)
-        restored.append(layer.name)
-    unused = sorted(set(saved) - used)
-    logging.info(
-        "Initialised from %s: restored %d layers; skipped %d (%s).",
-        path,
-        len(restored),
-        len(skipped),
-        ", ".join(skipped) or "none",
-    )
-    if missing:
-        logging.warning(
-            "--tf_initial_checkpoint has no value for %d weights, left as "
-            "initialised: %s",
-            len(missing),
-            ", ".join(missing),
-        )
-    if unused:
-        logging.warning(
-            "%d model variables of --tf_initial_checkpoint were not used: %s",
-            len(unused),
-            ", ".join(unused),
-        )
-    return {
-        "checkpoint": path,
-        "restored": restored,
-        "skipped": skipped,
-        "missing": missing,
-        "unused": unused,
-    }
-
-
 def write_image_summaries(model, strategy, batch, step, options):
     """The first image of this worker's batch, its labels and prediction.
 
@@ -575,6 +293,109 @@ def write_image_summaries(model, strategy, batch, step, options):
     tf.summary.image(
         "prediction", vis_lib.colorize(prediction, options.colormap_type), step
     )
+
+
+def build_optimizer(options, model):
+    """SGD with momentum on `DeepLabLearningRate`, built for `model`.
+
+    Under float16 mixed precision it is wrapped in a `LossScaleOptimizer`
+    (dynamic loss scale), which unscales the gradients and skips steps
+    whose gradients are not finite. Call it under the strategy's scope.
+    """
+    optimizer = tf.keras.optimizers.SGD(
+        learning_rate=DeepLabLearningRate(options), momentum=options.momentum
+    )
+    if options.mixed_precision in speed.LOSS_SCALED:
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def build_train_step(model, optimizer, strategy, options):
+    """The training step `run` takes (also what bench/levers.py times).
+
+    Args:
+      model: the Keras model, built under `strategy.scope()` and the dtype
+        policy of `options.mixed_precision`.
+      optimizer: its optimizer, built; a `LossScaleOptimizer` for float16.
+      strategy: the `tf.distribute.Strategy` of the model.
+      options: a `TrainOptions` (ignore label, jit_compile, mixed_precision).
+
+    Returns:
+      A `tf.function` `train_step(batch, fraction)`: one step on a
+      distributed batch of `pipeline.IMAGE` / `pipeline.LABEL`, with the
+      hard-mining fraction a float32 scalar tensor (a tensor, so that the
+      mining ramp does not retrace it); returns the step's loss.
+    """
+    o = options
+    num_replicas = strategy.num_replicas_in_sync
+    loss_scaled = o.mixed_precision in speed.LOSS_SCALED
+
+    def replica_gradients(images, labels, fraction, loss_scale):
+        """Pixel-loss sum, count and L2 of a replica's batch, and gradients.
+
+        The gradients of the (loss-scaled) pixel-loss sum and L2 come
+        apart: the loss divides the sum by the GLOBAL count, an all-reduce,
+        which cannot run inside XLA on every strategy.
+        """
+        with tf.GradientTape(persistent=True) as tape:
+            logits = model(images, training=True)
+            loss_sum, count = losses.pixel_loss_sum(
+                logits,
+                labels,
+                ignore_label=o.ignore_label,
+                top_k_fraction_value=fraction,
+            )
+            l2 = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+            scaled_sum, scaled_l2 = loss_sum * loss_scale, l2 * loss_scale
+        variables = model.trainable_variables
+        return (
+            loss_sum,
+            count,
+            l2,
+            tape.gradient(scaled_sum, variables),
+            tape.gradient(scaled_l2, variables),
+        )
+
+    compiled = {}
+
+    def gradients_function():
+        if not o.jit_compile:
+            return replica_gradients
+        # One XLA function per replica: a compiled cluster runs on one device
+        # and must capture that replica's copies of the variables.
+        replica = tf.get_static_value(
+            tf.distribute.get_replica_context().replica_id_in_sync_group
+        )
+        key = int(replica) if replica is not None else 0
+        if key not in compiled:
+            compiled[key] = tf.function(replica_gradients, jit_compile=True)
+        return compiled[key]
+
+    def replica_step(batch, fraction):
+        ctx = tf.distribute.get_replica_context()
+        loss_scale = (
+            optimizer.scale_loss(tf.constant(1.0)) if loss_scaled else tf.constant(1.0)
+        )
+        loss_sum, count, l2, sum_grads, l2_grads = gradients_function()(
+            batch[pipeline.IMAGE], batch[pipeline.LABEL], fraction, loss_scale
+        )
+        global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        inverse_count = tf.math.divide_no_nan(1.0, global_count)
+        l2_share = 1.0 / float(num_replicas)
+        grads = [
+            g * inverse_count if l2_g is None else g * inverse_count + l2_g * l2_share
+            for g, l2_g in zip(sum_grads, l2_grads)
+        ]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss_sum * inverse_count + l2 * l2_share
+
+    @tf.function
+    def train_step(batch, fraction):
+        per_replica = strategy.run(replica_step, args=(batch, fraction))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return train_step
 
 
 def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=None):
@@ -597,7 +418,7 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
     Raises:
       ValueError: when the global batch does not split over the replicas,
         or `tf_initial_checkpoint` does not fit the model (see
-        `restore_initial_checkpoint`).
+        `initial_checkpoint.restore_initial_checkpoint`).
       FileNotFoundError: when the split has no shards, or nothing is at
         `tf_initial_checkpoint`.
       FloatingPointError: on a non-finite loss, naming the step.
@@ -631,11 +452,11 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
 
     schedule = DeepLabLearningRate(o)
     with strategy.scope():
-        model = (model_fn or deeplab.build_deeplab)(model_options)
+        with speed.dtype_policy(o.mixed_precision):
+            model = (model_fn or deeplab.build_deeplab)(model_options)
         if not o.fine_tune_batch_norm:
             freeze_batch_norm(model)
-        optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=o.momentum)
-        optimizer.build(model.trainable_variables)
+        optimizer = build_optimizer(o, model)
         step_var = tf.Variable(
             0,
             dtype=tf.int64,
@@ -666,36 +487,14 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                 o.tf_initial_checkpoint,
             )
     elif o.tf_initial_checkpoint:
-        restore_initial_checkpoint(
+        initial_checkpoint.restore_initial_checkpoint(
             model,
             o.tf_initial_checkpoint,
             initialize_last_layer=o.initialize_last_layer,
             last_layers_contain_logits_only=o.last_layers_contain_logits_only,
         )
 
-    def replica_step(batch, fraction):
-        ctx = tf.distribute.get_replica_context()
-        with tf.GradientTape() as tape:
-            logits = model(batch[pipeline.IMAGE], training=True)
-            loss_sum, count = pixel_loss_sum(
-                logits,
-                batch[pipeline.LABEL],
-                ignore_label=o.ignore_label,
-                top_k_fraction_value=fraction,
-            )
-            global_count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
-            loss = tf.math.divide_no_nan(loss_sum, global_count)
-            if model.losses:
-                loss += tf.add_n(model.losses) / float(num_replicas)
-        variables = model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    @tf.function
-    def train_step(batch, fraction):
-        per_replica = strategy.run(replica_step, args=(batch, fraction))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    train_step = build_train_step(model, optimizer, strategy, o)
 
     @tf.function
     def agree(flag):
@@ -703,6 +502,12 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
         value = strategy.run(lambda: tf.cast(flag, tf.int32))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
 
+    logging.info(
+        "Training step: jit_compile=%s, mixed_precision=%s (%s policy).",
+        o.jit_compile,
+        o.mixed_precision,
+        model.dtype_policy.name,
+    )
     multi_worker = _num_workers(strategy) > 1
     writer = (
         tf.summary.create_file_writer(train_logdir)
@@ -736,7 +541,7 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
     saved_step = step if latest else None
     with _TerminationFlag() as termination, writer.as_default():
         while step < total:
-            fraction = top_k_fraction(
+            fraction = losses.top_k_fraction(
                 step, o.top_k_percent_pixels, o.hard_example_mining_step
             )
             # A tensor, so that the mining ramp does not retrace the step.

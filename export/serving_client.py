@@ -38,9 +38,7 @@ _SERVER = flags.DEFINE_string(
     "server", None, "host:port of TF Serving; default localhost:8500 (gRPC) or :8501."
 )
 _PROTOCOL = flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "API to call.")
-_MODEL_NAME = flags.DEFINE_string(
-    "model_name", "deeplab", "The server's --model_name."
-)
+_MODEL_NAME = flags.DEFINE_string("model_name", "deeplab", "The server's --model_name.")
 _MODEL_VERSION = flags.DEFINE_integer(
     "model_version", None, "Version to call; default the latest served.", lower_bound=0
 )
@@ -85,9 +83,7 @@ def check_outputs(paths):
                 )
             seen[output] = path
             if os.path.exists(output) and not _OVERWRITE.value:
-                raise app.UsageError(
-                    f"{output} exists; pass --overwrite to replace it"
-                )
+                raise app.UsageError(f"{output} exists; pass --overwrite to replace it")
 
 
 def predict(images):

@@ -132,7 +132,8 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path):
     data_dir, ckpt_dir, model = setup
     logdir = str(tmp_path / "eval")
     # Watching the directory: the one checkpoint is evaluated, then the
-    # program stops when no new one comes within the timeout.
+    # program stops when no new one comes within the timeout. The thread
+    # flags size TensorFlow's pools before the first op.
     proc = _program(
         data_dir,
         ckpt_dir,
@@ -140,6 +141,8 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path):
         "--max_number_of_evaluations=0",
         "--eval_timeout_secs=1",
         "--eval_interval_secs=0.5",
+        "--intra_op_parallelism_threads=2",
+        "--inter_op_parallelism_threads=1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(logdir, "eval_results.json")) as f:
@@ -151,6 +154,8 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path):
     assert result["step"] == STEP and result["num_images"] == 3
     assert result["class_names"] == list(synthetic.CLASS_NAMES)
     assert "mIOU" in proc.stderr and "background" in proc.stderr
+    assert "Threads: intra-op 2, inter-op 1" in proc.stderr
+    assert not result["jit_compile"] and result["mixed_precision"] == "none"
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
 
 

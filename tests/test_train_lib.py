@@ -1,4 +1,4 @@
-"""train_lib: learning rate, loss, training, resume and NaN handling."""
+"""train_lib and losses: learning rate, loss, training, resume and NaN handling."""
 
 import os
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab_dpc import losses
 from deeplab_dpc import train_lib
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.models import deeplab
@@ -86,10 +87,10 @@ def test_bad_options_raise():
 
 
 def test_top_k_fraction_ramps_linearly():
-    assert float(train_lib.top_k_fraction(0, 0.2, 0)) == pytest.approx(0.2)
-    assert float(train_lib.top_k_fraction(0, 0.2, 100)) == pytest.approx(1.0)
-    assert float(train_lib.top_k_fraction(50, 0.2, 100)) == pytest.approx(0.6)
-    assert float(train_lib.top_k_fraction(500, 0.2, 100)) == pytest.approx(0.2)
+    assert float(losses.top_k_fraction(0, 0.2, 0)) == pytest.approx(0.2)
+    assert float(losses.top_k_fraction(0, 0.2, 100)) == pytest.approx(1.0)
+    assert float(losses.top_k_fraction(50, 0.2, 100)) == pytest.approx(0.6)
+    assert float(losses.top_k_fraction(500, 0.2, 100)) == pytest.approx(0.2)
 
 
 def _np_pixel_losses(logits, labels, ignore):
@@ -108,15 +109,15 @@ def test_loss_ignores_ignore_label_and_mines_top_k():
     logits = rng.normal(size=(2, 5, 6, 4)).astype(np.float32)
     labels = rng.integers(0, 4, size=(2, 5, 6, 1)).astype(np.int32)
     labels[0, :2] = 255
-    losses, valid = _np_pixel_losses(logits, labels, 255)
+    expected, valid = _np_pixel_losses(logits, labels, 255)
 
-    total, count = train_lib.pixel_loss_sum(logits, labels, ignore_label=255)
+    total, count = losses.pixel_loss_sum(logits, labels, ignore_label=255)
     assert float(count) == valid.sum()
-    assert float(total / count) == pytest.approx(losses[valid].mean(), rel=1e-5)
+    assert float(total / count) == pytest.approx(expected[valid].mean(), rel=1e-5)
 
-    k = int(0.25 * losses.size)
-    top = np.sort(losses)[::-1][:k]
-    total, count = train_lib.pixel_loss_sum(
+    k = int(0.25 * expected.size)
+    top = np.sort(expected)[::-1][:k]
+    total, count = losses.pixel_loss_sum(
         logits, labels, ignore_label=255, top_k_fraction_value=0.25
     )
     assert float(count) == np.count_nonzero(top)
@@ -125,7 +126,7 @@ def test_loss_ignores_ignore_label_and_mines_top_k():
     # All pixels ignored: no data loss at all (the step loss is then only
     # the regularisation, see `run`'s divide_no_nan).
     ignored = np.full_like(labels, 255)
-    total, count = train_lib.pixel_loss_sum(logits, ignored, ignore_label=255)
+    total, count = losses.pixel_loss_sum(logits, ignored, ignore_label=255)
     assert float(total) == 0.0 and float(count) == 0.0
     assert float(tf.math.divide_no_nan(total, count)) == 0.0
 

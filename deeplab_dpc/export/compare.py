@@ -205,9 +205,7 @@ def compare(
     """
     existing = [p for p in output_files(output_dir) if os.path.lexists(p)]
     if existing and not overwrite:
-        raise FileExistsError(
-            f"{', '.join(existing)} already exist: pass --overwrite"
-        )
+        raise FileExistsError(f"{', '.join(existing)} already exist: pass --overwrite")
     variants = tflite.parse_variants(variants)
     rows, models = [], {}
     for spec in specs:

@@ -28,7 +28,6 @@ from ai_edge_litert import interpreter as litert
 from ai_edge_litert import schema_py_generated as schema
 import numpy as np
 
-
 _OP_NAMES = {
     value: name
     for name, value in vars(schema.BuiltinOperator).items()
@@ -355,4 +354,3 @@ def peak_memory(path, num_threads=1, timeout=300):
         "peak_rss_mib": result["peak_kib"] / 1024.0,
         "peak_reset": result["peak_reset"],
     }
-

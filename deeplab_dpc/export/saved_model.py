@@ -208,6 +208,7 @@ class _ServingGraph:
             serving.SEMANTIC_PROBABILITIES: probabilities,
         }
 
+
 def _check_model(model, options):
     want_input = (*options.crop_size, 3)
     if tuple(model.input_shape[1:]) != want_input:

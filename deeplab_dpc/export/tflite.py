@@ -330,4 +330,3 @@ def graph_def_fn(path, input_name, output_name):
         wrapped.graph.get_tensor_by_name(input_name),
         wrapped.graph.get_tensor_by_name(output_name),
     )
-

@@ -110,9 +110,7 @@ def _check_file(content, variant, options):
         )
     int64 = info.tensors_of_type("int64")
     if options.include_argmax and int64:
-        raise tflite.ConversionError(
-            f"{variant}: int64 tensors in the file: {int64}"
-        )
+        raise tflite.ConversionError(f"{variant}: int64 tensors in the file: {int64}")
     if options.include_preprocessing and info.input_types != ("uint8",):
         raise tflite.ConversionError(
             f"{variant}: the input is {info.input_types}, not uint8 pixels"
@@ -136,9 +134,7 @@ def _parity_images(checks, crop_size, representative):
     """Validation images, else calibration images, else seeded noise."""
     if checks.dataset_dir:
         pattern = os.path.join(checks.dataset_dir, f"{checks.eval_split}-*")
-        images = tflite.representative_images(
-            pattern, crop_size, checks.parity_images
-        )
+        images = tflite.representative_images(pattern, crop_size, checks.parity_images)
         return np.concatenate(images)
     if representative:
         return np.concatenate(representative[: checks.parity_images])

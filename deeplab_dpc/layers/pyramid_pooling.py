@@ -138,9 +138,7 @@ class PyramidPooling(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        check_feature_size(
-            self.name, input_shape, self.crop_size, self.output_stride
-        )
+        check_feature_size(self.name, input_shape, self.crop_size, self.output_stride)
         pooled = [
             input_shape[0],
             *(t - k + 1 for t, k in zip(self.target_size, self.kernel_size)),

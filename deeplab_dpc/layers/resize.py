@@ -10,18 +10,24 @@ def resize_bilinear(images, size):
     TFLite's RESIZE_BILINEAR with `align_corners`.
 
     Args:
-      images: `[batch, height, width, channels]` float tensor.
+      images: `[batch, height, width, channels]` tensor.
       size: (int, int), the output height and width.
 
     Returns:
-      `[batch, size[0], size[1], channels]` float32 tensor.
+      `[batch, size[0], size[1], channels]` tensor: of the input's dtype for
+      float inputs (bfloat16 and float16 under mixed precision, where the op
+      itself returns float32), float32 for others (e.g. uint8 images).
     """
-    return tf.raw_ops.ResizeBilinear(
+    images = tf.convert_to_tensor(images)
+    resized = tf.raw_ops.ResizeBilinear(
         images=images,
         size=tf.convert_to_tensor(size, tf.int32),
         align_corners=True,
         half_pixel_centers=False,
     )
+    if images.dtype.is_floating and images.dtype != resized.dtype:
+        resized = tf.cast(resized, images.dtype)
+    return resized
 
 
 @tf.keras.utils.register_keras_serializable(package="deeplab_dpc")

@@ -126,13 +126,18 @@ def build_head(options):
 
 
 def build_logits(options):
-    """DeepLab's 1x1 logits layer (named `LOGITS_LAYER`) for the options."""
+    """DeepLab's 1x1 logits layer (named `LOGITS_LAYER`) for the options.
+
+    It computes in float32 under every dtype policy: with mixed precision the
+    logits, their softmax and the loss stay float32.
+    """
     return tf.keras.layers.Conv2D(
         options.num_classes,
         1,
         kernel_initializer=conv_bn.kernel_initializer(0.01),
         kernel_regularizer=conv_bn.l2_regularizer(options.weight_decay),
         name=LOGITS_LAYER,
+        dtype="float32",
     )
 
 
@@ -171,7 +176,9 @@ def build_deeplab(options):
             name=DECODER_LAYER,
         )([x, endpoints[backbones.LOW_LEVEL]])
     x = build_logits(options)(x)
-    x = resize.ResizeBilinear(options.crop_size, name=UPSAMPLE_LAYER)(x)
+    x = resize.ResizeBilinear(options.crop_size, name=UPSAMPLE_LAYER, dtype="float32")(
+        x
+    )
     return tf.keras.Model(backbone.input, x, name="deeplab")
 
 

@@ -241,6 +241,4 @@ def load_split(cache, split, *, batch_size, shuffle=False, seed=None, repeat=Fal
         )
 
     ds = ds.batch(batch_size, drop_remainder=repeat)
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -190,9 +190,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
     def _complete_pruned(self, converted, intermediate_values) -> None:
         vz = self._vizier.vz
         steps = sorted(
-            step
-            for step, value in intermediate_values.items()
-            if math.isfinite(value)
+            step for step, value in intermediate_values.items() if math.isfinite(value)
         )
         if len(self._objectives) > 1 or not steps:
             # No finite value, or not one per objective (Optuna's intermediate

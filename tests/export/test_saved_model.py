@@ -174,8 +174,7 @@ def test_saved_model_cli_shows_both_signatures(exported):
         assert "tensorflow/serving/predict" in block
 
 
-_FRESH_PROCESS = textwrap.dedent(
-    """
+_FRESH_PROCESS = textwrap.dedent("""
     import json, sys
     import numpy as np
     import tensorflow as tf
@@ -217,8 +216,7 @@ _FRESH_PROCESS = textwrap.dedent(
     np.savez(config["results"], **results)
     modules = sorted(m for m in sys.modules if m.split(".")[0] == "deeplab_dpc")
     print(json.dumps({"errors": errors, "deeplab_dpc_modules": modules}))
-    """
-)
+    """)
 
 
 @pytest.fixture(name="fresh", scope="module")

@@ -90,8 +90,13 @@ def workspace():
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     data = os.path.join(root, "data")
     synthetic.build(
-        data, num_train=8, num_val=NUM_VAL, height=CROP[0], width=CROP[1],
-        num_shards=1, num_workers=1,
+        data,
+        num_train=8,
+        num_val=NUM_VAL,
+        height=CROP[0],
+        width=CROP[1],
+        num_shards=1,
+        num_workers=1,
     )
     paths = {"root": root, "data": data}
     for seed, head in enumerate(("dpc", "aspp")):

@@ -1,0 +1,61 @@
+"""The speed-lever flags of the train and eval programs (see `speed`).
+
+`--jit_compile` (XLA), `--mixed_precision=none|bfloat16|float16` and
+DeepLab's `--intra_op_parallelism_threads` / `--inter_op_parallelism_threads`
+(0: TensorFlow's default). Defined once here so one flagfile serves both
+programs; each program calls `apply_threads` first in `main`, before any
+TensorFlow op runs.
+"""
+
+from absl import flags
+from absl import logging
+
+from deeplab_dpc import speed
+
+JIT_COMPILE = flags.DEFINE_boolean(
+    "jit_compile",
+    False,
+    "XLA-compile the training step (train) or the model's inference (eval).",
+)
+MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision",
+    speed.MIXED_PRECISION_NONE,
+    list(speed.MIXED_PRECISION_VALUES),
+    "Keras mixed precision: none (float32), bfloat16 (CPUs with AMX/AVX-512 "
+    "BF16, TPUs) or float16 (GPUs, with loss scaling). Variables, logits and "
+    "loss stay float32.",
+)
+INTRA_OP_PARALLELISM_THREADS = flags.DEFINE_integer(
+    "intra_op_parallelism_threads",
+    0,
+    "Threads of one op (0: TensorFlow's default, all cores).",
+    lower_bound=0,
+)
+INTER_OP_PARALLELISM_THREADS = flags.DEFINE_integer(
+    "inter_op_parallelism_threads",
+    0,
+    "Ops run concurrently (0: TensorFlow's default).",
+    lower_bound=0,
+)
+
+
+def apply_threads():
+    """Applies the thread flags; call before any TensorFlow op runs.
+
+    Returns:
+      (intra_op, inter_op), the pool sizes TensorFlow reports (0: default).
+
+    Raises:
+      flags.ValidationError: naming the flag when TensorFlow's pools already
+        run with other sizes.
+    """
+    try:
+        threads = speed.set_threads(
+            INTRA_OP_PARALLELISM_THREADS.value, INTER_OP_PARALLELISM_THREADS.value
+        )
+    except (RuntimeError, ValueError) as e:
+        raise flags.ValidationError(str(e)) from e
+    logging.info(
+        "Threads: intra-op %d, inter-op %d (0: TensorFlow's default).", *threads
+    )
+    return threads
