@@ -81,6 +81,15 @@ BACKBONE_WEIGHTS = flags.DEFINE_string(
     "of the no-top application.",
 )
 WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's L2 weight decay.")
+BATCH_NORM_DECAY = flags.DEFINE_float(
+    "batch_norm_decay",
+    0.9997,
+    "DeepLab's batch-norm decay (the moving statistics' momentum); 0.9997 "
+    "suits runs of tens of thousands of steps, short runs need less (about "
+    "1 - 10 / steps).",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
 
 
 def parse_size(value, flag_name):
@@ -194,6 +203,7 @@ def model_options_from_flags(crop_size, **overrides):
         depth_multiplier=DEPTH_MULTIPLIER.value,
         backbone_weights=None if weights == "none" else weights,
         weight_decay=WEIGHT_DECAY.value,
+        norm_momentum=BATCH_NORM_DECAY.value,
     )
     values.update(overrides)
     return deeplab.ModelOptions(**values)

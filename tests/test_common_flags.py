@@ -72,6 +72,20 @@ def test_overrides_and_crop_check():
         common_flags.model_options_from_flags((64, 64))
 
 
+def test_batch_norm_decay_reaches_the_options():
+    from deeplab_dpc.layers import conv_bn  # pylint: disable=import-outside-toplevel
+
+    assert (
+        common_flags.model_options_from_flags((65, 65)).norm_momentum
+        == conv_bn.NORM_MOMENTUM
+        == 0.9997
+    )
+    FLAGS.batch_norm_decay = 0.95
+    assert common_flags.model_options_from_flags((65, 65)).norm_momentum == 0.95
+    with pytest.raises(flags.IllegalFlagValueError, match="batch_norm_decay"):
+        FLAGS.batch_norm_decay = 1.5
+
+
 def test_dataset_flags_give_num_classes():
     assert common_flags.model_options_from_flags((65, 65)).num_classes == 21
     FLAGS["dataset"].parse("cityscapes")
