@@ -72,6 +72,23 @@ def alternate(callables, rounds):
     return results if named else [results[key] for key, _ in items]
 
 
+def time_calls(fn, repeats, warmup=1):
+    """Calls `fn` `warmup` times untimed, then `repeats` times timed.
+
+    Returns:
+      (seconds of each timed call, the last call's return value).
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds, result
+
+
 def _status_kib(path, key):
     try:
         with open(path) as f:

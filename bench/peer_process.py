@@ -19,9 +19,9 @@ Both speak `benchlib.serve`'s protocol with the same commands and replies
 Our side: params and MAdds from `accounting.count` (exact conv/matmul
 multiply-accumulates; the profiler's float ops / 2 too, as a cross-check),
 the forward is the model's batch-1 `tf.function` (logits upsampled to the
-input inside the model), the training step is `train_lib`'s loss
-(`regularized_loss`: pixel cross-entropy over valid pixels plus L2) with
-SGD momentum 0.9 under `tf.GradientTape`, and TFLite files come from
+input inside the model), the training step is the training program's own
+(`train_lib.build_train_step`: pixel cross-entropy over valid pixels plus
+L2, SGD momentum 0.9 on DeepLab's poly schedule), and TFLite files come from
 `deeplab_dpc.export.tflite` ("int8" = its full-integer variant).
 """
 
@@ -31,7 +31,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import benchlib
 
@@ -295,54 +294,44 @@ class OursWorker:
         }
 
     def infer(self, repeats, warmup=1):
-        for _ in range(warmup):
-            self.forward(self.image).numpy()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.forward(self.image).numpy()
-            times.append((time.perf_counter() - start) * 1000.0)
-        return {"ms": times}
+        seconds, _ = benchlib.time_calls(
+            lambda: self.forward(self.image).numpy(), repeats, warmup
+        )
+        return {"ms": [s * 1000.0 for s in seconds]}
 
     def _train_step(self, batch):
+        """The training program's own step (`train_lib.build_train_step`)."""
         from deeplab_dpc import train_lib
+        from deeplab_dpc.data import pipeline
 
         tf = self.tf
         if batch not in self._train_steps:
-            optimizer = tf.keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
-            crop = self.args.crop
-            images = tf.random.uniform([batch, crop, crop, 3], 0.0, 255.0)
-            labels = tf.random.uniform(
-                [batch, crop, crop, 1], 0, NUM_CLASSES, dtype=tf.int32
+            options = train_lib.TrainOptions(
+                train_batch_size=batch,
+                base_learning_rate=1e-3,
+                ignore_label=IGNORE_LABEL,
             )
-            model = self.model
-
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    logits = model(images, training=True)
-                    loss = train_lib.regularized_loss(
-                        model, logits, labels, ignore_label=IGNORE_LABEL
-                    )
-                variables = model.trainable_variables
-                grads = tape.gradient(loss, variables)
-                optimizer.apply_gradients(zip(grads, variables))
-                return loss
-
-            self._train_steps[batch] = step
+            optimizer = train_lib.build_optimizer(options, self.model)
+            step = train_lib.build_train_step(
+                self.model, optimizer, tf.distribute.get_strategy(), options
+            )
+            crop = self.args.crop
+            inputs = {
+                pipeline.IMAGE: tf.random.uniform([batch, crop, crop, 3], 0.0, 255.0),
+                pipeline.LABEL: tf.random.uniform(
+                    [batch, crop, crop, 1], 0, NUM_CLASSES, dtype=tf.int32
+                ),
+            }
+            fraction = tf.constant(1.0)
+            self._train_steps[batch] = lambda: step(inputs, fraction)
         return self._train_steps[batch]
 
     def train(self, batch, repeats, warmup=1):
         step = self._train_step(int(batch))
-        loss = None
-        for _ in range(warmup):
-            loss = float(step().numpy())
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            loss = float(step().numpy())
-            times.append(time.perf_counter() - start)
-        return {"seconds": times, "loss": loss}
+        seconds, loss = benchlib.time_calls(
+            lambda: float(step().numpy()), repeats, warmup
+        )
+        return {"seconds": seconds, "loss": loss}
 
     def tflite(self, path, quantize="float32"):
         from deeplab_dpc.export import tflite

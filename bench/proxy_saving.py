@@ -8,11 +8,14 @@ has its own peak memory), alternating one step per process in turn:
   proxy         the proxy task: the head trained on cached MobileNet-v2
                 features read from a real feature cache (`search/cache.py`,
                 float16 shards), no backbone in the graph;
-  mnv2_frozen   end to end with the MobileNet-v2 backbone frozen (images
-                through the backbone in inference mode, the head trained);
+  mnv2_frozen   end to end with the MobileNet-v2 backbone frozen (its
+                layers not trainable: batch norms in inference mode, no
+                backbone gradients; the head trained);
   mnv2_full     MobileNet-v2 + DPC, everything trained (the re-ranking task);
   xception_full Xception + DPC, everything trained (the full task).
-The end-to-end steps take fixed in-memory batches (the input pipeline is
+The end-to-end steps are the training program's own step
+(`train_lib.build_train_step`) on fixed in-memory batches (the input
+pipeline is
 measured by bench/input_pipeline.py); the proxy reads its cache as trials do.
 It prints the median step times, the ratios to the proxy step, and the cost
 of a whole proxy trial vs a whole full-task run derived from them with the
@@ -133,39 +136,38 @@ def _proxy_step(cache_dir, args):
 
 
 def _end_to_end_step(config, args):
+    """The training program's step (`train_lib.build_train_step`) on one batch."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from deeplab_dpc import train_lib  # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.data import pipeline  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.models import deeplab  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import cache  # pylint: disable=import-outside-toplevel
-    from deeplab_dpc.search import proxy  # pylint: disable=import-outside-toplevel
 
     variant = "xception" if config == "xception_full" else "mobilenet_v2"
     options = _model_options(variant, args)
     model = deeplab.build_deeplab(options)
-    shape = (args.batch, args.crop, args.crop)
-    images = tf.random.uniform(shape + (3,), 0, 255, seed=0)
-    labels = tf.random.uniform(shape + (1,), 0, options.num_classes, tf.int32, seed=1)
-    optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
     if config == "mnv2_frozen":
-        backbone = cache.feature_extractor(model)
-        trained = proxy.build_proxy_model(options, backbone.output.shape[1:])
-    else:
-        backbone, trained = None, model
-
-    @tf.function
-    def step():
-        inputs = images if backbone is None else backbone(images, training=False)
-        with tf.GradientTape() as tape:
-            logits = trained(inputs, training=True)
-            loss = train_lib.regularized_loss(
-                trained, logits, labels, ignore_label=_IGNORE_LABEL
-            )
-        variables = trained.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    return lambda: float(step())
+        # Keras runs frozen batch norms in inference mode, and the step
+        # computes no gradient for frozen weights.
+        for layer in cache.feature_extractor(model).layers:
+            layer.trainable = False
+    train_options = train_lib.TrainOptions(
+        train_batch_size=args.batch, ignore_label=_IGNORE_LABEL
+    )
+    optimizer = train_lib.build_optimizer(train_options, model)
+    step = train_lib.build_train_step(
+        model, optimizer, tf.distribute.get_strategy(), train_options
+    )
+    shape = (args.batch, args.crop, args.crop)
+    batch = {
+        pipeline.IMAGE: tf.random.uniform(shape + (3,), 0, 255, seed=0),
+        pipeline.LABEL: tf.random.uniform(
+            shape + (1,), 0, options.num_classes, tf.int32, seed=1
+        ),
+    }
+    fraction = tf.constant(1.0)
+    return lambda: float(step(batch, fraction))
 
 
 def _serve(config, cache_dir, args, conn):

@@ -6,11 +6,10 @@ Two workers (`peer_process`), one process each, same TensorFlow threads
 (`--intra_op_threads` / `--inter_op_threads`, default 2 / 2):
 
   ours_dpc      our MobileNet-v2 (alpha 1.0) + the published DPC, output
-                stride 16, no decoder: a `tf.function` step built as
-                train_lib's (logits of the model in training mode,
-                `train_lib.regularized_loss`: pixel softmax cross-entropy
-                over valid pixels plus the L2 losses; `tf.GradientTape`; SGD
-                momentum 0.9) on a fixed random batch and random labels;
+                stride 16, no decoder: the training program's own step
+                (`train_lib.build_train_step`: pixel softmax cross-entropy
+                over valid pixels plus the L2 losses; SGD momentum 0.9 on
+                DeepLab's poly schedule) on a fixed random batch and labels;
   model_garden  Model Garden's `mnv2_deeplabv3_pascal`: a plain
                 `tf.GradientTape` SGD (momentum 0.9) step, softmax
                 cross-entropy of its logits resized to the crop on random

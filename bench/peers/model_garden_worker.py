@@ -44,7 +44,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -182,14 +181,10 @@ class ModelGardenWorker:
         return graph
 
     def infer(self, repeats, warmup=1):
-        for _ in range(warmup):
-            self.forward(self.image).numpy()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.forward(self.image).numpy()
-            times.append((time.perf_counter() - start) * 1000.0)
-        return {"ms": times}
+        seconds, _ = benchlib.time_calls(
+            lambda: self.forward(self.image).numpy(), repeats, warmup
+        )
+        return {"ms": [s * 1000.0 for s in seconds]}
 
     def _train_step(self, batch):
         tf = self.tf
@@ -226,15 +221,10 @@ class ModelGardenWorker:
 
     def train(self, batch, repeats, warmup=1):
         step = self._train_step(int(batch))
-        loss = None
-        for _ in range(warmup):
-            loss = float(step().numpy())
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            loss = float(step().numpy())
-            times.append(time.perf_counter() - start)
-        return {"seconds": times, "loss": loss}
+        seconds, loss = benchlib.time_calls(
+            lambda: float(step().numpy()), repeats, warmup
+        )
+        return {"seconds": seconds, "loss": loss}
 
     def tflite(self, path, quantize="float32"):
         tf = self.tf
