@@ -14,6 +14,9 @@ peak RSS is one model's:
                 the peers venv (`bash bench/peers/setup.sh`);
   ours_dpc      our MobileNet-v2 + the published DPC, output stride 16.
 
+Ours run with their batch norms folded into the convs, as our eval, vis and
+export programs run them by default (`--fold_batch_norm`); Model Garden's
+runs as its Keras model does (grappler fuses its fused batch norms).
 All three output logits upsampled to the input (Model Garden's worker
 resizes its stride-16 logits inside the timed forward; ours do it in the
 model), run with the same TensorFlow thread settings (`--intra_op_threads`,

@@ -1,4 +1,4 @@
-r"""What the speed levers buy here: XLA and bfloat16, training and inference.
+r"""What the speed levers buy here: XLA, bfloat16 and batch-norm folding.
 
   .venv/bin/python bench/levers.py [--quick] [--output_json=PATH] [--threads=N]
 
@@ -8,8 +8,9 @@ published Dense Prediction Cell and random weights:
      takes: forward, backward, SGD) at 257x257, batch 4, in steps/s, with
      `jit_compile` off/on and `mixed_precision` none/bfloat16;
   2. inference (`tf.function` forward) at 513x513, batch 1, latency in ms,
-     with the same four settings.
-The four variants of a figure are timed in turn (A B C D A B C D ...), each
+     with the same four settings, and float32 with the batch norms folded
+     into the convs (`--fold_batch_norm`, what eval, vis and export run).
+The variants of a figure are timed in turn (A B C D A B C D ...), each
 round timing a few steps after a warm-up (tracing and XLA compilation are
 not timed); each figure is the median over the rounds, and the ratios to the
 float32 graph step are of medians of the same run. `--quick` uses alpha 0.35
@@ -31,6 +32,7 @@ import benchlib
 from deeplab_dpc import speed
 from deeplab_dpc import train_lib
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.layers import folding
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
 
@@ -41,6 +43,7 @@ VARIANTS = (
     ("bfloat16", False, "bfloat16"),
     ("bfloat16+xla", True, "bfloat16"),
 )
+FOLDED = "float32+folded"
 
 
 def parse_args(argv):
@@ -99,10 +102,12 @@ def train_step_timer(model_options, batch_size, jit, precision, steps):
     return timed
 
 
-def inference_timer(model_options, jit, precision, runs):
+def inference_timer(model_options, jit, precision, runs, fold=False):
     """A callable timing `runs` batch-1 forwards; returns seconds per run."""
     with speed.dtype_policy(precision):
         model = deeplab.build_deeplab(model_options)
+    if fold:
+        model = folding.fold_batch_norms(model)
     forward = tf.function(lambda images: model(images, training=False), jit_compile=jit)
     image = tf.random.uniform([1, *model_options.crop_size, 3], 0, 255, seed=0)
     forward(image).numpy()  # Trace and compile: not timed.
@@ -143,13 +148,12 @@ def main(argv=None):
         rounds,
     )
     infer_options = _options(infer_crop, alpha)
-    infer = measure(
-        {
-            name: inference_timer(infer_options, jit, precision, runs)
-            for name, jit, precision in VARIANTS
-        },
-        rounds,
-    )
+    infer_timers = {
+        name: inference_timer(infer_options, jit, precision, runs)
+        for name, jit, precision in VARIANTS
+    }
+    infer_timers[FOLDED] = inference_timer(infer_options, False, "none", runs, True)
+    infer = measure(infer_timers, rounds)
     model_text = f"MobileNet-v2 alpha {alpha} + published DPC, random weights"
     for name, seconds in train.items():
         figures.append(
@@ -193,7 +197,7 @@ def main(argv=None):
             )
     figures.append(
         benchlib.figure(
-            "peak memory (all eight variants in one process)",
+            "peak memory (all nine variants in one process)",
             benchlib.peak_rss_mb(),
             "MB",
             "VmHWM of this process",

@@ -11,7 +11,7 @@ and alternates timing rounds between them without rebuilding anything:
     served by this file run as a script, in the project's venv:
 
       .venv/bin/python bench/peer_process.py --head=aspp|dpc [--crop=513] \
-          [--intra_op_threads=2] [--inter_op_threads=2]
+          [--intra_op_threads=2] [--inter_op_threads=2] [--no-fold_batch_norm]
 
 Both speak `benchlib.serve`'s protocol with the same commands and replies
 (see model_garden_worker.py): "info", "infer", "train", "tflite",
@@ -19,7 +19,9 @@ Both speak `benchlib.serve`'s protocol with the same commands and replies
 Our side: params and MAdds from `accounting.count` (exact conv/matmul
 multiply-accumulates; the profiler's float ops / 2 too, as a cross-check),
 the forward is the model's batch-1 `tf.function` (logits upsampled to the
-input inside the model), the training step is the training program's own
+input inside the model) with its batch norms folded into the convs, as eval,
+vis and export run it (`--fold_batch_norm`, the default; `--no-fold_batch_norm`
+times the model as trained), the training step is the training program's own
 (`train_lib.build_train_step`: pixel cross-entropy over valid pixels plus
 L2, SGD momentum 0.9 on DeepLab's poly schedule), and TFLite files come from
 `deeplab_dpc.export.tflite` ("int8" = its full-integer variant).
@@ -264,6 +266,10 @@ class OursWorker:
         self.image = tf.random.uniform([1, crop, crop, 3], 0.0, 255.0)
         spec = tf.TensorSpec([1, crop, crop, 3], tf.float32)
         model = self.model
+        if args.fold_batch_norm:
+            from deeplab_dpc.layers import folding
+
+            model = folding.fold_batch_norms(self.model)
         self.forward = tf.function(
             lambda images: model(images, training=False)
         ).get_concrete_function(spec)
@@ -285,6 +291,7 @@ class OursWorker:
             "modules": rows,
             "tf_version": tf.__version__,
             "head": self.args.head,
+            "fold_batch_norm": self.args.fold_batch_norm,
             "crop": self.args.crop,
             "threads": [
                 tf.config.threading.get_intra_op_parallelism_threads(),
@@ -375,6 +382,12 @@ def parse_args(argv):
     parser.add_argument("--intra_op_threads", type=int, default=2)
     parser.add_argument("--inter_op_threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fold_batch_norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Time inference with batch norm folded into the convs.",
+    )
     args = parser.parse_args(argv)
     if args.crop < 1 or args.intra_op_threads < 0 or args.inter_op_threads < 0:
         parser.error("--crop must be >= 1 and the thread counts >= 0")

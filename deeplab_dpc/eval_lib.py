@@ -98,6 +98,7 @@ def evaluate_checkpoint(
     tfds_name=None,
     jit_compile=False,
     mixed_precision=speed.MIXED_PRECISION_NONE,
+    fold_batch_norm=False,
 ):
     """Evaluates one checkpoint of the training program on a split.
 
@@ -113,11 +114,12 @@ def evaluate_checkpoint(
       tfds_name: optional `tfds:` data set name (see `pipeline.make_dataset`).
       jit_compile: bool, XLA-compile inference.
       mixed_precision: "none", "bfloat16" or "float16" (see `speed`).
+      fold_batch_norm: bool, fold batch norm into the convs for inference.
 
     Returns:
       `evaluate`'s dict plus "checkpoint", "step", "eval_scales",
-      "add_flipped_images", "split", "jit_compile", "mixed_precision" and
-      "seconds".
+      "add_flipped_images", "split", "jit_compile", "mixed_precision",
+      "fold_batch_norm" and "seconds".
     """
     checkpoint_path = initial_checkpoint.resolve_initial_checkpoint(checkpoint_path)
     start = time.time()
@@ -125,7 +127,12 @@ def evaluate_checkpoint(
         model_options, checkpoint_path, mixed_precision=mixed_precision
     )
     predictor = inference.Predictor(
-        model, model_options, scales, add_flipped_images, jit_compile=jit_compile
+        model,
+        model_options,
+        scales,
+        add_flipped_images,
+        jit_compile=jit_compile,
+        fold_batch_norm=fold_batch_norm,
     )
     dataset = pipeline.make_dataset(
         dataset_dir,
@@ -152,6 +159,7 @@ def evaluate_checkpoint(
         add_flipped_images=predictor.add_flipped_images,
         jit_compile=predictor.jit_compile,
         mixed_precision=mixed_precision,
+        fold_batch_norm=predictor.fold_batch_norm,
         seconds=time.time() - start,
     )
     return result

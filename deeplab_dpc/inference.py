@@ -15,8 +15,10 @@ OS*k + 1 (e.g. 0.5 to 1.75 in steps of 0.25 for 513 or 1025 at OS 16).
 
 Speed levers: `load_model(..., mixed_precision=)` builds the model under a
 mixed-precision policy (`speed`; the checkpoint's float32 weights load
-whatever the policy), and `Predictor(..., jit_compile=True)` makes
-`predictions_function` an XLA-compiled `tf.function`.
+whatever the policy), `Predictor(..., jit_compile=True)` makes
+`predictions_function` an XLA-compiled `tf.function`, and
+`Predictor(..., fold_batch_norm=True)` runs the models with their batch
+norms folded into the convs.
 """
 
 import dataclasses
@@ -25,6 +27,7 @@ import tensorflow as tf
 
 from deeplab_dpc import initial_checkpoint
 from deeplab_dpc import speed
+from deeplab_dpc.layers import folding
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import backbones
@@ -71,6 +74,9 @@ class Predictor:
       scales: floats, DeepLab's `eval_scales` / `inference_scales`.
       add_flipped_images: bool, also run the left-right mirrored images.
       jit_compile: bool, `predictions_function` is XLA-compiled.
+      fold_batch_norm: bool, run copies of the models with their batch norms
+        folded into the convs (`folding.fold_batch_norms`): the same
+        predictions up to float rounding, faster; `model` is left as it is.
 
     `probabilities(images)` and `predictions(images)` take float images
     `[batch, crop_h, crop_w, 3]` in [0, 255] (padded to the crop, as the eval
@@ -89,11 +95,13 @@ class Predictor:
         add_flipped_images=False,
         *,
         jit_compile=False,
+        fold_batch_norm=False,
     ):
         self.options = options
         self.scales = check_scales(scales)
         self.add_flipped_images = bool(add_flipped_images)
         self.jit_compile = bool(jit_compile)
+        self.fold_batch_norm = bool(fold_batch_norm)
         self.crop_size = tuple(options.crop_size)
         self.models = []
         for scale in self.scales:
@@ -107,6 +115,10 @@ class Predictor:
                 )
             scaled.set_weights(model.get_weights())
             self.models.append((crop, scaled))
+        if self.fold_batch_norm:
+            self.models = [
+                (crop, folding.fold_batch_norms(m)) for crop, m in self.models
+            ]
 
     def _probabilities_at(self, model, crop, images):
         if crop != self.crop_size:

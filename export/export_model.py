@@ -3,7 +3,8 @@ r"""Exports a trained model as a SavedModel for TF Serving (DeepLab's export).
   python export/export_model.py --checkpoint_path=TRAIN_LOGDIR \
       --export_path=DIR [--model_version=1] [--crop_size=513,513] \
       [--inference_scales=1.0 [--inference_scales=1.25 ...]] \
-      [--add_flipped_images] [--overwrite] [model and data set flags]
+      [--add_flipped_images] [--nofold_batch_norm] [--overwrite] \
+      [model and data set flags]
 
 Takes the training program's model and data set flags (one flagfile serves
 both: `--flagfile=TRAIN_LOGDIR/train.flags`). `--checkpoint_path` is a
@@ -13,13 +14,16 @@ checkpoint prefix or a train_logdir (its latest checkpoint). Writes
 its signatures: `serving_default` (uint8 `ImageTensor` of any size) and
 `predict_images` (encoded JPEG/PNG strings), each giving
 `SemanticPredictions` and `SemanticProbabilities` at the images' size. See
-`deeplab_dpc/export/saved_model.py` for the resizing and padding.
+`deeplab_dpc/export/saved_model.py` for the resizing and padding. The
+served graph has the batch norms folded into the convs (same predictions,
+faster) unless `--nofold_batch_norm`.
 """
 
 from absl import app
 from absl import flags
 
 from deeplab_dpc import inference
+from deeplab_dpc import speed_flags
 from deeplab_dpc.export import export_flags
 from deeplab_dpc.export import saved_model
 
@@ -78,6 +82,7 @@ def main(argv):
             inference_scales=scales,
             add_flipped_images=_ADD_FLIPPED_IMAGES.value,
             overwrite=_OVERWRITE.value,
+            fold_batch_norm=speed_flags.FOLD_BATCH_NORM.value,
         )
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e

@@ -239,6 +239,38 @@ def test_jit_inference_matches_the_graph_predictor():
     assert len(np.unique(predictions)) > 1
 
 
+def test_folded_batch_norm_predictor_matches_the_model():
+    model = deeplab.build_deeplab(_mobilenet_options())
+    rng = np.random.default_rng(0)
+    # Batch-norm scales away from their initial identity map. (Shifts would
+    # swamp this untrained model's vanishing activations; tests/layers/
+    # test_folding.py folds those.)
+    for layer in model._flatten_layers():
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            for variable in (layer.gamma, layer.moving_variance):
+                variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+    _separated(model)
+    images = tf.random.uniform([2, *CROP, 3], 0, 255, seed=1)
+    plain = inference.Predictor(model, _mobilenet_options(), (1.0, 1.5), True)
+    folded = inference.Predictor(
+        model, _mobilenet_options(), (1.0, 1.5), True, fold_batch_norm=True
+    )
+    expected = plain.probabilities(images).numpy()
+    got = folded.predictions_function()(images).numpy()
+    np.testing.assert_allclose(folded.probabilities(images), expected, atol=2e-4)
+    assert np.mean(got == expected.argmax(-1)) >= 0.999
+    assert len(np.unique(got)) > 1
+    for _, scaled in folded.models:
+        assert not any(
+            isinstance(layer, tf.keras.layers.BatchNormalization)
+            for layer in scaled._flatten_layers()
+        )
+    assert any(
+        isinstance(layer, tf.keras.layers.BatchNormalization)
+        for layer in model._flatten_layers()
+    )
+
+
 def test_bfloat16_forward_is_close_to_float32():
     options = _mobilenet_options()
     reference = _separated(deeplab.build_deeplab(options))

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from deeplab_dpc.layers import folding
+
 # DeepLab's batch-norm settings (decay 0.9997, epsilon 1e-5, scale on).
 NORM_MOMENTUM = 0.9997
 NORM_EPSILON = 1e-5
@@ -126,6 +128,14 @@ class ConvBN(tf.keras.layers.Layer):
 
     def call(self, inputs, training=None):
         return self.act(self.bn(self.conv(inputs), training=training))
+
+    def fold_batch_norm(self):
+        """Folds the batch norm into the conv, for inference only.
+
+        Returns:
+          bool, whether anything was folded (False when done already).
+        """
+        return folding.fold_sublayers(self, "conv", "bn")
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.filters])

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import folding
 
 
 @tf.keras.utils.register_keras_serializable(package="deeplab_dpc")
@@ -90,6 +91,15 @@ class SplitSeparableConv2D(tf.keras.layers.Layer):
         x = self.depthwise(inputs)
         x = self.depthwise_act(self.depthwise_bn(x, training=training))
         return self.pointwise(x, training=training)
+
+    def fold_batch_norm(self):
+        """Folds both batch norms into their convs, for inference only.
+
+        Returns:
+          bool, whether anything was folded (False when done already).
+        """
+        depthwise = folding.fold_sublayers(self, "depthwise", "depthwise_bn")
+        return self.pointwise.fold_batch_norm() or depthwise
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)[:-1].concatenate([self.filters])
