@@ -4,6 +4,7 @@ r"""Converts any segmentation data set of folders and list files to TFRecords.
       --semantic_segmentation_folder=DIR --list_folder=DIR \
       --output_dir=DIR (--dataset=NAME | --num_classes=N --ignore_label=L) \
       [--image_format=jpg] [--label_format=png] [--splits=train,val] \
+      [--class_names_file=FILE] [--colormap_file=FILE] \
       [--num_shards=4] [--num_workers=2] [--overwrite] [--skip_bad_examples]
 
 Each `<split>.txt` in --list_folder names one example a line; example `NAME`
@@ -12,7 +13,10 @@ is `<image_folder>/NAME.<image_format>` with the single-channel label
 PNGs give their indices). Labels must be in [0, num_classes) or the ignore
 label. An empty --semantic_segmentation_folder writes records without labels.
 This is DeepLab's `build_voc2012_data.py` for any data set (e.g.
-PASCAL-Person-Part, or one's own).
+PASCAL-Person-Part, or one's own). `--class_names_file` (one name a line,
+line 1 naming class 0) and `--colormap_file` (`R G B` lines, or a `.mat`
+palette) are copied beside the shards as `class_names.txt` and
+`colormap.txt`, which eval and vis read from `--dataset_dir`.
 """
 
 from absl import app
@@ -49,6 +53,18 @@ _NUM_CLASSES = flags.DEFINE_integer(
 _IGNORE_LABEL = flags.DEFINE_integer(
     "ignore_label", None, "... or equal the ignore label (e.g. 255)."
 )
+_CLASS_NAMES_FILE = flags.DEFINE_string(
+    "class_names_file",
+    None,
+    "The num_classes class names, one a line (line 1: class 0); written as "
+    "class_names.txt beside the shards.",
+)
+_COLORMAP_FILE = flags.DEFINE_string(
+    "colormap_file",
+    None,
+    "Class colours, 'R G B' a line (line 1: class 0), or a .mat file with a "
+    "'colors' variable; written as colormap.txt beside the shards.",
+)
 _WRITE = converter_flags.define_write_flags(num_shards=4)
 
 
@@ -68,6 +84,8 @@ def main(argv):
             splits=_SPLITS.value,
             image_format=_IMAGE_FORMAT.value,
             label_format=_LABEL_FORMAT.value,
+            class_names_file=_CLASS_NAMES_FILE.value,
+            colormap_file=_COLORMAP_FILE.value,
         )
         converter_flags.write_flagfile(_WRITE.output_dir.value, "build_seg_data")
 

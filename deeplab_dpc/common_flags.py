@@ -6,6 +6,7 @@ Library code never reads `FLAGS`: programs call `model_options_from_flags`.
 
 from absl import flags
 
+from deeplab_dpc.data import metadata
 from deeplab_dpc.data import registry
 from deeplab_dpc.data import tfds_source
 from deeplab_dpc.models import backbones
@@ -146,31 +147,39 @@ def dataset_info_from_flags():
 
     `--num_classes` or `--ignore_label` without `--dataset` declare a custom
     data set (the defaults of the default data set fill in the other one);
-    with `--dataset` they must agree with the registry.
+    with `--dataset` they must agree with the registry. The class names and
+    palette come from `class_names.txt` and `colormap.txt` in
+    `--dataset_dir` when those files are there (`metadata.with_metadata`).
 
     Raises:
-      flags.ValidationError: for an unknown data set or disagreeing values.
+      flags.ValidationError: for an unknown data set, disagreeing values, or
+        a bad metadata file in --dataset_dir (naming it).
     """
     num_classes, ignore_label = NUM_CLASSES.value, IGNORE_LABEL.value
     if tfds_source.is_tfds_name(DATASET.value):
         try:
-            return tfds_source.dataset_info(DATASET.value)
+            info = tfds_source.dataset_info(DATASET.value)
         except ValueError as e:
             raise flags.ValidationError(f"--dataset: {e}") from e
-    if not flags.FLAGS["dataset"].present and (
+    elif not flags.FLAGS["dataset"].present and (
         num_classes is not None or ignore_label is not None
     ):
         # `--num_classes` alone (DeepLab's habit) describes a custom label set.
         default = registry.get(DATASET.value)
-        return registry.get(
+        info = registry.get(
             "custom",
             default.num_classes if num_classes is None else num_classes,
             default.ignore_label if ignore_label is None else ignore_label,
         )
+    else:
+        try:
+            info = registry.get(DATASET.value, num_classes, ignore_label)
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from e
     try:
-        return registry.get(DATASET.value, num_classes, ignore_label)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from e
+        return metadata.with_metadata(info, DATASET_DIR.value)
+    except (OSError, ValueError) as e:
+        raise flags.ValidationError(f"--dataset_dir: {e}") from e
 
 
 def model_options_from_flags(crop_size, **overrides):

@@ -11,9 +11,11 @@ flagfile serves train, eval and vis). Every new checkpoint in
 looks) until `--max_number_of_evaluations` evaluations are done (0: watch
 forever, as DeepLab) or no new checkpoint comes for `--eval_timeout_secs`.
 Results: a per-class IoU table in the log, `eval_results.json` and
-`eval_results-<step>.json` in `--eval_logdir`, and TensorBoard scalars.
-`--jit_compile` (XLA), `--mixed_precision` and the thread flags
-(`deeplab_dpc.speed_flags`) speed inference up.
+`eval_results-<step>.json` in `--eval_logdir`, and TensorBoard scalars; the
+classes are named from `class_names.txt` in `--dataset_dir` when it is
+there (the ADE20K converter writes it from `objectInfo150.txt`).
+`--jit_compile` (XLA), `--mixed_precision`, `--fold_batch_norm` (default
+on) and the thread flags (`deeplab_dpc.speed_flags`) speed inference up.
 """
 
 from absl import app
@@ -86,6 +88,7 @@ def main(argv):
             tfds_name=eval_flags.tfds_name(),
             jit_compile=speed_flags.JIT_COMPILE.value,
             mixed_precision=speed_flags.MIXED_PRECISION.value,
+            fold_batch_norm=speed_flags.FOLD_BATCH_NORM.value,
         )
         logging.info(
             "Step %s, %d images:\n%s",

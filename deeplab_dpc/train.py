@@ -195,7 +195,12 @@ def options_from_flags(num_replicas):
             initialize_last_layer=_INITIALIZE_LAST_LAYER.value,
             last_layers_contain_logits_only=_LAST_LAYERS_CONTAIN_LOGITS_ONLY.value,
             save_summaries_images=_SAVE_SUMMARIES_IMAGES.value,
-            colormap_type=common_flags.dataset_info_from_flags().colormap,
+            # Resolved only for image summaries: ADE20K without colours warns.
+            colormap_type=(
+                common_flags.dataset_info_from_flags().label_colors()
+                if _SAVE_SUMMARIES_IMAGES.value
+                else "pascal"
+            ),
             jit_compile=speed_flags.JIT_COMPILE.value,
             mixed_precision=speed_flags.MIXED_PRECISION.value,
         )

@@ -3,7 +3,7 @@
   python -m deeplab_dpc.vis --checkpoint_dir=TRAIN_LOGDIR --vis_logdir=DIR \
       --dataset=synthetic --dataset_dir=DATA [--vis_split=val] \
       [--vis_crop_size=513,513] [--colormap_type=pascal] \
-      [--also_save_raw_predictions]
+      [--colormap_file=color150.mat] [--also_save_raw_predictions]
 
 Outputs go to `<vis_logdir>/segmentation_results/` and, with
 `--also_save_raw_predictions`, `<vis_logdir>/raw_segmentation_results/`
@@ -13,6 +13,16 @@ write over results already in `--vis_logdir` unless `--overwrite`. It
 visualises the latest checkpoint `--max_number_of_iterations` times, each
 time a new one appears (0: watch forever, DeepLab's default; here the
 default is one pass).
+
+Colours: `--colormap_file` (a text palette of `R G B` lines, line 1 colouring
+class 0, or ADE20K's devkit `color150.mat`) overrides everything; else
+`--colormap_type`, or by default the data set's own palette
+(`colormap.txt` in `--dataset_dir`, which `build_ade20k_data.py
+--colormap_file` writes) or its named colormap. ADE20K's colours are not
+built in: without a palette, `ade20k` logs a warning and uses PASCAL's.
+
+The model runs with its batch norms folded into the convs (the same
+predictions, faster) unless `--nofold_batch_norm`.
 """
 
 import os
@@ -24,7 +34,9 @@ from absl import logging
 from deeplab_dpc import common_flags
 from deeplab_dpc import eval_flags
 from deeplab_dpc import inference
+from deeplab_dpc import speed_flags
 from deeplab_dpc import vis_lib
+from deeplab_dpc.data import ade20k
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import registry
 
@@ -40,7 +52,16 @@ _COLORMAP_TYPE = flags.DEFINE_enum(
     "colormap_type",
     None,
     registry.COLORMAPS,
-    "Colormap of the predictions (default: the data set's).",
+    "Colormap of the predictions (default: the data set's); ade20k takes the "
+    "palette of colormap.txt in --dataset_dir.",
+)
+_COLORMAP_FILE = flags.DEFINE_string(
+    "colormap_file",
+    None,
+    "Palette overriding --colormap_type and the data set's colours: 'R G B' "
+    "lines (line 1: class 0), or a .mat file with 'colors' (ADE20K's "
+    "color150.mat; a palette one colour short of num_classes gets black for "
+    "class 0).",
 )
 _ALSO_SAVE_RAW_PREDICTIONS = flags.DEFINE_boolean(
     "also_save_raw_predictions", False, "Also write the raw class-map PNGs."
@@ -55,6 +76,21 @@ _OVERWRITE = flags.DEFINE_boolean(
 )
 
 
+def label_colors(info):
+    """The colours of the predictions: --colormap_file's palette, else
+    `info.label_colors(--colormap_type)`.
+
+    Raises:
+      flags.ValidationError: naming --colormap_file when it is unreadable.
+    """
+    if _COLORMAP_FILE.value:
+        try:
+            return ade20k.read_palette(_COLORMAP_FILE.value, info.num_classes)
+        except (OSError, ValueError) as e:
+            raise flags.ValidationError(f"--colormap_file: {e}") from e
+    return info.label_colors(_COLORMAP_TYPE.value)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
@@ -67,7 +103,8 @@ def main(argv):
         eval_flags.check_split(_VIS_SPLIT.value, "vis_split")
         if _VIS_BATCH_SIZE.value < 1:
             raise flags.ValidationError("--vis_batch_size must be >= 1")
-    except ValueError as e:
+        colors = label_colors(info)
+    except (ValueError, flags.ValidationError) as e:
         raise app.UsageError(str(e)) from e
     existing = vis_lib.existing_results(_VIS_LOGDIR.value)
     if existing and not _OVERWRITE.value:
@@ -77,11 +114,14 @@ def main(argv):
             "choose another folder"
         )
     os.makedirs(_VIS_LOGDIR.value, exist_ok=True)
-    colormap_type = _COLORMAP_TYPE.value or info.colormap
     for checkpoint in eval_flags.checkpoints(_MAX_NUMBER_OF_ITERATIONS.value):
         model = inference.load_model(model_options, checkpoint)
         predictor = inference.Predictor(
-            model, model_options, scales, eval_flags.ADD_FLIPPED_IMAGES.value
+            model,
+            model_options,
+            scales,
+            eval_flags.ADD_FLIPPED_IMAGES.value,
+            fold_batch_norm=speed_flags.FOLD_BATCH_NORM.value,
         )
         dataset = pipeline.make_dataset(
             common_flags.DATASET_DIR.value,
@@ -96,7 +136,7 @@ def main(argv):
             predictor,
             dataset,
             _VIS_LOGDIR.value,
-            colormap_type=colormap_type,
+            colormap_type=colors,
             also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
             cityscapes_label_ids=info.name == "cityscapes",
             progress=True,

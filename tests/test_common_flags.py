@@ -118,3 +118,21 @@ def test_tfds_dataset_names():
     FLAGS["dataset"].parse("tfds:mnist")
     with pytest.raises(flags.ValidationError, match="--dataset"):
         common_flags.dataset_info_from_flags()
+
+
+def test_metadata_files_in_dataset_dir(tmp_path):
+    FLAGS["dataset"].parse("ade20k")
+    FLAGS.dataset_dir = str(tmp_path)
+    assert common_flags.dataset_info_from_flags().class_names == ()
+    names = ["other"] + [f"class {k}" for k in range(1, 151)]
+    (tmp_path / "class_names.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "colormap.txt").write_text("".join(f"{k} 0 0\n" for k in range(151)))
+    info = common_flags.dataset_info_from_flags()
+    assert info.class_names == tuple(names)
+    assert info.label_colors()[150] == (150, 0, 0)
+    (tmp_path / "class_names.txt").write_text("\n".join(names[:-1]) + "\n")
+    with pytest.raises(flags.ValidationError) as error:
+        common_flags.dataset_info_from_flags()
+    assert f"--dataset_dir: {tmp_path / 'class_names.txt'} names 150 classes" in str(
+        error.value
+    )

@@ -1,5 +1,6 @@
 """The vis program: colorized and raw PNGs, and Cityscapes labelIds that
-the official `cityscapesscripts` evaluator reads and scores as eval does."""
+the official `cityscapesscripts` evaluator reads and scores as eval does;
+`--colormap_file` colours the predictions."""
 
 import json
 import os
@@ -178,6 +179,27 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(setup, tmp_path):
     # Results already there are not overwritten unless asked.
     again = _vis(data_dir, ckpt_dir, str(logdir))
     assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_vis_colormap_file_overrides_the_colormap(setup, tmp_path):
+    _, data_dir, ckpt_dir, _ = setup
+    colors = np.random.default_rng(8).integers(0, 256, (19, 3), dtype=np.uint8)
+    palette = tmp_path / "palette.txt"
+    palette.write_text("".join(f"{r} {g} {b}\n" for r, g, b in colors))
+    logdir = tmp_path / "vis"
+    proc = _vis(data_dir, ckpt_dir, str(logdir), f"--colormap_file={palette}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in NAMES:
+        label_ids = np.asarray(
+            Image.open(
+                logdir / vis_lib.RAW_SEGMENTATION_DIR / f"{name}_gtFine_labelIds.png"
+            )
+        )
+        prediction = cityscapes.label_ids_to_train_ids(label_ids)
+        colored = np.asarray(
+            Image.open(logdir / vis_lib.SEGMENTATION_DIR / f"{name}_prediction.png")
+        )
+        np.testing.assert_array_equal(colored, colors[prediction])
 
 
 def test_colorize_numpy_and_tensor_agree():

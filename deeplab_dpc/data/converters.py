@@ -8,6 +8,10 @@ name as `image/filename` (DeepLab's VOC convention: base name, no extension);
 examples without a label path carry no label. Bad input raises
 `BadExampleError` naming the file (or is counted with `skip_bad_examples`);
 listing errors raise `FileNotFoundError` or `ValueError` naming the file.
+`convert_ade20k` and `convert_folders` also write the data set's class names
+and colours beside the shards (`class_names.txt`, `colormap.txt`, see
+`metadata`) once the shards are written; like shards, existing files are
+only replaced with `overwrite`.
 """
 
 import dataclasses
@@ -15,9 +19,12 @@ import glob
 import io
 import os
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
+from deeplab_dpc.data import ade20k
+from deeplab_dpc.data import metadata
 from deeplab_dpc.data import registry
 from deeplab_dpc.data import shard_writer
 from deeplab_dpc.data import tfexample
@@ -375,28 +382,91 @@ def convert_voc2012(voc_root, output_dir, splits, options):
     )
 
 
-def convert_ade20k(ade20k_root, output_dir, splits, options):
+def convert_with_metadata(
+    split_examples, output_dir, *, info, options, class_names=None, palette=None
+):
+    """`convert_splits`, then writes the metadata files beside the shards.
+
+    Existing metadata files are checked (with the shards) before anything is
+    written, and only replaced with `options.overwrite`.
+
+    Args:
+      split_examples, output_dir, options: see `convert_splits`.
+      info: `registry.DatasetInfo`, for num_classes and ignore_label.
+      class_names: the `info.num_classes` names for `class_names.txt`, or
+        None for no such file.
+      palette: `[colors, 3]` colours for `colormap.txt`, or None.
+
+    Returns:
+      dict, split -> `shard_writer.WriteResult`.
+
+    Raises:
+      FileExistsError: a metadata file exists and not `options.overwrite`.
+      See `convert_splits` and `metadata.files_to_write`.
+    """
+    files = metadata.files_to_write(
+        output_dir, class_names=class_names, palette=palette
+    )
+    if not options.overwrite:
+        metadata.check_absent(files)
+    results = convert_splits(
+        split_examples,
+        output_dir,
+        num_classes=info.num_classes,
+        ignore_label=info.ignore_label,
+        options=options,
+    )
+    metadata.write_files(files)
+    for path in files:
+        print(f"wrote {path}")
+    return results
+
+
+def convert_ade20k(ade20k_root, output_dir, splits, options, colormap_file=None):
     """Converts ADE20K splits: 150 classes + 0 ignored, labels in [0, 150].
+
+    The class names of `<ade20k_root>/objectInfo150.txt` ("other" for 0)
+    go to `class_names.txt` beside the shards; without that file a warning
+    says the class names will be generic (class indices).
 
     Args:
       ade20k_root: str, `ADEChallengeData2016`.
       output_dir: str, where the shards go.
       splits: names from `ADE20K_SPLITS`.
       options: `WriteOptions`.
+      colormap_file: None, or the devkit's `color150.mat` (or a text
+        palette, see `ade20k.read_palette`), written as `colormap.txt`.
 
     Returns:
       dict, split -> `shard_writer.WriteResult`.
 
     Raises:
-      See `convert_splits` and `list_ade20k`.
+      See `convert_with_metadata`, `list_ade20k`, `ade20k.read_object_info`
+      and `ade20k.read_palette`.
     """
     info = registry.get("ade20k")
-    return convert_splits(
+    object_info = os.path.join(ade20k_root, ade20k.OBJECT_INFO_FILE)
+    class_names = None
+    if os.path.isfile(object_info):
+        class_names = ade20k.read_object_info(object_info)
+    else:
+        logging.warning(
+            "No %s in %s: no %s is written, so class names will be generic "
+            "(class indices) in eval's per-class IoU table.",
+            ade20k.OBJECT_INFO_FILE,
+            ade20k_root,
+            metadata.CLASS_NAMES_FILE,
+        )
+    palette = None
+    if colormap_file:
+        palette = ade20k.read_palette(colormap_file, info.num_classes)
+    return convert_with_metadata(
         {s: list_ade20k(ade20k_root, s) for s in splits},
         output_dir,
-        num_classes=info.num_classes,
-        ignore_label=info.ignore_label,
+        info=info,
         options=options,
+        class_names=class_names,
+        palette=palette,
     )
 
 
@@ -411,6 +481,8 @@ def convert_folders(
     splits=(),
     image_format="jpg",
     label_format="png",
+    class_names_file=None,
+    colormap_file=None,
 ):
     """Any data set as an image folder, a label folder and list files.
 
@@ -423,14 +495,20 @@ def convert_folders(
       options: `WriteOptions`.
       splits: split names; empty means every `*.txt` in `list_folder`.
       image_format, label_format: file extensions.
+      class_names_file: None, or a file of `num_classes` names, one a line,
+        written as `class_names.txt`.
+      colormap_file: None, or a palette (text or `.mat`, see
+        `ade20k.read_palette`), written as `colormap.txt`.
 
     Returns:
       dict, split -> `shard_writer.WriteResult`.
 
     Raises:
-      See `convert_splits`, `list_files_of_folder` and `read_list`.
+      See `convert_with_metadata`, `list_files_of_folder`, `read_list`,
+      `metadata.read_class_names` and `ade20k.read_palette`.
     """
-    return convert_splits(
+    num_classes = dataset_info.num_classes
+    return convert_with_metadata(
         {
             split: list_folders(
                 image_folder, label_folder, path, image_format, label_format
@@ -438,7 +516,14 @@ def convert_folders(
             for split, path in list_files_of_folder(list_folder, splits).items()
         },
         output_dir,
-        num_classes=dataset_info.num_classes,
-        ignore_label=dataset_info.ignore_label,
+        info=dataset_info,
         options=options,
+        class_names=(
+            metadata.read_class_names(class_names_file, num_classes)
+            if class_names_file
+            else None
+        ),
+        palette=(
+            ade20k.read_palette(colormap_file, num_classes) if colormap_file else None
+        ),
     )

@@ -3,14 +3,28 @@
 Programs take `--dataset=cityscapes` (or `pascal_voc_seg`, `ade20k`,
 `synthetic`); a data set of one's own is `--dataset=custom` with
 `--num_classes` and `--ignore_label`.
+
+ADE20K's class names and colours are not built in: they come from the data
+set's own files (`objectInfo150.txt` of the archive, `color150.mat` of the
+devkit), which `datasets/build_ade20k_data.py` turns into `class_names.txt`
+and `colormap.txt` beside the shards; any data set may have those two files
+(see `metadata`), and programs apply them to the registry's `DatasetInfo`
+with `metadata.with_metadata`.
 """
 
 import dataclasses
 import importlib
 
+from absl import logging
 import numpy as np
 
 COLORMAPS = ("pascal", "cityscapes", "ade20k")
+MAX_COLORS = 256  # labels are uint8
+ADE20K_PALETTE_HINT = (
+    "ADE20K's colours are not built in: pass --colormap_file=color150.mat (the "
+    "scene-parsing devkit's palette) to vis, or to datasets/build_ade20k_data.py "
+    "to write colormap.txt beside the shards. Using the PASCAL colormap instead."
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -24,6 +38,10 @@ class DatasetInfo:
       splits: tuple of (split, number of examples) pairs.
       class_names: tuple of `num_classes` names, or () when unknown.
       colormap: one of `COLORMAPS`, for visualisation.
+      palette: None, or the data set's own colours, class i's in row i:
+        `[colors, 3]` integers in 0..255 with num_classes <= colors <= 256
+        (e.g. an array), kept as a tuple of (r, g, b) tuples. It takes the
+        place of `colormap` (see `label_colors`).
     """
 
     name: str
@@ -32,6 +50,7 @@ class DatasetInfo:
     splits: tuple = ()
     class_names: tuple = ()
     colormap: str = "pascal"
+    palette: tuple = None
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -43,6 +62,35 @@ class DatasetInfo:
                 f"{self.name}: {len(self.class_names)} class names for "
                 f"{self.num_classes} classes"
             )
+        if self.palette is not None:
+            rows = palette_rows(self.palette)
+            if len(rows) < self.num_classes:
+                raise ValueError(
+                    f"{self.name}: {len(rows)} palette colours for "
+                    f"{self.num_classes} classes"
+                )
+            object.__setattr__(self, "palette", rows)
+
+    def label_colors(self, colormap_type=None):
+        """What to colour this data set's labels with (`vis_lib.colorize`).
+
+        Args:
+          colormap_type: None for the data set's own colours, or a name of
+            `COLORMAPS` to use instead; "ade20k" means the palette.
+
+        Returns:
+          `palette` when there is one and `colormap_type` is None or
+          "ade20k"; else the name of a colormap: `colormap_type` or
+          `colormap`, except that "ade20k" without a palette gives "pascal"
+          after a warning saying how to get ADE20K's colours.
+        """
+        if self.palette is not None and colormap_type in (None, "ade20k"):
+            return self.palette
+        name = colormap_type or self.colormap
+        if name == "ade20k":
+            logging.warning(ADE20K_PALETTE_HINT)
+            return "pascal"
+        return name
 
     def split_size(self, split):
         """Examples in a split; ValueError naming the known splits."""
@@ -192,10 +240,48 @@ def cityscapes_colormap():
     return colormap
 
 
-def colormap(name):
-    """A `[256, 3]` uint8 colormap by name (one of `COLORMAPS`)."""
-    if name == "cityscapes":
+def palette_rows(palette):
+    """A palette's colours as a tuple of (r, g, b) int tuples.
+
+    Args:
+      palette: `[colors, 3]` integers in 0..255, 1 <= colors <= 256.
+
+    Raises:
+      ValueError: for another shape or a value outside 0..255.
+    """
+    rows = np.asarray(palette)
+    if rows.ndim != 2 or rows.shape[1] != 3 or not 1 <= len(rows) <= MAX_COLORS:
+        raise ValueError(
+            f"a palette is [colors, 3] with 1 <= colors <= {MAX_COLORS}, got "
+            f"shape {list(rows.shape)}"
+        )
+    if not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() > 255:
+        raise ValueError("a palette holds integers in 0..255")
+    return tuple(tuple(row) for row in rows.tolist())
+
+
+def colormap(name_or_palette):
+    """A `[256, 3]` uint8 colormap, named or of a palette.
+
+    Args:
+      name_or_palette: one of `COLORMAPS`, or palette rows (see
+        `palette_rows`), padded with black to 256 colours. "ade20k" has no
+        built-in colours (they come from the data set's files): it gives the
+        PASCAL colormap, with a warning once per process.
+
+    Raises:
+      ValueError: for an unknown name or a bad palette.
+    """
+    if not isinstance(name_or_palette, str):
+        rows = palette_rows(name_or_palette)
+        colors = np.zeros((MAX_COLORS, 3), np.uint8)
+        colors[: len(rows)] = rows
+        return colors
+    if name_or_palette == "cityscapes":
         return cityscapes_colormap()
-    if name in ("pascal", "ade20k"):
+    if name_or_palette == "ade20k":
+        logging.log_first_n(logging.WARNING, ADE20K_PALETTE_HINT, 1)
         return pascal_colormap()
-    raise ValueError(f"unknown colormap {name!r}; choose one of {COLORMAPS}")
+    if name_or_palette == "pascal":
+        return pascal_colormap()
+    raise ValueError(f"unknown colormap {name_or_palette!r}; choose one of {COLORMAPS}")

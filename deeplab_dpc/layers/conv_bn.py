@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from deeplab_dpc.layers import folding
+from deeplab_dpc.layers import fused_batch_norm
 
 # DeepLab's batch-norm settings (decay 0.9997, epsilon 1e-5, scale on).
 NORM_MOMENTUM = 0.9997
@@ -44,8 +45,8 @@ def kernel_initializer(stddev):
 
 
 def batch_norm(name, norm_momentum, norm_epsilon, synchronized):
-    """A `BatchNormalization` layer with DeepLab's conventions."""
-    return tf.keras.layers.BatchNormalization(
+    """A batch norm layer with DeepLab's conventions (fused in training)."""
+    return fused_batch_norm.batch_norm_class()(
         momentum=norm_momentum,
         epsilon=norm_epsilon,
         scale=True,

@@ -1,14 +1,21 @@
 """The shared converter and the VOC 2012, ADE20K and folder converters, on
-small trees in each data set's on-disk layout."""
+small trees in each data set's on-disk layout (ADE20K's with an
+objectInfo150.txt and a color150.mat of made-up contents), and the class
+names and colours they write beside the shards."""
 
+import logging
 import os
 
 import numpy as np
 import pytest
+from scipy import io as scipy_io
 import tensorflow as tf
 from PIL import Image
 
+from deeplab_dpc import vis_lib
+from deeplab_dpc.data import ade20k
 from deeplab_dpc.data import converters
+from deeplab_dpc.data import metadata
 from deeplab_dpc.data import registry
 from deeplab_dpc.data import shard_writer
 from deeplab_dpc.data import tfexample
@@ -145,19 +152,77 @@ def _write_ade20k(root, rng, counts=(("training", 3), ("validation", 1))):
     return labels
 
 
+def _write_object_info(root):
+    """A made-up objectInfo150.txt; returns the 151 names it gives."""
+    names = ["other"] + [f"class {k};alias {k}" for k in range(1, 151)]
+    rows = [f"{k}\t0.001\t10\t2\t{names[k]}" for k in range(1, 151)]
+    (root / ade20k.OBJECT_INFO_FILE).write_text(
+        "Idx\tRatio\tTrain\tVal\tName\n" + "\n".join(rows) + "\n"
+    )
+    return tuple(names)
+
+
 def test_ade20k(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     labels = _write_ade20k(root, np.random.default_rng(2))
+    names = _write_object_info(root)
+    colors = np.random.default_rng(7).integers(0, 256, (150, 3), dtype=np.uint8)
+    color150 = str(tmp_path / "color150.mat")
+    scipy_io.savemat(color150, {"colors": colors})
     out = tmp_path / "out"
-    results = converters.convert_ade20k(str(root), str(out), ["train", "val"], _OPTIONS)
+    results = converters.convert_ade20k(
+        str(root), str(out), ["train", "val"], _OPTIONS, colormap_file=color150
+    )
     assert [len(r.shards) for r in results.values()] == [2, 1]
     for split, folder in (("train", "training"), ("val", "validation")):
-        names = sorted(n for n in labels if n.startswith(f"ADE_{folder[:5]}"))
+        names_of_split = sorted(n for n in labels if n.startswith(f"ADE_{folder[:5]}"))
         records = _read(out, split)
-        assert len(records) == len(names)
-        for (example, record), name in zip(records, names):
+        assert len(records) == len(names_of_split)
+        for (example, record), name in zip(records, names_of_split):
             image_path = root / "images" / folder / f"{name}.jpg"
             _check_record(example, record, image_path, name, labels[name])
+
+    # The class names and colours beside the shards name and colour labels.
+    assert {"class_names.txt", "colormap.txt"} <= set(os.listdir(out))
+    info = metadata.with_metadata(registry.get("ade20k"), str(out))
+    assert info.class_names == names and len(names) == info.num_classes == 151
+    label = labels["ADE_valid_00000000"]
+    assert (label[0, :2] == (0, 150)).all()
+    expected = np.concatenate([[[0, 0, 0]], colors])[label]
+    np.testing.assert_array_equal(
+        vis_lib.colorize(label, info.label_colors()), expected
+    )
+    np.testing.assert_array_equal(
+        vis_lib.colorize(tf.constant(label), info.label_colors()).numpy(), expected
+    )
+
+
+def test_ade20k_metadata_overwrite_and_absence(tmp_path, caplog):
+    root = tmp_path / "ADEChallengeData2016"
+    _write_ade20k(root, np.random.default_rng(4), counts=(("validation", 1),))
+    out = tmp_path / "out"
+    palette = tmp_path / "palette.txt"
+    palette.write_text("".join(f"{k} {k} {k}\n" for k in range(1, 151)))
+    with caplog.at_level(logging.WARNING):
+        converters.convert_ade20k(
+            str(root), str(out), ["val"], _OPTIONS, colormap_file=str(palette)
+        )
+    # No objectInfo150.txt: a warning, and no class names.
+    assert "class names will be generic" in caplog.text
+    assert "class_names.txt" not in os.listdir(out)
+    assert (out / "colormap.txt").read_text().startswith("0 0 0\n1 1 1\n")
+
+    names = _write_object_info(root)
+    before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+    with pytest.raises(FileExistsError, match=f"{out / 'colormap.txt'} exists"):
+        converters.convert_ade20k(
+            str(root), str(out), ["val"], _OPTIONS, colormap_file=str(palette)
+        )
+    assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+    options = converters.WriteOptions(num_shards=1, num_workers=1, overwrite=True)
+    converters.convert_ade20k(str(root), str(out), ["val"], options)
+    assert metadata.read_class_names(str(out / "class_names.txt")) == names
+    assert (out / "colormap.txt").read_bytes() == before["colormap.txt"]
 
 
 def test_ade20k_rejects_label_151(tmp_path):
@@ -212,6 +277,38 @@ def test_folders_with_png_images(tmp_path):
         assert _feature(example, tfexample.IMAGE_FORMAT) == b"png"
         image_path = tmp_path / "data/images" / f"{name}.png"
         _check_record(example, record, image_path, name, labels[name])
+
+
+def test_folders_with_class_names_and_colormap(tmp_path):
+    _write_folders(tmp_path / "data", np.random.default_rng(5), num=1)
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("background\nred\ngreen\nblue\nwhite\n")
+    colormap_file = tmp_path / "colors.txt"
+    colormap_file.write_text("255,0,0\n0,255,0\n0,0,255\n255,255,255\n")
+
+    def convert(out, names=names_file):
+        return converters.convert_folders(
+            str(tmp_path / "data/images"),
+            str(tmp_path / "data/labels"),
+            str(tmp_path / "data/lists"),
+            str(out),
+            dataset_info=registry.get("custom", 5, 255),
+            options=_OPTIONS,
+            image_format="png",
+            class_names_file=str(names),
+            colormap_file=str(colormap_file),
+        )
+
+    convert(tmp_path / "out")
+    info = metadata.with_metadata(registry.get("custom", 5, 255), str(tmp_path / "out"))
+    assert info.class_names == ("background", "red", "green", "blue", "white")
+    # Four colours for five classes: class 0's is missing and black.
+    assert info.palette[:2] == ((0, 0, 0), (255, 0, 0))
+    # A wrong number of names fails before anything is written.
+    names_file.write_text("background\nred\n")
+    with pytest.raises(ValueError, match=f"{names_file} names 2 classes but"):
+        convert(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def _truncate(path, marker, keep):

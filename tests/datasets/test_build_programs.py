@@ -141,15 +141,20 @@ def test_ade20k_bad_label_fails_naming_the_file(tmp_path):
     _ade20k(root, np.random.default_rng(2))
     bad = root / "annotations/training/ADE_training_00000001.png"
     _save(bad, np.full((8, 12), 151, np.uint8))
+    rows = "".join(f"{k}\t0.01\t1\t1\tthing {k}\n" for k in range(1, 151))
+    (root / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n" + rows)
+    (tmp_path / "colors.txt").write_text("1 2 3\n" * 150)
     proc = _run(
         "build_ade20k_data.py",
         f"--ade20k_root={root}",
         f"--output_dir={tmp_path / 'out'}",
         "--num_workers=1",
+        f"--colormap_file={tmp_path / 'colors.txt'}",
     )
     assert proc.returncode == 1
     assert f"error: label {bad} has values [151] outside [0, 151)" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # Neither shards nor class names and colours of a failed conversion.
     assert os.listdir(tmp_path / "out") == []
 
 
@@ -180,13 +185,20 @@ def _seg_args(root, *extra):
 def test_seg_data_skips_bad_examples(tmp_path):
     _folders(tmp_path, np.random.default_rng(3))
     (tmp_path / "labels/img1.png").unlink()
+    (tmp_path / "names.txt").write_text("bg\ncat\ndog\nbird\nfish\n")
+    (tmp_path / "colors.txt").write_text("0 0 0\n" + "9, 8, 7\n" * 5)
     proc = _run(
         "build_seg_data.py",
         *_seg_args(tmp_path, "--num_classes=5", "--ignore_label=255"),
         "--skip_bad_examples",
+        f"--class_names_file={tmp_path / 'names.txt'}",
+        f"--colormap_file={tmp_path / 'colors.txt'}",
     )
     assert proc.returncode == 0, proc.stderr
     assert "train: 1 examples skipped" in proc.stdout
     assert f"no label for image {tmp_path / 'images/img1.png'}" in proc.stdout
     assert _names(_read(tmp_path / "out", "train")) == ["img0", "img2"]
     assert _names(_read(tmp_path / "out", "val")) == ["img2"]
+    out = tmp_path / "out"
+    assert (out / "class_names.txt").read_text() == "bg\ncat\ndog\nbird\nfish\n"
+    assert (out / "colormap.txt").read_text() == "0 0 0\n" + "9 8 7\n" * 5
