@@ -7,7 +7,10 @@ r"""Runs every benchmark of bench/ and writes bench/results.json and results.md.
 the other (they would contend for the cores), writing its figures with the
 command that produced them; a failed benchmark is reported in both files
 and makes the exit status non-zero, and the others still run. Both files
-are written under temporary names and renamed.
+are written under temporary names and renamed. `--only=a,b` reruns those
+benchmarks and keeps the others' results already in `--output_dir` (when
+they were run with the same `--quick`), so one figure can be remeasured
+without the whole suite; each section says when it ran.
 """
 
 import argparse
@@ -55,7 +58,13 @@ def run_one(name, work_dir, quick):
     output = os.path.join(work_dir, f"{name}.json")
     command = [sys.executable, os.path.join(_BENCH, f"{name}.py")]
     command += [f"--output_json={output}"] + (["--quick"] if quick else [])
-    print(f"=== {name}: {benchlib.command_line(command[1:])}", flush=True)
+    # Shown as one reruns it by hand: from the repository, without the
+    # temporary result file.
+    shown = benchlib.command_line(
+        [os.path.join("bench", f"{name}.py")] + (["--quick"] if quick else [])
+    )
+    print(f"=== {name}: {shown}", flush=True)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
     start = time.perf_counter()
     status = subprocess.run(command, check=False, cwd=os.path.dirname(_BENCH))
     seconds = time.perf_counter() - start
@@ -65,13 +74,42 @@ def run_one(name, work_dir, quick):
     else:
         result = {
             "benchmark": name,
-            "command": benchlib.command_line(command[1:]),
+            "command": shown,
             "error": f"exit status {status.returncode}; its output is above",
             "figures": [],
         }
+    result["command"] = shown
     result["seconds"] = seconds
+    result["started"] = started
     print(f"=== {name}: {seconds:.0f} s", flush=True)
     return result
+
+
+def merge(previous, results, quick):
+    """`results` in `BENCHMARKS` order, plus `previous` ones not rerun.
+
+    Args:
+      previous: the summary dict of an earlier results.json, or None.
+      results: this run's result dicts.
+      quick: bool, this run's `--quick`; earlier results of the other kind
+        are dropped, not mixed in.
+    """
+    by_name = {}
+    if previous is not None and previous.get("quick") == quick:
+        by_name = {r["benchmark"]: r for r in previous.get("benchmarks", [])}
+    by_name.update({r["benchmark"]: r for r in results})
+    return [by_name[name] for name in BENCHMARKS if name in by_name]
+
+
+def _previous(output_dir):
+    path = os.path.join(output_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"{path} is not a results file ({e}); move it away to rerun")
 
 
 def markdown(results, machine, started):
@@ -85,6 +123,11 @@ def markdown(results, machine, started):
     ]
     for result in results:
         lines += ["", f"## {result['benchmark']}", "", f"`{result['command']}`", ""]
+        if "started" in result:
+            lines += [
+                f"Run {result['started']}, {result['seconds']:.0f} s.",
+                "",
+            ]
         if "error" in result:
             lines.append(f"**Failed**: {result['error']}.")
             continue
@@ -115,8 +158,14 @@ def main(argv=None):
     args = _parse(sys.argv[1:] if argv is None else argv)
     names = args.only or list(BENCHMARKS)
     started = datetime.datetime.now().isoformat(timespec="seconds")
+    previous = _previous(args.output_dir) if args.only else None
     with tempfile.TemporaryDirectory() as work_dir:
         results = [run_one(name, work_dir, args.quick) for name in names]
+    failed = [r["benchmark"] for r in results if "error" in r]
+    if args.only:
+        results = merge(previous, results, args.quick)
+        if previous is not None and previous.get("quick") == args.quick:
+            started = previous.get("started", started)
     machine = benchlib.machine()
     os.makedirs(args.output_dir, exist_ok=True)
     summary = {
@@ -130,7 +179,6 @@ def main(argv=None):
         os.path.join(args.output_dir, "results.md"),
         markdown(results, machine, started),
     )
-    failed = [r["benchmark"] for r in results if "error" in r]
     print(f"wrote {args.output_dir}/results.json and results.md", flush=True)
     if failed:
         sys.exit(f"benchmarks failed: {failed}")

@@ -11,6 +11,13 @@ its completed trials over the span from its first trial's start to its last
 trial's end, read back from the study (process start-up, imports and model
 tracing before the first trial are excluded; each trial's own model building
 is included). Pruning is off, so every trial runs its `--proxy_steps`.
+
+Beside the rates, the cores each setting keeps busy: the CPU time of the
+search program's processes (user + system, from `getrusage` of the
+waited-for children) over the program's wall time, start-up included. When
+one worker already keeps more than one of the 2 cores busy (TensorFlow's
+intra-op threads, tf.data's threads), 2 workers can gain at most
+2 / (its cores busy).
 """
 
 import argparse
@@ -113,13 +120,22 @@ def study_rate(search_dir, study_name):
     return len(done), len(done) * 3600.0 / (end - start).total_seconds()
 
 
+def _children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(data_dir, search_dir, args):
-    """Trials per hour for each worker count, alternating, per round."""
-    rates = {1: [], 2: []}
+    """Trials per hour and cores busy for each worker count, alternating.
+
+    Returns:
+      ({workers: [trials per hour per study]}, {workers: [cores busy]}).
+    """
+    rates, busy = {1: [], 2: []}, {1: [], 2: []}
     for round_index in range(args.rounds):
         for workers in (1, 2):
             name = f"throughput-w{workers}-r{round_index}"
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _children_cpu_seconds()
             _program(
                 search_dir,
                 data_dir,
@@ -129,23 +145,26 @@ def measure(data_dir, search_dir, args):
                 f"--num_workers={workers}",
                 f"--proxy_steps={args.proxy_steps}",
             )
+            wall = time.perf_counter() - start
+            busy[workers].append((_children_cpu_seconds() - cpu) / wall)
             done, rate = study_rate(search_dir, name)
             rates[workers].append(rate)
             print(
                 f"round {round_index + 1}: {workers} worker(s): {done} trials, "
-                f"{rate:.1f} trials/h ({time.perf_counter() - start:.0f} s wall "
-                "with start-up)",
+                f"{rate:.1f} trials/h ({wall:.0f} s wall with start-up, "
+                f"{busy[workers][-1]:.2f} cores busy)",
                 flush=True,
             )
-    return rates
+    return rates, busy
 
 
 def main(argv=None):
     args = _parse(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory() as work_dir:
         data_dir, search_dir = prepare(work_dir, args)
-        rates = measure(data_dir, search_dir, args)
+        rates, busy = measure(data_dir, search_dir, args)
     one, two = benchlib.median(rates[1]), benchlib.median(rates[2])
+    busy_one, busy_two = benchlib.median(busy[1]), benchlib.median(busy[2])
     detail = (
         f"{args.trials} trials a study, {args.proxy_steps} proxy steps at 129x129, "
         f"batch 8, MobileNet-v2 features; median of {args.rounds} studies, "
@@ -155,6 +174,25 @@ def main(argv=None):
         benchlib.figure("trials/hour, 1 worker", one, "trials/h", detail),
         benchlib.figure("trials/hour, 2 workers", two, "trials/h", detail),
         benchlib.figure("2 workers / 1 worker", two / one, "x", "same run"),
+        benchlib.figure(
+            "cores busy, 1 worker",
+            busy_one,
+            "cores",
+            "CPU seconds of the search processes / wall seconds, start-up "
+            "included; median over the studies",
+        ),
+        benchlib.figure(
+            "cores busy, 2 workers",
+            busy_two,
+            "cores",
+            "as above",
+        ),
+        benchlib.figure(
+            "2 workers' ceiling on this machine",
+            2.0 / busy_one,
+            "x",
+            "2 cores / cores busy with 1 worker",
+        ),
         benchlib.figure(
             "search processes peak memory",
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,

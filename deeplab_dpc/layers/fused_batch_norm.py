@@ -54,7 +54,12 @@ class FusedBatchNormalization(tf.keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if IS_TF_KERAS or not self._fuses(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, tf.float32)
+        # The kernel keeps its statistics in float32 whatever its input:
+        # bfloat16 activations go in as they are (no casts each way); others
+        # are computed in float32, as Keras does.
+        if inputs.dtype != tf.bfloat16:
+            inputs = tf.cast(inputs, tf.float32)
+        x = inputs
         channels = x.shape[-1]
         gamma = self.gamma if self.scale else tf.ones([channels])
         beta = self.beta if self.center else tf.zeros([channels])

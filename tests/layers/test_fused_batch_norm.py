@@ -97,3 +97,17 @@ def test_models_use_the_class_of_this_keras():
         assert expected is tf.keras.layers.BatchNormalization
     else:
         assert expected is fused_batch_norm.FusedBatchNormalization
+
+
+@pytest.mark.skipif(fused_batch_norm.IS_TF_KERAS, reason="tf_keras' own layer")
+def test_bfloat16_training_step_stays_close_to_keras():
+    fused, plain = _pair(dtype="mixed_bfloat16")
+    x = tf.cast(_inputs(), tf.bfloat16)
+    y_fused = fused(x, training=True)
+    y_plain = plain(x, training=True)
+    assert y_fused.dtype == y_plain.dtype == tf.bfloat16
+    np.testing.assert_allclose(
+        tf.cast(y_fused, tf.float32), tf.cast(y_plain, tf.float32), atol=0.05, rtol=0.02
+    )
+    for a, b in zip(fused.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2)

@@ -1,0 +1,75 @@
+"""Tests for bench/run_all.py's result files (no benchmark is run)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bench"
+)
+sys.path.insert(0, BENCH)
+
+import run_all  # pylint: disable=wrong-import-position
+
+
+def _result(name, value, started="2026-01-01T00:00:00"):
+    return {
+        "benchmark": name,
+        "command": f"bench/{name}.py",
+        "figures": [{"name": "x", "value": value, "unit": "ms", "detail": "d"}],
+        "seconds": 1.0,
+        "started": started,
+    }
+
+
+def test_merge_keeps_earlier_results_of_the_same_kind_in_order():
+    previous = {
+        "quick": False,
+        "benchmarks": [_result("inference", 1.0), _result("search_throughput", 2.0)],
+    }
+    merged = run_all.merge(previous, [_result("search_throughput", 3.0)], quick=False)
+    assert [r["benchmark"] for r in merged] == ["inference", "search_throughput"]
+    assert merged[1]["figures"][0]["value"] == 3.0
+    # A quick run never mixes with full ones.
+    assert run_all.merge(previous, [_result("fma_peak", 4.0)], quick=True) == [
+        _result("fma_peak", 4.0)
+    ]
+    assert (
+        run_all.merge(None, [_result("levers", 5.0)], quick=False)[0]["figures"][0][
+            "value"
+        ]
+        == 5.0
+    )
+
+
+def test_markdown_names_each_section_and_when_it_ran():
+    text = run_all.markdown(
+        [_result("inference", 1234.0, "2026-11-26T19:00:00")],
+        {"cpu": "test cpu", "cores": 2},
+        "2026-11-26T18:00:00",
+    )
+    assert "## inference" in text
+    assert "Run 2026-11-26T19:00:00, 1 s." in text
+    assert "| x | 1,234 | ms | d |" in text
+
+
+def test_unknown_benchmark_is_named(tmp_path):
+    status = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run_all.py"), "--only=nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert status.returncode == 2
+    assert "unknown ['nope']" in status.stderr
+
+
+def test_a_corrupt_results_file_is_named_and_kept(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="results.json is not a results file"):
+        run_all._previous(str(tmp_path))
+    assert path.read_text() == "{not json"
