@@ -14,10 +14,8 @@ is included). Pruning is off, so every trial runs its `--proxy_steps`.
 
 Beside the rates, the cores each setting keeps busy: the CPU time of the
 search program's processes (user + system, from `getrusage` of the
-waited-for children) over the program's wall time, start-up included. When
-one worker already keeps more than one of the 2 cores busy (TensorFlow's
-intra-op threads, tf.data's threads), 2 workers can gain at most
-2 / (its cores busy).
+waited-for children) over the program's wall time, start-up included; idle
+cores with 2 workers point at waiting (locks, threads) rather than work.
 """
 
 import argparse
@@ -186,12 +184,6 @@ def main(argv=None):
             busy_two,
             "cores",
             "as above",
-        ),
-        benchlib.figure(
-            "2 workers' ceiling on this machine",
-            2.0 / busy_one,
-            "x",
-            "2 cores / cores busy with 1 worker",
         ),
         benchlib.figure(
             "search processes peak memory",
