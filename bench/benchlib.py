@@ -195,19 +195,23 @@ def write_result(path, benchmark, figures, argv=None):
         "machine": machine(),
         "figures": list(figures),
     }
+    write_text(path, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def write_text(path, text):
+    """Writes `text` to `path` under a temporary name, then renames it."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
+            f.write(text)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    return result
 
 
 def _format_value(value):

@@ -122,6 +122,20 @@ def inference_timer(model_options, jit, precision, runs, fold=False):
     return timed
 
 
+def _speedups(kind, medians):
+    """Each variant's speed-up over the float32 graph, from the medians."""
+    return [
+        benchlib.figure(
+            f"{kind} speed-up {name} vs float32",
+            medians["float32"] / seconds,
+            "x",
+            "ratio of the medians above, same run",
+        )
+        for name, seconds in medians.items()
+        if name != "float32"
+    ]
+
+
 def measure(timers, rounds):
     """Medians (seconds) of the timers, alternated round by round."""
     times = benchlib.alternate(timers, rounds)
@@ -165,16 +179,7 @@ def main(argv=None):
                 f"{steps} steps; {thread_text}",
             )
         )
-    for name, seconds in train.items():
-        if name != "float32":
-            figures.append(
-                benchlib.figure(
-                    f"train step speed-up {name} vs float32",
-                    train["float32"] / seconds,
-                    "x",
-                    "ratio of the medians above, same run",
-                )
-            )
+    figures += _speedups("train step", train)
     for name, seconds in infer.items():
         figures.append(
             benchlib.figure(
@@ -185,16 +190,7 @@ def main(argv=None):
                 f"alternating rounds of {runs} runs; {thread_text}",
             )
         )
-    for name, seconds in infer.items():
-        if name != "float32":
-            figures.append(
-                benchlib.figure(
-                    f"inference speed-up {name} vs float32",
-                    infer["float32"] / seconds,
-                    "x",
-                    "ratio of the medians above, same run",
-                )
-            )
+    figures += _speedups("inference", infer)
     figures.append(
         benchlib.figure(
             "peak memory (all nine variants in one process)",

@@ -141,19 +141,6 @@ def markdown(results, machine, started):
     return "\n".join(lines) + "\n"
 
 
-def _write(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def main(argv=None):
     args = _parse(sys.argv[1:] if argv is None else argv)
     names = args.only or list(BENCHMARKS)
@@ -174,8 +161,10 @@ def main(argv=None):
         "machine": machine,
         "benchmarks": results,
     }
-    _write(os.path.join(args.output_dir, "results.json"), json.dumps(summary, indent=1))
-    _write(
+    benchlib.write_text(
+        os.path.join(args.output_dir, "results.json"), json.dumps(summary, indent=1)
+    )
+    benchlib.write_text(
         os.path.join(args.output_dir, "results.md"),
         markdown(results, machine, started),
     )

@@ -418,7 +418,7 @@ def convert_with_metadata(
     )
     metadata.write_files(files)
     for path in files:
-        print(f"wrote {path}")
+        logging.info("Wrote %s.", path)
     return results
 
 

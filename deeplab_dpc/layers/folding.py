@@ -146,7 +146,7 @@ def _is_depthwise(conv):
 
 
 def _producers(layer):
-    """The layers whose outputs `layer` takes, over all its calls in `model`."""
+    """The layers whose outputs `layer` takes, over all its calls."""
     producers = []
     for node in layer._inbound_nodes:
         for parent in node.parent_nodes:
@@ -215,23 +215,9 @@ def fold_batch_norms(model):
             new.set_weights(list(folded_kernel_and_bias(old, pairs[old.name])))
         else:
             new.set_weights(old.get_weights())
-    for layer in _all_sublayers(folded):
+    # Listed before folding: folding swaps sublayers.
+    for layer in list(folded._flatten_layers(include_self=False)):
         fold = getattr(layer, "fold_batch_norm", None)
         if fold is not None:
             fold()
     return folded
-
-
-def _all_sublayers(model):
-    """Every layer inside `model`, outermost first, each once."""
-    seen, order, stack = set(), [], list(reversed(model.layers))
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        order.append(layer)
-        stack.extend(
-            reversed(list(layer._flatten_layers(include_self=False, recursive=False)))
-        )
-    return order

@@ -241,4 +241,19 @@ def load_split(cache, split, *, batch_size, shuffle=False, seed=None, repeat=Fal
         )
 
     ds = ds.batch(batch_size, drop_remainder=repeat)
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_no_autotune())
+
+
+def _no_autotune():
+    """tf.data options without the autotuning thread.
+
+    A trial reads a few small cached feature maps per step; the autotuner
+    buys nothing there, and with 2 search workers on 2 cores deleting a
+    trial's iterator waited 8-10 s for the starved autotuning thread in
+    about half of the trials (`bench/search_throughput.py`: 2 workers went
+    from 1.45x to 1.65x the trials/hour of 1 without it).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options

@@ -47,22 +47,6 @@ CELL_JSON = "dense_prediction_cell.json"
 _LOSS_POINTS = 20
 
 
-def _no_autotune():
-    """tf.data options without the autotuning thread.
-
-    A trial's input is a few small cached feature maps per step; tf.data's
-    autotuner buys nothing there, and with 2 workers on 2 cores deleting a
-    trial's iterator waited 8-10 s for its starved autotuning thread in about
-    half of the trials (measured with `bench/search_throughput.py`).
-    """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return options
-
-
-_NO_AUTOTUNE = _no_autotune()
-
-
 @dataclasses.dataclass(frozen=True)
 class TrialResult:
     """What one proxy trial measured.
@@ -386,7 +370,7 @@ def run_trial(
     optimizer = tf.keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
     train = cache_lib.load_split(
         info, "train", batch_size=proxy_batch_size, shuffle=True, seed=seed, repeat=True
-    ).with_options(_NO_AUTOTUNE)
+    )
 
     train_step = make_train_step(model, optimizer, info.ignore_label)
 
@@ -400,7 +384,7 @@ def run_trial(
         )
         for features, labels in cache_lib.load_split(
             info, "val", batch_size=eval_batch_size
-        ).with_options(_NO_AUTOTUNE):
+        ):
             metric.update(labels, predict(features))
         return metric.result()
 

@@ -99,7 +99,6 @@ def test_models_use_the_class_of_this_keras():
         assert expected is fused_batch_norm.FusedBatchNormalization
 
 
-@pytest.mark.skipif(fused_batch_norm.IS_TF_KERAS, reason="tf_keras' own layer")
 def test_bfloat16_training_step_stays_close_to_keras():
     fused, plain = _pair(dtype="mixed_bfloat16")
     x = tf.cast(_inputs(), tf.bfloat16)

@@ -98,6 +98,9 @@ def test_shards_hold_the_checkpoint_backbone_features_and_pipeline_labels(shared
         search, "train", batch_size=3, shuffle=True, seed=0, repeat=True
     )
     assert [tuple(f.shape) for f, _ in shuffled.take(7)] == [(3, 5, 5, 112)] * 7
+    # No autotuning thread: with 2 workers on 2 cores, deleting an iterator
+    # waited seconds for it (see cache_reader._no_autotune).
+    assert shuffled.options().autotune.enabled is False
 
 
 def test_same_settings_reuse_the_cache_without_writing(shared):
