@@ -131,6 +131,32 @@ def test_loss_ignores_ignore_label_and_mines_top_k():
     assert float(tf.math.divide_no_nan(total, count)) == 0.0
 
 
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_compiled_cross_entropy_matches_tensorflows_kernel(scale):
+    # Values and gradients of the XLA-compiled log-sum-exp form against
+    # tf.nn's fused kernel; scale 300 checks the log-sum-exp stays finite
+    # where a naive log(sum(exp)) overflows.
+    rng = np.random.default_rng(1)
+    logits = tf.constant(scale * rng.normal(size=(500, 21)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 21, size=500).astype(np.int32))
+    upstream = tf.constant(rng.uniform(size=500).astype(np.float32))
+
+    def value_and_gradient(function):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            values = function(logits, labels)
+            weighted = tf.reduce_sum(values * upstream)
+        return values.numpy(), tape.gradient(weighted, logits).numpy()
+
+    ours, our_grad = value_and_gradient(losses.softmax_cross_entropy)
+    theirs, their_grad = value_and_gradient(
+        lambda x, y: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x)
+    )
+    assert np.isfinite(ours).all()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(our_grad, their_grad, atol=1e-6)
+
+
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
     data = str(tmp_path / "one")
     # Images of exactly the crop and scale 1: every batch is the same two
