@@ -14,8 +14,10 @@ Conventions (every bench script follows them):
   object per line on stdin, one JSON reply per line on stdout), so that a
   driver alternates rounds between models without rebuilding them. Model
   Garden's worker runs it under another virtual environment, which is why
-  this module imports nothing outside the standard library (`op_type_profile`
-  is handed the `tensorflow` module by its caller).
+  this module imports nothing outside the standard library at load time
+  (`op_type_profile` is handed the `tensorflow` module by its caller;
+  `write_text` imports `deeplab_dpc.file_io` when called, in the project's
+  venv).
 """
 
 import json
@@ -200,18 +202,15 @@ def write_result(path, benchmark, figures, argv=None):
 
 
 def write_text(path, text):
-    """Writes `text` to `path` under a temporary name, then renames it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Writes `text` to `path` under a temporary name, then renames it.
+
+    `deeplab_dpc.file_io.write_text`, imported only here: Model Garden's
+    worker imports this module under the peers venv, which has no deeplab_dpc
+    and never writes results.
+    """
+    from deeplab_dpc import file_io  # pylint: disable=import-outside-toplevel
+
+    file_io.write_text(path, text)
 
 
 def _format_value(value):

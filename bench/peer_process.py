@@ -341,6 +341,7 @@ class OursWorker:
         return {"seconds": seconds, "loss": loss}
 
     def tflite(self, path, quantize="float32"):
+        from deeplab_dpc import file_io
         from deeplab_dpc.export import tflite
 
         if quantize not in (tflite.FLOAT32, tflite.INT8):
@@ -357,7 +358,7 @@ class OursWorker:
                 for _ in range(_CALIBRATION_IMAGES)
             ]
         content = tflite.convert(function, quantize, options, representative)
-        tflite.write_atomically(path, content)
+        file_io.write_bytes(path, content)
         return {"path": path, "bytes": len(content)}
 
     def profile(self, runs=3):

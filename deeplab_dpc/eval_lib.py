@@ -11,13 +11,13 @@ as JSON and as TensorBoard scalars.
 
 import json
 import os
-import tempfile
 import time
 
 from absl import logging
 import tensorflow as tf
 import tqdm
 
+from deeplab_dpc import file_io
 from deeplab_dpc import inference
 from deeplab_dpc import initial_checkpoint
 from deeplab_dpc import metrics
@@ -197,10 +197,7 @@ def write_results(eval_logdir, result):
         paths.insert(0, os.path.join(eval_logdir, f"eval_results-{step}.json"))
     text = json.dumps(result, indent=1)
     for path in paths:
-        fd, tmp = tempfile.mkstemp(dir=eval_logdir, prefix=".eval_results.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        file_io.write_text(path, text)
     writer = tf.summary.create_file_writer(eval_logdir)
     names = result.get("class_names") or [
         str(i) for i in range(len(result["per_class_iou"]))

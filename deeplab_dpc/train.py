@@ -16,7 +16,6 @@ from another run's checkpoint, as DeepLab's fine-tuning flags.
 """
 
 import os
-import tempfile
 
 from absl import app
 from absl import flags
@@ -24,6 +23,7 @@ from absl import logging
 import tensorflow as tf
 
 from deeplab_dpc import common_flags
+from deeplab_dpc import file_io
 from deeplab_dpc import speed_flags
 from deeplab_dpc import train_lib
 from deeplab_dpc.data import tfexample
@@ -132,12 +132,8 @@ def make_strategy(name, num_gpus):
 
 def write_flags(train_logdir):
     """Writes the resolved flags to `<train_logdir>/train.flags` atomically."""
-    tf.io.gfile.makedirs(train_logdir)
     path = os.path.join(train_logdir, "train.flags")
-    fd, tmp = tempfile.mkstemp(dir=train_logdir, prefix=".train.flags.")
-    with os.fdopen(fd, "w") as f:
-        f.write(flags.FLAGS.flags_into_string())
-    os.replace(tmp, path)
+    file_io.write_text(path, flags.FLAGS.flags_into_string())
     return path
 
 

@@ -12,12 +12,12 @@ renamed, so a killed run leaves no half-written file.
 """
 
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tqdm
 
+from deeplab_dpc import file_io
 from deeplab_dpc.data import cityscapes
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import registry
@@ -65,12 +65,7 @@ def write_png(path, array):
     array = np.asarray(array, dtype=np.uint8)
     if array.ndim == 2:
         array = array[..., None]
-    data = tf.io.encode_png(array).numpy()
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    file_io.write_bytes(path, tf.io.encode_png(array).numpy())
 
 
 def existing_results(vis_logdir):

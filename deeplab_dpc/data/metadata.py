@@ -23,6 +23,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from deeplab_dpc import file_io
 from deeplab_dpc.data import registry
 
 CLASS_NAMES_FILE = "class_names.txt"
@@ -201,13 +202,7 @@ def check_absent(files):
 
 
 def write_files(files):
-    """Writes each `{path: text}` file under a temporary name (`.<name>.tmp`
-    beside it), then renames it into place."""
+    """Writes each `{path: text}` file under a temporary name (`.tmp-*`
+    beside it), then renames it into place (`file_io.write_text`)."""
     for path, text in files.items():
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        file_io.write_text(path, text)

@@ -23,6 +23,7 @@ three plots (matplotlib figures drawn on its Agg canvas, no pyplot):
 """
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import re
 from matplotlib.figure import Figure
 import numpy as np
 
+from deeplab_dpc import file_io
 from deeplab_dpc import inference
 from deeplab_dpc.export import litert_runner
 from deeplab_dpc.export import tflite
@@ -251,8 +253,11 @@ def compare(
     }
     result = {"settings": settings, "models": models, "rows": rows}
     os.makedirs(output_dir, exist_ok=True)
-    _write(output_dir, JSON_FILE, json.dumps(result, indent=2, default=float) + "\n")
-    _write(output_dir, MARKDOWN_FILE, markdown(result))
+    file_io.write_text(
+        os.path.join(output_dir, JSON_FILE),
+        json.dumps(result, indent=2, default=float) + "\n",
+    )
+    file_io.write_text(os.path.join(output_dir, MARKDOWN_FILE), markdown(result))
     for name, figure in zip(PLOTS, plots(rows)):
         _write_figure(output_dir, name, figure)
     return result
@@ -363,11 +368,7 @@ def plots(rows):
     return figures
 
 
-def _write(output_dir, name, text):
-    tflite.write_atomically(os.path.join(output_dir, name), text.encode("utf-8"))
-
-
 def _write_figure(output_dir, name, figure):
-    temporary = os.path.join(output_dir, f".{name}.tmp.png")
-    figure.savefig(temporary, dpi=100, bbox_inches="tight")
-    os.replace(temporary, os.path.join(output_dir, name))
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=100, bbox_inches="tight")
+    file_io.write_bytes(os.path.join(output_dir, name), png.getvalue())

@@ -21,7 +21,6 @@ import base64
 import io
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 
@@ -32,6 +31,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from deeplab_dpc import file_io
 from deeplab_dpc.data import registry
 
 SERVING_DEFAULT = "serving_default"
@@ -326,15 +326,9 @@ def prediction_paths(output_dir, image_path, colormap=None):
 
 def _write_png(array, path):
     """Writes a PNG through a temporary file renamed into place."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, format="PNG")
+    file_io.write_bytes(path, png.getvalue())
 
 
 def write_prediction(labels, output_dir, image_path, *, colormap=None):

@@ -33,8 +33,6 @@ fine-tuned under tf_keras by `legacy_keras`, whose frozen graphs
 """
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -299,23 +297,6 @@ def convert(function, variant, options, representative=None):
         raise ConversionError(
             f"{variant}: the TFLite converter failed{hint}: {e}"
         ) from e
-
-
-def write_atomically(path, content):
-    """Writes bytes to a temporary file beside `path`, then renames it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's files are private.
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def graph_def_fn(path, input_name, output_name):

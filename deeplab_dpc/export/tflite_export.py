@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from deeplab_dpc import file_io
 from deeplab_dpc import metrics
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.export import legacy_keras
@@ -254,7 +255,7 @@ def export(
             os.replace(os.path.join(staging, f"{variant}.tflite"), path)
             report["variants"][variant]["file"] = path
         text = json.dumps(report, indent=2, default=float) + "\n"
-        tflite.write_atomically(report_path, text.encode("utf-8"))
+        file_io.write_text(report_path, text)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not os.listdir(output_dir):
@@ -299,7 +300,7 @@ def _check_variants(staging, functions, conversion, checks, representative, refe
     for variant, (function, info) in functions.items():
         content = tflite.convert(function, variant, conversion, representative)
         model_info = _check_file(content, variant, conversion)
-        tflite.write_atomically(os.path.join(staging, f"{variant}.tflite"), content)
+        file_io.write_bytes(os.path.join(staging, f"{variant}.tflite"), content)
         tuned_logits = info.pop("tf_keras_logits", None)
         entry = {
             **info,

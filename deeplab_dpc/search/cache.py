@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from deeplab_dpc import file_io
 from deeplab_dpc import train_lib
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import tfexample
@@ -279,10 +280,7 @@ def _install(partial, cache_dir, manifest):
             os.path.join(partial, shard["file"]), os.path.join(cache_dir, shard["file"])
         )
     os.replace(os.path.join(partial, cache_reader.BACKBONE_DIR), backbone)
-    temporary = os.path.join(partial, MANIFEST)
-    with open(temporary, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(temporary, manifest_path)
+    file_io.write_json(manifest_path, manifest, indent=1)
 
 
 def build_cache(

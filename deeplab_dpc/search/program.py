@@ -38,7 +38,6 @@ training program's, which pretraining and the re-rank use.
 import json
 import os
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -46,6 +45,7 @@ from absl import logging
 import optuna
 
 from deeplab_dpc import common_flags
+from deeplab_dpc import file_io
 
 # The training program's flags (--train_crop_size, --train_split, ...) are
 # this program's too.
@@ -302,20 +302,13 @@ def open_study():
         raise flags.ValidationError(str(e)) from e
 
 
-def _write_flagfile(path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(FLAGS.flags_into_string())
-    os.replace(tmp, path)
-
-
 def search():
     """Runs this process's worker, or `--num_workers` local worker processes."""
     cache = _load_cache()
     study = open_study()
     if _NUM_WORKERS.value > 1:
         flagfile = os.path.join(_search_dir(), FLAGS_FILE)
-        _write_flagfile(flagfile)
+        file_io.write_text(flagfile, FLAGS.flags_into_string())
         engine.launch_workers(
             _NUM_WORKERS.value,
             [
@@ -417,10 +410,7 @@ def baselines(cache):
                 "cell": None if cell is None else space.cell_to_json(cell),
             }
         )
-    fd, tmp = tempfile.mkstemp(dir=_search_dir(), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"budget": budget, "baselines": rows}, f, indent=1)
-    os.replace(tmp, path)
+    file_io.write_json(path, {"budget": budget, "baselines": rows}, indent=1)
     return rows
 
 

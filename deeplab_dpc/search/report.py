@@ -15,15 +15,15 @@ Every file is written under a temporary name and renamed.
 """
 
 import collections
-import json
+import io
 import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from deeplab_dpc import file_io  # pylint: disable=wrong-import-position
 from deeplab_dpc.search import space  # pylint: disable=wrong-import-position
 
 REPORT_FILE = "report.md"
@@ -68,12 +68,10 @@ def pareto_front(records):
 
 
 def _save(fig, path):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    file_io.write_bytes(path, png.getvalue())
 
 
 def plot_best_so_far(records, path):
@@ -211,14 +209,6 @@ def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _write_text(path, text):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_report(
@@ -367,9 +357,7 @@ def write_report(
         "![best cell](plots/best_cell.png)",
         "",
     ]
-    _write_text(
-        os.path.join(search_dir, TRIALS_FILE), json.dumps(list(records), indent=1)
-    )
+    file_io.write_json(os.path.join(search_dir, TRIALS_FILE), list(records), indent=1)
     path = os.path.join(search_dir, REPORT_FILE)
-    _write_text(path, "\n".join(parts))
+    file_io.write_text(path, "\n".join(parts))
     return path

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from typing import Optional
 
 from absl import logging
@@ -31,6 +30,7 @@ import numpy as np
 from scipy import stats
 
 from deeplab_dpc import eval_lib
+from deeplab_dpc import file_io
 from deeplab_dpc import train_lib
 from deeplab_dpc.search import cache as cache_lib
 from deeplab_dpc.search import proxy
@@ -85,14 +85,6 @@ def spearman(proxy_scores, full_scores):
         return None  # A constant list has no ranks to correlate.
     rho = stats.spearmanr(proxy_scores, full_scores).statistic
     return None if np.isnan(rho) else float(rho)
-
-
-def _write_json(path, value):
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 def train_and_evaluate(
@@ -219,7 +211,7 @@ def rerank(
         "best_cell_path": best_path,
         "rerank_steps": options.rerank_steps,
     }
-    _write_json(os.path.join(search_dir, RESULTS_FILE), summary)
+    file_io.write_json(os.path.join(search_dir, RESULTS_FILE), summary, indent=1)
     logging.info(
         "Re-rank done: best is trial %s (full mIOU %.4f, proxy rank %d); "
         "Spearman rho %s.",

@@ -12,8 +12,9 @@ import math
 import numbers
 import os
 import random
-import tempfile
 from typing import Any, Callable, Iterator
+
+from deeplab_dpc import file_io
 
 RATES = (1, 3, 6, 9, 12, 15, 18, 21)
 GRIDS = (1, 2, 4, 8)
@@ -352,42 +353,14 @@ def dump_cell(cell, path, *, overwrite: bool = False) -> None:
 
     Args:
         cell: a `CellSpec` (or a sequence accepted by `CellSpec`).
-        path: str or path-like, the file to write.
+        path: str or path-like, the file to write (its folder is created).
         overwrite: bool, replace an existing file.
 
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False.
     """
-    path = os.fspath(path)
     text = cell_to_json_string(cell) + "\n"
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(
-            f"{path} already exists; pass overwrite=True to replace it"
-        )
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(
-        dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # Atomic and never overwrites.
-            except FileExistsError as err:
-                raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True to replace it"
-                ) from err
-            except OSError:  # No hard links here: fall back to replace.
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    file_io.write_text(path, text, overwrite=overwrite)
 
 
 def published_cell_path() -> str:
