@@ -87,7 +87,8 @@ BATCH_NORM_DECAY = flags.DEFINE_float(
     0.9997,
     "DeepLab's batch-norm decay (the moving statistics' momentum); 0.9997 "
     "suits runs of tens of thousands of steps, short runs need less (about "
-    "1 - 10 / steps).",
+    "1 - 10 / steps). The search program uses that for its short runs "
+    "(pretraining, proxy trials, re-rank) unless this flag is given.",
     lower_bound=0.0,
     upper_bound=1.0,
 )

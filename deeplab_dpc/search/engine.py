@@ -24,6 +24,11 @@ same cell running at once are ordered by number: a trial waits while a
 lower-numbered RUNNING trial has the same key or has not chosen its cell yet,
 so only the lowest trains and the others reuse its result (or train if it
 fails).
+
+Workers: every trial records the process that ran it (`worker`,
+"host:pid"), so a study shared by many machines says which ran what, and
+each worker's own pace can be read back from the study (bench/
+search_throughput.py does).
 """
 
 import collections
@@ -33,6 +38,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,12 +58,18 @@ WORKER_INDEX_ENV = "DEEPLAB_DPC_WORKER_INDEX"
 ATTR_KEY = "cell_key"
 ATTR_CELL = "cell_json"
 ATTR_DUPLICATE = "duplicate_of"
+ATTR_WORKER = "worker"
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # The storage API lives in `study_storage`; callers of the engine find it here too.
 STORAGE_FILE = study_storage.STORAGE_FILE
 default_storage = study_storage.default_storage
 open_storage = study_storage.open_storage
 _SETTINGS = ("strategy", "objectives", "num_branches")
+
+
+def worker_name() -> str:
+    """This process as trials record it (`ATTR_WORKER`): "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def worker_index() -> int:
@@ -235,7 +247,7 @@ class _Worker:
     def _reuse(self, trial, earlier):
         self.stats.duplicates += 1
         for name, value in earlier.user_attrs.items():
-            if name not in (ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE):
+            if name not in (ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER):
                 trial.set_user_attr(name, value)
         origin = earlier.user_attrs.get(ATTR_DUPLICATE, earlier.number)
         trial.set_user_attr(ATTR_DUPLICATE, origin)
@@ -256,6 +268,7 @@ class _Worker:
         }
         cell = strategies.params_to_cell(params, self.num_branches)
         key = space.canonical_key(cell)
+        trial.set_user_attr(ATTR_WORKER, worker_name())
         trial.set_user_attr(ATTR_CELL, space.cell_to_json(cell))
         trial.set_user_attr(ATTR_KEY, key)
         earlier = self._earlier(trial.number, key)
@@ -269,7 +282,9 @@ class _Worker:
                 f"the objective returned keys {sorted(result)}; it must also "
                 f"return {missing} (objectives of this study)"
             )
-        reserved = sorted(set(result) & {ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE})
+        reserved = sorted(
+            set(result) & {ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER}
+        )
         if reserved:
             raise ValueError(
                 f"the objective returned {reserved}; the engine sets these "

@@ -143,17 +143,30 @@ def _dataset():
     return info
 
 
+def batch_norm_decay(steps):
+    """The batch-norm decay of one of the search's short runs of `steps`.
+
+    `--batch_norm_decay` when given on the command line. Otherwise not its
+    default: DeepLab's 0.9997 suits tens of thousands of steps, and over the
+    search's few hundred the moving statistics (which the cached features
+    and the evaluations use) would barely leave their initial values; the
+    run keeps DeepLab's averaging horizon instead
+    (`proxy.proxy_norm_momentum`).
+    """
+    flag = FLAGS["batch_norm_decay"]
+    if flag.present or not flag.using_default_value:  # Parsed, or set in code.
+        return common_flags.BATCH_NORM_DECAY.value
+    return proxy.proxy_norm_momentum(steps)
+
+
 def pretrain():
     """Trains the proxy backbone with an ASPP head; returns its checkpoint."""
     logdir = os.path.join(_search_dir(), PRETRAIN_DIR)
     info = _dataset()
-    # DeepLab's batch-norm decay (0.9997) suits 30k steps; a short pretraining
-    # keeps its horizon instead, or the moving statistics the cached features
-    # are computed with would barely leave their initial values.
     options = common_flags.model_options_from_flags(
         _train_crop(),
         dense_prediction_cell=None,
-        norm_momentum=proxy.proxy_norm_momentum(_PRETRAIN_STEPS.value),
+        norm_momentum=batch_norm_decay(_PRETRAIN_STEPS.value),
     )
     logging.info("Pretraining the proxy backbone for %d steps.", _PRETRAIN_STEPS.value)
     train_lib.run(
@@ -235,6 +248,7 @@ def _proxy_kwargs():
         proxy_batch_size=_PROXY_BATCH_SIZE.value,
         base_learning_rate=_PROXY_LEARNING_RATE.value,
         weight_decay=common_flags.WEIGHT_DECAY.value,
+        norm_momentum=batch_norm_decay(_PROXY_STEPS.value),
         target_crop_size=common_flags.parse_size(
             _TARGET_CROP_SIZE.value, "target_crop_size"
         ),
@@ -379,6 +393,7 @@ def run_rerank(study):
             train_batch_size=FLAGS.train_batch_size,
             base_learning_rate=FLAGS.base_learning_rate,
             weight_decay=common_flags.WEIGHT_DECAY.value,
+            batch_norm_decay=batch_norm_decay(_RERANK_STEPS.value),
             seed=FLAGS.seed,
         ),
     )

@@ -61,6 +61,8 @@ class RerankOptions:
       weight_decay: float, DeepLab's L2 weight decay.
       fine_tune_batch_norm: bool, train batch norm (DeepLab: only with large
         batches).
+      batch_norm_decay: float, or None for DeepLab's averaging horizon over
+        `rerank_steps` (`proxy.proxy_norm_momentum`).
       seed: int or None.
     """
 
@@ -69,6 +71,7 @@ class RerankOptions:
     base_learning_rate: float = 0.01
     weight_decay: float = 4e-5
     fine_tune_batch_norm: bool = True
+    batch_norm_decay: Optional[float] = None
     seed: Optional[int] = None
 
 
@@ -97,11 +100,14 @@ def train_and_evaluate(
     """
     info = cache_lib.load_info(cache)
     # A short run keeps DeepLab's batch-norm averaging horizon (see proxy).
+    norm_momentum = options.batch_norm_decay
+    if norm_momentum is None:
+        norm_momentum = proxy.proxy_norm_momentum(options.rerank_steps)
     model_options = proxy.model_options(
         info,
         candidate.cell,
         weight_decay=options.weight_decay,
-        norm_momentum=proxy.proxy_norm_momentum(options.rerank_steps),
+        norm_momentum=norm_momentum,
     )
     results_path = os.path.join(workdir, eval_lib.RESULTS_FILE)
     if os.path.exists(results_path):
@@ -111,8 +117,10 @@ def train_and_evaluate(
             logging.info("Re-rank: reusing %s.", results_path)
             return result
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, proxy.CELL_JSON), "w") as f:
-        f.write(space.cell_to_json_string(candidate.cell))
+    file_io.write_text(
+        os.path.join(workdir, proxy.CELL_JSON),
+        space.cell_to_json_string(candidate.cell),
+    )
     train_options = train_lib.TrainOptions(
         train_batch_size=options.train_batch_size,
         training_number_of_steps=options.rerank_steps,

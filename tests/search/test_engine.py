@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -121,6 +122,10 @@ def test_identical_cells_are_trained_once(tmp_path):
         space.cell_from_json(trials[2].user_attrs[engine.ATTR_CELL]) == CELL_A_REORDERED
     )
     assert engine.ATTR_DUPLICATE not in trials[4].user_attrs
+    # Each trial names the process that ran it, repeats included.
+    assert {t.user_attrs[engine.ATTR_WORKER] for t in trials} == {
+        f"{socket.gethostname()}:{os.getpid()}"
+    }
 
 
 def test_pruned_trials_count_and_their_repeats_are_pruned(tmp_path):
@@ -234,6 +239,10 @@ def test_two_local_workers_complete_the_total_training_each_cell_once(tmp_path):
     assert all(s["threads"]["TF_NUM_INTRAOP_THREADS"] == "2" for s in summaries)
     surplus = sum(s["stats"]["surplus"] for s in summaries)
     assert sum(s["stats"]["trials"] for s in summaries) == 12 + surplus
+    # Both processes ran counted trials, and each trial names its process.
+    workers = {t.user_attrs[engine.ATTR_WORKER] for t in counted}
+    assert len(workers) == 2
+    assert all(w.startswith(socket.gethostname() + ":") for w in workers)
 
 
 def test_a_killed_worker_trial_is_retried_and_the_study_completes(tmp_path):

@@ -104,3 +104,16 @@ def test_unknown_objective_is_named(parsed_flags, tmp_path):
     FLAGS.objectives = ["miou", "latency"]
     with pytest.raises(flags.ValidationError, match="latency"):
         program.open_study()
+
+
+def test_short_runs_keep_deeplabs_horizon_unless_batch_norm_decay_is_given(
+    parsed_flags,
+):
+    # Not given: 1 - 10 / steps (capped at DeepLab's 0.9997).
+    assert program.batch_norm_decay(200) == pytest.approx(0.95)
+    assert program.batch_norm_decay(10**6) == pytest.approx(0.9997)
+    # Given, even at its default value: used as it is for every short run.
+    FLAGS["batch_norm_decay"].parse("0.9997")
+    assert program.batch_norm_decay(200) == pytest.approx(0.9997)
+    FLAGS["batch_norm_decay"].parse("0.5")
+    assert program.batch_norm_decay(200) == pytest.approx(0.5)
