@@ -12,12 +12,14 @@ Conventions (every bench script follows them):
   each figure made by `figure` (name, value, unit, detail);
 * `serve` is the line protocol of long-lived benchmark workers (one JSON
   object per line on stdin, one JSON reply per line on stdout), so that a
-  driver alternates rounds between models without rebuilding them. Model
-  Garden's worker runs it under another virtual environment, which is why
-  this module imports nothing outside the standard library at load time
-  (`op_type_profile` is handed the `tensorflow` module by its caller;
-  `write_text` imports `deeplab_dpc.file_io` when called, in the project's
-  venv).
+  driver alternates rounds between models without rebuilding them; a model
+  worker's handlers subclass `ModelWorker`, which answers the commands both
+  model workers answer alike. Model Garden's worker runs them under another
+  virtual environment, which is why this module imports nothing outside the
+  standard library at load time (`op_type_profile` and `ModelWorker` are
+  handed the `tensorflow` module by their caller; `write_text` imports
+  `deeplab_dpc.file_io` when called, in the project's venv);
+* `report` prints a script's figures and writes its result file.
 """
 
 import json
@@ -201,6 +203,18 @@ def write_result(path, benchmark, figures, argv=None):
     return result
 
 
+def report(benchmark, figures, output_json=None, argv=None):
+    """Prints the figures as a table, then writes them to `output_json` if set.
+
+    Args:
+      benchmark, figures, argv: as `write_result`.
+      output_json: str or None, the script's `--output_json`.
+    """
+    print(format_figures(figures))
+    if output_json:
+        write_result(output_json, benchmark, figures, argv)
+
+
 def write_text(path, text):
     """Writes `text` to `path` under a temporary name, then renames it.
 
@@ -286,19 +300,90 @@ def fp32_peak(peak_json=None, threads=2, quick=False, output_json=None):
     raise ValueError(f"{peak_json} has no 'fp32_peak' figure (run bench/fma_peak.py)")
 
 
-def rss_reply(reset=False):
-    """A worker's reply to {"cmd": "rss"}: this process's memory in MB.
+class ModelWorker:
+    """The command handlers that every model worker answers alike.
+
+    A subclass (one per worker program) calls `__init__` first, then builds
+    its model and sets:
+      forward: the batch-1 forward, a concrete function of one image;
+      image: a batch-1 input of `forward`;
+    and defines `info()`, `tflite(path, quantize)` and
+    `_build_train_step(batch)` (a zero-argument callable running one training
+    step on a fixed batch of `batch` images and returning its loss tensor).
+    `serve` answers the commands in `COMMANDS` with the methods of the same
+    names.
 
     Args:
-      reset: after reading, reset the peak to the current RSS, so that the
-        next reply's peak covers only what ran in between.
-
-    Returns:
-      {"peak_rss_mb", "rss_mb", "reset": whether the peak was reset}.
+      tf: the `tensorflow` module, just imported (this module imports none):
+        its threads are set here, before TensorFlow starts its runtime.
+      args: the worker's parsed flags, with `crop`, `intra_op_threads` and
+        `inter_op_threads`.
     """
-    reply = {"peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb()}
-    reply["reset"] = reset_peak_rss() if reset else False
-    return reply
+
+    COMMANDS = ("info", "infer", "train", "tflite", "profile", "rss")
+    # Random images that calibrate the "int8" TFLite conversion.
+    CALIBRATION_IMAGES = 8
+
+    def __init__(self, tf, args):
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+        self.tf = tf
+        self.args = args
+        self._train_steps = {}
+
+    def _runtime_info(self):
+        """The entries of "info" that do not depend on the model's origin."""
+        tf = self.tf
+        return {
+            "tf_version": tf.__version__,
+            "crop": self.args.crop,
+            "threads": [
+                tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads(),
+            ],
+            "output_shape": self.forward.structured_outputs.shape.as_list(),
+        }
+
+    def infer(self, repeats, warmup=1):
+        """{"ms": per-call ms of `repeats` forwards after `warmup` untimed}."""
+        seconds, _ = time_calls(
+            lambda: self.forward(self.image).numpy(), repeats, warmup
+        )
+        return {"ms": [s * 1000.0 for s in seconds]}
+
+    def train(self, batch, repeats, warmup=1):
+        """{"seconds": per-step seconds, "loss": the last step's loss}.
+
+        The step of a batch size is built at its first call, then reused.
+        """
+        batch = int(batch)
+        if batch not in self._train_steps:
+            self._train_steps[batch] = self._build_train_step(batch)
+        step = self._train_steps[batch]
+        seconds, loss = time_calls(lambda: float(step().numpy()), repeats, warmup)
+        return {"seconds": seconds, "loss": loss}
+
+    def profile(self, runs=3):
+        """`op_type_profile` of the forward at the worker's threads."""
+        return op_type_profile(
+            self.tf,
+            self.forward,
+            self.image.numpy(),
+            runs,
+            self.args.intra_op_threads,
+            self.args.inter_op_threads,
+        )
+
+    def rss(self, reset=False):
+        """This process's memory in MB: {"peak_rss_mb", "rss_mb", "reset"}.
+
+        Args:
+          reset: after reading, reset the peak to the current RSS, so that
+            the next reply's peak covers only what ran in between.
+        """
+        reply = {"peak_rss_mb": peak_rss_mb(), "rss_mb": current_rss_mb()}
+        reply["reset"] = reset_peak_rss() if reset else False
+        return reply
 
 
 def claim_stdout():
@@ -318,19 +403,22 @@ def claim_stdout():
 def serve(handlers, stdin=None, stdout=None):
     """Runs a worker's line protocol until {"cmd": "quit"} or end of input.
 
-    Each input line is a JSON object with a "cmd" key; the other keys are
-    passed to `handlers[cmd]` as keyword arguments. Its return value (a
-    JSON-serialisable dict) is written back as one line with "ok": true; an
-    exception is written as {"ok": false, "error": ..., "traceback": ...} and
-    the worker goes on.
+    Each input line is a JSON object with a "cmd" key naming one of
+    `handlers.COMMANDS`; the other keys are passed to the handler method of
+    that name as keyword arguments. Its return value (a JSON-serialisable
+    dict) is written back as one line with "ok": true; an exception is
+    written as {"ok": false, "error": ..., "traceback": ...} and the worker
+    goes on.
 
     Args:
-      handlers: dict command name -> callable returning a dict.
+      handlers: an object whose `COMMANDS` (a sequence of names) are methods
+        returning dicts, e.g. a `ModelWorker`.
       stdin: text stream of requests; default `sys.stdin`.
       stdout: text stream for the replies; default `claim_stdout()`.
     """
     stdin = stdin or sys.stdin
     out = stdout or claim_stdout()
+    commands = list(handlers.COMMANDS)
     for line in stdin:
         if not line.strip():
             continue
@@ -340,12 +428,12 @@ def serve(handlers, stdin=None, stdout=None):
             if command == "quit":
                 _reply(out, {"ok": True})
                 return
-            if command not in handlers:
+            if command not in commands:
                 raise KeyError(
                     f"unknown command {command!r}; known: "
-                    f"{sorted(handlers) + ['quit']}"
+                    f"{sorted(commands) + ['quit']}"
                 )
-            reply = dict(handlers[command](**request))
+            reply = dict(getattr(handlers, command)(**request))
             reply["ok"] = True
         except Exception as e:  # Reported to the driver, which raises.
             reply = {

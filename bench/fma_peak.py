@@ -101,9 +101,7 @@ def main(argv):
     figures = [peak_figure(tf, "fp32_peak", tf.float32, args)]
     if args.bfloat16:
         figures.append(peak_figure(tf, "bf16_peak", tf.bfloat16, args))
-    print(benchlib.format_figures(figures))
-    if args.output_json:
-        benchlib.write_result(args.output_json, BENCHMARK, figures)
+    benchlib.report(BENCHMARK, figures, args.output_json)
     return figures
 
 

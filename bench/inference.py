@@ -87,23 +87,6 @@ def parse_args(argv):
     return args
 
 
-def start_workers(args):
-    workers = {}
-    try:
-        for name in MODELS:
-            workers[name] = peer_process.start(
-                name,
-                crop=args.crop,
-                intra_op_threads=args.intra_op_threads,
-                inter_op_threads=args.inter_op_threads,
-            )
-    except BaseException:
-        for worker in workers.values():
-            worker.close()
-        raise
-    return workers
-
-
 def measure(workers, args):
     """Info, per-call latencies and peak RSS of each worker.
 
@@ -111,19 +94,12 @@ def measure(workers, args):
       dict name -> {"info", "ms" (all timed calls), "peak_rss_mb"}.
     """
     results = {name: {"info": w.call("info")} for name, w in workers.items()}
-    for worker in workers.values():
-        worker.call("rss", reset=True)
-        worker.call("infer", repeats=0, warmup=args.warmup)
-    rounds = benchlib.alternate(
-        {
-            name: (lambda w=w: w.call("infer", repeats=args.repeats, warmup=0)["ms"])
-            for name, w in workers.items()
-        },
-        args.rounds,
+    timed = peer_process.timed_rounds(
+        workers, "infer", args.rounds, args.repeats, args.warmup
     )
-    for name, worker in workers.items():
-        results[name]["ms"] = [ms for chunk in rounds[name] for ms in chunk]
-        results[name]["peak_rss_mb"] = worker.call("rss")["peak_rss_mb"]
+    for name, rounds in timed.items():
+        results[name]["ms"] = [ms for reply in rounds["replies"] for ms in reply["ms"]]
+        results[name]["peak_rss_mb"] = rounds["peak_rss_mb"]
     if args.profile:
         for name, worker in workers.items():
             results[name]["profile"] = worker.call("profile", runs=args.profile)
@@ -207,25 +183,21 @@ def figures_of(results, peak_figure, args):
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        peer_process.peers_python()
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    peer_process.exit_without_peers()
     peak = benchlib.fp32_peak(
         args.peak_json, args.intra_op_threads, args.quick, args.output_json
     )
-    workers = start_workers(args)
-    try:
+    with peer_process.started(
+        MODELS,
+        crop=args.crop,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+    ) as workers:
         results = measure(workers, args)
-    finally:
-        for worker in workers.values():
-            worker.close()
     figures = figures_of(results, peak, args)
     if args.profile:
         figures += profile_figures(results, args)
-    print(benchlib.format_figures(figures))
-    if args.output_json:
-        benchlib.write_result(args.output_json, BENCHMARK, figures)
+    benchlib.report(BENCHMARK, figures, args.output_json)
     return figures
 
 

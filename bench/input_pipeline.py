@@ -150,9 +150,7 @@ def main(argv=None):
             "training program peak memory", program_rss, "MB", "its process"
         ),
     ]
-    print(benchlib.format_figures(results))
-    if args.output_json:
-        benchlib.write_result(args.output_json, "input_pipeline", results, sys.argv)
+    benchlib.report("input_pipeline", results, args.output_json, sys.argv)
 
 
 if __name__ == "__main__":

@@ -199,9 +199,7 @@ def main(argv=None):
             "VmHWM of this process",
         )
     )
-    print(benchlib.format_figures(figures))
-    if args.output_json:
-        benchlib.write_result(args.output_json, "levers", figures, argv)
+    benchlib.report("levers", figures, args.output_json, argv)
 
 
 if __name__ == "__main__":

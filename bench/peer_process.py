@@ -1,8 +1,9 @@
 r"""Benchmark workers: one model per long-lived process, driven over a pipe.
 
 A driver (bench/inference.py, tflite_latency.py, train_step.py) starts one
-`Worker` per model, so that each model's peak memory is its own process's,
-and alternates timing rounds between them without rebuilding anything:
+`Worker` per model (`started` starts several and closes them all), so that
+each model's peak memory is its own process's, and alternates timing rounds
+between them without rebuilding anything (`timed_rounds`):
 
   * `model_garden(...)`: TF Model Garden's `mnv2_deeplabv3_pascal` in
     bench/peers/model_garden_worker.py under the peers venv
@@ -28,6 +29,7 @@ L2, SGD momentum 0.9 on DeepLab's poly schedule), and TFLite files come from
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -47,7 +49,6 @@ MODELS = ("ours_aspp", BASELINE, "ours_dpc")
 NUM_CLASSES = 21  # PASCAL VOC, as Model Garden's mnv2_deeplabv3_pascal.
 OUTPUT_STRIDE = 16  # Model Garden's mnv2_deeplabv3_pascal.
 IGNORE_LABEL = 255
-_CALIBRATION_IMAGES = 8
 _STDERR_TAIL = 3000
 
 
@@ -230,6 +231,68 @@ def start(name, crop=513, intra_op_threads=2, inter_op_threads=2):
     return ours(name[len("ours_") :], crop=crop, **threads)
 
 
+@contextlib.contextmanager
+def started(names, **kwargs):
+    """Starts the workers of the named models; closes them all on leaving.
+
+    The workers are started in `names`' order without waiting for one to be
+    built before the next starts; every worker started is closed on leaving
+    the block, also when a start, a command or a close fails.
+
+    Args:
+      names: model names from `MODELS`.
+      **kwargs: `start`'s crop and thread arguments.
+
+    Yields:
+      dict name -> `Worker`, in the order of `names`.
+    """
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(start(name, **kwargs)) for name in names}
+
+
+def timed_rounds(workers, cmd, rounds, repeats, warmup, **kwargs):
+    """Times a command in every worker, alternating the workers by round.
+
+    Each worker in turn resets its peak RSS and runs `warmup` untimed calls
+    (`cmd` with repeats=0); then `benchlib.alternate` runs `rounds` rounds of
+    one `cmd` call of `repeats` timed repeats per worker; last, each worker's
+    peak RSS since its reset is read.
+
+    Args:
+      workers: dict name -> `Worker`.
+      cmd: "infer" or "train"; kwargs: its other arguments (e.g. batch).
+      rounds, repeats, warmup: ints, as above.
+
+    Returns:
+      dict name -> {"replies": its `rounds` replies, "peak_rss_mb"}.
+    """
+    for worker in workers.values():
+        worker.call("rss", reset=True)
+        worker.call(cmd, repeats=0, warmup=warmup, **kwargs)
+    replies = benchlib.alternate(
+        {
+            name: (lambda w=w: w.call(cmd, repeats=repeats, warmup=0, **kwargs))
+            for name, w in workers.items()
+        },
+        rounds,
+    )
+    return {
+        name: {
+            "replies": replies[name],
+            "peak_rss_mb": worker.call("rss")["peak_rss_mb"],
+        }
+        for name, worker in workers.items()
+    }
+
+
+def exit_without_peers():
+    """Exits with the reason when the peers venv is missing (drivers' main)."""
+    try:
+        peers_python()
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+
+
 def model_options(head, crop, depth_multiplier=1.0):
     """Our `ModelOptions` for a head ("aspp" or "dpc"), as `ours` builds."""
     from deeplab_dpc.models import deeplab
@@ -247,18 +310,15 @@ def model_options(head, crop, depth_multiplier=1.0):
     )
 
 
-class OursWorker:
+class OursWorker(benchlib.ModelWorker):
     """The command handlers around one of our models (this file's `main`)."""
 
     def __init__(self, args):
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+        super().__init__(tf, args)
         from deeplab_dpc.models import deeplab
 
-        self.tf = tf
-        self.args = args
         tf.keras.utils.set_random_seed(args.seed)
         self.options = model_options(args.head, args.crop, args.depth_multiplier)
         self.model = deeplab.build_deeplab(self.options)
@@ -273,12 +333,10 @@ class OursWorker:
         self.forward = tf.function(
             lambda images: model(images, training=False)
         ).get_concrete_function(spec)
-        self._train_steps = {}
 
     def info(self):
         from deeplab_dpc.models import accounting
 
-        tf = self.tf
         rows = accounting.count(self.model)
         return {
             "params": rows["total"]["params"],
@@ -289,56 +347,35 @@ class OursWorker:
             ),
             "madds_profiler": accounting.profiler_flops(self.model) // 2,
             "modules": rows,
-            "tf_version": tf.__version__,
             "head": self.args.head,
             "fold_batch_norm": self.args.fold_batch_norm,
-            "crop": self.args.crop,
-            "threads": [
-                tf.config.threading.get_intra_op_parallelism_threads(),
-                tf.config.threading.get_inter_op_parallelism_threads(),
-            ],
-            "output_shape": self.forward.structured_outputs.shape.as_list(),
+            **self._runtime_info(),
         }
 
-    def infer(self, repeats, warmup=1):
-        seconds, _ = benchlib.time_calls(
-            lambda: self.forward(self.image).numpy(), repeats, warmup
-        )
-        return {"ms": [s * 1000.0 for s in seconds]}
-
-    def _train_step(self, batch):
+    def _build_train_step(self, batch):
         """The training program's own step (`train_lib.build_train_step`)."""
         from deeplab_dpc import train_lib
         from deeplab_dpc.data import pipeline
 
         tf = self.tf
-        if batch not in self._train_steps:
-            options = train_lib.TrainOptions(
-                train_batch_size=batch,
-                base_learning_rate=1e-3,
-                ignore_label=IGNORE_LABEL,
-            )
-            optimizer = train_lib.build_optimizer(options, self.model)
-            step = train_lib.build_train_step(
-                self.model, optimizer, tf.distribute.get_strategy(), options
-            )
-            crop = self.args.crop
-            inputs = {
-                pipeline.IMAGE: tf.random.uniform([batch, crop, crop, 3], 0.0, 255.0),
-                pipeline.LABEL: tf.random.uniform(
-                    [batch, crop, crop, 1], 0, NUM_CLASSES, dtype=tf.int32
-                ),
-            }
-            fraction = tf.constant(1.0)
-            self._train_steps[batch] = lambda: step(inputs, fraction)
-        return self._train_steps[batch]
-
-    def train(self, batch, repeats, warmup=1):
-        step = self._train_step(int(batch))
-        seconds, loss = benchlib.time_calls(
-            lambda: float(step().numpy()), repeats, warmup
+        options = train_lib.TrainOptions(
+            train_batch_size=batch,
+            base_learning_rate=1e-3,
+            ignore_label=IGNORE_LABEL,
         )
-        return {"seconds": seconds, "loss": loss}
+        optimizer = train_lib.build_optimizer(options, self.model)
+        step = train_lib.build_train_step(
+            self.model, optimizer, tf.distribute.get_strategy(), options
+        )
+        crop = self.args.crop
+        inputs = {
+            pipeline.IMAGE: tf.random.uniform([batch, crop, crop, 3], 0.0, 255.0),
+            pipeline.LABEL: tf.random.uniform(
+                [batch, crop, crop, 1], 0, NUM_CLASSES, dtype=tf.int32
+            ),
+        }
+        fraction = tf.constant(1.0)
+        return lambda: step(inputs, fraction)
 
     def tflite(self, path, quantize="float32"):
         from deeplab_dpc import file_io
@@ -355,24 +392,11 @@ class OursWorker:
             shape = [1, *self.options.crop_size, 3]
             representative = [
                 rng.uniform(shape, 0.0, 255.0).numpy()
-                for _ in range(_CALIBRATION_IMAGES)
+                for _ in range(self.CALIBRATION_IMAGES)
             ]
         content = tflite.convert(function, quantize, options, representative)
         file_io.write_bytes(path, content)
         return {"path": path, "bytes": len(content)}
-
-    def profile(self, runs=3):
-        return benchlib.op_type_profile(
-            self.tf,
-            self.forward,
-            self.image.numpy(),
-            runs,
-            self.args.intra_op_threads,
-            self.args.inter_op_threads,
-        )
-
-    def rss(self, reset=False):
-        return benchlib.rss_reply(reset)
 
 
 def parse_args(argv):
@@ -398,18 +422,7 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     replies = benchlib.claim_stdout()
-    worker = OursWorker(args)
-    benchlib.serve(
-        {
-            "info": worker.info,
-            "infer": worker.infer,
-            "train": worker.train,
-            "tflite": worker.tflite,
-            "profile": worker.profile,
-            "rss": worker.rss,
-        },
-        stdout=replies,
-    )
+    benchlib.serve(OursWorker(args), stdout=replies)
 
 
 if __name__ == "__main__":

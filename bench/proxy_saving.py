@@ -282,9 +282,7 @@ def main(argv=None):
         cache_dir, cache_seconds = build_cache(work_dir, args)
         step, rss = measure(cache_dir, args)
     results = figures(step, rss, cache_seconds, args)
-    print(benchlib.format_figures(results))
-    if args.output_json:
-        benchlib.write_result(args.output_json, "proxy_saving", results, sys.argv)
+    benchlib.report("proxy_saving", results, args.output_json, sys.argv)
 
 
 if __name__ == "__main__":

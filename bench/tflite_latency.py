@@ -215,19 +215,14 @@ def measure(args, directory):
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        peer_process.peers_python()
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    peer_process.exit_without_peers()
     if args.files_dir:
         os.makedirs(args.files_dir, exist_ok=True)
         figures = measure(args, args.files_dir)
     else:
         with tempfile.TemporaryDirectory() as directory:
             figures = measure(args, directory)
-    print(benchlib.format_figures(figures))
-    if args.output_json:
-        benchlib.write_result(args.output_json, BENCHMARK, figures)
+    benchlib.report(BENCHMARK, figures, args.output_json)
     return figures
 
 

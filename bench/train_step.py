@@ -58,40 +58,23 @@ def parse_args(argv):
 
 def measure(args):
     """Per-step seconds, last loss and peak RSS of each model's worker."""
-    workers = {}
-    try:
-        for name in MODELS:
-            workers[name] = peer_process.start(
-                name,
-                crop=args.crop,
-                intra_op_threads=args.intra_op_threads,
-                inter_op_threads=args.inter_op_threads,
-            )
-        for worker in workers.values():
-            worker.call("rss", reset=True)
-            worker.call("train", batch=args.batch, repeats=0, warmup=args.warmup)
-        rounds = benchlib.alternate(
-            {
-                name: (
-                    lambda w=w: w.call(
-                        "train", batch=args.batch, repeats=args.repeats, warmup=0
-                    )
-                )
-                for name, w in workers.items()
-            },
-            args.rounds,
+    with peer_process.started(
+        MODELS,
+        crop=args.crop,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+    ) as workers:
+        timed = peer_process.timed_rounds(
+            workers, "train", args.rounds, args.repeats, args.warmup, batch=args.batch
         )
-        return {
-            name: {
-                "seconds": [s for reply in rounds[name] for s in reply["seconds"]],
-                "loss": rounds[name][-1]["loss"],
-                "peak_rss_mb": worker.call("rss")["peak_rss_mb"],
-            }
-            for name, worker in workers.items()
+    return {
+        name: {
+            "seconds": [s for reply in rounds["replies"] for s in reply["seconds"]],
+            "loss": rounds["replies"][-1]["loss"],
+            "peak_rss_mb": rounds["peak_rss_mb"],
         }
-    finally:
-        for worker in workers.values():
-            worker.close()
+        for name, rounds in timed.items()
+    }
 
 
 def figures_of(results, args):
@@ -135,14 +118,9 @@ def figures_of(results, args):
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        peer_process.peers_python()
-    except FileNotFoundError as e:
-        sys.exit(f"error: {e}")
+    peer_process.exit_without_peers()
     figures = figures_of(measure(args), args)
-    print(benchlib.format_figures(figures))
-    if args.output_json:
-        benchlib.write_result(args.output_json, BENCHMARK, figures)
+    benchlib.report(BENCHMARK, figures, args.output_json)
     return figures
 
 

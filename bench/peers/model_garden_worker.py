@@ -36,7 +36,7 @@ It speaks `benchlib.serve`'s line protocol (a JSON object per line):
       "wall_ms"} of the batch-1 forward (`benchlib.op_type_profile`)
   {"cmd": "rss", "reset": R} -> {"peak_rss_mb", "rss_mb", "reset"} of this
       process: the peak since the start or the last reset; with R true the
-      peak is then reset to the current RSS (`benchlib.rss_reply`)
+      peak is then reset to the current RSS (`benchlib.ModelWorker.rss`)
   {"cmd": "quit"}
 """
 
@@ -48,8 +48,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import benchlib  # noqa: E402  (bench/, on the path only now)
-
-_CALIBRATION_IMAGES = 8
 
 
 def parse_args(argv):
@@ -103,20 +101,17 @@ def graph_madds(graph):
     return int(total)
 
 
-class ModelGardenWorker:
+class ModelGardenWorker(benchlib.ModelWorker):
     """The command handlers, around one Model Garden model."""
 
     def __init__(self, args):
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+        super().__init__(tf, args)
         from official.core import exp_factory
         from official.core import task_factory
         import official.vision  # noqa: F401  (registers the experiments)
 
-        self.tf = tf
-        self.args = args
         tf.random.set_seed(args.seed)
         params = exp_factory.get_exp_config(args.experiment)
         params.task.model.input_size = [args.crop, args.crop, 3]
@@ -127,7 +122,6 @@ class ModelGardenWorker:
         self.image = tf.random.uniform([1, args.crop, args.crop, 3], 0.0, 255.0)
         spec = tf.TensorSpec([1, args.crop, args.crop, 3], tf.float32)
         self.forward = tf.function(self._forward).get_concrete_function(spec)
-        self._train_steps = {}
 
     def _forward(self, images, training=False):
         logits = self.model(images, training=training)["logits"]
@@ -153,15 +147,9 @@ class ModelGardenWorker:
                 "static shapes (the rule of deeplab_dpc.models.accounting)"
             ),
             "madds_profiler": int(stats.total_float_ops // 2),
-            "tf_version": tf.__version__,
             "experiment": self.args.experiment,
-            "crop": self.args.crop,
             "upsample_logits": self.args.upsample_logits,
-            "threads": [
-                tf.config.threading.get_intra_op_parallelism_threads(),
-                tf.config.threading.get_inter_op_parallelism_threads(),
-            ],
-            "output_shape": self.forward.structured_outputs.shape.as_list(),
+            **self._runtime_info(),
         }
 
     def _frozen_graph(self):
@@ -180,51 +168,36 @@ class ModelGardenWorker:
             tf.graph_util.import_graph_def(graph_def, name="")
         return graph
 
-    def infer(self, repeats, warmup=1):
-        seconds, _ = benchlib.time_calls(
-            lambda: self.forward(self.image).numpy(), repeats, warmup
-        )
-        return {"ms": [s * 1000.0 for s in seconds]}
+    def _build_train_step(self, batch):
+        import tf_keras
 
-    def _train_step(self, batch):
         tf = self.tf
-        if batch not in self._train_steps:
-            import tf_keras
-
-            optimizer = tf_keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
-            crop = self.args.crop
-            images = tf.random.uniform([batch, crop, crop, 3], 0.0, 255.0)
-            labels = tf.random.uniform(
-                [batch, crop, crop], 0, self.num_classes, dtype=tf.int32
-            )
-            model = self.model
-
-            @tf.function
-            def step():
-                with tf.GradientTape() as tape:
-                    logits = model(images, training=True)["logits"]
-                    logits = tf.image.resize(logits, [crop, crop], method="bilinear")
-                    loss = tf.reduce_mean(
-                        tf.nn.sparse_softmax_cross_entropy_with_logits(
-                            labels=labels, logits=logits
-                        )
-                    )
-                    if model.losses:
-                        loss += tf.add_n(model.losses)
-                variables = model.trainable_variables
-                grads = tape.gradient(loss, variables)
-                optimizer.apply_gradients(zip(grads, variables))
-                return loss
-
-            self._train_steps[batch] = step
-        return self._train_steps[batch]
-
-    def train(self, batch, repeats, warmup=1):
-        step = self._train_step(int(batch))
-        seconds, loss = benchlib.time_calls(
-            lambda: float(step().numpy()), repeats, warmup
+        optimizer = tf_keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
+        crop = self.args.crop
+        images = tf.random.uniform([batch, crop, crop, 3], 0.0, 255.0)
+        labels = tf.random.uniform(
+            [batch, crop, crop], 0, self.num_classes, dtype=tf.int32
         )
-        return {"seconds": seconds, "loss": loss}
+        model = self.model
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)["logits"]
+                logits = tf.image.resize(logits, [crop, crop], method="bilinear")
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=labels, logits=logits
+                    )
+                )
+                if model.losses:
+                    loss += tf.add_n(model.losses)
+            variables = model.trainable_variables
+            grads = tape.gradient(loss, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        return step
 
     def tflite(self, path, quantize="float32"):
         tf = self.tf
@@ -239,7 +212,7 @@ class ModelGardenWorker:
             rng = tf.random.Generator.from_seed(self.args.seed)
             images = [
                 rng.uniform([1, crop, crop, 3], 0.0, 255.0).numpy()
-                for _ in range(_CALIBRATION_IMAGES)
+                for _ in range(self.CALIBRATION_IMAGES)
             ]
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = lambda: ([i] for i in images)
@@ -261,35 +234,11 @@ class ModelGardenWorker:
             raise
         return {"path": path, "bytes": len(content)}
 
-    def profile(self, runs=3):
-        return benchlib.op_type_profile(
-            self.tf,
-            self.forward,
-            self.image.numpy(),
-            runs,
-            self.args.intra_op_threads,
-            self.args.inter_op_threads,
-        )
-
-    def rss(self, reset=False):
-        return benchlib.rss_reply(reset)
-
 
 def main(argv):
     args = parse_args(argv)
     replies = benchlib.claim_stdout()
-    worker = ModelGardenWorker(args)
-    benchlib.serve(
-        {
-            "info": worker.info,
-            "infer": worker.infer,
-            "train": worker.train,
-            "tflite": worker.tflite,
-            "profile": worker.profile,
-            "rss": worker.rss,
-        },
-        stdout=replies,
-    )
+    benchlib.serve(ModelGardenWorker(args), stdout=replies)
 
 
 if __name__ == "__main__":

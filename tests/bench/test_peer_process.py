@@ -1,0 +1,94 @@
+"""Tests for bench/peer_process.py's workers and benchlib's worker protocol."""
+
+import io
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bench"
+)
+sys.path.insert(0, BENCH)
+
+import benchlib  # pylint: disable=wrong-import-position
+import peer_process  # pylint: disable=wrong-import-position
+
+
+class _Handlers:
+    COMMANDS = ("add", "fail")
+
+    def add(self, a, b):
+        return {"sum": a + b}
+
+    def fail(self):
+        raise ValueError("no good")
+
+    def hidden(self):
+        return {"reached": True}
+
+
+def _serve(*requests):
+    lines = [json.dumps(r) if isinstance(r, dict) else r for r in requests]
+    out = io.StringIO()
+    benchlib.serve(_Handlers(), io.StringIO("\n".join(lines) + "\n"), out)
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_serve_answers_each_line_and_stops_at_quit():
+    replies = _serve(
+        {"cmd": "add", "a": 2, "b": 3},
+        "",
+        {"cmd": "fail"},
+        {"cmd": "hidden"},
+        "not json",
+        {"cmd": "quit"},
+        {"cmd": "add", "a": 1, "b": 1},
+    )
+    assert len(replies) == 5  # The blank line is skipped, nothing after quit.
+    assert replies[0] == {"sum": 5, "ok": True}
+    assert replies[1]["ok"] is False
+    assert replies[1]["error"] == "ValueError: no good"
+    assert "in fail" in replies[1]["traceback"]
+    # Only the methods named in COMMANDS are commands.
+    assert replies[2]["ok"] is False
+    assert "unknown command 'hidden'" in replies[2]["error"]
+    assert "['add', 'fail', 'quit']" in replies[2]["error"]
+    assert replies[3]["ok"] is False and "JSONDecodeError" in replies[3]["error"]
+    assert replies[4] == {"ok": True}
+
+
+def test_dead_worker_error_names_it_and_quotes_its_stderr():
+    script = "import sys; sys.stderr.write('the end of its log'); sys.exit(3)"
+    with peer_process.Worker("dying", [sys.executable, "-c", script]) as worker:
+        with pytest.raises(peer_process.WorkerError) as error:
+            worker.call("info")
+    message = str(error.value)
+    assert "worker dying exited (code 3)" in message
+    assert '"cmd": "info"' in message
+    assert "the end of its log" in message
+
+
+def test_started_worker_answers_times_and_is_closed_on_error():
+    with pytest.raises(peer_process.WorkerError) as error:
+        with peer_process.started(("ours_aspp",), crop=33) as workers:
+            worker = workers["ours_aspp"]
+            info = worker.call("info")
+            timed = peer_process.timed_rounds(
+                workers, "infer", rounds=2, repeats=3, warmup=1
+            )
+            worker.call("nope")
+    assert info["head"] == "aspp" and info["crop"] == 33
+    assert info["output_shape"] == [1, 33, 33, peer_process.NUM_CLASSES]
+    assert info["madds"] > 0 and info["params"] > 0
+    replies = timed["ours_aspp"]["replies"]
+    assert [len(reply["ms"]) for reply in replies] == [3, 3]
+    assert all(ms > 0 for reply in replies for ms in reply["ms"])
+    assert timed["ours_aspp"]["peak_rss_mb"] > 0
+    message = str(error.value)
+    assert "worker ours_aspp: nope failed" in message
+    assert "unknown command 'nope'" in message
+    # Leaving the block closed the worker, although a command failed.
+    with pytest.raises(ProcessLookupError):
+        worker.peak_rss_mb()
