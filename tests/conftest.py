@@ -1,11 +1,23 @@
-"""Test-wide settings: quiet TensorFlow logs, seeded randomness."""
+"""Test-wide settings and shared fixtures.
+
+Every test: quiet TensorFlow logs, seeded randomness, a fresh Keras
+session. On request: parsed absl flags (`parsed_flags`), the environment
+of a program run in a subprocess (`program_env`), and the built-in
+synthetic data set (`synthetic_data`).
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import flags  # pylint: disable=g-import-not-at-top
+from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from deeplab_dpc.data import synthetic  # pylint: disable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +25,50 @@ def _seed():
     tf.keras.utils.set_random_seed(0)
     yield
     tf.keras.backend.clear_session()
+
+
+@pytest.fixture
+def parsed_flags():
+    """absl flags parsed (at their defaults) and restored after the test."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS(["test"])
+    with flagsaver.flagsaver():
+        yield
+
+
+@pytest.fixture
+def program_env():
+    """A fresh environment for a program in a subprocess.
+
+    TensorFlow's logs quiet, and the repository first on PYTHONPATH, as
+    `python -m deeplab_dpc.<program>` from a checkout.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """Builds the built-in synthetic data set once per set of arguments.
+
+    Test modules that ask for the same arguments share the folder: tests
+    must not write into it.
+
+    Returns:
+      a function: keyword arguments of `synthetic.build` but the folder
+      (one writer process unless `num_workers` says otherwise) -> the
+      folder of the train and val shards.
+    """
+    built = {}
+
+    def build(**kwargs):
+        kwargs = {"num_workers": 1, **kwargs}
+        key = tuple(sorted(kwargs.items()))
+        if key not in built:
+            path = str(tmp_path_factory.mktemp("synthetic"))
+            synthetic.build(path, **kwargs)
+            built[key] = path
+        return built[key]
+
+    return build

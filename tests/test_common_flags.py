@@ -3,7 +3,6 @@
 import random
 
 from absl import flags
-from absl.testing import flagsaver
 import pytest
 
 from deeplab_dpc import common_flags
@@ -11,14 +10,7 @@ from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
 
 FLAGS = flags.FLAGS
-
-
-@pytest.fixture(autouse=True)
-def _parsed_flags():
-    if not FLAGS.is_parsed():
-        FLAGS(["test"])
-    with flagsaver.flagsaver():
-        yield
+pytestmark = pytest.mark.usefixtures("parsed_flags")
 
 
 def test_defaults_give_aspp_without_rates():

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -103,9 +102,7 @@ def _reference(data_dir, probabilities_fn):
     return _numpy_miou(labels, predictions, synthetic.NUM_CLASSES, 255)
 
 
-def _program(data_dir, ckpt_dir, logdir, *extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+def _program(env, data_dir, ckpt_dir, logdir, *extra):
     return subprocess.run(
         [
             sys.executable,
@@ -128,13 +125,14 @@ def _program(data_dir, ckpt_dir, logdir, *extra):
     )
 
 
-def test_program_miou_equals_numpy_reference(setup, tmp_path):
+def test_program_miou_equals_numpy_reference(setup, tmp_path, program_env):
     data_dir, ckpt_dir, model = setup
     logdir = str(tmp_path / "eval")
     # Watching the directory: the one checkpoint is evaluated, then the
     # program stops when no new one comes within the timeout. The thread
     # flags size TensorFlow's pools before the first op.
     proc = _program(
+        program_env,
         data_dir,
         ckpt_dir,
         logdir,
@@ -207,14 +205,6 @@ def test_scaled_crop_must_suit_the_output_stride():
     with pytest.raises(ValueError, match="scale 0.3"):
         inference.scaled_crop((513, 513), 0.3, 16)
     assert resize.resize_bilinear(tf.zeros([1, 3, 3, 1]), (5, 5)).shape[1] == 5
-
-
-@pytest.fixture
-def parsed_flags():
-    if not FLAGS.is_parsed():
-        FLAGS(["test"])
-    with flagsaver.flagsaver():
-        yield
 
 
 @pytest.mark.parametrize(

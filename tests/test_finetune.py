@@ -1,7 +1,6 @@
 """Fine-tuning: tf_initial_checkpoint, initialize_last_layer, last layers."""
 
 import numpy as np
-from absl import flags
 from absl.testing import flagsaver
 import pytest
 import tensorflow as tf
@@ -18,6 +17,8 @@ NEW_CLASSES = 5
 NEW_RUN_CLASSES = 9
 BACKBONE_LAYER = "Conv1"  # MobileNetV2's first convolution.
 HEAD_LAYER = deeplab.ASPP_LAYER
+# The synthetic data set (`synthetic_data` arguments) of every run.
+DATA = dict(num_train=4, num_val=1, height=33, width=33, num_shards=1)
 
 
 def _model_options(num_classes):
@@ -79,16 +80,13 @@ def _differ(a, b):
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
+def source(synthetic_data, tmp_path_factory):
     """(data dir, log dir, reference weights) of a 2-step 7-class run.
 
     The reference weights come from the whole-checkpoint restore that a
     resumed run does, independent of `restore_initial_checkpoint`.
     """
-    data = str(tmp_path_factory.mktemp("data"))
-    synthetic.build(
-        data, num_train=4, num_val=1, height=33, width=33, num_workers=1, num_shards=1
-    )
+    data = synthetic_data(**DATA)
     logdir = str(tmp_path_factory.mktemp("source"))
     options = _train_options(data)
     results = train_lib.run(_model_options(SOURCE_CLASSES), options, logdir)
@@ -251,16 +249,10 @@ def test_last_layers_are_logits_or_logits_and_head(source, logits_only):
     )
 
 
-def test_program_flags_reach_the_options(tmp_path):
-    data = str(tmp_path / "data")
-    synthetic.build(
-        data, num_train=2, num_val=1, height=33, width=33, num_workers=1, num_shards=1
-    )
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS(["test"])
+def test_program_flags_reach_the_options(parsed_flags, synthetic_data):
     with flagsaver.flagsaver(
         dataset="synthetic",
-        dataset_dir=data,
+        dataset_dir=synthetic_data(**DATA),
         train_crop_size="33,33",
         tf_initial_checkpoint="/some/ckpt",
         initialize_last_layer=False,

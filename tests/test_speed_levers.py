@@ -95,12 +95,8 @@ def _separated(model):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("levers"))
-    synthetic.build(
-        path, num_train=4, num_val=1, height=33, width=33, seed=0, num_workers=1
-    )
-    return path
+def data_dir(synthetic_data):
+    return synthetic_data(num_train=4, num_val=1, height=33, width=33)
 
 
 def _train_options(data_dir, **overrides):
@@ -197,13 +193,11 @@ def test_jit_training_step_matches_the_graph_step(data_dir, tmp_path, reference)
 
 
 def test_jit_under_mirrored_strategy_matches_and_threads_apply(
-    data_dir, tmp_path, reference
+    data_dir, tmp_path, reference, program_env
 ):
     # Two logical CPUs, one XLA function per replica; batch norm is frozen,
     # so the replicas' halves give the global batch's loss. The thread pools
     # are set before TensorFlow starts, as the programs do.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [
             sys.executable,
@@ -214,7 +208,7 @@ def test_jit_under_mirrored_strategy_matches_and_threads_apply(
             os.path.join(REPO, "tests"),
         ],
         cwd=REPO,
-        env=env,
+        env=program_env,
         capture_output=True,
         text=True,
         timeout=600,

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 from absl import flags
-from absl.testing import flagsaver
 import pytest
 import tensorflow as tf
 
@@ -21,26 +20,8 @@ TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.build(
-        path, num_train=16, num_val=2, height=48, width=48, seed=0, num_workers=1
-    )
-    return path
-
-
-@pytest.fixture
-def parsed_flags():
-    if not FLAGS.is_parsed():
-        FLAGS(["test"])
-    with flagsaver.flagsaver():
-        yield
-
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+def data_dir(synthetic_data):
+    return synthetic_data(num_train=16, num_val=2, height=48, width=48)
 
 
 def _program_args(data_dir, logdir, *extra):
@@ -60,7 +41,7 @@ def _program_args(data_dir, logdir, *extra):
     ]
 
 
-def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path):
+def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program_env):
     logdir = str(tmp_path / "log")
     proc = subprocess.run(
         _program_args(
@@ -71,7 +52,7 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path):
             "--save_summaries_images",
         ),
         cwd=REPO,
-        env=_env(),
+        env=program_env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -95,14 +76,14 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path):
         assert tags[tag] == [1, 2, 3], tags
 
 
-def test_sigterm_saves_and_exits(data_dir, tmp_path):
+def test_sigterm_saves_and_exits(data_dir, tmp_path, program_env):
     logdir = str(tmp_path / "log")
     proc = subprocess.Popen(
         _program_args(
             data_dir, logdir, "--training_number_of_steps=100000", "--log_steps=1"
         ),
         cwd=REPO,
-        env=_env(),
+        env=program_env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -165,7 +146,9 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     """)
 
 
-def test_mirrored_two_replicas_match_the_default_strategy(data_dir, tmp_path):
+def test_mirrored_two_replicas_match_the_default_strategy(
+    data_dir, tmp_path, program_env
+):
     # Batch norm is frozen (fine_tune_batch_norm=False) and dropout off: with
     # them, each replica normalises with its own half batch and draws its own
     # dropout mask, so the losses legitimately differ. Everything else (the
@@ -174,7 +157,7 @@ def test_mirrored_two_replicas_match_the_default_strategy(data_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _MIRRORED_SCRIPT, data_dir, str(tmp_path)],
         cwd=REPO,
-        env=_env(),
+        env=program_env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -225,11 +208,11 @@ def test_missing_dataset_dir_or_shards(parsed_flags, tmp_path):
         train.options_from_flags(1)
 
 
-def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path):
+def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path, program_env):
     proc = subprocess.run(
         _program_args(data_dir, str(tmp_path / "log"), "--train_crop_size=40,40", "x"),
         cwd=REPO,
-        env=_env(),
+        env=program_env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -239,7 +222,7 @@ def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path):
     proc = subprocess.run(
         _program_args(data_dir, str(tmp_path / "log"), "--train_crop_size=40,40"),
         cwd=REPO,
-        env=_env(),
+        env=program_env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -12,25 +12,13 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc.data import synthetic
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.build(
-        path, num_train=8, num_val=1, height=40, width=40, seed=0, num_workers=1
-    )
-    return path
-
-
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+def data_dir(synthetic_data):
+    return synthetic_data(num_train=8, num_val=1, height=40, width=40)
 
 
 def _free_ports(count):
@@ -64,7 +52,7 @@ _WORKER_SCRIPT = textwrap.dedent("""
     """)
 
 
-def test_two_workers_train_in_lock_step(data_dir, tmp_path):
+def test_two_workers_train_in_lock_step(data_dir, tmp_path, program_env):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     logdir = str(tmp_path / "log")
@@ -72,10 +60,11 @@ def test_two_workers_train_in_lock_step(data_dir, tmp_path):
         subprocess.Popen(
             [sys.executable, "-c", _WORKER_SCRIPT, data_dir, logdir],
             cwd=REPO,
-            env=_env(
+            env=dict(
+                program_env,
                 TF_CONFIG=json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": i}}
-                )
+                ),
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -105,7 +94,7 @@ def test_two_workers_train_in_lock_step(data_dir, tmp_path):
     assert not [n for n in os.listdir(logdir) if n.startswith("workertemp")]
 
 
-def _train(data_dir, logdir, steps, **popen):
+def _train(data_dir, logdir, steps, env, **popen):
     return subprocess.Popen(
         [
             sys.executable,
@@ -123,15 +112,15 @@ def _train(data_dir, logdir, steps, **popen):
             "--seed=1",
         ],
         cwd=REPO,
-        env=_env(),
+        env=env,
         text=True,
         **popen,
     )
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
+def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path, program_env):
     logdir = str(tmp_path / "log")
-    proc = _train(data_dir, logdir, 1000, stderr=subprocess.PIPE)
+    proc = _train(data_dir, logdir, 1000, program_env, stderr=subprocess.PIPE)
     try:
         for line in proc.stderr:
             if "step 3/1000" in line:
@@ -148,7 +137,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(data_dir, tmp_path):
     assert 1 <= resumed_from < 1000
 
     end = resumed_from + 2
-    rerun = _train(data_dir, logdir, end, stderr=subprocess.PIPE)
+    rerun = _train(data_dir, logdir, end, program_env, stderr=subprocess.PIPE)
     err = rerun.communicate(timeout=TIMEOUT)[1]
     assert rerun.returncode == 0, err[-3000:]
     assert f"at step {resumed_from}" in err

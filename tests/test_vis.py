@@ -29,12 +29,6 @@ OPTIONS = deeplab.ModelOptions(
 NAMES = ("frankfurt_000000_000019", "frankfurt_000001_000019")
 
 
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A two-image Cityscapes val tree, its TFRecords and a checkpoint."""
@@ -86,7 +80,7 @@ def setup(tmp_path_factory):
     return tree, data_dir, ckpt_dir, model
 
 
-def _vis(data_dir, ckpt_dir, logdir, *extra):
+def _vis(env, data_dir, ckpt_dir, logdir, *extra):
     return subprocess.run(
         [
             sys.executable,
@@ -103,17 +97,19 @@ def _vis(data_dir, ckpt_dir, logdir, *extra):
             *extra,
         ],
         cwd=REPO,
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
 
 
-def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(setup, tmp_path):
+def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(
+    setup, tmp_path, program_env
+):
     tree, data_dir, ckpt_dir, model = setup
     logdir = tmp_path / "vis"
-    proc = _vis(data_dir, ckpt_dir, str(logdir))
+    proc = _vis(program_env, data_dir, ckpt_dir, str(logdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     seg = logdir / vis_lib.SEGMENTATION_DIR
@@ -152,7 +148,8 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(setup, tmp_path):
             "-m",
             "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
         ],
-        env=_env(
+        env=dict(
+            program_env,
             CITYSCAPES_DATASET=str(tree),
             CITYSCAPES_RESULTS=str(raw),
             CITYSCAPES_EXPORT_DIR=str(export),
@@ -177,17 +174,19 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(setup, tmp_path):
     assert official_miou == pytest.approx(ours["miou"], abs=0.01)
 
     # Results already there are not overwritten unless asked.
-    again = _vis(data_dir, ckpt_dir, str(logdir))
+    again = _vis(program_env, data_dir, ckpt_dir, str(logdir))
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
-def test_vis_colormap_file_overrides_the_colormap(setup, tmp_path):
+def test_vis_colormap_file_overrides_the_colormap(setup, tmp_path, program_env):
     _, data_dir, ckpt_dir, _ = setup
     colors = np.random.default_rng(8).integers(0, 256, (19, 3), dtype=np.uint8)
     palette = tmp_path / "palette.txt"
     palette.write_text("".join(f"{r} {g} {b}\n" for r, g, b in colors))
     logdir = tmp_path / "vis"
-    proc = _vis(data_dir, ckpt_dir, str(logdir), f"--colormap_file={palette}")
+    proc = _vis(
+        program_env, data_dir, ckpt_dir, str(logdir), f"--colormap_file={palette}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in NAMES:
         label_ids = np.asarray(

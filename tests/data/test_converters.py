@@ -253,7 +253,8 @@ def _write_folders(root, rng, num=3):
     return labels
 
 
-def _convert_folders(root, out, options=_OPTIONS, splits=()):
+def _convert_folders(root, out, options=_OPTIONS, **kwargs):
+    """`convert_folders` of a `_write_folders` tree; kwargs: more arguments."""
     return converters.convert_folders(
         str(root / "images"),
         str(root / "labels"),
@@ -261,8 +262,8 @@ def _convert_folders(root, out, options=_OPTIONS, splits=()):
         str(out),
         dataset_info=registry.get("custom", 5, 255),
         options=options,
-        splits=splits,
         image_format="png",
+        **kwargs,
     )
 
 
@@ -287,14 +288,9 @@ def test_folders_with_class_names_and_colormap(tmp_path):
     colormap_file.write_text("255,0,0\n0,255,0\n0,0,255\n255,255,255\n")
 
     def convert(out, names=names_file):
-        return converters.convert_folders(
-            str(tmp_path / "data/images"),
-            str(tmp_path / "data/labels"),
-            str(tmp_path / "data/lists"),
-            str(out),
-            dataset_info=registry.get("custom", 5, 255),
-            options=_OPTIONS,
-            image_format="png",
+        return _convert_folders(
+            tmp_path / "data",
+            out,
             class_names_file=str(names),
             colormap_file=str(colormap_file),
         )

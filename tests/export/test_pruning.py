@@ -9,8 +9,6 @@ import tensorflow as tf
 
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import litert_runner
-from deeplab_dpc.export import tflite
-from deeplab_dpc.export import tflite_export
 from tests.export import tflite_testing as tt
 
 TARGET = 0.5
@@ -20,22 +18,12 @@ TARGET = 0.5
 def _pruned(tmp_path_factory):
     """The pruned variant made once (a tf_keras subprocess fine-tunes)."""
     output_dir = str(tmp_path_factory.mktemp("pruned"))
-    fine_tune = legacy_keras.FineTuneOptions(
-        dataset_dir=tt.workspace()["data"],
-        batch_size=2,
-        ignore_label=tt.IGNORE_LABEL,
+    report = tt.fine_tuned_export(
+        output_dir,
+        "pruned",
+        tt.checks(dataset_dir=None),
         target_sparsity=TARGET,
         pruning_steps=2,
-        run_eagerly=True,
-    )
-    report = tflite_export.export(
-        output_dir,
-        tflite.keras_model_fn(tt.model()),
-        tflite.ConversionOptions(crop_size=tt.CROP),
-        tt.checks(dataset_dir=None),
-        variants=["pruned"],
-        keras=(tt.model(), tt.options()),
-        fine_tune=fine_tune,
     )
     return os.path.join(output_dir, "pruned.tflite"), report["variants"]["pruned"]
 

@@ -11,8 +11,6 @@ import pytest
 
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import litert_runner
-from deeplab_dpc.export import tflite
-from deeplab_dpc.export import tflite_export
 from tests.export import tflite_testing as tt
 
 QAT_STEPS = 2
@@ -22,23 +20,13 @@ QAT_STEPS = 2
 def _qat(tmp_path_factory):
     """qat_int8 made once: a tf_keras subprocess fine-tunes, then conversion."""
     output_dir = str(tmp_path_factory.mktemp("qat"))
-    fine_tune = legacy_keras.FineTuneOptions(
-        dataset_dir=tt.workspace()["data"],
-        batch_size=2,
-        ignore_label=tt.IGNORE_LABEL,
+    report = tt.fine_tuned_export(
+        output_dir,
+        "qat_int8",
+        tt.checks(),
+        representative=tt.representative(),
         qat_steps=QAT_STEPS,
         calibration_steps=2,
-        run_eagerly=True,
-    )
-    report = tflite_export.export(
-        output_dir,
-        tflite.keras_model_fn(tt.model()),
-        tflite.ConversionOptions(crop_size=tt.CROP),
-        tt.checks(),
-        variants=["qat_int8"],
-        representative=tt.representative(),
-        keras=(tt.model(), tt.options()),
-        fine_tune=fine_tune,
     )
     return output_dir, report["variants"]["qat_int8"], report
 

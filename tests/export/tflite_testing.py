@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from deeplab_dpc import inference
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import tflite
 from deeplab_dpc.export import tflite_export
 from deeplab_dpc.models import deeplab
@@ -131,6 +132,44 @@ def checks(**overrides):
     )
     values.update(overrides)
     return tflite_export.CheckOptions(**values)
+
+
+def fine_tuned_export(output_dir, variant, checks, representative=None, **fields):
+    """Exports a fine-tuned variant of `model()`, as the exporter does.
+
+    A tf_keras subprocess fine-tunes a copy of the model (batch 2, eager
+    steps) on the train split of `workspace()`; then the variant is
+    converted and checked.
+
+    Args:
+      output_dir: str, the export folder.
+      variant: str, "qat_int8" or "pruned".
+      checks: `CheckOptions`, e.g. `checks()`.
+      representative: calibration images, e.g. `representative()`, for
+        "qat_int8".
+      **fields: the variant's `legacy_keras.FineTuneOptions` fields (its
+        steps, the target sparsity...).
+
+    Returns:
+      the export report.
+    """
+    fine_tune = legacy_keras.FineTuneOptions(
+        dataset_dir=workspace()["data"],
+        batch_size=2,
+        ignore_label=IGNORE_LABEL,
+        run_eagerly=True,
+        **fields,
+    )
+    return tflite_export.export(
+        output_dir,
+        tflite.keras_model_fn(model()),
+        tflite.ConversionOptions(crop_size=CROP),
+        checks,
+        variants=[variant],
+        representative=representative,
+        keras=(model(), options()),
+        fine_tune=fine_tune,
+    )
 
 
 def val_images(count=NUM_VAL):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 from absl import flags
-from absl.testing import flagsaver
 import optuna
 import pytest
 
@@ -76,14 +75,6 @@ def test_all_modes_leave_a_report_and_a_best_cell(tmp_path_factory):
         assert (search_dir / "plots" / f"{name}.png").stat().st_size > 0
     records = json.loads((search_dir / "trials.json").read_text())
     assert sorted(r["number"] for r in records) == [t.number for t in study.trials]
-
-
-@pytest.fixture
-def parsed_flags():
-    if not FLAGS.is_parsed():
-        FLAGS(["test"])
-    with flagsaver.flagsaver():
-        yield
 
 
 def test_search_without_a_cache_names_the_mode(parsed_flags, tmp_path):

@@ -25,15 +25,9 @@ CELLS = (
 OPTIONS = rerank.RerankOptions(rerank_steps=2, train_batch_size=2, seed=1)
 
 
-@pytest.fixture(scope="module")
-def reranked(tmp_path_factory):
-    search, data, _, info = shared_search(tmp_path_factory)
-    out = str(tmp_path_factory.mktemp("rerank"))
-    candidates = [
-        rerank.Candidate(cell=cell, proxy_miou=score, trial=i)
-        for i, (cell, score) in enumerate(zip(CELLS, (0.2, 0.3)))
-    ]
-    summary = rerank.rerank(
+def _rerank(candidates, info, out, data):
+    """Re-ranks on the train and val splits of the shared search's data."""
+    return rerank.rerank(
         candidates,
         info,
         out,
@@ -42,6 +36,17 @@ def reranked(tmp_path_factory):
         val_split="val",
         options=OPTIONS,
     )
+
+
+@pytest.fixture(scope="module")
+def reranked(tmp_path_factory):
+    search, data, _, info = shared_search(tmp_path_factory)
+    out = str(tmp_path_factory.mktemp("rerank"))
+    candidates = [
+        rerank.Candidate(cell=cell, proxy_miou=score, trial=i)
+        for i, (cell, score) in enumerate(zip(CELLS, (0.2, 0.3)))
+    ]
+    summary = _rerank(candidates, info, out, data)
     return out, data, info, candidates, summary
 
 
@@ -76,23 +81,13 @@ def test_rerun_reuses_finished_candidates(reranked):
         r["checkpoint"]: os.path.getmtime(r["checkpoint"] + ".index")
         for r in summary["candidates"]
     }
-    again = rerank.rerank(
-        candidates,
-        info,
-        out,
-        dataset_dir=data,
-        train_split="train",
-        val_split="val",
-        options=OPTIONS,
-    )
+    again = _rerank(candidates, info, out, data)
     assert again["candidates"] == summary["candidates"]
     assert {p: os.path.getmtime(p + ".index") for p in stamps} == stamps
 
 
-def test_best_cell_trains_with_the_training_program(reranked, tmp_path):
+def test_best_cell_trains_with_the_training_program(reranked, tmp_path, program_env):
     out, data, _, _, _ = reranked
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [
             sys.executable,
@@ -108,7 +103,7 @@ def test_best_cell_trains_with_the_training_program(reranked, tmp_path):
             f"--dense_prediction_cell_json={os.path.join(out, rerank.BEST_CELL_FILE)}",
         ],
         cwd=REPO,
-        env=env,
+        env=program_env,
         capture_output=True,
         text=True,
         timeout=300,
