@@ -14,13 +14,10 @@ from deeplab_dpc.models import deeplab
 CROP = (33, 33)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.build(
-        path, num_train=16, num_val=2, height=48, width=48, seed=0, num_workers=1
-    )
-    return path
+@pytest.fixture
+def data_dir(synthetic_data):
+    # The same data set as tests/test_train.py's, built once per session.
+    return synthetic_data(num_train=16, num_val=2, height=48, width=48)
 
 
 def _model_options():

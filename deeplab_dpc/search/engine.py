@@ -59,6 +59,8 @@ ATTR_KEY = "cell_key"
 ATTR_CELL = "cell_json"
 ATTR_DUPLICATE = "duplicate_of"
 ATTR_WORKER = "worker"
+# The attributes the engine itself sets on every trial.
+_ENGINE_ATTRS = frozenset((ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER))
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # The storage API lives in `study_storage`; callers of the engine find it here too.
 STORAGE_FILE = study_storage.STORAGE_FILE
@@ -247,7 +249,7 @@ class _Worker:
     def _reuse(self, trial, earlier):
         self.stats.duplicates += 1
         for name, value in earlier.user_attrs.items():
-            if name not in (ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER):
+            if name not in _ENGINE_ATTRS:
                 trial.set_user_attr(name, value)
         origin = earlier.user_attrs.get(ATTR_DUPLICATE, earlier.number)
         trial.set_user_attr(ATTR_DUPLICATE, origin)
@@ -282,9 +284,7 @@ class _Worker:
                 f"the objective returned keys {sorted(result)}; it must also "
                 f"return {missing} (objectives of this study)"
             )
-        reserved = sorted(
-            set(result) & {ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER}
-        )
+        reserved = sorted(set(result) & _ENGINE_ATTRS)
         if reserved:
             raise ValueError(
                 f"the objective returned {reserved}; the engine sets these "
