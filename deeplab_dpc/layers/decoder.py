@@ -91,7 +91,10 @@ class Decoder(tf.keras.layers.Layer):
             d if d is not None else tf.shape(low)[i]
             for i, d in ((1, low.shape[1]), (2, low.shape[2]))
         ]
-        x = tf.concat([resize.resize_bilinear(features, size), low], axis=-1)
+        upsampled = resize.resize_bilinear(
+            features, size, strided_gradient=training is True
+        )
+        x = tf.concat([upsampled, low], axis=-1)
         for layer in self.refine:
             x = layer(x, training=training)
         return x

@@ -150,7 +150,9 @@ class PyramidPooling(tf.keras.layers.Layer):
     def call(self, inputs, training=None):
         x = tf.nn.avg_pool2d(inputs, ksize=self.kernel_size, strides=1, padding="VALID")
         x = self.conv(x, training=training)
-        return resize.resize_bilinear(x, self.target_size)
+        return resize.resize_bilinear(
+            x, self.target_size, strided_gradient=training is True
+        )
 
     def compute_output_shape(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
