@@ -12,7 +12,12 @@ between them without rebuilding anything (`timed_rounds`):
     served by this file run as a script, in the project's venv:
 
       .venv/bin/python bench/peer_process.py --head=aspp|dpc [--crop=513] \
-          [--intra_op_threads=2] [--inter_op_threads=2] [--no-fold_batch_norm]
+          [--intra_op_threads=2] [--inter_op_threads=2] [--no-fold_batch_norm] \
+          [--float32_math=float32|bfloat16]
+
+    `ours_<head>` runs float32 convolutions exactly; `ours_<head>_bf16math`
+    (`BF16_MATH`) runs them with bfloat16 inputs and float32 accumulation,
+    the training program's `--float32_math=bfloat16`.
 
 Both speak `benchlib.serve`'s protocol with the same commands and replies
 (see model_garden_worker.py): "info", "infer", "train", "tflite",
@@ -46,6 +51,8 @@ HEADS = ("aspp", "dpc")
 # The models the drivers compare, by name: ours_<head> and Model Garden's.
 BASELINE = "model_garden"
 MODELS = ("ours_aspp", BASELINE, "ours_dpc")
+# Suffix of our models under `--float32_math=bfloat16` ("ours_dpc_bf16math").
+BF16_MATH = "_bf16math"
 NUM_CLASSES = 21  # PASCAL VOC, as Model Garden's mnv2_deeplabv3_pascal.
 OUTPUT_STRIDE = 16  # Model Garden's mnv2_deeplabv3_pascal.
 IGNORE_LABEL = 255
@@ -190,7 +197,14 @@ def model_garden(crop=513, intra_op_threads=2, inter_op_threads=2, upsample=True
     return Worker("model_garden", argv)
 
 
-def ours(head, crop=513, intra_op_threads=2, inter_op_threads=2, depth_multiplier=1.0):
+def ours(
+    head,
+    crop=513,
+    intra_op_threads=2,
+    inter_op_threads=2,
+    depth_multiplier=1.0,
+    float32_math="float32",
+):
     """Starts a worker for our MobileNet-v2 DeepLab with the given head.
 
     Args:
@@ -199,6 +213,7 @@ def ours(head, crop=513, intra_op_threads=2, inter_op_threads=2, depth_multiplie
         without decoder.
       crop, intra_op_threads, inter_op_threads, depth_multiplier: the
         model's crop, TensorFlow's threads, MobileNet-v2's alpha.
+      float32_math: "float32" or "bfloat16" (`speed.set_float32_math`).
 
     Raises:
       ValueError: for an unknown head.
@@ -212,23 +227,32 @@ def ours(head, crop=513, intra_op_threads=2, inter_op_threads=2, depth_multiplie
         f"--crop={int(crop)}",
         f"--depth_multiplier={float(depth_multiplier)}",
         *threads_args(intra_op_threads, inter_op_threads),
+        f"--float32_math={float32_math}",
     ]
-    return Worker(f"ours_{head}", argv)
+    suffix = BF16_MATH if float32_math == "bfloat16" else ""
+    return Worker(f"ours_{head}{suffix}", argv)
 
 
 def start(name, crop=513, intra_op_threads=2, inter_op_threads=2):
-    """Starts the worker of a model named in `MODELS`.
+    """Starts the worker of a model named in `MODELS` (ours also + `BF16_MATH`).
 
     Raises:
       ValueError: for another name.
       FileNotFoundError: for "model_garden" without the peers venv.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
     threads = dict(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
     if name == BASELINE:
         return model_garden(crop=crop, **threads)
-    return ours(name[len("ours_") :], crop=crop, **threads)
+    model, float32_math = name, "float32"
+    if name.endswith(BF16_MATH):
+        model, float32_math = name[: -len(BF16_MATH)], "bfloat16"
+    if model not in MODELS or model == BASELINE:
+        ours_names = [m for m in MODELS if m != BASELINE]
+        raise ValueError(
+            f"unknown model {name!r}; choose from {MODELS} or "
+            f"{[m + BF16_MATH for m in ours_names]}"
+        )
+    return ours(model[len("ours_") :], crop=crop, float32_math=float32_math, **threads)
 
 
 @contextlib.contextmanager
@@ -317,7 +341,11 @@ class OursWorker(benchlib.ModelWorker):
         import tensorflow as tf
 
         super().__init__(tf, args)
+        from deeplab_dpc import speed
         from deeplab_dpc.models import deeplab
+
+        # Before the model runs: TensorFlow reads the mode once.
+        self.float32_math = speed.set_float32_math(args.float32_math)
 
         tf.keras.utils.set_random_seed(args.seed)
         self.options = model_options(args.head, args.crop, args.depth_multiplier)
@@ -349,6 +377,7 @@ class OursWorker(benchlib.ModelWorker):
             "modules": rows,
             "head": self.args.head,
             "fold_batch_norm": self.args.fold_batch_norm,
+            "float32_math": self.float32_math,
             **self._runtime_info(),
         }
 
@@ -412,6 +441,12 @@ def parse_args(argv):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Time inference with batch norm folded into the convs.",
+    )
+    parser.add_argument(
+        "--float32_math",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="How float32 convolutions compute (speed.set_float32_math).",
     )
     args = parser.parse_args(argv)
     if args.crop < 1 or args.intra_op_threads < 0 or args.inter_op_threads < 0:

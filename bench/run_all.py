@@ -33,6 +33,7 @@ BENCHMARKS = (
     "inference",
     "tflite_latency",
     "train_step",
+    "float32_math_parity",
     "levers",
     "proxy_saving",
     "search_throughput",

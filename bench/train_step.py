@@ -2,7 +2,7 @@ r"""Training step images/s: our MobileNet-v2 + DPC vs Model Garden, 513x513, bat
 
   .venv/bin/python bench/train_step.py [--quick] [--output_json=PATH]
 
-Two workers (`peer_process`), one process each, same TensorFlow threads
+Three workers (`peer_process`), one process each, same TensorFlow threads
 (`--intra_op_threads` / `--inter_op_threads`, default 2 / 2):
 
   ours_dpc      our MobileNet-v2 (alpha 1.0) + the published DPC, output
@@ -10,13 +10,17 @@ Two workers (`peer_process`), one process each, same TensorFlow threads
                 (`train_lib.build_train_step`: pixel softmax cross-entropy
                 over valid pixels plus the L2 losses; SGD momentum 0.9 on
                 DeepLab's poly schedule) on a fixed random batch and labels;
+  ours_dpc_bf16math  the same model and step (same seed, same batch) under
+                `--float32_math=bfloat16`: convolutions take bfloat16 inputs
+                and accumulate in float32, everything else stays float32
+                (accuracy parity: bench/float32_math_parity.py);
   model_garden  Model Garden's `mnv2_deeplabv3_pascal`: a plain
                 `tf.GradientTape` SGD (momentum 0.9) step, softmax
                 cross-entropy of its logits resized to the crop on random
                 labels (21 classes), plus its L2 losses.
 
 The batch is fixed (no input pipeline: bench/input_pipeline.py measures
-that). After `--warmup` untimed steps each, the two alternate for
+that). After `--warmup` untimed steps each, the three alternate for
 `--rounds` rounds of `--repeats` steps; images/s = batch / median step time.
 Peak RSS is each worker's VmHWM over the training steps (reset after the
 build).
@@ -29,7 +33,9 @@ import benchlib
 import peer_process
 
 BENCHMARK = "train_step"
-MODELS = ("ours_dpc", "model_garden")
+OURS = "ours_dpc"
+OURS_BF16_MATH = OURS + peer_process.BF16_MATH
+MODELS = (OURS, OURS_BF16_MATH, "model_garden")
 BASELINE = peer_process.BASELINE
 
 
@@ -38,7 +44,7 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="129x129, 2 rounds")
     parser.add_argument("--crop", type=int, default=513, help="square crop")
     parser.add_argument("--batch", type=int, default=8, help="global batch")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     parser.add_argument("--repeats", type=int, default=2, help="steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--intra_op_threads", type=int, default=2)
@@ -105,12 +111,21 @@ def figures_of(results, args):
                 "worker process VmHWM over the training steps (reset after build)",
             ),
         ]
+    for name in (OURS, OURS_BF16_MATH):
+        figures.append(
+            benchlib.figure(
+                f"{name}_over_{BASELINE}_images_per_s",
+                rate[name] / rate[BASELINE],
+                "x",
+                "ratio of images/s, same run (above 1: ours faster)",
+            )
+        )
     figures.append(
         benchlib.figure(
-            f"ours_dpc_over_{BASELINE}_images_per_s",
-            rate["ours_dpc"] / rate[BASELINE],
+            f"{OURS_BF16_MATH}_over_{OURS}_images_per_s",
+            rate[OURS_BF16_MATH] / rate[OURS],
             "x",
-            "ratio of images/s, same run (above 1: ours faster)",
+            "what --float32_math=bfloat16 buys: ratio of images/s, same run",
         )
     )
     return figures

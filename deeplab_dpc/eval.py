@@ -68,6 +68,7 @@ def main(argv):
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     try:
         speed_flags.apply_threads()
+        speed_flags.apply_float32_math()
         model_options, scales, info = eval_setup()
     except flags.ValidationError as e:
         raise app.UsageError(str(e)) from e

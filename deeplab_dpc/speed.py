@@ -1,4 +1,4 @@
-"""Speed levers shared by training and inference: mixed precision and threads.
+"""Speed levers shared by training and inference: precision and threads.
 
 The third lever, XLA, is a `jit_compile` switch of `train_lib.TrainOptions`
 and `inference.Predictor`.
@@ -12,6 +12,16 @@ every policy, so checkpoints load whatever the policy that wrote or reads
 them. `deeplab.build_deeplab` keeps its logits layer and their upsampling in
 float32, so the logits, the softmax and the loss are float32.
 
+Float32 math: `set_float32_math("bfloat16")` lets oneDNN, TensorFlow's CPU
+kernels, compute float32 convolutions with bfloat16 inputs and float32
+accumulation (`TF_SET_ONEDNN_FPMATH_MODE=BF16`; AMX tiles on CPUs that have
+them): tensors, variables, the loss and the checkpoints stay float32, what
+TensorFloat-32 is to float32 on NVIDIA GPUs. Unlike `mixed_bfloat16`, no
+activation is stored or computed in bfloat16 outside the convolutions, so
+the memory-bound ops (batch norm, ReLU6, depthwise backprop) keep their
+float32 kernels. TensorFlow reads the setting once, at its first oneDNN
+op: it must be set before any model runs.
+
 Threads: `set_threads(intra_op, inter_op)` sizes TensorFlow's two thread
 pools (DeepLab's `--intra_op_parallelism_threads` and
 `--inter_op_parallelism_threads`; 0 keeps TensorFlow's choice, which
@@ -21,7 +31,9 @@ first op: TensorFlow sizes the pools once.
 """
 
 import contextlib
+import os
 
+from absl import logging
 import tensorflow as tf
 
 MIXED_PRECISION_NONE = "none"
@@ -33,6 +45,12 @@ KERAS_POLICIES = {
 }
 MIXED_PRECISION_VALUES = tuple(KERAS_POLICIES)
 LOSS_SCALED = ("float16",)
+
+FLOAT32_MATH_EXACT = "float32"
+FLOAT32_MATH_BFLOAT16 = "bfloat16"
+FLOAT32_MATH_VALUES = (FLOAT32_MATH_EXACT, FLOAT32_MATH_BFLOAT16)
+# TensorFlow's oneDNN setting (read once per process): "BF16" or unset.
+ONEDNN_FPMATH_ENV = "TF_SET_ONEDNN_FPMATH_MODE"
 
 
 def check_mixed_precision(mixed_precision):
@@ -89,6 +107,83 @@ def dtype_policy(mixed_precision):
         yield name
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def cpu_computes_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU has bfloat16 arithmetic (AVX-512 BF16 or AMX BF16).
+
+    Read from Linux's `cpuinfo` flags; False where the file is missing.
+    """
+    try:
+        with open(cpuinfo) as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def float32_math_in_effect():
+    """How this process computes float32 CPU convolutions: "float32" or "bfloat16".
+
+    Runs a probe: a 1x1 convolution of 16 channels of `1 + 2**-10` (exact in
+    float32, 1 in bfloat16) with unit weights is 16.015625 computed in
+    float32 and 16 with bfloat16 inputs.
+    """
+    with tf.device("/CPU:0"):
+        x = tf.fill([1, 2, 2, 16], 1.0 + 2.0**-10)
+        y = tf.nn.conv2d(x, tf.ones([1, 1, 16, 1]), strides=1, padding="VALID")
+    exact = float(y[0, 0, 0, 0]) == 16.0 * (1.0 + 2.0**-10)
+    return FLOAT32_MATH_EXACT if exact else FLOAT32_MATH_BFLOAT16
+
+
+def set_float32_math(float32_math):
+    """Sets how oneDNN computes float32 convolutions; before any model runs.
+
+    Args:
+      float32_math: "float32" (exact) or "bfloat16" (bfloat16 inputs,
+        float32 accumulation).
+
+    Returns:
+      the mode in effect (`float32_math_in_effect`): "float32" also after
+      asking for "bfloat16" on a CPU oneDNN computes no bfloat16 on, which
+      is logged.
+
+    Raises:
+      ValueError: for another value, naming the accepted ones.
+      RuntimeError: when the process computes in another mode than asked
+        because TensorFlow read `TF_SET_ONEDNN_FPMATH_MODE` before (at its
+        first oneDNN op), naming the variable.
+    """
+    if float32_math not in FLOAT32_MATH_VALUES:
+        raise ValueError(
+            f"float32_math must be one of {FLOAT32_MATH_VALUES}, got "
+            f"{float32_math!r}"
+        )
+    if float32_math == FLOAT32_MATH_BFLOAT16:
+        os.environ[ONEDNN_FPMATH_ENV] = "BF16"
+    else:
+        os.environ.pop(ONEDNN_FPMATH_ENV, None)
+    in_effect = float32_math_in_effect()
+    if in_effect == float32_math:
+        return in_effect
+    if float32_math == FLOAT32_MATH_BFLOAT16:
+        reason = (
+            f"TensorFlow ran a oneDNN op before {ONEDNN_FPMATH_ENV} was set"
+            if cpu_computes_bfloat16()
+            else "this CPU has no AVX-512 BF16 or AMX BF16"
+        )
+        logging.warning(
+            "--float32_math=bfloat16 has no effect: float32 convolutions "
+            "stay exact (%s).",
+            reason,
+        )
+        return in_effect
+    raise RuntimeError(
+        f"--float32_math={float32_math}: this process computes float32 "
+        f"convolutions with bfloat16 inputs because {ONEDNN_FPMATH_ENV}=BF16 "
+        "was set when TensorFlow ran its first oneDNN op; unset it in the "
+        "environment"
+    )
 
 
 def set_threads(intra_op=0, inter_op=0):

@@ -1,10 +1,11 @@
 """The speed-lever flags of the train and eval programs (see `speed`).
 
 `--jit_compile` (XLA), `--mixed_precision=none|bfloat16|float16`,
-`--fold_batch_norm` (inference only) and DeepLab's `--intra_op_parallelism_threads` / `--inter_op_parallelism_threads`
+`--float32_math=float32|bfloat16`, `--fold_batch_norm` (inference only) and
+DeepLab's `--intra_op_parallelism_threads` / `--inter_op_parallelism_threads`
 (0: TensorFlow's default). Defined once here so one flagfile serves both
-programs; each program calls `apply_threads` first in `main`, before any
-TensorFlow op runs.
+programs; each program calls `apply_threads` and then `apply_float32_math`
+first in `main`, before any model runs.
 """
 
 from absl import flags
@@ -24,6 +25,15 @@ MIXED_PRECISION = flags.DEFINE_enum(
     "Keras mixed precision: none (float32), bfloat16 (CPUs with AMX/AVX-512 "
     "BF16, TPUs) or float16 (GPUs, with loss scaling). Variables, logits and "
     "loss stay float32.",
+)
+FLOAT32_MATH = flags.DEFINE_enum(
+    "float32_math",
+    speed.FLOAT32_MATH_EXACT,
+    list(speed.FLOAT32_MATH_VALUES),
+    "How CPU convolutions compute on float32 tensors: float32, or bfloat16 "
+    "inputs with float32 accumulation (oneDNN's TF_SET_ONEDNN_FPMATH_MODE=BF16, "
+    "on CPUs with AMX or AVX-512 BF16; what TensorFloat-32 is on GPUs). "
+    "Tensors, variables and the loss stay float32.",
 )
 FOLD_BATCH_NORM = flags.DEFINE_boolean(
     "fold_batch_norm",
@@ -66,3 +76,21 @@ def apply_threads():
         "Threads: intra-op %d, inter-op %d (0: TensorFlow's default).", *threads
     )
     return threads
+
+
+def apply_float32_math():
+    """Applies `--float32_math`; call before any model runs.
+
+    Returns:
+      the mode in effect ("float32" or "bfloat16").
+
+    Raises:
+      flags.ValidationError: naming the flag when the process already
+        computes in another mode (see `speed.set_float32_math`).
+    """
+    try:
+        in_effect = speed.set_float32_math(FLOAT32_MATH.value)
+    except RuntimeError as e:
+        raise flags.ValidationError(str(e)) from e
+    logging.info("Float32 convolutions compute in %s.", in_effect)
+    return in_effect

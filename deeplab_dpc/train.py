@@ -11,8 +11,8 @@ writes its resolved flags to `<train_logdir>/train.flags`, then runs
 `--last_layers_contain_logits_only`) initialises a new run's model weights
 from another run's checkpoint, as DeepLab's fine-tuning flags.
 `multi_worker_mirrored` reads the cluster from `TF_CONFIG`. The speed levers
-`--jit_compile`, `--mixed_precision` and the thread flags come from
-`deeplab_dpc.speed_flags`.
+`--jit_compile`, `--mixed_precision`, `--float32_math` and the thread flags
+come from `deeplab_dpc.speed_flags`.
 """
 
 import os
@@ -214,6 +214,9 @@ def main(argv):
         raise app.UsageError(str(e)) from e
     strategy = make_strategy(_DISTRIBUTION_STRATEGY.value, _NUM_GPUS.value)
     try:
+        # After the strategy: MultiWorkerMirroredStrategy must come before
+        # the first op, and this runs one (a probe convolution).
+        speed_flags.apply_float32_math()
         model_options, train_options = options_from_flags(strategy.num_replicas_in_sync)
     except flags.ValidationError as e:
         raise app.UsageError(str(e)) from e

@@ -141,6 +141,7 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path, program_env):
         "--eval_interval_secs=0.5",
         "--intra_op_parallelism_threads=2",
         "--inter_op_parallelism_threads=1",
+        "--float32_math=float32",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(logdir, "eval_results.json")) as f:
@@ -153,6 +154,8 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path, program_env):
     assert result["class_names"] == list(synthetic.CLASS_NAMES)
     assert "mIOU" in proc.stderr and "background" in proc.stderr
     assert "Threads: intra-op 2, inter-op 1" in proc.stderr
+    # Exact float32 convolutions, as the in-process reference computes.
+    assert "Float32 convolutions compute in float32." in proc.stderr
     assert not result["jit_compile"] and result["mixed_precision"] == "none"
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(logdir))
 

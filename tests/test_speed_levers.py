@@ -1,4 +1,5 @@
-"""The speed levers give the same results: XLA, mixed precision, threads.
+"""The speed levers give the same results: XLA, mixed precision, float32
+math, threads.
 
 XLA-compiling a whole MobileNet-v2 training step takes 30-60 s here, so the
 training-step tests use `small_deeplab`, a DeepLab of the real layers (split
@@ -220,6 +221,73 @@ def test_jit_under_mirrored_strategy_matches_and_threads_apply(
     np.testing.assert_allclose(out["losses"], reference["losses"], rtol=1e-4)
 
 
+_FLOAT32_MATH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from deeplab_dpc import speed
+    threads = speed.set_threads(2, 1)
+    in_effect = speed.set_float32_math("bfloat16")
+    sys.path.insert(0, sys.argv[3])
+    import test_speed_levers as t
+
+    results = t._run(sys.argv[1], sys.argv[2])
+    try:
+        speed.set_float32_math("float32")
+        error = ""
+    except RuntimeError as e:
+        error = str(e)
+    print("RESULT " + json.dumps(
+        {"in_effect": in_effect, "losses": results["losses"], "error": error}))
+    """)
+
+
+def test_float32_math_bfloat16_training_matches_float32(
+    data_dir, tmp_path, reference, program_env
+):
+    # A process of its own: TensorFlow reads the mode once, at its first
+    # oneDNN op.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FLOAT32_MATH_SCRIPT,
+            data_dir,
+            str(tmp_path / "bf16_math"),
+            os.path.join(REPO, "tests"),
+        ],
+        cwd=REPO,
+        env=program_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT ") :])
+    assert len(out["losses"]) == 2
+    np.testing.assert_allclose(out["losses"], reference["losses"], rtol=0.02)
+    if speed.cpu_computes_bfloat16():
+        # The convolutions did round their inputs: not the float32 losses.
+        assert out["in_effect"] == "bfloat16"
+        assert out["losses"] != reference["losses"]
+        # Once read, the mode cannot go back to exact float32: a clear error.
+        assert "TF_SET_ONEDNN_FPMATH_MODE=BF16" in out["error"]
+    else:
+        assert out["in_effect"] == "float32" and not out["error"]
+
+
+def test_float32_math_in_this_process_is_exact(monkeypatch):
+    monkeypatch.delenv(speed.ONEDNN_FPMATH_ENV, raising=False)
+    try:
+        assert speed.set_float32_math("float32") == "float32"
+        assert speed.float32_math_in_effect() == "float32"
+        # TensorFlow has run oneDNN ops here: asking for bfloat16 now is
+        # logged and changes nothing.
+        assert speed.set_float32_math("bfloat16") == "float32"
+        assert os.environ[speed.ONEDNN_FPMATH_ENV] == "BF16"
+    finally:
+        os.environ.pop(speed.ONEDNN_FPMATH_ENV, None)
+
+
 def test_jit_inference_matches_the_graph_predictor():
     model = _separated(deeplab.build_deeplab(_mobilenet_options()))
     images = tf.random.uniform([2, *CROP, 3], 0, 255, seed=1)
@@ -317,6 +385,10 @@ def test_bad_values_are_named(tmp_path):
         )
     with pytest.raises(flags.IllegalFlagValueError, match="float8"):
         flags.FLAGS[speed_flags.MIXED_PRECISION.name].parse("float8")
+    with pytest.raises(ValueError, match="float32_math must be one of.*float64"):
+        speed.set_float32_math("float64")
+    with pytest.raises(flags.IllegalFlagValueError, match="float64"):
+        flags.FLAGS[speed_flags.FLOAT32_MATH.name].parse("float64")
     with pytest.raises(flags.IllegalFlagValueError, match="-1"):
         flags.FLAGS[speed_flags.INTRA_OP_PARALLELISM_THREADS.name].parse("-1")
     with pytest.raises(ValueError, match="--inter_op_parallelism_threads must be >= 0"):

@@ -11,6 +11,7 @@ from absl import flags
 import pytest
 import tensorflow as tf
 
+from deeplab_dpc import speed
 from deeplab_dpc import train
 from deeplab_dpc.data import synthetic
 
@@ -50,6 +51,7 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program
             "--training_number_of_steps=3",
             "--log_steps=1",
             "--save_summaries_images",
+            "--float32_math=bfloat16",
         ),
         cwd=REPO,
         env=program_env,
@@ -60,6 +62,8 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 3/3 loss" in proc.stderr
     assert "steps/s" in proc.stderr and "ETA" in proc.stderr
+    mode = "bfloat16" if speed.cpu_computes_bfloat16() else "float32"
+    assert f"Float32 convolutions compute in {mode}." in proc.stderr
     with open(os.path.join(logdir, "train.flags")) as f:
         written = f.read()
     assert "--train_crop_size=33,33" in written

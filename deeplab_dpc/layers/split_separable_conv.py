@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.layers import folding
 
 
@@ -57,7 +58,7 @@ class SplitSeparableConv2D(tf.keras.layers.Layer):
             raise ValueError(
                 f"{self.name}: rate must be two positive ints, got " f"{rate}"
             )
-        self.depthwise = tf.keras.layers.DepthwiseConv2D(
+        self.depthwise = dilated_depthwise.depthwise_class()(
             self.kernel_size,
             padding="same",
             dilation_rate=self.rate,
@@ -88,7 +89,7 @@ class SplitSeparableConv2D(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        x = self.depthwise(inputs)
+        x = self.depthwise(inputs, training=training)
         x = self.depthwise_act(self.depthwise_bn(x, training=training))
         return self.pointwise(x, training=training)
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from deeplab_dpc.layers import atrous_pooling
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.layers import fused_batch_norm
 from deeplab_dpc.layers import image_preprocessing
 
@@ -406,6 +407,7 @@ def build_backbone(
         set_norm_momentum(config, norm_momentum)
     _insert_preprocessing(config, spec.preprocessing)
     fused_batch_norm.use_fused_in_config(config)
+    dilated_depthwise.use_native_in_config(config)
     dilated = tf.keras.Model.from_config(config)
     dilated.set_weights(original.get_weights())
     outputs = {

@@ -14,6 +14,7 @@ sys.path.insert(0, BENCH)
 
 import benchlib  # pylint: disable=wrong-import-position
 import peer_process  # pylint: disable=wrong-import-position
+from deeplab_dpc import speed  # pylint: disable=wrong-import-position
 
 
 class _Handlers:
@@ -92,3 +93,32 @@ def test_started_worker_answers_times_and_is_closed_on_error():
     # Leaving the block closed the worker, although a command failed.
     with pytest.raises(ProcessLookupError):
         worker.peak_rss_mb()
+
+
+def test_bf16_math_worker_trains_the_same_model_with_rounded_convolutions():
+    names = ("ours_dpc", "ours_dpc" + peer_process.BF16_MATH)
+    with peer_process.started(names, crop=33) as workers:
+        infos = {name: w.call("info") for name, w in workers.items()}
+        losses = {
+            name: w.call("train", batch=2, repeats=1, warmup=0)["loss"]
+            for name, w in workers.items()
+        }
+    exact, rounded = names
+    assert infos[exact]["float32_math"] == "float32"
+    assert infos[exact]["params"] == infos[rounded]["params"]
+    # Same seed, weights and batch: the first step's losses agree to the
+    # rounding of bfloat16 inputs (8 bits of mantissa), and differ only where
+    # this CPU computes bfloat16.
+    assert losses[rounded] == pytest.approx(losses[exact], rel=0.02)
+    if speed.cpu_computes_bfloat16():
+        assert infos[rounded]["float32_math"] == "bfloat16"
+        assert losses[rounded] != losses[exact]
+    else:
+        assert infos[rounded]["float32_math"] == "float32"
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="ours_dpc_bf16math"):
+        peer_process.start("ours_dpc_fp8")
+    with pytest.raises(ValueError, match="unknown model 'model_garden_bf16math'"):
+        peer_process.start("model_garden" + peer_process.BF16_MATH)

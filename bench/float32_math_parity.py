@@ -1,0 +1,207 @@
+r"""Accuracy parity of `--float32_math=bfloat16`: the same training, evaluated.
+
+  .venv/bin/python bench/float32_math_parity.py [--quick] [--output_json=PATH]
+
+Writes the built-in synthetic data set (`deeplab_dpc.data.synthetic`) to a
+temporary folder, then trains and evaluates with the programs themselves
+(`python -m deeplab_dpc.train`, then `python -m deeplab_dpc.eval` on the val
+split), each run in processes of its own (TensorFlow reads the float32 math
+mode once per process), with configs/synthetic_mobilenetv2_dpc.flags:
+MobileNet-v2 (alpha 0.35) + the published DPC, 129x129 crops, batch 8,
+`--steps` steps, batch-norm decay `1 - 10 / steps` (a short run's horizon,
+as the search's proxy trials). Four runs: `--float32_math=float32` and
+`--float32_math=bfloat16`, each with `--seed=1` and `--seed=2` (a seed fixes
+the initial weights and the batches, so each seed's two runs differ only in
+how the convolutions round).
+
+Figures: each run's val mIOU and last training loss; each mode's mean mIOU
+over the seeds; the difference of the means (bfloat16 math - float32); and
+float32's own spread over seeds (|seed 2 - seed 1|), the yardstick of that
+difference: short runs from scratch are chaotic, so one seed's pair can
+differ by more than the modes do on average. The speed that bfloat16 math
+buys is bench/train_step.py's (same run as Model Garden).
+`--quick`: a tiny data set and a few steps, a smoke test of the script only.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import benchlib
+
+BENCHMARK = "float32_math_parity"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET = os.path.join(REPO, "configs", "synthetic_mobilenetv2_dpc.flags")
+MODES = ("float32", "bfloat16")
+SEEDS = (1, 2)
+# name -> (--float32_math, --seed)
+RUNS = {f"{mode}_math_seed{seed}": (mode, seed) for mode in MODES for seed in SEEDS}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Tiny smoke run.")
+    parser.add_argument("--steps", type=int, default=600, help="Training steps.")
+    parser.add_argument("--num_train", type=int, default=200)
+    parser.add_argument("--num_val", type=int, default=50)
+    parser.add_argument("--output_json", default="", help="Write the figures.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.num_train, args.num_val = 4, 16, 4
+    if min(args.steps, args.num_train, args.num_val) < 1:
+        parser.error("--steps, --num_train and --num_val must be >= 1")
+    return args
+
+
+# The training program's log line: "step 40/400 loss 1.2345 lr ...".
+_LOSS_LINE = re.compile(r"step (\d+)/\d+ loss ([-+0-9.eEinfa]+)")
+
+
+def _program(module, flags):
+    """Runs `python -m deeplab_dpc.<module>`; its log (stderr).
+
+    Raises:
+      RuntimeError: when it fails, with its log's tail.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TF_SET_ONEDNN_FPMATH_MODE", None)  # the flag alone decides
+    command = [sys.executable, "-m", f"deeplab_dpc.{module}", f"--flagfile={PRESET}"]
+    proc = subprocess.run(
+        command + flags, cwd=REPO, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{module} {' '.join(flags)} failed with exit status "
+            f"{proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
+    return proc.stderr
+
+
+def last_logged_loss(log):
+    """The loss of the training log's last "step N/M loss X" line.
+
+    Raises:
+      ValueError: when the log has no such line.
+    """
+    found = _LOSS_LINE.findall(log)
+    if not found:
+        raise ValueError("the training log has no 'step N/M loss X' line")
+    return float(found[-1][1])
+
+
+def train_and_evaluate(data_dir, work_dir, name, float32_math, seed, steps):
+    """Trains and evaluates one run; {"miou", "loss"} of it."""
+    train_dir = os.path.join(work_dir, name, "train")
+    eval_dir = os.path.join(work_dir, name, "eval")
+    common = [f"--dataset_dir={data_dir}", f"--float32_math={float32_math}"]
+    log = _program(
+        "train",
+        common
+        + [
+            f"--train_logdir={train_dir}",
+            "--train_crop_size=129,129",
+            "--train_batch_size=8",
+            f"--training_number_of_steps={steps}",
+            "--base_learning_rate=0.02",
+            f"--log_steps={max(1, steps // 10)}",
+            f"--seed={seed}",
+            # A short run's horizon (as the search's proxy trials): with
+            # DeepLab's 0.9997 the moving statistics would stay near their
+            # initial values and every evaluation would be alike.
+            f"--batch_norm_decay={1.0 - 10.0 / max(steps, 10):.6g}",
+        ],
+    )
+    _program(
+        "eval",
+        common
+        + [
+            f"--checkpoint_dir={train_dir}",
+            f"--eval_logdir={eval_dir}",
+            "--eval_crop_size=129,129",
+            "--max_number_of_evaluations=1",
+        ],
+    )
+    with open(os.path.join(eval_dir, "eval_results.json")) as f:
+        miou = json.load(f)["miou"]
+    return {"miou": float(miou), "loss": last_logged_loss(log)}
+
+
+def measure(args):
+    from deeplab_dpc.data import synthetic
+
+    with tempfile.TemporaryDirectory(prefix="float32_math_parity-") as work_dir:
+        data_dir = os.path.join(work_dir, "data")
+        synthetic.build(data_dir, num_train=args.num_train, num_val=args.num_val)
+        return {
+            name: train_and_evaluate(data_dir, work_dir, name, math, seed, args.steps)
+            for name, (math, seed) in RUNS.items()
+        }
+
+
+def figures_of(results, args):
+    detail = (
+        f"MobileNet-v2 (alpha 0.35) + the published DPC, synthetic data "
+        f"({args.num_train} train / {args.num_val} val), 129x129, batch 8, "
+        f"{args.steps} steps"
+    )
+    figures = []
+    for name, (math, seed) in RUNS.items():
+        figures += [
+            benchlib.figure(
+                f"{name}_val_miou",
+                results[name]["miou"],
+                "mIOU",
+                f"{detail}; --float32_math={math} --seed={seed}; eval program",
+            ),
+            benchlib.figure(
+                f"{name}_last_loss",
+                results[name]["loss"],
+                "loss",
+                "the training program's last logged step",
+            ),
+        ]
+    mean = {}
+    for mode in MODES:
+        mious = [results[f"{mode}_math_seed{seed}"]["miou"] for seed in SEEDS]
+        mean[mode] = sum(mious) / len(mious)
+        figures.append(
+            benchlib.figure(
+                f"{mode}_math_mean_val_miou",
+                mean[mode],
+                "mIOU",
+                f"mean over seeds {', '.join(map(str, SEEDS))}",
+            )
+        )
+    spread = [results[f"float32_math_seed{seed}"]["miou"] for seed in SEEDS]
+    figures += [
+        benchlib.figure(
+            "bfloat16_math_minus_float32_mean_miou",
+            mean["bfloat16"] - mean["float32"],
+            "mIOU",
+            "difference of the means: what bfloat16 math changes",
+        ),
+        benchlib.figure(
+            "float32_seed_spread_miou",
+            max(spread) - min(spread),
+            "mIOU",
+            "float32's own spread over seeds: the yardstick of the line above",
+        ),
+    ]
+    return figures
+
+
+def main(argv):
+    args = parse_args(argv)
+    sys.path.insert(0, REPO)
+    figures = figures_of(measure(args), args)
+    benchlib.report(BENCHMARK, figures, args.output_json)
+    return figures
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,152 @@
+"""Atrous depthwise convolution on TensorFlow's native dilated kernel (Keras 3).
+
+Keras (both Keras 3 and tf_keras) computes an atrous depthwise convolution
+the way `tf.nn.depthwise_conv2d` does: SpaceToBatchND, a plain depthwise
+convolution of the rate-strided blocks, BatchToSpaceND, and the same three
+ops again in each gradient. TensorFlow's `DepthwiseConv2dNative` also takes
+the rate itself (`dilations`), so the training step can skip the reshuffles:
+
+  forward        `DepthwiseConv2dNative` with `dilations`;
+  input gradient the same op on the output gradient with the kernel turned
+                 by 180 degrees (stride 1, SAME padding and an odd kernel pad
+                 both sides alike, so the transposed convolution is a
+                 convolution);
+  kernel gradient TensorFlow's own (the SpaceToBatchND route), as the CPU
+                 kernel of `DepthwiseConv2dNativeBackpropFilter` takes no
+                 dilations.
+
+On this CPU the native kernel pays only at small rates: MobileNet-v2's rate-2
+depthwise convs at output stride 16 (33x33x960, batch 8) took 0.75x the time
+forward and backward, the published DPC's (6, 3) and (1, 6) branches 0.80x
+and 0.87x, but its (18, 15) and (6, 21) branches took 1.2x and 2.6x (a 3x3
+kernel of rate 21 on a 33x33 map reads mostly padding). So `NATIVE_MAX_RATE`
+bounds where it is used.
+
+`DilatedDepthwiseConv2D` is Keras 3's `DepthwiseConv2D` with the same
+variables, config and checkpoints; only its training-mode call differs, and
+only where the native route computes the same thing: float32, channels-last,
+stride 1, SAME padding, depth multiplier 1, an odd kernel, a rate above 1 and
+at most `NATIVE_MAX_RATE`. Inference (eval, export, TFLite) keeps Keras' own
+call. Under tf_keras (`TF_USE_LEGACY_KERAS=1`, where
+tensorflow-model-optimization needs Keras' own classes) `depthwise_class()`
+is tf_keras' `DepthwiseConv2D`.
+"""
+
+import tensorflow as tf
+
+IS_TF_KERAS = tf.keras.Model.__module__.startswith("tf_keras")
+CLASS_NAME = "DilatedDepthwiseConv2D"
+NATIVE_MAX_RATE = 6
+
+
+def dilated_depthwise_conv2d(inputs, kernel, rate):
+    """Stride-1 SAME atrous depthwise convolution on the native dilated kernel.
+
+    The same values and gradients as
+    `tf.nn.depthwise_conv2d(inputs, kernel, [1, 1, 1, 1], "SAME",
+    dilations=rate)` within float32 rounding.
+
+    Args:
+      inputs: float32 `[batch, height, width, channels]`.
+      kernel: float32 `[kh, kw, channels, 1]`, kh and kw odd.
+      rate: (int, int), the atrous rate.
+
+    Returns:
+      `[batch, height, width, channels]`.
+
+    Raises:
+      ValueError: for an even kernel or a depth multiplier other than 1.
+    """
+    kh, kw, _, multiplier = kernel.shape
+    if kh % 2 == 0 or kw % 2 == 0 or multiplier != 1:
+        raise ValueError(
+            "the native dilated route needs an odd kernel and depth multiplier "
+            f"1, got kernel shape {kernel.shape}"
+        )
+    rate = tuple(int(r) for r in rate)
+    dilations = [1, *rate, 1]
+
+    def native(x, k):
+        return tf.raw_ops.DepthwiseConv2dNative(
+            input=x, filter=k, strides=[1, 1, 1, 1], padding="SAME", dilations=dilations
+        )
+
+    @tf.custom_gradient
+    def conv(x, k):
+        def grad(dy):
+            dx = native(dy, tf.reverse(k, axis=[0, 1]))
+            with tf.GradientTape() as tape:
+                tape.watch(k)
+                y = tf.nn.depthwise_conv2d(
+                    x, k, [1, 1, 1, 1], "SAME", dilations=list(rate)
+                )
+            return dx, tape.gradient(y, k, output_gradients=dy)
+
+        return native(x, k), grad
+
+    return conv(inputs, kernel)
+
+
+@tf.keras.utils.register_keras_serializable(package="deeplab_dpc")
+class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
+    """`DepthwiseConv2D` on TensorFlow's native dilated kernel in training.
+
+    Takes `tf.keras.layers.DepthwiseConv2D`'s arguments.
+
+    Example:
+    >>> layer = DilatedDepthwiseConv2D(3, padding="same", dilation_rate=2)
+    >>> layer(tf.ones([2, 9, 9, 4]), training=True).shape
+    TensorShape([2, 9, 9, 4])
+    """
+
+    def _native(self, inputs, training):
+        rate = tuple(self.dilation_rate)
+        return (
+            training is True
+            and inputs.dtype == tf.float32
+            and self.data_format == "channels_last"
+            and tuple(self.strides) == (1, 1)
+            and self.padding == "same"
+            and self.depth_multiplier == 1
+            and all(k % 2 == 1 for k in self.kernel_size)
+            and 1 < max(rate) <= NATIVE_MAX_RATE
+        )
+
+    def call(self, inputs, training=None):
+        if IS_TF_KERAS or not self._native(inputs, training):
+            return super().call(inputs)
+        outputs = dilated_depthwise_conv2d(
+            inputs, tf.convert_to_tensor(self.kernel), self.dilation_rate
+        )
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
+def depthwise_class():
+    """The depthwise conv class the models use under this Keras."""
+    if IS_TF_KERAS:
+        return tf.keras.layers.DepthwiseConv2D
+    return DilatedDepthwiseConv2D
+
+
+def use_native_in_config(config):
+    """Makes a functional model config's atrous depthwise convs native ones.
+
+    Keras 3 only (a no-op under tf_keras): each `DepthwiseConv2D` layer config
+    with a rate above 1 becomes a `DilatedDepthwiseConv2D` one with the same
+    settings, for `tf.keras.Model.from_config`.
+    """
+    if IS_TF_KERAS:
+        return
+    for layer in config["layers"]:
+        if layer["class_name"] != "DepthwiseConv2D":
+            continue
+        rate = layer["config"].get("dilation_rate", 1)
+        rate = (rate, rate) if isinstance(rate, int) else tuple(rate)
+        if max(rate) > 1:
+            layer["class_name"] = CLASS_NAME
+            layer["module"] = None
+            layer["registered_name"] = f"deeplab_dpc>{CLASS_NAME}"

@@ -1,0 +1,156 @@
+"""Tests for deeplab_dpc.layers.dilated_depthwise."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import layer_testing
+import model_testing
+from deeplab_dpc.layers import dilated_depthwise
+from deeplab_dpc.models import deeplab
+
+SHAPE = (2, 17, 15, 6)
+
+
+def _gradient_ops(fn, *args):
+    """Op types that the traced value and gradients of `fn` depend on.
+
+    Ops traced but feeding no output (TensorFlow prunes them when it runs
+    the graph) are left out.
+    """
+
+    @tf.function
+    def traced(*xs):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            y = fn(*xs)
+        return y, tape.gradient(y, xs, output_gradients=tf.ones_like(y))
+
+    graph = traced.get_concrete_function(*args).graph
+    pending = [t.op for t in graph.outputs]
+    seen = set()
+    while pending:
+        op = pending.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        pending += [t.op for t in op.inputs] + list(op.control_inputs)
+    return {graph.get_operation_by_name(name).type for name in seen}
+
+
+@pytest.mark.parametrize("rate", [(2, 2), (1, 6), (6, 3), (3, 1)])
+def test_native_route_matches_tensorflows(rate):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=SHAPE), tf.float32)
+    kernel = tf.constant(rng.normal(size=(3, 3, SHAPE[-1], 1)), tf.float32)
+    upstream = tf.constant(rng.normal(size=SHAPE), tf.float32)
+
+    def value_and_gradients(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = fn(x, kernel)
+        return [y, *tape.gradient(y, [x, kernel], output_gradients=upstream)]
+
+    got = value_and_gradients(
+        lambda a, k: dilated_depthwise.dilated_depthwise_conv2d(a, k, rate)
+    )
+    expected = value_and_gradients(
+        lambda a, k: tf.nn.depthwise_conv2d(a, k, [1, 1, 1, 1], "SAME", dilations=rate)
+    )
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-5)
+    # Forward and input gradient skip the SpaceToBatch reshuffle; only the
+    # kernel gradient takes it.
+    ops = _gradient_ops(
+        lambda a, k: dilated_depthwise.dilated_depthwise_conv2d(a, k, rate), x, kernel
+    )
+    assert "DepthwiseConv2dNativeBackpropInput" not in ops
+    assert "BatchToSpaceND" not in ops
+
+
+def test_even_kernel_or_multiplier_is_refused():
+    x = tf.zeros(SHAPE)
+    with pytest.raises(ValueError, match="odd kernel and depth multiplier 1"):
+        dilated_depthwise.dilated_depthwise_conv2d(x, tf.zeros([2, 2, 6, 1]), (2, 2))
+    with pytest.raises(ValueError, match="odd kernel and depth multiplier 1"):
+        dilated_depthwise.dilated_depthwise_conv2d(x, tf.zeros([3, 3, 6, 2]), (2, 2))
+
+
+def _pair(**kwargs):
+    """Our layer and Keras' own, with the same random weights."""
+    kwargs = {"kernel_size": 3, "padding": "same", **kwargs}
+    ours = dilated_depthwise.DilatedDepthwiseConv2D(**kwargs)
+    plain = tf.keras.layers.DepthwiseConv2D(**kwargs)
+    for layer in (ours, plain):
+        layer.build(SHAPE)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(size=w.shape).astype(np.float32) for w in plain.weights]
+    ours.set_weights(weights)
+    plain.set_weights(weights)
+    return ours, plain
+
+
+@pytest.mark.parametrize(
+    "kwargs,native",
+    [
+        ({"dilation_rate": 2}, True),
+        ({"dilation_rate": (1, 6), "use_bias": True, "activation": "relu"}, True),
+        ({"dilation_rate": 12}, False),  # above NATIVE_MAX_RATE
+        ({"dilation_rate": 1}, False),
+        ({"dilation_rate": 2, "depth_multiplier": 2}, False),
+    ],
+)
+def test_layer_trains_like_keras_and_takes_the_native_route_where_it_pays(
+    kwargs, native
+):
+    ours, plain = _pair(**kwargs)
+    x = tf.constant(np.random.default_rng(2).normal(size=SHAPE), tf.float32)
+    results = []
+    for layer in (ours, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        grads = tape.gradient(y, [x, *layer.trainable_weights])
+        results.append([y, *grads])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    trained = _gradient_ops(lambda t: ours(t, training=True), x)
+    if dilated_depthwise.IS_TF_KERAS:
+        native = False  # tf_keras' own call always
+    assert ("BatchToSpaceND" not in trained) == (native or max(ours.dilation_rate) == 1)
+    # Inference keeps Keras' own call (and graph).
+    np.testing.assert_array_equal(ours(x, training=False), plain(x, training=False))
+    assert "IdentityN" not in _gradient_ops(lambda t: ours(t, training=False), x)
+
+
+def test_config_round_trip():
+    layer = dilated_depthwise.DilatedDepthwiseConv2D(
+        3, padding="same", dilation_rate=(2, 3)
+    )
+    layer_testing.check_config_round_trip(layer)
+
+
+def test_models_use_the_class_of_this_keras():
+    options = model_testing.options(
+        crop_size=(33, 33), dense_prediction_cell=model_testing.PUBLISHED
+    )
+    model = deeplab.build_deeplab(options)
+    depthwise = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, tf.keras.layers.DepthwiseConv2D)
+    ]
+    atrous = [l for l in depthwise if max(l.dilation_rate) > 1]
+    # MobileNet-v2's rate-2 blocks at output stride 16 and the cell's branches.
+    assert any(l.name.startswith("block_16") for l in atrous)
+    assert any(l.name == "depthwise" for l in atrous)
+    expected = dilated_depthwise.depthwise_class()
+    if dilated_depthwise.IS_TF_KERAS:
+        # tf_keras' own class: tensorflow-model-optimization recognises it.
+        assert expected is tf.keras.layers.DepthwiseConv2D
+        assert all(type(l) is expected for l in depthwise)
+    else:
+        assert expected is dilated_depthwise.DilatedDepthwiseConv2D
+        assert all(type(l) is expected for l in atrous)
+        # Undilated backbone convs stay Keras' own.
+        assert any(type(l) is tf.keras.layers.DepthwiseConv2D for l in depthwise)
