@@ -193,30 +193,34 @@ def test_jit_training_step_matches_the_graph_step(data_dir, tmp_path, reference)
     np.testing.assert_allclose(jit["losses"], reference["losses"], rtol=1e-4)
 
 
-def test_jit_under_mirrored_strategy_matches_and_threads_apply(
-    data_dir, tmp_path, reference, program_env
-):
-    # Two logical CPUs, one XLA function per replica; batch norm is frozen,
-    # so the replicas' halves give the global batch's loss. The thread pools
-    # are set before TensorFlow starts, as the programs do.
+def _run_script(script, data_dir, logdir, env):
+    """Runs a test script in a fresh process; the dict of its RESULT line.
+
+    The script gets the data set, its log directory and this folder (to
+    import this module) as arguments.
+    """
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _MIRRORED_SCRIPT,
-            data_dir,
-            str(tmp_path / "mirrored"),
-            os.path.join(REPO, "tests"),
-        ],
+        [sys.executable, "-c", script, data_dir, logdir, os.path.join(REPO, "tests")],
         cwd=REPO,
-        env=program_env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT ") :])
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_jit_under_mirrored_strategy_matches_and_threads_apply(
+    data_dir, tmp_path, reference, program_env
+):
+    # Two logical CPUs, one XLA function per replica; batch norm is frozen,
+    # so the replicas' halves give the global batch's loss. The thread pools
+    # are set before TensorFlow starts, as the programs do.
+    out = _run_script(
+        _MIRRORED_SCRIPT, data_dir, str(tmp_path / "mirrored"), program_env
+    )
     assert out["threads"] == [2, 1] and out["replicas"] == 2
     np.testing.assert_allclose(out["losses"], reference["losses"], rtol=1e-4)
 
@@ -245,24 +249,9 @@ def test_float32_math_bfloat16_training_matches_float32(
 ):
     # A process of its own: TensorFlow reads the mode once, at its first
     # oneDNN op.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _FLOAT32_MATH_SCRIPT,
-            data_dir,
-            str(tmp_path / "bf16_math"),
-            os.path.join(REPO, "tests"),
-        ],
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = _run_script(
+        _FLOAT32_MATH_SCRIPT, data_dir, str(tmp_path / "bf16_math"), program_env
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT ") :])
     assert len(out["losses"]) == 2
     np.testing.assert_allclose(out["losses"], reference["losses"], rtol=0.02)
     if speed.cpu_computes_bfloat16():

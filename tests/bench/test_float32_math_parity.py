@@ -25,25 +25,28 @@ def test_last_logged_loss_reads_the_training_programs_log_lines():
         parity.last_logged_loss("nothing logged")
 
 
-def test_figures_compare_the_means_with_float32s_own_spread():
+def test_figures_compare_the_medians_with_float32s_own_range():
     mious = {
-        "float32_math_seed1": 0.50,
-        "float32_math_seed2": 0.44,
-        "bfloat16_math_seed1": 0.49,
-        "bfloat16_math_seed2": 0.47,
+        "float32_math_seed1": 0.60,
+        "float32_math_seed2": 0.35,
+        "float32_math_seed3": 0.58,
+        "bfloat16_math_seed1": 0.59,
+        "bfloat16_math_seed2": 0.61,
+        "bfloat16_math_seed3": 0.34,
     }
     assert set(mious) == set(parity.RUNS)
     results = {name: {"miou": m, "loss": 0.5} for name, m in mious.items()}
     args = argparse.Namespace(num_train=200, num_val=50, steps=600)
-    figures = {f["name"]: f for f in parity.figures_of(results, args)}
-    assert figures["float32_math_mean_val_miou"]["value"] == pytest.approx(0.47)
-    assert figures["bfloat16_math_mean_val_miou"]["value"] == pytest.approx(0.48)
-    diff = figures["bfloat16_math_minus_float32_mean_miou"]["value"]
+    figures = {f["name"]: f["value"] for f in parity.figures_of(results, args)}
+    assert figures["float32_math_median_val_miou"] == pytest.approx(0.58)
+    assert figures["bfloat16_math_median_val_miou"] == pytest.approx(0.59)
+    assert figures["bfloat16_math_lowest_val_miou"] == pytest.approx(0.34)
+    assert figures["float32_math_highest_val_miou"] == pytest.approx(0.60)
+    diff = figures["bfloat16_math_minus_float32_median_miou"]
     assert diff == pytest.approx(0.01)
-    assert figures["float32_seed_spread_miou"]["value"] == pytest.approx(0.06)
-    assert "--float32_math=bfloat16 --seed=2" in (
-        figures["bfloat16_math_seed2_val_miou"]["detail"]
-    )
+    assert figures["float32_seed_range_miou"] == pytest.approx(0.25)
+    details = {f["name"]: f["detail"] for f in parity.figures_of(results, args)}
+    assert "--float32_math=bfloat16 --seed=3" in details["bfloat16_math_seed3_val_miou"]
 
 
 def test_bad_sizes_are_refused():
