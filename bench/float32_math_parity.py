@@ -61,8 +61,10 @@ def parse_args(argv):
     return args
 
 
-# The training program's log line: "step 40/400 loss 1.2345 lr ...".
+# The training program's log lines: "step 40/400 loss 1.2345 lr ..." and
+# `speed_flags.apply_float32_math`'s "Float32 convolutions compute in X.".
 _LOSS_LINE = re.compile(r"step (\d+)/\d+ loss ([-+0-9.eEinfa]+)")
+_MODE_LINE = re.compile(r"Float32 convolutions compute in (\w+)\.")
 
 
 def _program(module, flags):
@@ -73,7 +75,6 @@ def _program(module, flags):
     """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("TF_SET_ONEDNN_FPMATH_MODE", None)  # the flag alone decides
     command = [sys.executable, "-m", f"deeplab_dpc.{module}", f"--flagfile={PRESET}"]
     proc = subprocess.run(
         command + flags, cwd=REPO, env=env, capture_output=True, text=True
@@ -98,8 +99,30 @@ def last_logged_loss(log):
     return float(found[-1][1])
 
 
+def mode_in_effect(log, asked):
+    """The float32 math mode the training log says was in effect.
+
+    Raises:
+      ValueError: when the log does not say, or says another mode than
+        `asked` (a run that would compare nothing: the CPU computes no
+        bfloat16, or the process ran a oneDNN op too early).
+    """
+    found = _MODE_LINE.findall(log)
+    if not found:
+        raise ValueError("the training log does not say its float32 math mode")
+    if found[-1] != asked:
+        raise ValueError(
+            f"--float32_math={asked} asked, but the training ran in {found[-1]}"
+        )
+    return found[-1]
+
+
 def train_and_evaluate(data_dir, work_dir, name, float32_math, seed, steps):
-    """Trains and evaluates one run; {"miou", "loss"} of it."""
+    """Trains and evaluates one run; {"miou", "loss"} of it.
+
+    Raises:
+      ValueError: when the training did not run in `float32_math`.
+    """
     train_dir = os.path.join(work_dir, name, "train")
     eval_dir = os.path.join(work_dir, name, "eval")
     common = [f"--dataset_dir={data_dir}", f"--float32_math={float32_math}"]
@@ -120,6 +143,7 @@ def train_and_evaluate(data_dir, work_dir, name, float32_math, seed, steps):
             f"--batch_norm_decay={1.0 - 10.0 / max(steps, 10):.6g}",
         ],
     )
+    mode_in_effect(log, float32_math)
     _program(
         "eval",
         common

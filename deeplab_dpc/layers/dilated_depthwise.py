@@ -75,6 +75,9 @@ def dilated_depthwise_conv2d(inputs, kernel, rate):
     def conv(x, k):
         def grad(dy):
             dx = native(dy, tf.reverse(k, axis=[0, 1]))
+            # TF's kernel gradient of the SpaceToBatch route. The forward ops
+            # traced here feed no output: inside a tf.function (the training
+            # step) TensorFlow prunes them and the unused input gradient.
             with tf.GradientTape() as tape:
                 tape.watch(k)
                 y = tf.nn.depthwise_conv2d(

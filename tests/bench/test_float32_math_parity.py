@@ -25,6 +25,15 @@ def test_last_logged_loss_reads_the_training_programs_log_lines():
         parity.last_logged_loss("nothing logged")
 
 
+def test_mode_in_effect_must_be_the_one_asked():
+    log = "I1127 speed_flags.py:99] Float32 convolutions compute in bfloat16.\n"
+    assert parity.mode_in_effect(log, "bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="bfloat16 asked, but the training ran in"):
+        parity.mode_in_effect(log.replace("bfloat16", "float32"), "bfloat16")
+    with pytest.raises(ValueError, match="does not say"):
+        parity.mode_in_effect("step 1/1 loss 0.5", "float32")
+
+
 def test_figures_compare_the_medians_with_float32s_own_range():
     mious = {
         "float32_math_seed1": 0.60,
