@@ -1,30 +1,40 @@
 r"""Accuracy parity of `--float32_math=bfloat16`: the same training, evaluated.
 
-  .venv/bin/python bench/float32_math_parity.py [--quick] [--output_json=PATH]
+  .venv/bin/python bench/float32_math_parity.py [--quick] [--seeds=1,2,3,4]
+      [--output_json=PATH]
 
 Writes the built-in synthetic data set (`deeplab_dpc.data.synthetic`) to a
-temporary folder, then trains and evaluates with the programs themselves
+temporary folder and trains and evaluates with the programs themselves
 (`python -m deeplab_dpc.train`, then `python -m deeplab_dpc.eval` on the val
 split), each run in processes of its own (TensorFlow reads the float32 math
 mode once per process), with configs/synthetic_mobilenetv2_dpc.flags:
 MobileNet-v2 (alpha 0.35) + the published DPC, 129x129 crops, batch 8,
 `--steps` steps, batch-norm decay `1 - 10 / steps` (a short run's horizon,
-as the search's proxy trials). Six runs: `--float32_math=float32` and
-`--float32_math=bfloat16`, each with `--seed=1`, `2` and `3` (a seed fixes
-the initial weights and the batches; a run repeats exactly on the same code
-and machine).
+as the search's proxy trials).
 
-Short runs from scratch on this set are chaotic, bimodal even: most end near
-0.59 val mIOU, some near 0.34, and any change of rounding flips single runs
-between the two (a rewrite of one gradient, equal to float32 rounding,
-flipped a float32 seed from 0.34 to 0.59; bfloat16 math and float32 have
-each been seen in both). So parity is a question about distributions, and
-three seeds only sketch them: the figures are each run's val mIOU and last
-training loss, each mode's median, lowest and highest mIOU over the seeds,
-and the difference of the medians (bfloat16 math - float32) beside
-float32's own range over seeds. The speed that bfloat16 math buys is
+The protocol is DeepLab's own: a pretrained backbone, a new head. One
+float32 run (seed 0) pretrains the backbone, the stand-in for ImageNet
+weights; then every compared run starts from it with
+`--tf_initial_checkpoint`, `--initialize_last_layer=false` and
+`--last_layers_contain_logits_only=false` (backbone restored; the DPC,
+decoder and logits new), once per mode (`--float32_math=float32` and
+`bfloat16`) and seed (`--seeds`; a seed fixes the new layers' weights and
+the batches; a run repeats exactly on the same code and machine).
+
+Why not from scratch: short runs of the whole model from random weights on
+this set are chaotic, bimodal even (most near 0.59 val mIOU, some near
+0.34, and any change of rounding flips single runs between the two; both
+modes were seen in both), so a handful of seeds could not tell the modes
+apart. From a pretrained backbone the runs agree within a few hundredths.
+
+Figures: each run's val mIOU and last training loss; each mode's mean,
+standard deviation over seeds, median, lowest and highest mIOU; the
+difference of the means (bfloat16 math - float32) with its 95% confidence
+interval (Welch's t, `scipy.stats.ttest_ind`) beside float32's own standard
+deviation over seeds. The speed that bfloat16 math buys is
 bench/train_step.py's (same run as Model Garden).
-`--quick`: a tiny data set and a few steps, a smoke test of the script only.
+`--quick`: a tiny data set, two seeds and a few steps, a smoke test of the
+script only.
 """
 
 import argparse
@@ -41,24 +51,37 @@ BENCHMARK = "float32_math_parity"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(REPO, "configs", "synthetic_mobilenetv2_dpc.flags")
 MODES = ("float32", "bfloat16")
-SEEDS = (1, 2, 3)
-# name -> (--float32_math, --seed)
-RUNS = {f"{mode}_math_seed{seed}": (mode, seed) for mode in MODES for seed in SEEDS}
+PRETRAIN_SEED = 0
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="Tiny smoke run.")
     parser.add_argument("--steps", type=int, default=600, help="Training steps.")
+    parser.add_argument("--seeds", default="1,2,3,4", help="Seeds of each mode.")
     parser.add_argument("--num_train", type=int, default=200)
     parser.add_argument("--num_val", type=int, default=50)
     parser.add_argument("--output_json", default="", help="Write the figures.")
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.num_train, args.num_val = 4, 16, 4
+        args.steps, args.num_train, args.num_val, args.seeds = 4, 16, 4, "1,2"
+    try:
+        args.seeds = tuple(int(seed) for seed in args.seeds.split(","))
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated ints, got {args.seeds!r}")
+    if len(set(args.seeds)) < 2 or PRETRAIN_SEED in args.seeds:
+        parser.error(
+            f"--seeds needs at least 2 different seeds, not {PRETRAIN_SEED} "
+            f"(the pretraining's), got {args.seeds}"
+        )
     if min(args.steps, args.num_train, args.num_val) < 1:
         parser.error("--steps, --num_train and --num_val must be >= 1")
     return args
+
+
+def run_names(seeds):
+    """name -> (--float32_math, --seed) of the compared runs."""
+    return {f"{mode}_math_seed{seed}": (mode, seed) for mode in MODES for seed in seeds}
 
 
 # The training program's log lines: "step 40/400 loss 1.2345 lr ..." and
@@ -117,37 +140,65 @@ def mode_in_effect(log, asked):
     return found[-1]
 
 
-def train_and_evaluate(data_dir, work_dir, name, float32_math, seed, steps):
-    """Trains and evaluates one run; {"miou", "loss"} of it.
+def _train_flags(data_dir, train_dir, float32_math, seed, steps):
+    """The training program's flags of one run."""
+    return [
+        f"--dataset_dir={data_dir}",
+        f"--float32_math={float32_math}",
+        f"--train_logdir={train_dir}",
+        "--train_crop_size=129,129",
+        "--train_batch_size=8",
+        f"--training_number_of_steps={steps}",
+        "--base_learning_rate=0.02",
+        f"--log_steps={max(1, steps // 10)}",
+        f"--seed={seed}",
+        # A short run's horizon (as the search's proxy trials): with
+        # DeepLab's 0.9997 the moving statistics would stay near their
+        # initial values and every evaluation would be alike.
+        f"--batch_norm_decay={1.0 - 10.0 / max(steps, 10):.6g}",
+    ]
+
+
+def pretrain(data_dir, work_dir, steps):
+    """Trains the float32 run whose backbone every compared run starts from.
+
+    Returns:
+      its train_logdir (a checkpoint directory).
+    """
+    train_dir = os.path.join(work_dir, "pretrain")
+    log = _program(
+        "train", _train_flags(data_dir, train_dir, "float32", PRETRAIN_SEED, steps)
+    )
+    mode_in_effect(log, "float32")
+    return train_dir
+
+
+def train_and_evaluate(data_dir, work_dir, name, float32_math, seed, steps, initial):
+    """Trains one run from `initial`'s backbone and evaluates it.
+
+    Returns:
+      {"miou", "loss"} of the run.
 
     Raises:
       ValueError: when the training did not run in `float32_math`.
     """
     train_dir = os.path.join(work_dir, name, "train")
     eval_dir = os.path.join(work_dir, name, "eval")
-    common = [f"--dataset_dir={data_dir}", f"--float32_math={float32_math}"]
     log = _program(
         "train",
-        common
+        _train_flags(data_dir, train_dir, float32_math, seed, steps)
         + [
-            f"--train_logdir={train_dir}",
-            "--train_crop_size=129,129",
-            "--train_batch_size=8",
-            f"--training_number_of_steps={steps}",
-            "--base_learning_rate=0.02",
-            f"--log_steps={max(1, steps // 10)}",
-            f"--seed={seed}",
-            # A short run's horizon (as the search's proxy trials): with
-            # DeepLab's 0.9997 the moving statistics would stay near their
-            # initial values and every evaluation would be alike.
-            f"--batch_norm_decay={1.0 - 10.0 / max(steps, 10):.6g}",
+            f"--tf_initial_checkpoint={initial}",
+            "--initialize_last_layer=false",
+            "--last_layers_contain_logits_only=false",
         ],
     )
     mode_in_effect(log, float32_math)
     _program(
         "eval",
-        common
-        + [
+        [
+            f"--dataset_dir={data_dir}",
+            f"--float32_math={float32_math}",
             f"--checkpoint_dir={train_dir}",
             f"--eval_logdir={eval_dir}",
             "--eval_crop_size=129,129",
@@ -165,20 +216,47 @@ def measure(args):
     with tempfile.TemporaryDirectory(prefix="float32_math_parity-") as work_dir:
         data_dir = os.path.join(work_dir, "data")
         synthetic.build(data_dir, num_train=args.num_train, num_val=args.num_val)
+        initial = pretrain(data_dir, work_dir, args.steps)
         return {
-            name: train_and_evaluate(data_dir, work_dir, name, math, seed, args.steps)
-            for name, (math, seed) in RUNS.items()
+            name: train_and_evaluate(
+                data_dir, work_dir, name, math, seed, args.steps, initial
+            )
+            for name, (math, seed) in run_names(args.seeds).items()
         }
+
+
+def mean_difference(bfloat16_mious, float32_mious, confidence=0.95):
+    """Mean of bfloat16 math's mIOUs minus float32's, and its Welch interval.
+
+    Returns:
+      (difference, low, high): the interval of `confidence` from Welch's t
+      (`scipy.stats.ttest_ind(equal_var=False)`).
+    """
+    from scipy import stats
+
+    result = stats.ttest_ind(bfloat16_mious, float32_mious, equal_var=False)
+    interval = result.confidence_interval(confidence)
+    difference = sum(bfloat16_mious) / len(bfloat16_mious) - sum(float32_mious) / len(
+        float32_mious
+    )
+    return difference, float(interval.low), float(interval.high)
+
+
+def _std(values):
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def figures_of(results, args):
     detail = (
         f"MobileNet-v2 (alpha 0.35) + the published DPC, synthetic data "
         f"({args.num_train} train / {args.num_val} val), 129x129, batch 8, "
-        f"{args.steps} steps"
+        f"{args.steps} steps from the float32 pretraining's backbone (seed "
+        f"{PRETRAIN_SEED}), new head"
     )
+    runs = run_names(args.seeds)
     figures = []
-    for name, (math, seed) in RUNS.items():
+    for name, (math, seed) in runs.items():
         figures += [
             benchlib.figure(
                 f"{name}_val_miou",
@@ -193,38 +271,59 @@ def figures_of(results, args):
                 "the training program's last logged step",
             ),
         ]
-    median = {}
+    mious = {}
+    seeds = ", ".join(map(str, args.seeds))
     for mode in MODES:
-        mious = [results[f"{mode}_math_seed{seed}"]["miou"] for seed in SEEDS]
-        median[mode] = benchlib.median(mious)
-        seeds = ", ".join(map(str, SEEDS))
+        mious[mode] = [
+            results[f"{mode}_math_seed{seed}"]["miou"] for seed in args.seeds
+        ]
+        values = mious[mode]
         figures += [
             benchlib.figure(
+                f"{mode}_math_mean_val_miou",
+                sum(values) / len(values),
+                "mIOU",
+                f"mean over seeds {seeds}",
+            ),
+            benchlib.figure(
+                f"{mode}_math_std_val_miou",
+                _std(values),
+                "mIOU",
+                f"standard deviation over seeds {seeds}",
+            ),
+            benchlib.figure(
                 f"{mode}_math_median_val_miou",
-                median[mode],
+                benchlib.median(values),
                 "mIOU",
                 f"median over seeds {seeds}",
             ),
             benchlib.figure(
-                f"{mode}_math_lowest_val_miou", min(mious), "mIOU", f"seeds {seeds}"
+                f"{mode}_math_lowest_val_miou", min(values), "mIOU", f"seeds {seeds}"
             ),
             benchlib.figure(
-                f"{mode}_math_highest_val_miou", max(mious), "mIOU", f"seeds {seeds}"
+                f"{mode}_math_highest_val_miou", max(values), "mIOU", f"seeds {seeds}"
             ),
         ]
-    spread = [results[f"float32_math_seed{seed}"]["miou"] for seed in SEEDS]
+    difference, low, high = mean_difference(mious["bfloat16"], mious["float32"])
     figures += [
         benchlib.figure(
-            "bfloat16_math_minus_float32_median_miou",
-            median["bfloat16"] - median["float32"],
+            "bfloat16_math_minus_float32_mean_miou",
+            difference,
             "mIOU",
-            "difference of the medians: what bfloat16 math changes",
+            "difference of the means: what bfloat16 math changes",
         ),
         benchlib.figure(
-            "float32_seed_range_miou",
-            max(spread) - min(spread),
+            "bfloat16_math_minus_float32_ci95_low",
+            low,
             "mIOU",
-            "float32's own range over seeds: the yardstick of the line above",
+            "95% confidence interval of the difference (Welch's t), lower end",
+        ),
+        benchlib.figure(
+            "bfloat16_math_minus_float32_ci95_high",
+            high,
+            "mIOU",
+            "as above, upper end; an interval around 0 and narrower than the "
+            "seeds' spread: no difference to be seen",
         ),
     ]
     return figures

@@ -59,8 +59,8 @@ _DEMO_LIKE = (
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=12, help="Trials per study.")
-    parser.add_argument("--rounds", type=int, default=2, help="Studies per setting.")
+    parser.add_argument("--trials", type=int, default=16, help="Trials per study.")
+    parser.add_argument("--rounds", type=int, default=3, help="Studies per setting.")
     parser.add_argument("--proxy_steps", type=int, default=100, help="Steps a trial.")
     parser.add_argument("--pretrain_steps", type=int, default=200, help="Backbone.")
     parser.add_argument("--num_images", type=int, default=48, help="Train images.")

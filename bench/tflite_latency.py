@@ -44,7 +44,7 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="129x129, 2 rounds")
     parser.add_argument("--crop", type=int, default=513, help="square input size")
     parser.add_argument("--threads", default="1,2", help="LiteRT thread counts")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=12, help="alternating rounds")
     parser.add_argument("--runs", type=int, default=5, help="invokes per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed invokes")
     parser.add_argument(

@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import fast_dropout
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import split_separable_conv
 
@@ -123,7 +124,7 @@ class ASPP(tf.keras.layers.Layer):
         self.concat_projection = conv_bn.ConvBN(
             self.filters, 1, weight_decay=weight_decay, name="concat_projection", **norm
         )
-        self.dropout = tf.keras.layers.Dropout(
+        self.dropout = fast_dropout.dropout_class()(
             self.dropout_rate, name="concat_projection_dropout"
         )
 

@@ -5,6 +5,7 @@ import dataclasses
 import tensorflow as tf
 
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import fast_dropout
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import split_separable_conv
 from deeplab_dpc.search import space
@@ -151,7 +152,7 @@ class DensePredictionCell(tf.keras.layers.Layer):
             for i, spec in enumerate(self.cell)
         ]
         conv_bn.track_sublayers(self, self.branch_layers)
-        self.dropout = tf.keras.layers.Dropout(
+        self.dropout = fast_dropout.dropout_class()(
             self.dropout_rate, name="concat_projection_dropout"
         )
         self.concat_projection = conv_bn.ConvBN(

@@ -34,32 +34,55 @@ def test_mode_in_effect_must_be_the_one_asked():
         parity.mode_in_effect("step 1/1 loss 0.5", "float32")
 
 
-def test_figures_compare_the_medians_with_float32s_own_range():
+def test_seeds_flag():
+    args = parity.parse_args([])
+    assert args.seeds == (1, 2, 3, 4)
+    assert set(parity.run_names(args.seeds)) == {
+        f"{mode}_math_seed{seed}" for mode in parity.MODES for seed in (1, 2, 3, 4)
+    }
+    assert parity.run_names((5, 6))["bfloat16_math_seed6"] == ("bfloat16", 6)
+    for bad in ("1", "1,1", "0,1", "a,b"):
+        with pytest.raises(SystemExit):
+            parity.parse_args([f"--seeds={bad}"])
+
+
+def test_mean_difference_is_welchs_interval():
+    # Hand-worked: difference 1, standard error sqrt(1/3 + 1/3), Welch's
+    # df = 4, t(0.975, 4) = 2.776445.
+    difference, low, high = parity.mean_difference([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    half = 2.776445 * (2.0 / 3.0) ** 0.5
+    assert difference == pytest.approx(1.0)
+    assert low == pytest.approx(1.0 - half, abs=1e-5)
+    assert high == pytest.approx(1.0 + half, abs=1e-5)
+
+
+def test_figures_compare_the_modes_over_seeds():
     mious = {
         "float32_math_seed1": 0.60,
-        "float32_math_seed2": 0.35,
-        "float32_math_seed3": 0.58,
+        "float32_math_seed2": 0.62,
+        "float32_math_seed3": 0.64,
         "bfloat16_math_seed1": 0.59,
         "bfloat16_math_seed2": 0.61,
-        "bfloat16_math_seed3": 0.34,
+        "bfloat16_math_seed3": 0.66,
     }
-    assert set(mious) == set(parity.RUNS)
+    seeds = (1, 2, 3)
+    assert set(mious) == set(parity.run_names(seeds))
     results = {name: {"miou": m, "loss": 0.5} for name, m in mious.items()}
-    args = argparse.Namespace(num_train=200, num_val=50, steps=600)
-    figures = {f["name"]: f["value"] for f in parity.figures_of(results, args)}
-    assert figures["float32_math_median_val_miou"] == pytest.approx(0.58)
-    assert figures["bfloat16_math_median_val_miou"] == pytest.approx(0.59)
-    assert figures["bfloat16_math_lowest_val_miou"] == pytest.approx(0.34)
-    assert figures["float32_math_highest_val_miou"] == pytest.approx(0.60)
-    diff = figures["bfloat16_math_minus_float32_median_miou"]
-    assert diff == pytest.approx(0.01)
-    assert figures["float32_seed_range_miou"] == pytest.approx(0.25)
-    details = {f["name"]: f["detail"] for f in parity.figures_of(results, args)}
+    args = argparse.Namespace(num_train=200, num_val=50, steps=600, seeds=seeds)
+    listed = parity.figures_of(results, args)
+    figures = {f["name"]: f["value"] for f in listed}
+    assert figures["float32_math_mean_val_miou"] == pytest.approx(0.62)
+    assert figures["float32_math_std_val_miou"] == pytest.approx(0.02)
+    assert figures["bfloat16_math_median_val_miou"] == pytest.approx(0.61)
+    assert figures["bfloat16_math_lowest_val_miou"] == pytest.approx(0.59)
+    assert figures["float32_math_highest_val_miou"] == pytest.approx(0.64)
+    assert figures["bfloat16_math_minus_float32_mean_miou"] == pytest.approx(0.0)
+    low = figures["bfloat16_math_minus_float32_ci95_low"]
+    high = figures["bfloat16_math_minus_float32_ci95_high"]
+    assert low < 0.0 < high and high == pytest.approx(-low)
+    details = {f["name"]: f["detail"] for f in listed}
     assert "--float32_math=bfloat16 --seed=3" in details["bfloat16_math_seed3_val_miou"]
-
-
-def test_bad_sizes_are_refused():
-    with pytest.raises(SystemExit):
-        parity.parse_args(["--steps=0"])
-    quick = parity.parse_args(["--quick"])
-    assert (quick.steps, quick.num_train, quick.num_val) == (4, 16, 4)
+    assert (
+        "from the float32 pretraining's backbone"
+        in details["float32_math_seed1_val_miou"]
+    )
