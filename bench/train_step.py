@@ -44,7 +44,7 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="129x129, 2 rounds")
     parser.add_argument("--crop", type=int, default=513, help="square crop")
     parser.add_argument("--batch", type=int, default=8, help="global batch")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
     parser.add_argument("--repeats", type=int, default=2, help="steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--intra_op_threads", type=int, default=2)

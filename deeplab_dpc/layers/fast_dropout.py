@@ -72,7 +72,10 @@ def dropout16(inputs, rate, seed, noise_shape=None):
         [(count + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32
     )
     halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])
-    keep = tf.reshape(halves[:count] >= threshold, shape)
+    static_count = tf.get_static_value(count)
+    if static_count is None or static_count % 2:
+        halves = halves[:count]  # One half too many when the count is odd.
+    keep = tf.reshape(halves >= threshold, shape)
     scale = np.float32(_LEVELS / (_LEVELS - threshold))
     kept = inputs * tf.cast(scale, inputs.dtype)
     return tf.where(keep, kept, tf.zeros_like(kept))

@@ -66,6 +66,12 @@ def test_odd_and_even_sizes(shape):
     assert y.shape == shape
     kept = y != 0
     np.testing.assert_allclose(y[kept], x.numpy()[kept] * _scale(0.4), rtol=1e-7)
+    # Unknown sizes at tracing: the same draw.
+    traced = tf.function(
+        lambda t: fast_dropout.dropout16(t, 0.4, SEED),
+        input_signature=[tf.TensorSpec([None] * len(shape), tf.float32)],
+    )
+    np.testing.assert_array_equal(traced(x), y)
 
 
 def test_noise_shape_broadcasts_and_takes_none_from_the_input():
