@@ -25,14 +25,16 @@ Why not from scratch: short runs of the whole model from random weights on
 this set are chaotic, bimodal even (most near 0.59 val mIOU, some near
 0.34, and any change of rounding flips single runs between the two; both
 modes were seen in both), so a handful of seeds could not tell the modes
-apart. From a pretrained backbone the runs agree within a few hundredths.
+apart. From a pretrained backbone the runs agree within a few hundredths, and
+the two runs of a seed within about one.
 
 Figures: each run's val mIOU and last training loss; each mode's mean,
 standard deviation over seeds, median, lowest and highest mIOU; the
-difference of the means (bfloat16 math - float32) with its 95% confidence
-interval (Welch's t, `scipy.stats.ttest_ind`) beside float32's own standard
-deviation over seeds. The speed that bfloat16 math buys is
-bench/train_step.py's (same run as Model Garden).
+mean over seeds of each seed's difference (bfloat16 math - float32; the two
+runs of a seed share their new weights and batches, so they pair up) with
+its 95% confidence interval (paired t, `scipy.stats.ttest_rel`), beside
+float32's own standard deviation over seeds. The speed that bfloat16 math
+buys is bench/train_step.py's (same run as Model Garden).
 `--quick`: a tiny data set, two seeds and a few steps, a smoke test of the
 script only.
 """
@@ -225,20 +227,22 @@ def measure(args):
         }
 
 
-def mean_difference(bfloat16_mious, float32_mious, confidence=0.95):
-    """Mean of bfloat16 math's mIOUs minus float32's, and its Welch interval.
+def paired_difference(bfloat16_mious, float32_mious, confidence=0.95):
+    """Mean over seeds of (bfloat16 math - float32) and its interval.
+
+    The runs of one seed pair up: the same new-layer weights and batches,
+    so only the float32 math differs between them.
 
     Returns:
-      (difference, low, high): the interval of `confidence` from Welch's t
-      (`scipy.stats.ttest_ind(equal_var=False)`).
+      (difference, low, high): the interval of `confidence` from the paired
+      t-test (`scipy.stats.ttest_rel`).
     """
     from scipy import stats
 
-    result = stats.ttest_ind(bfloat16_mious, float32_mious, equal_var=False)
+    result = stats.ttest_rel(bfloat16_mious, float32_mious)
     interval = result.confidence_interval(confidence)
-    difference = sum(bfloat16_mious) / len(bfloat16_mious) - sum(float32_mious) / len(
-        float32_mious
-    )
+    pairs = list(zip(bfloat16_mious, float32_mious))
+    difference = sum(b - f for b, f in pairs) / len(pairs)
     return difference, float(interval.low), float(interval.high)
 
 
@@ -304,26 +308,27 @@ def figures_of(results, args):
                 f"{mode}_math_highest_val_miou", max(values), "mIOU", f"seeds {seeds}"
             ),
         ]
-    difference, low, high = mean_difference(mious["bfloat16"], mious["float32"])
+    difference, low, high = paired_difference(mious["bfloat16"], mious["float32"])
     figures += [
         benchlib.figure(
-            "bfloat16_math_minus_float32_mean_miou",
+            "bfloat16_math_minus_float32_miou",
             difference,
             "mIOU",
-            "difference of the means: what bfloat16 math changes",
+            "mean over seeds of each seed's difference (same seed: same new "
+            "weights and batches): what bfloat16 math changes",
         ),
         benchlib.figure(
             "bfloat16_math_minus_float32_ci95_low",
             low,
             "mIOU",
-            "95% confidence interval of the difference (Welch's t), lower end",
+            "95% confidence interval of that mean (paired t), lower end",
         ),
         benchlib.figure(
             "bfloat16_math_minus_float32_ci95_high",
             high,
             "mIOU",
-            "as above, upper end; an interval around 0 and narrower than the "
-            "seeds' spread: no difference to be seen",
+            "as above, upper end; compare float32_math_std_val_miou, the "
+            "seeds' own spread",
         ),
     ]
     return figures

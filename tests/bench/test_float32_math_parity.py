@@ -46,14 +46,14 @@ def test_seeds_flag():
             parity.parse_args([f"--seeds={bad}"])
 
 
-def test_mean_difference_is_welchs_interval():
-    # Hand-worked: difference 1, standard error sqrt(1/3 + 1/3), Welch's
-    # df = 4, t(0.975, 4) = 2.776445.
-    difference, low, high = parity.mean_difference([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
-    half = 2.776445 * (2.0 / 3.0) ** 0.5
-    assert difference == pytest.approx(1.0)
-    assert low == pytest.approx(1.0 - half, abs=1e-5)
-    assert high == pytest.approx(1.0 + half, abs=1e-5)
+def test_paired_difference_is_the_paired_t_interval():
+    # Hand-worked: differences 1, 1, 2; mean 4/3, standard deviation
+    # sqrt(1/3), standard error 1/3, t(0.975, 2) = 4.302653.
+    difference, low, high = parity.paired_difference([1.0, 2.0, 3.0], [0.0, 1.0, 1.0])
+    half = 4.302653 / 3.0
+    assert difference == pytest.approx(4.0 / 3.0)
+    assert low == pytest.approx(4.0 / 3.0 - half, abs=1e-5)
+    assert high == pytest.approx(4.0 / 3.0 + half, abs=1e-5)
 
 
 def test_figures_compare_the_modes_over_seeds():
@@ -76,10 +76,14 @@ def test_figures_compare_the_modes_over_seeds():
     assert figures["bfloat16_math_median_val_miou"] == pytest.approx(0.61)
     assert figures["bfloat16_math_lowest_val_miou"] == pytest.approx(0.59)
     assert figures["float32_math_highest_val_miou"] == pytest.approx(0.64)
-    assert figures["bfloat16_math_minus_float32_mean_miou"] == pytest.approx(0.0)
+    # Per seed: -0.01, -0.01, +0.02.
+    assert figures["bfloat16_math_minus_float32_miou"] == pytest.approx(0.0)
     low = figures["bfloat16_math_minus_float32_ci95_low"]
     high = figures["bfloat16_math_minus_float32_ci95_high"]
-    assert low < 0.0 < high and high == pytest.approx(-low)
+    # Standard deviation sqrt(0.0003), standard error 0.01.
+    half = 4.302653 * 0.01
+    assert low == pytest.approx(-half, abs=1e-6)
+    assert high == pytest.approx(half, abs=1e-6)
     details = {f["name"]: f["detail"] for f in listed}
     assert "--float32_math=bfloat16 --seed=3" in details["bfloat16_math_seed3_val_miou"]
     assert (
