@@ -22,7 +22,8 @@ class 0, or ADE20K's devkit `color150.mat`) overrides everything; else
 built in: without a palette, `ade20k` logs a warning and uses PASCAL's.
 
 The model runs with its batch norms folded into the convs (the same
-predictions, faster) unless `--nofold_batch_norm`.
+predictions, faster) unless `--nofold_batch_norm`; the other speed levers
+and the thread flags of `deeplab_dpc.speed_flags` apply as in eval.
 """
 
 import os
@@ -95,6 +96,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     try:
+        speed_flags.apply_threads()
+        speed_flags.apply_float32_math()
         crop, model_options = common_flags.model_options_for_crop_flag(
             "vis_crop_size", _VIS_CROP_SIZE.value
         )
@@ -115,12 +118,17 @@ def main(argv):
         )
     os.makedirs(_VIS_LOGDIR.value, exist_ok=True)
     for checkpoint in eval_flags.checkpoints(_MAX_NUMBER_OF_ITERATIONS.value):
-        model = inference.load_model(model_options, checkpoint)
+        model = inference.load_model(
+            model_options,
+            checkpoint,
+            mixed_precision=speed_flags.MIXED_PRECISION.value,
+        )
         predictor = inference.Predictor(
             model,
             model_options,
             scales,
             eval_flags.ADD_FLIPPED_IMAGES.value,
+            jit_compile=speed_flags.JIT_COMPILE.value,
             fold_batch_norm=speed_flags.FOLD_BATCH_NORM.value,
         )
         dataset = pipeline.make_dataset(

@@ -185,9 +185,19 @@ def test_vis_colormap_file_overrides_the_colormap(setup, tmp_path, program_env):
     palette.write_text("".join(f"{r} {g} {b}\n" for r, g, b in colors))
     logdir = tmp_path / "vis"
     proc = _vis(
-        program_env, data_dir, ckpt_dir, str(logdir), f"--colormap_file={palette}"
+        program_env,
+        data_dir,
+        ckpt_dir,
+        str(logdir),
+        f"--colormap_file={palette}",
+        "--intra_op_parallelism_threads=2",
+        "--inter_op_parallelism_threads=1",
+        "--float32_math=float32",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The speed flags vis shares with eval apply.
+    assert "Threads: intra-op 2, inter-op 1" in proc.stderr
+    assert "Float32 convolutions compute in float32." in proc.stderr
     for name in NAMES:
         label_ids = np.asarray(
             Image.open(

@@ -32,7 +32,10 @@ Modes (`--mode`):
 Model and data set flags come from `deeplab_dpc.common_flags`; the training
 flags (`--train_crop_size`, `--train_split`, `--train_batch_size`,
 `--base_learning_rate`, `--tf_initial_checkpoint`, `--seed`) are the
-training program's, which pretraining and the re-rank use.
+training program's, which pretraining and the re-rank use. Of its speed
+flags (`deeplab_dpc.speed_flags`), `--float32_math` and the thread flags
+apply to every mode (local workers inherit them; without thread flags each
+of `--num_workers` local workers takes its share of the cores).
 """
 
 import json
@@ -46,6 +49,7 @@ import optuna
 
 from deeplab_dpc import common_flags
 from deeplab_dpc import file_io
+from deeplab_dpc import speed_flags
 
 # The training program's flags (--train_crop_size, --train_split, ...) are
 # this program's too.
@@ -462,6 +466,8 @@ def main(argv):
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     mode = _MODE.value
     try:
+        speed_flags.apply_threads()
+        speed_flags.apply_float32_math()
         if mode == "pretrain":
             pretrain()
             return

@@ -55,8 +55,18 @@ def _run(search_dir, data, checkpoint, *extra):
 def test_all_modes_leave_a_report_and_a_best_cell(tmp_path_factory):
     _, data, pretrained, _ = shared_search(tmp_path_factory)
     search_dir = tmp_path_factory.mktemp("program")
-    proc = _run(search_dir, data, pretrained, "--mode=all")
+    proc = _run(
+        search_dir,
+        data,
+        pretrained,
+        "--mode=all",
+        "--inter_op_parallelism_threads=1",
+        "--float32_math=float32",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # The speed flags it shares with the training program apply.
+    assert "Threads: intra-op 0, inter-op 1" in proc.stderr
+    assert "Float32 convolutions compute in float32." in proc.stderr
 
     storage = f"sqlite:///{search_dir / 'study.db'}"
     study = optuna.load_study(study_name="dpc_search", storage=storage)
