@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -241,14 +242,8 @@ def paired_difference(bfloat16_mious, float32_mious, confidence=0.95):
 
     result = stats.ttest_rel(bfloat16_mious, float32_mious)
     interval = result.confidence_interval(confidence)
-    pairs = list(zip(bfloat16_mious, float32_mious))
-    difference = sum(b - f for b, f in pairs) / len(pairs)
+    difference = statistics.fmean(b - f for b, f in zip(bfloat16_mious, float32_mious))
     return difference, float(interval.low), float(interval.high)
-
-
-def _std(values):
-    mean = sum(values) / len(values)
-    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def figures_of(results, args):
@@ -285,13 +280,13 @@ def figures_of(results, args):
         figures += [
             benchlib.figure(
                 f"{mode}_math_mean_val_miou",
-                sum(values) / len(values),
+                statistics.fmean(values),
                 "mIOU",
                 f"mean over seeds {seeds}",
             ),
             benchlib.figure(
                 f"{mode}_math_std_val_miou",
-                _std(values),
+                statistics.stdev(values),
                 "mIOU",
                 f"standard deviation over seeds {seeds}",
             ),

@@ -1,11 +1,12 @@
-"""The speed-lever flags of the train and eval programs (see `speed`).
+"""The speed-lever flags of the programs: train, eval, vis, search (see `speed`).
 
 `--jit_compile` (XLA), `--mixed_precision=none|bfloat16|float16`,
 `--float32_math=float32|bfloat16`, `--fold_batch_norm` (inference only) and
 DeepLab's `--intra_op_parallelism_threads` / `--inter_op_parallelism_threads`
-(0: TensorFlow's default). Defined once here so one flagfile serves both
-programs; each program calls `apply_threads` and then `apply_float32_math`
-first in `main`, before any model runs.
+(0: TensorFlow's default). Defined once here so one flagfile serves every
+program; each calls `apply_threads` and then `apply_float32_math` first in
+`main`, before any model runs (the search program applies only these two;
+its proxy trials and re-rank take no `--jit_compile` or `--mixed_precision`).
 """
 
 from absl import flags
