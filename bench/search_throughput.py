@@ -5,11 +5,27 @@ r"""Search throughput: completed proxy trials per hour with 1 and 2 local worker
 Prepares a search directory once (the built-in data set, a briefly
 pretrained MobileNet-v2 backbone, its feature cache) with the search program
 itself, then runs studies of `--trials` trials with the search program's
-`--mode=search`, alternating `--num_workers=1` and `--num_workers=2`, for
-`--rounds` rounds, each a new study in the same storage. Pruning is off, so
-every trial runs its `--proxy_steps`. Two rates are read back from each
-study (process start-up and imports are outside both; each trial's own
-model building and tracing are inside):
+`--mode=search` in three settings, alternating, for `--rounds` rounds, each
+a new study in the same storage:
+
+  1 worker            `--num_workers=1`: one process, TensorFlow's own
+                      thread counts on both cores;
+  1 worker on 1 core  the same, the program pinned to one core (CPU
+                      affinity, as `taskset -c`; TensorFlow sizes its thread
+                      pools to it);
+  2 workers           `--num_workers=2`: two worker processes, each with one
+                      core's threads (`engine.thread_env`).
+
+The 2-workers / 1-worker ratio is what a second worker adds on this machine.
+When sharing a study costs nothing it is 2 / (the speed-up one worker gets
+from its second thread), so it falls as TensorFlow uses the second core
+better. The 2-workers / 1-worker-on-1-core ratio is the scaling per core:
+what sharing a study (storage, waits, duplicate cells) and running side by
+side (memory, caches) cost.
+
+Pruning is off, so every trial runs its `--proxy_steps`. Two rates are read
+back from each study (process start-up and imports are outside both; each
+trial's own model building and tracing are inside):
 
   study span    completed trials over the span from the first trial's start
                 to the last trial's end;
@@ -73,8 +89,11 @@ def _parse(argv):
     return args
 
 
-def _program(search_dir, data_dir, *flags):
-    """Runs the search program; its output goes to search_dir/bench.log."""
+def _program(search_dir, data_dir, *flags, preexec_fn=None):
+    """Runs the search program; its output goes to search_dir/bench.log.
+
+    `preexec_fn` runs in the child before the program (e.g. `_one_core`).
+    """
     command = [
         sys.executable,
         "-m",
@@ -87,7 +106,14 @@ def _program(search_dir, data_dir, *flags):
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with open(os.path.join(search_dir, "bench.log"), "a") as log:
-        status = subprocess.run(command, stdout=log, stderr=log, env=env, check=False)
+        status = subprocess.run(
+            command,
+            stdout=log,
+            stderr=log,
+            env=env,
+            check=False,
+            preexec_fn=preexec_fn,  # pylint: disable=subprocess-popen-preexec-fn
+        )
     if status.returncode:
         raise RuntimeError(
             f"{' '.join(command)} failed ({status.returncode}); see "
@@ -173,17 +199,31 @@ def _children_cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
+def _one_core():
+    """Pins the calling (child) process to one of this process's cores."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+# (name, --num_workers, pin the program to one core).
+SETTINGS = (
+    ("1 worker", 1, False),
+    ("1 worker on 1 core", 1, True),
+    ("2 workers", 2, False),
+)
+
+
 def measure(data_dir, search_dir, args):
-    """Trials per hour and cores busy for each worker count, alternating.
+    """Trials per hour and cores busy for each setting, alternating.
 
     Returns:
-      ({workers: [trials/h over each study's span]}, {workers: [steady
-      trials/h per study]}, {workers: [cores busy]}).
+      ({setting: [trials/h over each study's span]}, {setting: [steady
+      trials/h per study]}, {setting: [cores busy]}), keyed by the names of
+      `SETTINGS`.
     """
-    rates, steady, busy = {1: [], 2: []}, {1: [], 2: []}, {1: [], 2: []}
+    rates, steady, busy = ({name: [] for name, _, _ in SETTINGS} for _ in range(3))
     for round_index in range(args.rounds):
-        for workers in (1, 2):
-            name = f"throughput-w{workers}-r{round_index}"
+        for setting, workers, pinned in SETTINGS:
+            name = f"throughput-{setting.replace(' ', '-')}-r{round_index}"
             start, cpu = time.perf_counter(), _children_cpu_seconds()
             _program(
                 search_dir,
@@ -193,16 +233,17 @@ def measure(data_dir, search_dir, args):
                 f"--num_trials={args.trials}",
                 f"--num_workers={workers}",
                 f"--proxy_steps={args.proxy_steps}",
+                preexec_fn=_one_core if pinned else None,
             )
             wall = time.perf_counter() - start
-            busy[workers].append((_children_cpu_seconds() - cpu) / wall)
+            busy[setting].append((_children_cpu_seconds() - cpu) / wall)
             done, rate, pace = study_rate(search_dir, name)
-            rates[workers].append(rate)
-            steady[workers].append(pace)
+            rates[setting].append(rate)
+            steady[setting].append(pace)
             print(
-                f"round {round_index + 1}: {workers} worker(s): {done} trials, "
+                f"round {round_index + 1}: {setting}: {done} trials, "
                 f"{rate:.1f} trials/h over the study, {pace:.1f} steady "
-                f"({wall:.0f} s wall with start-up, {busy[workers][-1]:.2f} "
+                f"({wall:.0f} s wall with start-up, {busy[setting][-1]:.2f} "
                 "cores busy)",
                 flush=True,
             )
@@ -214,68 +255,82 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as work_dir:
         data_dir, search_dir = prepare(work_dir, args)
         rates, steady, busy = measure(data_dir, search_dir, args)
-    one, two = benchlib.median(rates[1]), benchlib.median(rates[2])
-    steady_one, steady_two = benchlib.median(steady[1]), benchlib.median(steady[2])
-    busy_one, busy_two = benchlib.median(busy[1]), benchlib.median(busy[2])
+    span = {name: benchlib.median(values) for name, values in rates.items()}
+    pace = {name: benchlib.median(values) for name, values in steady.items()}
+    cores = {name: benchlib.median(values) for name, values in busy.items()}
     detail = (
         f"{args.trials} trials a study, {args.proxy_steps} proxy steps at 129x129, "
         f"batch 8, MobileNet-v2 features; median of {args.rounds} studies, "
-        "alternating 1 and 2 workers"
+        "the settings alternating"
     )
     steady_detail = (
         "each worker's trials after its first over its first to last trial end, "
         "summed over the workers; " + detail
     )
-    results = [
-        benchlib.figure(
-            "steady trials/hour, 1 worker", steady_one, "trials/h", steady_detail
-        ),
-        benchlib.figure(
-            "steady trials/hour, 2 workers", steady_two, "trials/h", steady_detail
-        ),
+    results = []
+    for name, _, pinned in SETTINGS:
+        results.append(
+            benchlib.figure(
+                f"steady trials/hour, {name}",
+                pace[name],
+                "trials/h",
+                ("pinned to one core (taskset-like affinity); " if pinned else "")
+                + steady_detail,
+            )
+        )
+    results += [
         benchlib.figure(
             "steady: 2 workers / 1 worker",
-            steady_two / steady_one,
+            pace["2 workers"] / pace["1 worker"],
             "x",
-            "same run; the pace of a long search (the goal's figure)",
+            "same run; the pace of a long search, the one worker using both "
+            "cores (the goal's figure)",
         ),
         benchlib.figure(
-            "study-span trials/hour, 1 worker",
-            one,
-            "trials/h",
-            "completed trials over the first start to the last end, first trials "
-            "and the last worker's wait included; " + detail,
+            "steady: 2 workers / 1 worker on 1 core",
+            pace["2 workers"] / pace["1 worker on 1 core"],
+            "x",
+            "same run; scaling per core (each of the 2 workers has one core's "
+            "threads), what the workers' sharing of a study costs",
         ),
-        benchlib.figure(
-            "study-span trials/hour, 2 workers", two, "trials/h", "as above"
-        ),
+    ]
+    for name, _, _ in SETTINGS:
+        results.append(
+            benchlib.figure(
+                f"study-span trials/hour, {name}",
+                span[name],
+                "trials/h",
+                "completed trials over the first start to the last end, first "
+                "trials and the last worker's wait included; " + detail,
+            )
+        )
+    results.append(
         benchlib.figure(
             "study-span: 2 workers / 1 worker",
-            two / one,
+            span["2 workers"] / span["1 worker"],
             "x",
             f"same run; a study of {args.trials} trials",
-        ),
-        benchlib.figure(
-            "cores busy, 1 worker",
-            busy_one,
-            "cores",
-            "CPU seconds of the search processes / wall seconds, start-up "
-            "included; median over the studies",
-        ),
-        benchlib.figure(
-            "cores busy, 2 workers",
-            busy_two,
-            "cores",
-            "as above",
-        ),
+        )
+    )
+    for name, _, _ in SETTINGS:
+        results.append(
+            benchlib.figure(
+                f"cores busy, {name}",
+                cores[name],
+                "cores",
+                "CPU seconds of the search processes / wall seconds, start-up "
+                "included; median over the studies",
+            )
+        )
+    results.append(
         benchlib.figure(
             "search processes peak memory",
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
             "MB",
             "largest peak RSS of one process among the pretrain, cache and search "
             "processes (ru_maxrss of the waited-for descendants)",
-        ),
-    ]
+        )
+    )
     print(benchlib.format_figures(results))
     if args.output_json:
         benchlib.write_result(args.output_json, "search_throughput", results, sys.argv)

@@ -27,16 +27,43 @@ variables, config and checkpoints; only its training-mode call differs, and
 only where the native route computes the same thing: float32, channels-last,
 stride 1, SAME padding, depth multiplier 1, an odd kernel, a rate above 1 and
 at most `NATIVE_MAX_RATE`. Inference (eval, export, TFLite) keeps Keras' own
-call. Under tf_keras (`TF_USE_LEGACY_KERAS=1`, where
+call, with one exception that holds in both modes: on an axis where the rate
+is at least the feature map's (static) size, every tap but the kernel's
+centre reads only SAME padding, so the layer drops those taps (a slice of
+the kernel; rate 1 on that axis; a per-channel scale when both axes go). It
+computes the same values, and the cut taps get the zero gradient they
+always had. The proxy task meets this all the time: 129x129 crops give 9x9
+features at output stride 16, where 5 of the 8 rates of the search space
+exceed the map. Its training step on such cells took 0.73x the time (mean
+of 5 sampled cells, 2 threads: 35.7 against 48.7 ms a step). Under tf_keras (`TF_USE_LEGACY_KERAS=1`, where
 tensorflow-model-optimization needs Keras' own classes) `depthwise_class()`
 is tf_keras' `DepthwiseConv2D`.
 """
+
+import contextlib
+import threading
 
 import tensorflow as tf
 
 IS_TF_KERAS = tf.keras.Model.__module__.startswith("tf_keras")
 CLASS_NAME = "DilatedDepthwiseConv2D"
 NATIVE_MAX_RATE = 6
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def all_taps():
+    """Within it (in this thread), layers traced keep every tap of the kernel.
+
+    For counting an architecture's MAdds (`models.accounting`) as the paper
+    does, 9 taps a 3x3 kernel whatever the rate and map size.
+    """
+    previous = getattr(_STATE, "all_taps", False)
+    _STATE.all_taps = True
+    try:
+        yield
+    finally:
+        _STATE.all_taps = previous
 
 
 def dilated_depthwise_conv2d(inputs, kernel, rate):
@@ -94,6 +121,9 @@ def dilated_depthwise_conv2d(inputs, kernel, rate):
 class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
     """`DepthwiseConv2D` on TensorFlow's native dilated kernel in training.
 
+    In both modes it also drops the taps that can only read padding (a rate
+    at least the map's size; see the module docstring).
+
     Takes `tf.keras.layers.DepthwiseConv2D`'s arguments.
 
     Example:
@@ -102,8 +132,7 @@ class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
     TensorShape([2, 9, 9, 4])
     """
 
-    def _native(self, inputs, training):
-        rate = tuple(self.dilation_rate)
+    def _native(self, inputs, training, rate):
         return (
             training is True
             and inputs.dtype == tf.float32
@@ -115,12 +144,60 @@ class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
             and 1 < max(rate) <= NATIVE_MAX_RATE
         )
 
+    def _reach(self, inputs):
+        """(kernel slices, rate) without taps that can only read padding.
+
+        With stride 1 and SAME padding, a tap `j` kernel rows from the
+        centre reads row `i + j * rate` for output row `i`; when the rate is
+        at least the (static) height, every such row is padding for every
+        `i`, so only the centre row of the kernel ever meets the input. The
+        same holds for columns. Returns None when no axis is so; otherwise
+        the slices of the kernel's rows and columns to keep and the rate that
+        is left (1 on each cut axis): the same values and, as the cut taps
+        only ever multiplied zeros, the same gradients (0 for those taps).
+        """
+        if (
+            getattr(_STATE, "all_taps", False)
+            or self.data_format != "channels_last"
+            or tuple(self.strides) != (1, 1)
+            or self.padding != "same"
+        ):
+            return None
+        slices, rate, cut = [], [], False
+        for size, kernel, r in zip(
+            inputs.shape[1:3], self.kernel_size, self.dilation_rate
+        ):
+            if size is not None and kernel > 1 and kernel % 2 and r >= size:
+                slices.append(slice(kernel // 2, kernel // 2 + 1))
+                rate.append(1)
+                cut = True
+            else:
+                slices.append(slice(None))
+                rate.append(int(r))
+        return (tuple(slices), tuple(rate)) if cut else None
+
     def call(self, inputs, training=None):
-        if IS_TF_KERAS or not self._native(inputs, training):
+        if IS_TF_KERAS:
             return super().call(inputs)
-        outputs = dilated_depthwise_conv2d(
-            inputs, tf.convert_to_tensor(self.kernel), self.dilation_rate
-        )
+        reach = self._reach(inputs)
+        if reach is None:
+            if not self._native(inputs, training, self.dilation_rate):
+                return super().call(inputs)
+            outputs = dilated_depthwise_conv2d(
+                inputs, tf.convert_to_tensor(self.kernel), self.dilation_rate
+            )
+        else:
+            (rows, cols), rate = reach
+            kernel = self.kernel[rows, cols]
+            if kernel.shape[:2] == (1, 1) and self.depth_multiplier == 1:
+                # A 1x1 depthwise conv: a per-channel scale.
+                outputs = inputs * tf.reshape(kernel, [-1])
+            elif self._native(inputs, training, rate):
+                outputs = dilated_depthwise_conv2d(inputs, kernel, rate)
+            else:
+                outputs = tf.keras.ops.depthwise_conv(
+                    inputs, kernel, padding="same", dilation_rate=rate
+                )
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:

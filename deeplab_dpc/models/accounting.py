@@ -6,11 +6,15 @@ model's (fixed) input size. Each layer of the model is traced on its own
 input shape and the Conv2D, DepthwiseConv2dNative, MatMul and BatchMatMul
 ops of its graph are counted from their static shapes; an atrous depthwise
 conv, which TensorFlow runs between SpaceToBatchND and BatchToSpaceND,
-counts at the size of its dense output, not its padded batch.
+counts at the size of its dense output, not its padded batch. Layers are
+traced under `dilated_depthwise.all_taps()`: a 3x3 atrous kernel counts its 9
+taps even where a rate reaches past a small feature map and the layer skips
+the taps that would read only padding.
 """
 
 import tensorflow as tf
 
+from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.models import deeplab
 
 MODULE_ORDER = ("backbone", "head", "head_branches", "decoder", "logits", "total")
@@ -66,7 +70,9 @@ def _specs(tensors):
 def layer_madds(layer, input_specs):
     """MAdds of one call of `layer` on inputs of the given specs."""
     fn = tf.function(lambda x: layer(x, training=False))
-    return graph_madds(fn.get_concrete_function(input_specs).graph)
+    with dilated_depthwise.all_taps():
+        graph = fn.get_concrete_function(input_specs).graph
+    return graph_madds(graph)
 
 
 def _has_kernel(layer):
@@ -130,7 +136,8 @@ def profiler_flops(model):
     )  # pylint: disable=g-direct-tensorflow-import
 
     fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(_specs(model.input))
+    with dilated_depthwise.all_taps():
+        concrete = fn.get_concrete_function(_specs(model.input))
     frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
     graph_def = frozen.graph.as_graph_def()
     with tf.Graph().as_default() as graph:

@@ -154,3 +154,118 @@ def test_models_use_the_class_of_this_keras():
         assert all(type(l) is expected for l in atrous)
         # Undilated backbone convs stay Keras' own.
         assert any(type(l) is tf.keras.layers.DepthwiseConv2D for l in depthwise)
+
+
+_KERAS3_ONLY = pytest.mark.skipif(
+    dilated_depthwise.IS_TF_KERAS, reason="tf_keras uses Keras' own layer"
+)
+MAP = (2, 9, 7, 5)  # The rates below reach the 9 rows and/or 7 columns.
+
+
+@_KERAS3_ONLY
+@pytest.mark.parametrize(
+    "rate,kept,left",
+    [
+        ((21, 21), (1, 1), (1, 1)),  # Both axes: a per-channel scale.
+        ((9, 1), (1, 3), (1, 1)),
+        ((12, 3), (1, 3), (1, 3)),  # Rows cut; native route for the columns.
+        ((8, 7), (3, 1), (8, 1)),  # Columns cut; SpaceToBatch for the rows.
+        ((1, 9), (3, 1), (1, 1)),
+        ((8, 6), None, None),  # Each rate below its axis: nothing cut.
+    ],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_taps_that_read_only_padding_are_cut_with_the_same_results(
+    rate, kept, left, training
+):
+    layer = dilated_depthwise.DilatedDepthwiseConv2D(
+        3, padding="same", dilation_rate=rate, use_bias=True, activation="relu"
+    )
+    layer.build(MAP)
+    rng = np.random.default_rng(3)
+    layer.set_weights(
+        [rng.normal(size=w.shape).astype(np.float32) for w in layer.weights]
+    )
+    x = tf.constant(rng.normal(size=MAP), tf.float32)
+    upstream = tf.constant(rng.normal(size=MAP), tf.float32)
+
+    def reference(t):
+        y = tf.nn.depthwise_conv2d(
+            t, layer.kernel, [1, 1, 1, 1], "SAME", dilations=list(rate)
+        )
+        return tf.nn.relu(y + layer.bias)
+
+    results = []
+    for fn in (lambda t: layer(t, training=training), reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        grads = tape.gradient(y, [x, *layer.trainable_weights], upstream)
+        results.append([y, *grads])
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    kernel_grad = results[0][2].numpy()
+    reach = layer._reach(x)
+    if kept is None:
+        assert reach is None
+        return
+    (rows, cols), rate_left = reach
+    assert rate_left == left
+    assert layer.kernel.numpy()[rows, cols].shape[:2] == kept
+    # The cut taps only ever multiplied padding: no gradient reaches them.
+    mask = np.ones(kernel_grad.shape, bool)
+    mask[rows, cols] = False
+    assert np.all(kernel_grad[mask] == 0) and np.any(kernel_grad[~mask] != 0)
+    ops = _gradient_ops(lambda t: layer(t, training=training), x)
+    if kept == (1, 1):
+        assert not ops & {"DepthwiseConv2dNative", "SpaceToBatchND"}
+    if max(left) == 1 or (training and max(left) <= dilated_depthwise.NATIVE_MAX_RATE):
+        assert "SpaceToBatchND" not in ops
+
+
+@_KERAS3_ONLY
+def test_unknown_map_size_cuts_nothing():
+    layer = dilated_depthwise.DilatedDepthwiseConv2D(
+        3, padding="same", dilation_rate=21
+    )
+    layer.build(MAP)
+    x = tf.constant(np.random.default_rng(4).normal(size=MAP), tf.float32)
+    spec = tf.TensorSpec([None, None, None, MAP[-1]], tf.float32)
+    assert layer._reach(tf.keras.Input(batch_shape=spec.shape)) is None
+    traced = tf.function(lambda t: layer(t, training=True), input_signature=[spec])
+    expected = tf.nn.depthwise_conv2d(
+        x, layer.kernel, [1, 1, 1, 1], "SAME", dilations=[21, 21]
+    )
+    np.testing.assert_allclose(traced(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@_KERAS3_ONLY
+def test_cut_taps_under_mixed_bfloat16():
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        layer = dilated_depthwise.DilatedDepthwiseConv2D(
+            3, padding="same", dilation_rate=(12, 3)
+        )
+        x = tf.constant(np.random.default_rng(5).normal(size=MAP), tf.float32)
+        y = layer(x, training=True)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+    assert y.dtype == tf.bfloat16 and layer.kernel.dtype == tf.float32
+    rounded = [tf.cast(tf.cast(t, tf.bfloat16), tf.float32) for t in (x, layer.kernel)]
+    expected = tf.nn.depthwise_conv2d(*rounded, [1, 1, 1, 1], "SAME", dilations=[12, 3])
+    np.testing.assert_allclose(tf.cast(y, tf.float32), expected, rtol=2e-2, atol=2e-2)
+
+
+@_KERAS3_ONLY
+def test_all_taps_keeps_the_whole_kernel_for_counting():
+    layer = dilated_depthwise.DilatedDepthwiseConv2D(
+        3, padding="same", dilation_rate=21
+    )
+    x = tf.zeros(MAP)
+    layer.build(MAP)
+    with dilated_depthwise.all_taps():
+        assert layer._reach(x) is None
+        ops = _gradient_ops(lambda t: layer(t, training=False), x)
+    assert "SpaceToBatchND" in ops  # Keras' own atrous call, all 9 taps.
+    assert layer._reach(x) is not None  # Restored on leaving.
