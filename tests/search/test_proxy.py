@@ -69,6 +69,22 @@ def test_trial_trains_evaluates_and_reports(trial):
     assert result.to_dict()["cell_json"] == space.cell_to_json_string(CELL)
 
 
+def test_train_step_traces_once_and_trains(shared):
+    _, _, info = shared
+    model = proxy.build_proxy_model(proxy.model_options(info, CELL), info.feature_shape)
+    optimizer = tf.keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    step = proxy.make_train_step(model, optimizer, info.ignore_label)
+    assert optimizer.built  # Its slots exist before the step's first trace.
+    batches = iter(cache.load_split(info, "train", batch_size=4, repeat=True))
+    before = [v.numpy() for v in model.trainable_variables]
+    losses = [float(step(batches)) for _ in range(3)]
+    assert step.experimental_get_tracing_count() == 1
+    assert all(np.isfinite(losses))
+    assert int(optimizer.iterations) == 3
+    after = [v.numpy() for v in model.trainable_variables]
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
 def test_exception_from_report_stops_the_trial(shared):
     search, _, _ = shared
 
