@@ -231,3 +231,49 @@ def test_nan_raises_naming_the_step_and_writes_no_nan_checkpoint(data_dir, tmp_p
             value = reader.get_tensor(name)
             if np.issubdtype(np.asarray(value).dtype, np.floating):
                 assert np.all(np.isfinite(value)), name
+
+
+def _custom_gradient_names():
+    from tensorflow.python.framework import (
+        ops,
+    )  # pylint: disable=g-direct-tensorflow-import
+
+    return {
+        k for k in ops._gradient_registry._registry if k.startswith("CustomGradient-")
+    }
+
+
+def test_released_custom_gradients_frees_the_graphs_that_trained():
+    import gc
+    import weakref
+
+    @tf.custom_gradient
+    def scaled(x):
+        return 2.0 * x, lambda dy: 3.0 * dy  # A gradient Keras would not give.
+
+    def train_once():
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = scaled(x)
+            return tape.gradient(y, x)
+
+        np.testing.assert_allclose(step(tf.ones([2])), [3.0, 3.0])
+        return weakref.ref(step.get_concrete_function(tf.ones([2])).graph)
+
+    before = _custom_gradient_names()
+    graph = train_once()  # Outside: TensorFlow keeps its gradient, and graph.
+    gc.collect()
+    assert graph() is not None
+    assert len(_custom_gradient_names() - before) == 1
+    before = _custom_gradient_names()
+    with train_lib.released_custom_gradients():
+        graph = train_once()
+        assert len(_custom_gradient_names() - before) == 1
+    gc.collect()
+    assert graph() is None
+    assert _custom_gradient_names() == before
+    # Gradients traced afterwards still work.
+    with train_lib.released_custom_gradients():
+        train_once()

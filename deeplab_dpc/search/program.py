@@ -35,7 +35,8 @@ flags (`--train_crop_size`, `--train_split`, `--train_batch_size`,
 training program's, which pretraining and the re-rank use. Of its speed
 flags (`deeplab_dpc.speed_flags`), `--float32_math` and the thread flags
 apply to every mode (local workers inherit them; without thread flags each
-of `--num_workers` local workers takes its share of the cores).
+of `--num_workers` local workers takes its share of the cores, and with
+`--pin_workers`, the default, keeps to it).
 """
 
 import json
@@ -85,6 +86,12 @@ _STRATEGY = flags.DEFINE_string(
 _NUM_BRANCHES = flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).")
 _NUM_TRIALS = flags.DEFINE_integer("num_trials", 50, "The study's total trials.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Local worker processes.")
+_PIN_WORKERS = flags.DEFINE_boolean(
+    "pin_workers",
+    True,
+    "Pin each of --num_workers > 1 local workers to its own share of the "
+    "cores (Linux CPU affinity); off for machines shared with other jobs.",
+)
 _EXPLORE_PROB = flags.DEFINE_float(
     "explore_prob", 0.5, "random_local: chance of a uniform sample."
 )
@@ -338,6 +345,7 @@ def search():
                 "--num_workers=1",
             ],
             log_dir=os.path.join(_search_dir(), "logs"),
+            pin=_PIN_WORKERS.value,
         )
     else:
         stats = engine.run_worker(

@@ -281,6 +281,7 @@ def make_train_step(model, optimizer, ignore_label):
     return train_step
 
 
+@train_lib.released_custom_gradients()
 def run_trial(
     cell,
     cache,

@@ -90,6 +90,7 @@ def spearman(proxy_scores, full_scores):
     return None if np.isnan(rho) else float(rho)
 
 
+@train_lib.released_custom_gradients()
 def train_and_evaluate(
     candidate, cache, *, dataset_dir, train_split, val_split, options, workdir
 ):

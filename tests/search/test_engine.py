@@ -199,6 +199,39 @@ def test_thread_env_shares_the_cores():
     assert engine.thread_env(4, cores=2)["TF_NUM_INTRAOP_THREADS"] == "1"
 
 
+def test_worker_cpus_gives_each_worker_its_own_run_of_cores():
+    cpus = [0, 2, 4, 6, 8]
+    assert engine.worker_cpus(2, available=cpus) == [{0, 2}, {4, 6}]
+    assert engine.worker_cpus(2, cores=2, available=cpus) == [{0}, {2}]
+    assert engine.worker_cpus(3, cores=4, available=cpus) == [{0}, {2}, {4}]
+    assert engine.worker_cpus(1, available=cpus) == [set(cpus)]
+    assert engine.worker_cpus(6, available=cpus) is None  # More workers than cores.
+    assert engine.worker_cpus(2, cores=8, available=cpus) is None  # Cores missing.
+
+
+# The worker reads its CPUs a moment after it starts, as TensorFlow would.
+_AFFINITY = (
+    "import os, time; time.sleep(0.3); "
+    "print(sorted(os.sched_getaffinity(0)), flush=True)"
+)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs 2 CPUs and Linux affinity",
+)
+@pytest.mark.parametrize("pin", [True, False])
+def test_launch_workers_pins_each_worker_to_its_cores(tmp_path, pin):
+    argv = [sys.executable, "-c", _AFFINITY]
+    engine.launch_workers(2, argv, log_dir=tmp_path, cores=2, echo=False, pin=pin)
+    seen = [(tmp_path / f"worker-{i}.log").read_text().strip() for i in (0, 1)]
+    mine = sorted(os.sched_getaffinity(0))
+    if pin:
+        assert seen == [str([cpu]) for cpu in mine[:2]]
+    else:
+        assert seen == [str(mine)] * 2
+
+
 def test_launch_workers_reports_each_failure():
     argv = [sys.executable, "-c", "import sys; print('no data here'); sys.exit(3)"]
     with pytest.raises(engine.WorkerError) as error:

@@ -162,3 +162,18 @@ def test_aspp_baseline_and_bad_arguments(shared, tmp_path):
         proxy.run_trial(CELL, search, proxy_steps=0, proxy_batch_size=2)
     with pytest.raises(FileNotFoundError, match="no complete feature cache"):
         proxy.run_trial(CELL, str(tmp_path), proxy_steps=2, proxy_batch_size=2)
+
+
+def test_trial_leaves_no_custom_gradient_behind(shared):
+    from tensorflow.python.framework import (
+        ops,
+    )  # pylint: disable=g-direct-tensorflow-import
+
+    search, _, _ = shared
+    kwargs = dict(proxy_steps=2, proxy_batch_size=4, seed=0)
+    before = set(ops._gradient_registry._registry)
+    proxy.run_trial.__wrapped__(CELL, search, **kwargs)  # Undecorated: it leaks.
+    assert len(set(ops._gradient_registry._registry) - before) > 0
+    before = set(ops._gradient_registry._registry)
+    proxy.run_trial(CELL, search, **kwargs)
+    assert set(ops._gradient_registry._registry) == before
