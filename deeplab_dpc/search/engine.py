@@ -470,8 +470,10 @@ def launch_workers(
         cores: the cores to share; None for this process's.
         echo: copy worker output to stderr, each line prefixed `[worker i]`.
         pin: bool, pin each worker to its own CPUs (`worker_cpus`). On this
-            2-core machine 2 pinned workers ran 1.xx the trials/hour of
-            unpinned ones (bench/search_throughput.py).
+            2-core machine the trials/hour of 2 pinned workers were within
+            the noise of unpinned ones (bench/search_throughput.py); pinning
+            keeps each worker's threads off its neighbour's core whatever
+            the scheduler does.
 
     Raises:
         ValueError: if `num_workers` is not an int >= 1.
