@@ -35,9 +35,10 @@ computes the same values, and the cut taps get the zero gradient they
 always had. The proxy task meets this all the time: 129x129 crops give 9x9
 features at output stride 16, where 5 of the 8 rates of the search space
 exceed the map. Its training step on such cells took 0.73x the time (mean
-of 5 sampled cells, 2 threads: 35.7 against 48.7 ms a step). Under tf_keras (`TF_USE_LEGACY_KERAS=1`, where
-tensorflow-model-optimization needs Keras' own classes) `depthwise_class()`
-is tf_keras' `DepthwiseConv2D`.
+of 5 sampled cells, 2 threads: 35.7 against 48.7 ms a step).
+
+Under tf_keras (`TF_USE_LEGACY_KERAS=1`, where tensorflow-model-optimization
+needs Keras' own classes) `depthwise_class()` is tf_keras' `DepthwiseConv2D`.
 """
 
 import contextlib
