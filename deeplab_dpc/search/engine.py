@@ -374,16 +374,20 @@ def thread_env(num_workers: int, cores: Optional[int] = None) -> dict:
         TensorFlow reads them when it first runs an op.
     """
     if cores is None:
-        if hasattr(os, "sched_getaffinity"):
-            cores = len(os.sched_getaffinity(0))
-        else:
-            cores = os.cpu_count() or 1
+        cores = len(_usable_cpus()) or os.cpu_count() or 1
     threads = str(max(1, cores // num_workers))
     return {
         "TF_NUM_INTRAOP_THREADS": threads,
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": threads,
     }
+
+
+def _usable_cpus() -> list:
+    """The CPU ids this process may run on; [] where the OS cannot say."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return []
 
 
 def worker_cpus(
@@ -408,11 +412,9 @@ def worker_cpus(
         apply: no `os.sched_getaffinity` (not Linux), more workers than
         cores, or `cores` more than the CPUs available.
     """
-    if available is None:
-        if not hasattr(os, "sched_getaffinity"):
-            return None
-        available = os.sched_getaffinity(0)
-    available = sorted(available)
+    available = sorted(_usable_cpus() if available is None else available)
+    if not available:
+        return None
     cores = len(available) if cores is None else cores
     if num_workers > cores or cores > len(available):
         return None

@@ -156,13 +156,16 @@ def test_models_use_the_class_of_this_keras():
         assert any(type(l) is tf.keras.layers.DepthwiseConv2D for l in depthwise)
 
 
-_KERAS3_ONLY = pytest.mark.skipif(
-    dilated_depthwise.IS_TF_KERAS, reason="tf_keras uses Keras' own layer"
-)
-MAP = (2, 9, 7, 5)  # The rates below reach the 9 rows and/or 7 columns.
+MAP = (2, 9, 7, 5)
 
 
-@_KERAS3_ONLY
+def _kernel(layer):
+    """The depthwise kernel variable (tf_keras names it `depthwise_kernel`)."""
+    return (
+        layer.depthwise_kernel if dilated_depthwise.IS_TF_KERAS else layer.kernel
+    )  # The rates below reach the 9 rows and/or 7 columns.
+
+
 @pytest.mark.parametrize(
     "rate,kept,left",
     [
@@ -191,7 +194,7 @@ def test_taps_that_read_only_padding_are_cut_with_the_same_results(
 
     def reference(t):
         y = tf.nn.depthwise_conv2d(
-            t, layer.kernel, [1, 1, 1, 1], "SAME", dilations=list(rate)
+            t, _kernel(layer), [1, 1, 1, 1], "SAME", dilations=list(rate)
         )
         return tf.nn.relu(y + layer.bias)
 
@@ -211,19 +214,21 @@ def test_taps_that_read_only_padding_are_cut_with_the_same_results(
         return
     (rows, cols), rate_left = reach
     assert rate_left == left
-    assert layer.kernel.numpy()[rows, cols].shape[:2] == kept
+    assert _kernel(layer).numpy()[rows, cols].shape[:2] == kept
     # The cut taps only ever multiplied padding: no gradient reaches them.
     mask = np.ones(kernel_grad.shape, bool)
     mask[rows, cols] = False
     assert np.all(kernel_grad[mask] == 0) and np.any(kernel_grad[~mask] != 0)
     ops = _gradient_ops(lambda t: layer(t, training=training), x)
+    if dilated_depthwise.IS_TF_KERAS:  # tf_keras' own call: the padded route.
+        assert "SpaceToBatchND" in ops
+        return
     if kept == (1, 1):
         assert not ops & {"DepthwiseConv2dNative", "SpaceToBatchND"}
     if max(left) == 1 or (training and max(left) <= dilated_depthwise.NATIVE_MAX_RATE):
         assert "SpaceToBatchND" not in ops
 
 
-@_KERAS3_ONLY
 def test_unknown_map_size_cuts_nothing():
     layer = dilated_depthwise.DilatedDepthwiseConv2D(
         3, padding="same", dilation_rate=21
@@ -234,12 +239,11 @@ def test_unknown_map_size_cuts_nothing():
     assert layer._reach(tf.keras.Input(batch_shape=spec.shape)) is None
     traced = tf.function(lambda t: layer(t, training=True), input_signature=[spec])
     expected = tf.nn.depthwise_conv2d(
-        x, layer.kernel, [1, 1, 1, 1], "SAME", dilations=[21, 21]
+        x, _kernel(layer), [1, 1, 1, 1], "SAME", dilations=[21, 21]
     )
     np.testing.assert_allclose(traced(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@_KERAS3_ONLY
 def test_cut_taps_under_mixed_bfloat16():
     previous = tf.keras.mixed_precision.global_policy()
     tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -251,13 +255,14 @@ def test_cut_taps_under_mixed_bfloat16():
         y = layer(x, training=True)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous)
-    assert y.dtype == tf.bfloat16 and layer.kernel.dtype == tf.float32
-    rounded = [tf.cast(tf.cast(t, tf.bfloat16), tf.float32) for t in (x, layer.kernel)]
+    assert y.dtype == tf.bfloat16 and _kernel(layer).dtype == tf.float32
+    rounded = [
+        tf.cast(tf.cast(t, tf.bfloat16), tf.float32) for t in (x, _kernel(layer))
+    ]
     expected = tf.nn.depthwise_conv2d(*rounded, [1, 1, 1, 1], "SAME", dilations=[12, 3])
     np.testing.assert_allclose(tf.cast(y, tf.float32), expected, rtol=2e-2, atol=2e-2)
 
 
-@_KERAS3_ONLY
 def test_all_taps_keeps_the_whole_kernel_for_counting():
     layer = dilated_depthwise.DilatedDepthwiseConv2D(
         3, padding="same", dilation_rate=21
