@@ -103,7 +103,8 @@ def create_or_load_study(
         strategy, objectives, num_branches: see `strategies.make_sampler`;
             stored in the study, which refuses other values later.
         search_dir: directory of the default storage.
-        seed: int or None; offset by `worker_index()` so workers differ.
+        seed: int or None, the study's seed (`strategies.make_sampler`
+            gives each worker its own random stream from it).
         pruner: an Optuna pruner; None for Optuna's default (median).
         heartbeat_interval, grace_period, max_retry: see `open_storage`
             (unused when `storage` is an `RDBStorage`).
@@ -120,8 +121,9 @@ def create_or_load_study(
     sampler = strategies.make_sampler(
         strategy,
         num_branches=num_branches,
-        seed=None if seed is None else seed + worker_index(),
+        seed=seed,
         objectives=objectives,
+        worker=worker_index(),
         **sampler_options,
     )
     if not isinstance(storage, optuna.storages.RDBStorage):

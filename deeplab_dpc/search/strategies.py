@@ -341,6 +341,7 @@ def make_sampler(
     population_size: int = 20,
     tournament_size: int = 5,
     objectives: Sequence[str] = ("miou",),
+    worker: int = 0,
 ) -> optuna.samplers.BaseSampler:
     """Builds the sampler of a strategy.
 
@@ -348,13 +349,21 @@ def make_sampler(
         strategy: one of `random_local`, `regularized_evolution`, `tpe`,
             `nsga2` or `vizier:<ALGORITHM>` (see `vizier_sampler.ALGORITHMS`).
         num_branches: int >= 1, branches per cell.
-        seed: int or None. Give each worker of a study its own seed for the
-            Optuna and Vizier samplers (the engine adds the worker index).
+        seed: int or None, the study's seed.
         explore_prob, local_top_k: `random_local` settings.
         population_size: `regularized_evolution` and `nsga2` population.
         tournament_size: `regularized_evolution` tournament.
         objectives: objective names (`OBJECTIVES`); `random_local` and
             `regularized_evolution` take exactly one.
+        worker: int >= 0, this worker's index in the study
+            (`engine.worker_index`). The Optuna and Vizier samplers draw
+            from one random stream per sampler, so each worker's is seeded
+            with `seed + worker`. The cell samplers (`random_local`,
+            `regularized_evolution`) draw trial n's proposal from
+            (`seed`, n) alone and take `seed` as it is: with any number of
+            workers, a trial proposes the cell the same study would propose
+            with one worker from the same history (for uniform samples:
+            whatever the history).
 
     Returns:
         An `optuna.samplers.BaseSampler`.
@@ -365,6 +374,9 @@ def make_sampler(
     """
     _check_num_branches(num_branches)
     directions(objectives)
+    if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
+        raise ValueError(f"worker is {worker!r}; it must be an int >= 0")
+    stream_seed = None if seed is None else seed + worker
     if strategy in ("random_local", "regularized_evolution") and len(objectives) != 1:
         raise ValueError(
             f"strategy {strategy} optimises one objective; objectives is "
@@ -385,14 +397,16 @@ def make_sampler(
         # Constant liar: running trials count as bad, so parallel workers
         # spread out instead of proposing the same cell.
         return optuna.samplers.TPESampler(
-            multivariate=True, constant_liar=True, seed=seed
+            multivariate=True, constant_liar=True, seed=stream_seed
         )
     if strategy == "nsga2":
         if population_size < 2:
             raise ValueError(
                 f"population_size is {population_size}; nsga2 needs at least 2"
             )
-        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+        return optuna.samplers.NSGAIISampler(
+            population_size=population_size, seed=stream_seed
+        )
     if strategy.startswith(VIZIER_PREFIX):
         # pylint: disable-next=import-outside-toplevel
         from deeplab_dpc.search import vizier_sampler
@@ -401,7 +415,7 @@ def make_sampler(
             strategy[len(VIZIER_PREFIX) :],
             num_branches=num_branches,
             objectives=objectives,
-            seed=seed,
+            seed=stream_seed,
         )
     raise ValueError(
         f"strategy {strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}"

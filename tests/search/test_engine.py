@@ -92,6 +92,24 @@ def test_a_study_refuses_other_settings(tmp_path, change, message):
 # ------------------------------------------------------- totals and repeats
 
 
+@pytest.mark.parametrize(
+    "strategy, same_seed_as_worker_0",
+    [("random_local", 0), ("tpe", 1)],  # Cell samplers: trial n's cell from (seed, n).
+)
+def test_the_worker_index_seeds_only_the_optuna_samplers(
+    tmp_path, monkeypatch, strategy, same_seed_as_worker_0
+):
+    def first_cells(name, seed, worker):
+        monkeypatch.setenv(engine.WORKER_INDEX_ENV, str(worker))
+        study = _study(tmp_path / name, strategy=strategy, seed=seed)
+        fixed = strategies.distributions(3)
+        return [study.ask(fixed_distributions=fixed).params for _ in range(3)]
+
+    second_worker = first_cells("a", 0, 1)
+    assert second_worker == first_cells("b", same_seed_as_worker_0, 0)
+    assert second_worker != first_cells("c", 1 - same_seed_as_worker_0, 0)
+
+
 def test_identical_cells_are_trained_once(tmp_path):
     study = _study(tmp_path)
     for cell in (CELL_A, CELL_B, CELL_A_REORDERED, CELL_A):

@@ -83,6 +83,7 @@ def test_params_to_cell_names_the_bad_parameter(name, value, message):
             "nsga2 needs at least 2",
         ),
         (dict(strategy="tpe", num_branches=0), "num_branches is 0"),
+        (dict(strategy="tpe", worker=-1), "worker is -1; it must be an int >= 0"),
     ],
 )
 def test_make_sampler_rejects_bad_settings(kwargs, message):
@@ -139,6 +140,62 @@ def test_strategy_completes_trials_with_valid_cells(tmp_path, strategy, objectiv
     )
     assert stats.trials == 10 and stats.trained + stats.duplicates == 10
     _check_trials(study, 10, objectives)
+
+
+def _ask_cells(samplers, num_trials, num_branches=3):
+    """Trial number -> params, the samplers taking turns on one study.
+
+    Each sampler is one worker's: its own `optuna.Study` object on a shared
+    storage, as the engine's workers. The trials stay running.
+    """
+    storage = optuna.storages.InMemoryStorage()
+    studies = [
+        optuna.create_study(storage=storage, sampler=samplers[0], study_name="s")
+    ]
+    studies += [
+        optuna.load_study(storage=storage, sampler=sampler, study_name="s")
+        for sampler in samplers[1:]
+    ]
+    fixed = strategies.distributions(num_branches)
+    asked = {}
+    for n in range(num_trials):
+        trial = studies[n % len(studies)].ask(fixed_distributions=fixed)
+        asked[trial.number] = trial.params
+    return asked
+
+
+@pytest.mark.parametrize(
+    "strategy, options",
+    [
+        ("random_local", dict(explore_prob=1.0)),
+        ("regularized_evolution", dict(population_size=20)),  # Still uniform.
+    ],
+)
+def test_cell_samplers_propose_the_same_cells_with_any_number_of_workers(
+    strategy, options
+):
+    def sampler(worker, seed=7):
+        return strategies.make_sampler(
+            strategy, num_branches=3, seed=seed, worker=worker, **options
+        )
+
+    alone = _ask_cells([sampler(0)], 8)
+    assert len({str(sorted(p.items())) for p in alone.values()}) == 8
+    assert _ask_cells([sampler(0), sampler(1)], 8) == alone
+    assert _ask_cells([sampler(1), sampler(0), sampler(2)], 8) == alone
+    # The seed still decides.
+    assert _ask_cells([sampler(0, seed=8)], 8) != alone
+
+
+def test_optuna_samplers_give_each_worker_its_own_stream():
+    def tpe(seed, worker):
+        return strategies.make_sampler("tpe", num_branches=3, seed=seed, worker=worker)
+
+    first, second = _ask_cells([tpe(7, 0)], 4), _ask_cells([tpe(7, 1)], 4)
+    assert first != second
+    # Worker w of seed s draws what worker 0 of seed s + w draws.
+    assert second == _ask_cells([tpe(8, 0)], 4)
+    assert first == _ask_cells([tpe(7, 0)], 4)
 
 
 def test_random_local_proposes_neighbours_of_the_top_k(tmp_path):
