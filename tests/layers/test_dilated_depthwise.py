@@ -156,14 +156,12 @@ def test_models_use_the_class_of_this_keras():
         assert any(type(l) is tf.keras.layers.DepthwiseConv2D for l in depthwise)
 
 
-MAP = (2, 9, 7, 5)
+MAP = (2, 9, 7, 5)  # The rates below reach the 9 rows and/or 7 columns.
 
 
 def _kernel(layer):
     """The depthwise kernel variable (tf_keras names it `depthwise_kernel`)."""
-    return (
-        layer.depthwise_kernel if dilated_depthwise.IS_TF_KERAS else layer.kernel
-    )  # The rates below reach the 9 rows and/or 7 columns.
+    return layer.depthwise_kernel if dilated_depthwise.IS_TF_KERAS else layer.kernel
 
 
 @pytest.mark.parametrize(
