@@ -6,6 +6,8 @@ import tensorflow as tf
 
 import layer_testing
 import model_testing
+from deeplab_dpc.export import litert_runner
+from deeplab_dpc.export import tflite
 from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.models import deeplab
 
@@ -100,7 +102,7 @@ def _pair(**kwargs):
         ({"dilation_rate": 2, "depth_multiplier": 2}, False),
     ],
 )
-def test_layer_trains_like_keras_and_takes_the_native_route_where_it_pays(
+def test_layer_computes_as_keras_and_takes_the_native_route_where_it_pays(
     kwargs, native
 ):
     ours, plain = _pair(**kwargs)
@@ -114,13 +116,48 @@ def test_layer_trains_like_keras_and_takes_the_native_route_where_it_pays(
         results.append([y, *grads])
     for a, b in zip(*results):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-    trained = _gradient_ops(lambda t: ours(t, training=True), x)
     if dilated_depthwise.IS_TF_KERAS:
         native = False  # tf_keras' own call always
-    assert ("BatchToSpaceND" not in trained) == (native or max(ours.dilation_rate) == 1)
-    # Inference keeps Keras' own call (and graph).
-    np.testing.assert_array_equal(ours(x, training=False), plain(x, training=False))
-    assert "IdentityN" not in _gradient_ops(lambda t: ours(t, training=False), x)
+    # Inference (eval, export) takes the same route as training.
+    np.testing.assert_allclose(
+        ours(x, training=False), plain(x, training=False), rtol=1e-5, atol=1e-5
+    )
+    for training in (True, False):
+        ops = _gradient_ops(lambda t: ours(t, training=training), x)
+        keras_route = "BatchToSpaceND" in ops
+        assert keras_route != (native or max(ours.dilation_rate) == 1), training
+        assert ("IdentityN" in ops) == native, training
+
+
+def test_native_route_converts_to_litert_builtins():
+    inputs = tf.keras.Input([*MAP[1:3], 3], batch_size=1)
+    x = dilated_depthwise.DilatedDepthwiseConv2D(
+        3, padding="same", dilation_rate=2, use_bias=True, activation="relu6"
+    )(inputs)
+    x = dilated_depthwise.DilatedDepthwiseConv2D(
+        3, padding="same", dilation_rate=(3, 2)
+    )(x)
+    model = tf.keras.Model(inputs, x)
+    rng = np.random.default_rng(6)
+    model.set_weights(
+        [rng.normal(size=w.shape).astype(np.float32) for w in model.weights]
+    )
+    options = tflite.ConversionOptions(crop_size=MAP[1:3])
+    function = tflite.inference_function(
+        lambda images: model(images, training=False), options
+    )
+    graph_ops = {op.type for op in function.graph.get_operations()}
+    # tf_keras' own call reshuffles; the converter folds that into the same
+    # dilated DEPTHWISE_CONV_2D.
+    assert ("SpaceToBatchND" in graph_ops) == dilated_depthwise.IS_TF_KERAS
+    content = tflite.convert(function, tflite.FLOAT32, options)
+    ops = litert_runner.model_info(content).ops
+    assert "DEPTHWISE_CONV_2D" in ops
+    assert not {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"} & set(ops)
+    image = rng.uniform(0, 255, size=(1, *MAP[1:3], 3)).astype(np.float32)
+    expected = model(image, training=False).numpy()
+    got = litert_runner.Runner(content).run(image)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
 def test_config_round_trip():
@@ -223,7 +260,7 @@ def test_taps_that_read_only_padding_are_cut_with_the_same_results(
         return
     if kept == (1, 1):
         assert not ops & {"DepthwiseConv2dNative", "SpaceToBatchND"}
-    if max(left) == 1 or (training and max(left) <= dilated_depthwise.NATIVE_MAX_RATE):
+    if max(left) <= dilated_depthwise.NATIVE_MAX_RATE:
         assert "SpaceToBatchND" not in ops
 
 
