@@ -365,14 +365,7 @@ class ModelWorker:
 
     def profile(self, runs=3):
         """`op_type_profile` of the forward at the worker's threads."""
-        return op_type_profile(
-            self.tf,
-            self.forward,
-            self.image.numpy(),
-            runs,
-            self.args.intra_op_threads,
-            self.args.inter_op_threads,
-        )
+        return op_type_profile(self.tf, self.forward, self.image, runs)
 
     def rss(self, reset=False):
         """This process's memory in MB: {"peak_rss_mb", "rss_mb", "reset"}.
@@ -449,60 +442,79 @@ def _reply(stream, obj):
     stream.flush()
 
 
-def op_type_profile(
-    tf, concrete_function, image, runs, intra_op_threads=0, inter_op_threads=0
-):
-    """Time per op type of a batch forward, from TensorFlow's step stats.
+def op_type_profile(tf, concrete_function, image, runs):
+    """Time per op type of a forward as it runs, from `tf.profiler`'s trace.
 
-    The function's variables are folded into constants and its graph is run
-    in a `tf.compat.v1.Session` (the same kernels and Grappler rewrites as a
-    `tf.function`, e.g. oneDNN's `_MklNative*` ops) with full tracing, which
-    records each op's start and end. Tracing adds some overhead per op.
-    `tf` is passed in so that this module itself imports no TensorFlow.
+    The function itself is traced while it runs `runs` times, after one
+    untraced call: its variables stay variables, so grappler rewrites and
+    fuses it as in the timed calls. (Freezing the variables into constants
+    would not profile the same graph: grappler folds away a bias add whose
+    constant is all zeros, as a fresh batch norm folds to, and the conv then
+    no longer fuses with the activation after it.) An op's time is the span
+    of its kernel on the executor thread that ran it, its intra-op work
+    included; with two inter-op threads two ops may overlap, so the op times
+    may add up to more than the wall time. Threads are the process's own
+    settings. `tf` is passed in so that this module itself imports no
+    TensorFlow.
 
     Args:
       tf: the `tensorflow` module.
       concrete_function: one input (the image) -> one output.
       image: the input value.
-      runs: int >= 1, traced runs after one untraced warm-up run.
-      intra_op_threads, inter_op_threads: the session's threads (0: default).
+      runs: int >= 1, traced runs.
 
     Returns:
       {"ms": {op type: mean ms per run}, "count": {op type: ops per run},
        "wall_ms": median traced wall time per run}.
     """
-    from tensorflow.python.framework import convert_to_constants
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete_function)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
-    config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=intra_op_threads,
-        inter_op_parallelism_threads=inter_op_threads,
-    )
-    fetch, feed = frozen.outputs[0].name, {frozen.inputs[0].name: image}
-    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
-    micros, counts, walls = {}, {}, []
-    with tf.compat.v1.Session(graph=graph, config=config) as session:
-        session.run(fetch, feed)
-        for _ in range(runs):
-            metadata = tf.compat.v1.RunMetadata()
-            start = time.perf_counter()
-            session.run(fetch, feed, options=options, run_metadata=metadata)
-            walls.append((time.perf_counter() - start) * 1000.0)
-            for device in metadata.step_stats.dev_stats:
-                for node in device.node_stats:
-                    label = node.timeline_label
-                    op = (
-                        label.split(" = ", 1)[1].split("(")[0]
-                        if " = " in label
-                        else (node.node_name)
-                    )
-                    micros[op] = micros.get(op, 0) + node.all_end_rel_micros
-                    counts[op] = counts.get(op, 0) + 1
+    def call():
+        for t in tf.nest.flatten(concrete_function(image)):
+            t.numpy()
+
+    call()
+    walls = []
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(runs):
+                start = time.perf_counter()
+                call()
+                walls.append((time.perf_counter() - start) * 1000.0)
+        finally:
+            tf.profiler.experimental.stop()
+        paths = [
+            os.path.join(root, name)
+            for root, _, names in os.walk(logdir)
+            for name in names
+            if name.endswith(".xplane.pb")
+        ]
+        if len(paths) != 1:
+            raise RuntimeError(f"expected one .xplane.pb under {logdir}, got {paths}")
+        space = xplane_pb2.XSpace()
+        with open(paths[0], "rb") as f:
+            space.ParseFromString(f.read())
+    picos, counts = {}, {}
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor threads
+                continue
+            for event in line.events:
+                # An op kernel's event is "<node name>:<op type>"; the
+                # executor's and thread pool's own are "Class::method".
+                name = plane.event_metadata[event.metadata_id].name
+                if "::" in name or ":" not in name:
+                    continue
+                op = name.rsplit(":", 1)[1]
+                picos[op] = picos.get(op, 0) + event.duration_ps
+                counts[op] = counts.get(op, 0) + 1
+    if not counts:
+        raise RuntimeError("the profiler recorded no op of the forward")
     return {
-        "ms": {op: us / runs / 1000.0 for op, us in micros.items()},
+        "ms": {op: ps / runs / 1e9 for op, ps in picos.items()},
         "count": {op: n // runs for op, n in counts.items()},
         "wall_ms": median(walls),
     }

@@ -120,7 +120,7 @@ def profile_figures(results, args, top=8):
                     ms,
                     "ms",
                     f"{profile['count'][op]} ops, {100 * ms / total:.1f}% of op time; "
-                    f"mean of {args.profile} traced session runs (wall "
+                    f"mean of {args.profile} tf.profiler-traced runs (wall "
                     f"{profile['wall_ms']:.0f} ms), benchlib.op_type_profile",
                 )
             )

@@ -122,3 +122,33 @@ def test_unknown_model_names_the_choices():
         peer_process.start("ours_dpc_fp8")
     with pytest.raises(ValueError, match="unknown model 'model_garden_bf16math'"):
         peer_process.start("model_garden" + peer_process.BF16_MATH)
+
+
+def _conv_relu6_forward(tf, bias):
+    """A Keras conv + ReLU6 at batch 1 with the given bias, as a concrete function."""
+    conv = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu6")
+    model = tf.keras.Sequential([tf.keras.Input([17, 17, 3]), conv])
+    conv.bias.assign(tf.fill([8], bias))
+    return tf.function(lambda images: model(images)).get_concrete_function(
+        tf.TensorSpec([1, 17, 17, 3], tf.float32)
+    )
+
+
+def test_op_type_profile_times_the_graph_the_forward_runs():
+    import tensorflow as tf
+
+    image = tf.random.uniform([1, 17, 17, 3])
+    profiles = {
+        bias: benchlib.op_type_profile(tf, _conv_relu6_forward(tf, bias), image, 2)
+        for bias in (0.0, 0.5)
+    }
+    for profile in profiles.values():
+        assert profile["wall_ms"] > 0 and sum(profile["ms"].values()) > 0
+        assert profile["ms"].keys() == profile["count"].keys()
+        assert all(n >= 1 for n in profile["count"].values())
+        assert not any("::" in op for op in profile["ms"])
+    # A bias of zeros is still a variable: the conv fuses with its bias add
+    # and ReLU6 as with any other bias (a frozen graph would drop the add of
+    # zeros and run ReLU6 on its own).
+    assert profiles[0.0]["count"] == profiles[0.5]["count"]
+    assert "Relu6" not in profiles[0.0]["count"]
