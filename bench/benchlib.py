@@ -151,19 +151,29 @@ def child_peak_rss_mb(pid):
     return kib / _KIB_PER_MB
 
 
-def machine():
-    """{"cpu": model name, "cores": usable cores} of this machine."""
+# CPU flags that change what the levers buy: bfloat16 math (`--float32_math`,
+# `--mixed_precision`) needs AVX512_BF16 or AMX to pay; int8 uses VNNI.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def machine(cpuinfo="/proc/cpuinfo"):
+    """{"cpu": model name, "cores": usable cores, "flags": `SPEED_FLAGS` it has}."""
     cpu = platform.processor() or platform.machine()
+    flags = []
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    present = set(value.split())
+                    flags = [flag for flag in SPEED_FLAGS if flag in present]
                     break
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-    return {"cpu": cpu, "cores": cores or os.cpu_count()}
+    return {"cpu": cpu, "cores": cores or os.cpu_count(), "flags": flags}
 
 
 def figure(name, value, unit, detail=""):

@@ -36,7 +36,9 @@ its 95% confidence interval (paired t, `scipy.stats.ttest_rel`), beside
 float32's own standard deviation over seeds. The speed that bfloat16 math
 buys is bench/train_step.py's (same run as Model Garden).
 `--quick`: a tiny data set, two seeds and a few steps, a smoke test of the
-script only.
+script only. On a CPU without AVX-512 BF16 or AMX BF16 the two modes compute
+alike, so the script only reports that (`cpu_computes_bfloat16` 0) and
+trains nothing.
 """
 
 import argparse
@@ -329,10 +331,30 @@ def figures_of(results, args):
     return figures
 
 
-def main(argv):
+def bfloat16_figure(computes_bfloat16):
+    """The figure saying whether this CPU computes bfloat16 at all."""
+    if computes_bfloat16:
+        detail = "AVX-512 BF16 or AMX BF16 (speed.cpu_computes_bfloat16)"
+    else:
+        detail = (
+            "no AVX-512 BF16 or AMX BF16 on this CPU (speed.cpu_computes_bfloat16): "
+            "--float32_math=bfloat16 computes exactly as float32 here, so no run "
+            "is compared; rerun on a CPU with either"
+        )
+    return benchlib.figure(
+        "cpu_computes_bfloat16", float(computes_bfloat16), "yes=1", detail
+    )
+
+
+def main(argv, cpuinfo="/proc/cpuinfo"):
     args = parse_args(argv)
     sys.path.insert(0, REPO)
-    figures = figures_of(measure(args), args)
+    from deeplab_dpc import speed
+
+    computes_bfloat16 = speed.cpu_computes_bfloat16(cpuinfo)
+    figures = [bfloat16_figure(computes_bfloat16)]
+    if computes_bfloat16:
+        figures += figures_of(measure(args), args)
     benchlib.report(BENCHMARK, figures, args.output_json)
     return figures
 

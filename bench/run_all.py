@@ -118,7 +118,8 @@ def markdown(results, machine, started):
     lines = [
         "# Benchmark results",
         "",
-        f"{started} on {machine['cpu']} ({machine['cores']} cores). "
+        f"{started} on {machine['cpu']} ({machine['cores']} cores; "
+        f"{', '.join(machine.get('flags') or ['no listed flags'])}). "
         "Every figure comes from the command above its table; ratios are "
         "measured in one run, alternating the compared things.",
     ]

@@ -1,6 +1,7 @@
 """Tests for bench/float32_math_parity.py's log reading and figures."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -90,3 +91,31 @@ def test_figures_compare_the_modes_over_seeds():
         "from the float32 pretraining's backbone"
         in details["float32_math_seed1_val_miou"]
     )
+
+
+def test_a_cpu_without_bfloat16_reports_so_and_trains_nothing(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f\n")
+    monkeypatch.setattr(
+        parity, "measure", lambda args: pytest.fail("trained on a CPU without BF16")
+    )
+    output = tmp_path / "parity.json"
+    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
+    assert [(f["name"], f["value"]) for f in figures] == [
+        ("cpu_computes_bfloat16", 0.0)
+    ]
+    assert "computes exactly as float32 here" in figures[0]["detail"]
+    assert json.loads(output.read_text())["figures"] == figures
+    # With a BF16 flag it measures, and says so first.
+    cpuinfo.write_text("flags\t\t: fpu avx512_bf16\n")
+    monkeypatch.setattr(parity, "measure", lambda args: 2.0)
+    monkeypatch.setattr(
+        parity,
+        "figures_of",
+        lambda results, args: [parity.benchlib.figure("measured", results, "x")],
+    )
+    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
+    assert [(f["name"], f["value"]) for f in figures] == [
+        ("cpu_computes_bfloat16", 1.0),
+        ("measured", 2.0),
+    ]

@@ -54,6 +54,31 @@ def test_markdown_names_each_section_and_when_it_ran():
     assert "## inference" in text
     assert "Run 2026-11-26T19:00:00, 1 s." in text
     assert "| x | 1,234 | ms | d |" in text
+    assert "on test cpu (2 cores; no listed flags)." in text
+    flagged = run_all.markdown(
+        [], {"cpu": "c", "cores": 2, "flags": ["avx512f", "amx_bf16"]}, "t"
+    )
+    assert "on c (2 cores; avx512f, amx_bf16)." in flagged
+
+
+def test_machine_names_the_cpu_and_the_flags_the_levers_need(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some Xeon\n"
+        "flags\t\t: fpu avx2 avx512f amx_tile amx_bf16 avx512_vnni sse\n"
+        "\nprocessor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu\n"
+    )
+    machine = run_all.benchlib.machine(str(cpuinfo))
+    assert machine["cpu"] == "Some Xeon" and machine["cores"] >= 1
+    # In SPEED_FLAGS' order; the first processor's flags.
+    assert machine["flags"] == [
+        "avx2",
+        "avx512f",
+        "avx512_vnni",
+        "amx_tile",
+        "amx_bf16",
+    ]
+    assert run_all.benchlib.machine(str(tmp_path / "missing"))["flags"] == []
 
 
 def test_unknown_benchmark_is_named(tmp_path):

@@ -106,3 +106,29 @@ def check_checkpoint_saves_every_weight(layer, tmp_path):
         if name.startswith("layer/") and name.endswith("VARIABLE_VALUE")
     ]
     assert len(saved) == len(layer.weights) > 0
+
+
+def gradient_op_types(fn, *args):
+    """Op types that the traced value and gradients of `fn` depend on.
+
+    Ops traced but feeding no output (TensorFlow prunes them when it runs
+    the graph) are left out.
+    """
+
+    @tf.function
+    def traced(*xs):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            y = fn(*xs)
+        return y, tape.gradient(y, xs, output_gradients=tf.ones_like(y))
+
+    graph = traced.get_concrete_function(*args).graph
+    pending = [t.op for t in graph.outputs]
+    seen = set()
+    while pending:
+        op = pending.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        pending += [t.op for t in op.inputs] + list(op.control_inputs)
+    return {graph.get_operation_by_name(name).type for name in seen}

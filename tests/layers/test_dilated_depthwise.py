@@ -14,32 +14,6 @@ from deeplab_dpc.models import deeplab
 SHAPE = (2, 17, 15, 6)
 
 
-def _gradient_ops(fn, *args):
-    """Op types that the traced value and gradients of `fn` depend on.
-
-    Ops traced but feeding no output (TensorFlow prunes them when it runs
-    the graph) are left out.
-    """
-
-    @tf.function
-    def traced(*xs):
-        with tf.GradientTape() as tape:
-            tape.watch(xs)
-            y = fn(*xs)
-        return y, tape.gradient(y, xs, output_gradients=tf.ones_like(y))
-
-    graph = traced.get_concrete_function(*args).graph
-    pending = [t.op for t in graph.outputs]
-    seen = set()
-    while pending:
-        op = pending.pop()
-        if op.name in seen:
-            continue
-        seen.add(op.name)
-        pending += [t.op for t in op.inputs] + list(op.control_inputs)
-    return {graph.get_operation_by_name(name).type for name in seen}
-
-
 @pytest.mark.parametrize("rate", [(2, 2), (1, 6), (6, 3), (3, 1)])
 def test_native_route_matches_tensorflows(rate):
     rng = np.random.default_rng(0)
@@ -63,7 +37,7 @@ def test_native_route_matches_tensorflows(rate):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-5, atol=1e-5)
     # Forward and input gradient skip the SpaceToBatch reshuffle; only the
     # kernel gradient takes it.
-    ops = _gradient_ops(
+    ops = layer_testing.gradient_op_types(
         lambda a, k: dilated_depthwise.dilated_depthwise_conv2d(a, k, rate), x, kernel
     )
     assert "DepthwiseConv2dNativeBackpropInput" not in ops
@@ -123,7 +97,7 @@ def test_layer_computes_as_keras_and_takes_the_native_route_where_it_pays(
         ours(x, training=False), plain(x, training=False), rtol=1e-5, atol=1e-5
     )
     for training in (True, False):
-        ops = _gradient_ops(lambda t: ours(t, training=training), x)
+        ops = layer_testing.gradient_op_types(lambda t: ours(t, training=training), x)
         keras_route = "BatchToSpaceND" in ops
         assert keras_route != (native or max(ours.dilation_rate) == 1), training
         assert ("IdentityN" in ops) == native, training
@@ -254,7 +228,7 @@ def test_taps_that_read_only_padding_are_cut_with_the_same_results(
     mask = np.ones(kernel_grad.shape, bool)
     mask[rows, cols] = False
     assert np.all(kernel_grad[mask] == 0) and np.any(kernel_grad[~mask] != 0)
-    ops = _gradient_ops(lambda t: layer(t, training=training), x)
+    ops = layer_testing.gradient_op_types(lambda t: layer(t, training=training), x)
     if dilated_depthwise.IS_TF_KERAS:  # tf_keras' own call: the padded route.
         assert "SpaceToBatchND" in ops
         return
@@ -306,6 +280,6 @@ def test_all_taps_keeps_the_whole_kernel_for_counting():
     layer.build(MAP)
     with dilated_depthwise.all_taps():
         assert layer._reach(x) is None
-        ops = _gradient_ops(lambda t: layer(t, training=False), x)
+        ops = layer_testing.gradient_op_types(lambda t: layer(t, training=False), x)
     assert "SpaceToBatchND" in ops  # Keras' own atrous call, all 9 taps.
     assert layer._reach(x) is not None  # Restored on leaving.
