@@ -49,6 +49,33 @@ def median(values):
     return float(statistics.median(values))
 
 
+def paired_ratios(numerator_rounds, denominator_rounds):
+    """Per-round ratios of two alternated things' median timings.
+
+    Rounds alternate A and B close in time, so a round's ratio cancels the
+    machine's slow drift; their spread says how far one run's ratio of
+    medians can be trusted.
+
+    Args:
+      numerator_rounds, denominator_rounds: equal-length sequences, one
+        non-empty sequence of timings per round.
+
+    Returns:
+      list of floats: median(numerator round) / median(denominator round).
+
+    Raises:
+      ValueError: for different round counts or no rounds.
+    """
+    numerator_rounds = list(numerator_rounds)
+    denominator_rounds = list(denominator_rounds)
+    if not numerator_rounds or len(numerator_rounds) != len(denominator_rounds):
+        raise ValueError(
+            f"need the same number (>= 1) of rounds, got {len(numerator_rounds)} "
+            f"and {len(denominator_rounds)}"
+        )
+    return [median(n) / median(d) for n, d in zip(numerator_rounds, denominator_rounds)]
+
+
 def alternate(callables, rounds):
     """Calls each callable once per round, in turn: A B C A B C ...
 

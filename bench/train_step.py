@@ -22,6 +22,9 @@ Three workers (`peer_process`), one process each, same TensorFlow threads
 The batch is fixed (no input pipeline: bench/input_pipeline.py measures
 that). After `--warmup` untimed steps each, the three alternate for
 `--rounds` rounds of `--repeats` steps; images/s = batch / median step time.
+Each ratio also names the spread of its per-round ratios (a round's workers
+run close in time, so these cancel the machine's drift): one run's ratio of
+medians is only as steady as that spread.
 Peak RSS is each worker's VmHWM over the training steps (reset after the
 build).
 """
@@ -44,7 +47,7 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="129x129, 2 rounds")
     parser.add_argument("--crop", type=int, default=513, help="square crop")
     parser.add_argument("--batch", type=int, default=8, help="global batch")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds")
     parser.add_argument("--repeats", type=int, default=2, help="steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--intra_op_threads", type=int, default=2)
@@ -79,6 +82,7 @@ def measure(args):
     results = {
         name: {
             "seconds": [s for reply in rounds["replies"] for s in reply["seconds"]],
+            "rounds": [reply["seconds"] for reply in rounds["replies"]],
             "loss": rounds["replies"][-1]["loss"],
             "peak_rss_mb": rounds["peak_rss_mb"],
         }
@@ -122,7 +126,8 @@ def figures_of(results, args):
                 f"{name}_over_{BASELINE}_images_per_s",
                 rate[name] / rate[BASELINE],
                 "x",
-                "ratio of images/s, same run (above 1: ours faster)",
+                "ratio of images/s, same run (above 1: ours faster); "
+                + _spread(results, name, BASELINE),
             )
         )
     if results[OURS_BF16_MATH]["float32_math"] == "bfloat16":
@@ -138,10 +143,22 @@ def figures_of(results, args):
             f"{OURS_BF16_MATH}_over_{OURS}_images_per_s",
             rate[OURS_BF16_MATH] / rate[OURS],
             "x",
-            what,
+            what + "; " + _spread(results, OURS_BF16_MATH, OURS),
         )
     )
     return figures
+
+
+def _spread(results, name, other):
+    """The per-round ratios of `name`'s images/s to `other`'s, summarized."""
+    ratios = sorted(
+        benchlib.paired_ratios(results[other]["rounds"], results[name]["rounds"])
+    )
+    return (
+        f"per-round ratios (each round's median steps, the workers alternating): "
+        f"min {ratios[0]:.3f}, median {benchlib.median(ratios):.3f}, "
+        f"max {ratios[-1]:.3f} over {len(ratios)} rounds"
+    )
 
 
 def main(argv):
