@@ -76,6 +76,22 @@ def paired_ratios(numerator_rounds, denominator_rounds):
     return [median(n) / median(d) for n, d in zip(numerator_rounds, denominator_rounds)]
 
 
+def describe_ratios(ratios):
+    """A figure's words for the spread of its per-round ratios.
+
+    Raises:
+      ValueError: for no ratios.
+    """
+    ratios = sorted(ratios)
+    if not ratios:
+        raise ValueError("no per-round ratios to describe")
+    return (
+        f"per-round ratios (each round's medians, the compared things "
+        f"alternating): min {ratios[0]:.3f}, median {median(ratios):.3f}, "
+        f"max {ratios[-1]:.3f} over {len(ratios)} rounds"
+    )
+
+
 def alternate(callables, rounds):
     """Calls each callable once per round, in turn: A B C A B C ...
 

@@ -15,7 +15,9 @@ loaded, at each of `--threads` (1 and 2): all files in alternating rounds
 of `--runs` timed `invoke()` calls after `--warmup` untimed ones, the input
 set once outside the timing; each figure is the median of all its calls.
 GFLOP/s = 2 x the model's MAdds (from its worker's "info", as in
-bench/inference.py) / latency; for the float32 files also as a fraction of
+bench/inference.py) / latency; ours over Model Garden's float32 is given
+both as a latency ratio and as a GFLOP/s ratio (the goal's measure), each
+with the spread of its per-round ratios; for the float32 files also as a fraction of
 the fp32 peak of bench/fma_peak.py (`benchlib.fp32_peak`: `--peak_json`,
 fma_peak.json beside `--output_json`, or measured now). Peak memory is
 `litert_runner.peak_memory`: one fresh NumPy + LiteRT process per file, its
@@ -105,10 +107,10 @@ def _timer(interpreter, runs):
 
 
 def time_files(files, threads, args):
-    """Median invoke latency (ms) of every file at one thread count.
+    """Invoke latencies (ms) of every file at one thread count, by round.
 
     Returns:
-      dict (model, variant) -> median ms over all rounds.
+      dict (model, variant) -> list of `args.rounds` lists of `args.runs` ms.
     """
     timers = {}
     for index, (key, path) in enumerate(files.items()):
@@ -119,11 +121,15 @@ def time_files(files, threads, args):
         for _ in range(args.warmup):
             runner.interpreter.invoke()
         timers[key] = _timer(runner.interpreter, args.runs)
-    rounds = benchlib.alternate(timers, args.rounds)
-    return {key: benchlib.median(sum(chunks, [])) for key, chunks in rounds.items()}
+    return benchlib.alternate(timers, args.rounds)
+
+
+def _median_ms(rounds):
+    return benchlib.median([ms for round_ms in rounds for ms in round_ms])
 
 
 def figures_of(madds, files, latencies, memory, peak, args):
+    """The figures; `latencies`: threads -> `time_files`' rounds."""
     timing = (
         f"batch 1, {args.crop}x{args.crop}, LiteRT (XNNPACK) invoke(); median of "
         f"{args.rounds * args.runs} calls in {args.rounds} rounds of {args.runs} "
@@ -138,7 +144,7 @@ def figures_of(madds, files, latencies, memory, peak, args):
             )
         )
         for threads in args.threads:
-            ms = latencies[threads][name, variant]
+            ms = _median_ms(latencies[threads][name, variant])
             gflops = 2.0 * madds[name] / (ms / 1000.0) / 1e9
             figures += [
                 benchlib.figure(
@@ -177,24 +183,39 @@ def figures_of(madds, files, latencies, memory, peak, args):
             figures.append(
                 benchlib.figure(
                     f"{name}_int8_speedup_{threads}t",
-                    latencies[threads][name, "float32"]
-                    / latencies[threads][name, "int8"],
+                    _median_ms(latencies[threads][name, "float32"])
+                    / _median_ms(latencies[threads][name, "int8"]),
                     "x",
                     "float32 latency / int8 latency, same run",
                 )
             )
         baseline = peer_process.BASELINE
+        base_rounds = latencies[threads][baseline, "float32"]
         for name in peer_process.MODELS:
-            if name != baseline:
-                figures.append(
-                    benchlib.figure(
-                        f"{name}_over_{baseline}_float32_latency_{threads}t",
-                        latencies[threads][name, "float32"]
-                        / latencies[threads][baseline, "float32"],
-                        "x",
-                        "ratio of float32 medians, same run (below 1: ours faster)",
-                    )
-                )
+            if name == baseline:
+                continue
+            rounds = latencies[threads][name, "float32"]
+            latency_ratio = _median_ms(rounds) / _median_ms(base_rounds)
+            per_round = benchlib.paired_ratios(rounds, base_rounds)
+            madds_ratio = madds[name] / madds[baseline]
+            figures += [
+                benchlib.figure(
+                    f"{name}_over_{baseline}_float32_latency_{threads}t",
+                    latency_ratio,
+                    "x",
+                    "ratio of float32 medians, same run (below 1: ours faster); "
+                    + benchlib.describe_ratios(per_round),
+                ),
+                benchlib.figure(
+                    f"{name}_over_{baseline}_float32_gflops_{threads}t",
+                    madds_ratio / latency_ratio,
+                    "x",
+                    f"ratio of float32 GFLOP/s, same run (MAdds ratio "
+                    f"{madds_ratio:.3f} / latency ratio; at least 1: ours computes "
+                    f"as fast); "
+                    + benchlib.describe_ratios([madds_ratio / r for r in per_round]),
+                ),
+            ]
     return figures
 
 

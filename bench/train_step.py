@@ -151,13 +151,8 @@ def figures_of(results, args):
 
 def _spread(results, name, other):
     """The per-round ratios of `name`'s images/s to `other`'s, summarized."""
-    ratios = sorted(
+    return benchlib.describe_ratios(
         benchlib.paired_ratios(results[other]["rounds"], results[name]["rounds"])
-    )
-    return (
-        f"per-round ratios (each round's median steps, the workers alternating): "
-        f"min {ratios[0]:.3f}, median {benchlib.median(ratios):.3f}, "
-        f"max {ratios[-1]:.3f} over {len(ratios)} rounds"
     )
 
 

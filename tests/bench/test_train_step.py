@@ -66,6 +66,8 @@ def test_ratio_names_the_spread_of_its_paired_rounds():
     )
     assert ratio["value"] == 4.0 / 2.0
     assert "min 1.600, median 2.000, max 3.000 over 3 rounds" in ratio["detail"]
+    with pytest.raises(ValueError, match="no per-round ratios"):
+        train_step.benchlib.describe_ratios([])
 
 
 def test_paired_ratios_refuses_unpaired_rounds():
