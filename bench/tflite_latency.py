@@ -15,13 +15,13 @@ loaded, at each of `--threads` (1 and 2): all files in alternating rounds
 of `--runs` timed `invoke()` calls after `--warmup` untimed ones, the input
 set once outside the timing; each figure is the median of all its calls.
 GFLOP/s = 2 x the model's MAdds (from its worker's "info", as in
-bench/inference.py) / latency; ours over Model Garden's float32 is given
-both as a latency ratio and as a GFLOP/s ratio (the goal's measure), each
-with the spread of its per-round ratios; for the float32 files also as a fraction of
+bench/inference.py) / latency; for the float32 files also as a fraction of
 the fp32 peak of bench/fma_peak.py (`benchlib.fp32_peak`: `--peak_json`,
 fma_peak.json beside `--output_json`, or measured now). Peak memory is
 `litert_runner.peak_memory`: one fresh NumPy + LiteRT process per file, its
-peak RSS above the size before loading.
+peak RSS above the size before loading. Ours over Model Garden's float32 is
+given as a latency ratio and as a GFLOP/s ratio (the goal's measure), each
+with the spread of its per-round ratios.
 """
 
 import argparse

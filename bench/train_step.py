@@ -66,7 +66,7 @@ def parse_args(argv):
 
 
 def measure(args):
-    """Per-step seconds, last loss and peak RSS of each model's worker."""
+    """Each model's step seconds by round, last loss and peak RSS."""
     with peer_process.started(
         MODELS,
         crop=args.crop,
@@ -81,7 +81,6 @@ def measure(args):
         )
     results = {
         name: {
-            "seconds": [s for reply in rounds["replies"] for s in reply["seconds"]],
             "rounds": [reply["seconds"] for reply in rounds["replies"]],
             "loss": rounds["replies"][-1]["loss"],
             "peak_rss_mb": rounds["peak_rss_mb"],
@@ -103,7 +102,7 @@ def figures_of(results, args):
     figures = []
     rate = {}
     for name in MODELS:
-        seconds = results[name]["seconds"]
+        seconds = [s for steps in results[name]["rounds"] for s in steps]
         rate[name] = args.batch / benchlib.median(seconds)
         figures += [
             benchlib.figure(
