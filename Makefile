@@ -19,10 +19,21 @@ demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m deeplab_dpc.demo
 
 # The whole suite under Keras 3, then the model-building tests again under
-# tf_keras (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs.
+# tf_keras (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs,
+# then the layer, model, training and export tests with oneDNN flipped from
+# what TensorFlow chose here (TF_ENABLE_ONEDNN_OPTS=0 on an Intel AVX-512
+# machine, =1 on one where it is off), so each machine tests both CPU kinds
+# (docs/portability.md). tests/test_portability.py runs programs under both.
+ONEDNN_TESTS := tests/layers tests/models tests/test_train_lib.py \
+	tests/test_finetune.py tests/test_eval.py tests/export/test_saved_model.py \
+	tests/export/test_tflite.py
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 tests/layers tests/models
+	flipped=$$($(PY) -c 'from deeplab_dpc.layers import fast_paths; \
+	  print(0 if fast_paths.onednn_enabled() else 1)') && \
+	  echo "Second pass with TF_ENABLE_ONEDNN_OPTS=$$flipped" && \
+	  TF_ENABLE_ONEDNN_OPTS=$$flipped $(PY) -m pytest -n 2 $(ONEDNN_TESTS)
 
 # Benchmarks (not part of the quick start): sets up the peers' own virtual
 # environment (TF Model Garden pins TensorFlow 2.20), then runs bench/ and

@@ -331,9 +331,18 @@ def figures_of(results, args):
     return figures
 
 
-def bfloat16_figure(computes_bfloat16):
-    """The figure saying whether this CPU computes bfloat16 at all."""
-    if computes_bfloat16:
+def bfloat16_figure(computes_bfloat16, onednn=True):
+    """The figure saying whether this process computes bfloat16 at all."""
+    if computes_bfloat16 and not onednn:
+        computes_bfloat16 = False
+        detail = (
+            "this CPU has AVX-512 BF16 or AMX BF16, but oneDNN is off in this "
+            "process (TF_ENABLE_ONEDNN_OPTS=0, or TensorFlow's default on this "
+            "CPU) and only oneDNN reads TF_SET_ONEDNN_FPMATH_MODE: "
+            "--float32_math=bfloat16 computes exactly as float32 here, so no run "
+            "is compared; rerun with oneDNN on"
+        )
+    elif computes_bfloat16:
         detail = "AVX-512 BF16 or AMX BF16 (speed.cpu_computes_bfloat16)"
     else:
         detail = (
@@ -351,9 +360,13 @@ def main(argv, cpuinfo="/proc/cpuinfo"):
     sys.path.insert(0, REPO)
     from deeplab_dpc import speed
 
-    computes_bfloat16 = speed.cpu_computes_bfloat16(cpuinfo)
-    figures = [bfloat16_figure(computes_bfloat16)]
-    if computes_bfloat16:
+    from deeplab_dpc.layers import fast_paths
+
+    figure = bfloat16_figure(
+        speed.cpu_computes_bfloat16(cpuinfo), onednn=fast_paths.onednn_enabled()
+    )
+    figures = [figure]
+    if figure["value"]:
         figures += figures_of(measure(args), args)
     benchlib.report(BENCHMARK, figures, args.output_json)
     return figures

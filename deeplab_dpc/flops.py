@@ -6,15 +6,21 @@ r"""Params and multiply-adds of a DeepLab model, per module.
 
 Prints one JSON object `{"modules": {"backbone": {"params": .., "madds": ..},
 "head": .., "head_branches": .., "decoder": .., "logits": .., "total": ..}}`
-with --json (no "decoder" when off), else a table.
+with --json (no "decoder" when off), else a table. With --profile, also
+TensorFlow's profiler FLOPs and the fast paths this process takes for the
+model (`fast_paths.describe()`: oneDNN's state, each kernel probe's decision
+and how many layers take the fast route and how many the portable one).
 """
 
 import json
 
 from absl import app
 from absl import flags
+import tensorflow as tf
 
 from deeplab_dpc import common_flags
+from deeplab_dpc import losses
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 
@@ -23,8 +29,31 @@ _CROP_SIZE = flags.DEFINE_string(
 )
 _JSON = flags.DEFINE_boolean("json", False, "Print JSON instead of a table.")
 _PROFILE = flags.DEFINE_boolean(
-    "profile", False, "Also report TensorFlow's profiler FLOPs as a check."
+    "profile",
+    False,
+    "Also report TensorFlow's profiler FLOPs as a check, and which fast "
+    "paths (kernels) this process takes for the model's layers in training "
+    "and inference (deeplab_dpc/layers/fast_paths.py).",
 )
+
+
+def trace_training_step(model):
+    """Traces (does not run) a training step's gradients, batch 1.
+
+    So that every layer decides its training route (`fast_paths.taken`).
+    """
+    spec = tf.TensorSpec([1, *model.input.shape[1:]], tf.float32)
+
+    @tf.function
+    def gradients(images):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(images, training=True), tf.float32)
+            flat = tf.reshape(logits, [-1, logits.shape[-1]])
+            labels = tf.zeros(tf.shape(flat)[:1], tf.int32)
+            loss = tf.reduce_mean(losses.softmax_cross_entropy(flat, labels))
+        return tape.gradient(loss, model.trainable_variables)
+
+    gradients.get_concrete_function(spec)
 
 
 def main(argv):
@@ -38,6 +67,8 @@ def main(argv):
     result = {"modules": modules}
     if _PROFILE.value:
         result["profiler_flops"] = accounting.profiler_flops(model)
+        trace_training_step(model)
+        result["fast_paths"] = fast_paths.describe()
     if _JSON.value:
         print(json.dumps(result))
         return
@@ -57,6 +88,9 @@ def main(argv):
         print(
             f"profiler FLOPs {result['profiler_flops']:,} = {ratio:.4f} x " f"2 x MAdds"
         )
+        print("fast paths:")
+        for line in result["fast_paths"]:
+            print(f"  {line}")
 
 
 def run():

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from deeplab_dpc import initial_checkpoint
 from deeplab_dpc import speed
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import folding
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import resize
@@ -100,7 +101,7 @@ class Predictor:
         self.options = options
         self.scales = check_scales(scales)
         self.add_flipped_images = bool(add_flipped_images)
-        self.jit_compile = bool(jit_compile)
+        self.jit_compile = fast_paths.jit_compile(bool(jit_compile))
         self.fold_batch_norm = bool(fold_batch_norm)
         self.crop_size = tuple(options.crop_size)
         self.models = []

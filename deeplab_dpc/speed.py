@@ -20,7 +20,10 @@ TensorFloat-32 is to float32 on NVIDIA GPUs. Unlike `mixed_bfloat16`, no
 activation is stored or computed in bfloat16 outside the convolutions, so
 the memory-bound ops (batch norm, ReLU6, depthwise backprop) keep their
 float32 kernels. TensorFlow reads the setting once, at its first oneDNN
-op: it must be set before any model runs.
+op: it must be set before any model runs. Only oneDNN reads it: where
+oneDNN is off (`fast_paths.onednn_enabled()`; AMD and ARM CPUs by
+TensorFlow's default) the probe `float32_math_in_effect` finds float32 and
+the lever says it has no effect.
 
 Threads: `set_threads(intra_op, inter_op)` sizes TensorFlow's two thread
 pools (DeepLab's `--intra_op_parallelism_threads` and
@@ -35,6 +38,8 @@ import os
 
 from absl import logging
 import tensorflow as tf
+
+from deeplab_dpc.layers import fast_paths
 
 MIXED_PRECISION_NONE = "none"
 # --mixed_precision value -> Keras dtype policy name.
@@ -122,6 +127,16 @@ def cpu_computes_bfloat16(cpuinfo="/proc/cpuinfo"):
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def bfloat16_math_possible(cpuinfo="/proc/cpuinfo"):
+    """Whether `--float32_math=bfloat16` can take effect in this process.
+
+    oneDNN must be on (`fast_paths.onednn_enabled()`: only oneDNN reads
+    `TF_SET_ONEDNN_FPMATH_MODE`) and the CPU must compute bfloat16
+    (`cpu_computes_bfloat16`).
+    """
+    return fast_paths.onednn_enabled() and cpu_computes_bfloat16(cpuinfo)
+
+
 def float32_math_in_effect():
     """How this process computes float32 CPU convolutions: "float32" or "bfloat16".
 
@@ -167,11 +182,16 @@ def set_float32_math(float32_math):
     if in_effect == float32_math:
         return in_effect
     if float32_math == FLOAT32_MATH_BFLOAT16:
-        reason = (
-            f"TensorFlow ran a oneDNN op before {ONEDNN_FPMATH_ENV} was set"
-            if cpu_computes_bfloat16()
-            else "this CPU has no AVX-512 BF16 or AMX BF16"
-        )
+        if not fast_paths.onednn_enabled():
+            reason = (
+                "oneDNN is off in this process (TensorFlow leaves it off on "
+                "this CPU, or TF_ENABLE_ONEDNN_OPTS=0), and only oneDNN reads "
+                f"{ONEDNN_FPMATH_ENV}"
+            )
+        elif cpu_computes_bfloat16():
+            reason = f"TensorFlow ran a oneDNN op before {ONEDNN_FPMATH_ENV} was set"
+        else:
+            reason = "this CPU has no AVX-512 BF16 or AMX BF16"
         logging.warning(
             "--float32_math=bfloat16 has no effect: float32 convolutions "
             "stay exact (%s).",

@@ -55,6 +55,7 @@ from deeplab_dpc import losses
 from deeplab_dpc import speed
 from deeplab_dpc import vis_lib
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.models import deeplab
 
 POLICY_POLY = "poly"
@@ -391,8 +392,10 @@ def build_train_step(model, optimizer, strategy, options):
 
     compiled = {}
 
+    jit = fast_paths.jit_compile(o.jit_compile)
+
     def gradients_function():
-        if not o.jit_compile:
+        if not jit:
             return replica_gradients
         # One XLA function per replica: a compiled cluster runs on one device
         # and must capture that replica's copies of the variables.
@@ -579,6 +582,10 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
             # A tensor, so that the mining ramp does not retrace the step.
             batch = next(iterator)
             loss = float(train_step(batch, tf.constant(fraction, tf.float32)))
+            if not results["losses"]:
+                # The step is traced: which kernels its layers run on.
+                for line in fast_paths.describe():
+                    logging.info("Fast paths: %s", line)
             if not np.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss} at step {step + 1} (learning rate "

@@ -62,7 +62,7 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 3/3 loss" in proc.stderr
     assert "steps/s" in proc.stderr and "ETA" in proc.stderr
-    mode = "bfloat16" if speed.cpu_computes_bfloat16() else "float32"
+    mode = "bfloat16" if speed.bfloat16_math_possible() else "float32"
     assert f"Float32 convolutions compute in {mode}." in proc.stderr
     with open(os.path.join(logdir, "train.flags")) as f:
         written = f.read()

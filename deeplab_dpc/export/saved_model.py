@@ -48,6 +48,7 @@ import deeplab_dpc
 from deeplab_dpc import inference
 from deeplab_dpc.data import augment
 from deeplab_dpc.export import serving
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import resize
 from deeplab_dpc.search import space
 
@@ -374,8 +375,11 @@ def export_saved_model(
     os.makedirs(export_path, exist_ok=True)
     staging = tempfile.mkdtemp(dir=export_path, prefix=f".{model_version}.tmp-")
     try:
-        signatures = _ServingGraph(predictor).signatures()
-        tf.saved_model.save(root, staging, signatures=signatures)
+        # Traced on the portable ops only: the SavedModel must serve on any
+        # device, not just on kernels of the machine that exports it.
+        with fast_paths.portable():
+            signatures = _ServingGraph(predictor).signatures()
+            tf.saved_model.save(root, staging, signatures=signatures)
         os.makedirs(os.path.join(staging, EXTRA_DIR))
         with open(os.path.join(staging, EXTRA_DIR, OPTIONS_FILE), "w") as f:
             json.dump(description, f, indent=2)

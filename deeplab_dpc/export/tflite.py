@@ -44,6 +44,7 @@ from deeplab_dpc.data import augment
 from deeplab_dpc.data import tfexample
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import saved_model
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import resize
 
 FLOAT32 = "float32"
@@ -198,7 +199,10 @@ def inference_function(model_fn, options):
             return {PREDICTIONS: tf.argmax(scores, axis=-1, output_type=tf.int32)}
         return {LOGITS: tf.cast(scores, tf.float32)}
 
-    concrete = tf.function(serve).get_concrete_function(spec)
+    # Portable ops only (`fast_paths`): the file must not depend on the
+    # kernels of the machine that converts it.
+    with fast_paths.portable():
+        concrete = tf.function(serve).get_concrete_function(spec)
     return convert_to_constants.convert_variables_to_constants_v2(concrete)
 
 

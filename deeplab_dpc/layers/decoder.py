@@ -92,7 +92,7 @@ class Decoder(tf.keras.layers.Layer):
             for i, d in ((1, low.shape[1]), (2, low.shape[2]))
         ]
         upsampled = resize.resize_bilinear(
-            features, size, strided_gradient=training is True
+            features, size, strided_gradient=training is True, layer_name=self.name
         )
         x = tf.concat([upsampled, low], axis=-1)
         for layer in self.refine:

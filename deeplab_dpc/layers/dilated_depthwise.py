@@ -26,13 +26,21 @@ into the depthwise op, which it does not across BatchToSpaceND: the forward
 of MobileNet-v2 + ASPP took 0.93x the time, + the published DPC 0.92x, and
 letting rates up to 21 go native made the latter 1.07x slower.
 
+The native kernel's dilations exist only in oneDNN's CPU kernel: with
+oneDNN off (AMD and ARM CPUs, Apple silicon, `TF_ENABLE_ONEDNN_OPTS=0`) and
+on GPUs the op raises `UnimplementedError`. So the layer takes the native
+route only where `fast_paths.available(NATIVE_DILATED_DEPTHWISE)` says a
+probe of the real op ran on every device of the process, and never inside
+`fast_paths.portable()`, where exports trace (a SavedModel made on an
+Intel CPU must serve on an AMD CPU or a GPU).
+
 `DilatedDepthwiseConv2D` is Keras 3's `DepthwiseConv2D` with the same
 variables, config and checkpoints; only its call differs, and only where
-the native route computes the same thing: float32, channels-last, stride 1,
-SAME padding, depth multiplier 1, an odd kernel, a rate above 1 and at most
-`NATIVE_MAX_RATE`, in training and inference alike (eval, export and TFLite
-trace it too; TFLite's converter makes it a dilated `DEPTHWISE_CONV_2D`, as
-it does Keras' route). Elsewhere it is Keras' own call. It also drops, in
+the native route runs and computes the same thing: float32, channels-last,
+stride 1, SAME padding, depth multiplier 1, an odd kernel, a rate above 1
+and at most `NATIVE_MAX_RATE`, in training and inference alike. Elsewhere
+it is Keras' own call (the portable route: SpaceToBatchND, which TFLite's
+converter makes a dilated `DEPTHWISE_CONV_2D`). It also drops, in
 both modes, the taps that can only read padding: on an axis where the rate
 is at least the feature map's (static) size, every tap but the kernel's
 centre reads only SAME padding, so the layer drops those taps (a slice of
@@ -51,6 +59,8 @@ import contextlib
 import threading
 
 import tensorflow as tf
+
+from deeplab_dpc.layers import fast_paths
 
 IS_TF_KERAS = tf.keras.Model.__module__.startswith("tf_keras")
 CLASS_NAME = "DilatedDepthwiseConv2D"
@@ -126,7 +136,7 @@ def dilated_depthwise_conv2d(inputs, kernel, rate):
 
 @tf.keras.utils.register_keras_serializable(package="deeplab_dpc")
 class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
-    """`DepthwiseConv2D` on TensorFlow's native dilated kernel at small rates.
+    """`DepthwiseConv2D` on TensorFlow's native dilated kernel where it runs.
 
     It also drops the taps that can only read padding (a rate
     at least the map's size; see the module docstring).
@@ -140,7 +150,7 @@ class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
     """
 
     def _native(self, inputs, rate):
-        return (
+        fits = (
             inputs.dtype == tf.float32
             and self.data_format == "channels_last"
             and tuple(self.strides) == (1, 1)
@@ -149,6 +159,11 @@ class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
             and all(k % 2 == 1 for k in self.kernel_size)
             and 1 < max(rate) <= NATIVE_MAX_RATE
         )
+        if not fits:
+            return False
+        native = bool(fast_paths.available(fast_paths.NATIVE_DILATED_DEPTHWISE))
+        fast_paths.record(self.name, fast_paths.NATIVE_DILATED_DEPTHWISE, native)
+        return native
 
     def _reach(self, inputs):
         """(kernel slices, rate) without taps that can only read padding.

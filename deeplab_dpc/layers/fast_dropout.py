@@ -18,12 +18,16 @@ the layer's `keras.random.SeedGenerator` (seeded as Keras' own), so runs
 repeat as with Keras' layer.
 
 `FastDropout` is Keras 3's `Dropout` (same config) with this call in
-training. Under tf_keras (`TF_USE_LEGACY_KERAS=1`), `dropout_class()` is
+training, where `fast_paths.available(FAST_DROPOUT)` says the uint32 draw
+and its bitcast ran on every device of the process (else Keras' call).
+Under tf_keras (`TF_USE_LEGACY_KERAS=1`), `dropout_class()` is
 tf_keras' own `Dropout`, as the other Keras-3-only layers of this package.
 """
 
 import numpy as np
 import tensorflow as tf
+
+from deeplab_dpc.layers import fast_paths
 
 IS_TF_KERAS = tf.keras.Model.__module__.startswith("tf_keras")
 BITS = 16
@@ -94,6 +98,10 @@ class FastDropout(tf.keras.layers.Dropout):
 
     def call(self, inputs, training=False):
         if IS_TF_KERAS or not training or self.rate == 0:
+            return super().call(inputs, training=training)
+        fast = bool(fast_paths.available(fast_paths.FAST_DROPOUT))
+        fast_paths.record(self.name, fast_paths.FAST_DROPOUT, fast)
+        if not fast:
             return super().call(inputs, training=training)
         seed = _stateless_seed(self.seed_generator.next())
         return dropout16(inputs, self.rate, seed, self.noise_shape)

@@ -12,7 +12,9 @@ training step at 257x257, batch 4, took 0.70x the time with it
 `FusedBatchNormalization` is Keras 3's layer with the same variables,
 config and checkpoints; only its training-mode call differs, and only where
 the fused kernel computes the same thing: NHWC input, not synchronized, no
-mask, no renorm. Elsewhere (inference, other layouts) it is Keras' own call.
+mask, no renorm, and where `fast_paths.available(FUSED_BATCH_NORM, dtype)`
+says the kernel (and its gradient) ran on every device of the process in
+that dtype. Elsewhere (inference, other layouts) it is Keras' own call.
 The moving variance is updated with the biased batch variance, as Keras 3
 does (the fused kernel returns the unbiased one, rescaled here).
 
@@ -22,6 +24,8 @@ tensorflow-model-optimization recognises.
 """
 
 import tensorflow as tf
+
+from deeplab_dpc.layers import fast_paths
 
 IS_TF_KERAS = tf.keras.Model.__module__.startswith("tf_keras")
 CLASS_NAME = "FusedBatchNormalization"
@@ -53,6 +57,11 @@ class FusedBatchNormalization(tf.keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if IS_TF_KERAS or not self._fuses(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        dtype = tf.bfloat16 if inputs.dtype == tf.bfloat16 else tf.float32
+        fused = bool(fast_paths.available(fast_paths.FUSED_BATCH_NORM, dtype.name))
+        fast_paths.record(self.name, fast_paths.FUSED_BATCH_NORM, fused)
+        if not fused:
             return super().call(inputs, training=training, mask=mask)
         # The kernel keeps its statistics in float32 whatever its input:
         # bfloat16 activations go in as they are (no casts each way); others

@@ -151,7 +151,10 @@ class PyramidPooling(tf.keras.layers.Layer):
         x = tf.nn.avg_pool2d(inputs, ksize=self.kernel_size, strides=1, padding="VALID")
         x = self.conv(x, training=training)
         return resize.resize_bilinear(
-            x, self.target_size, strided_gradient=training is True
+            x,
+            self.target_size,
+            strided_gradient=training is True,
+            layer_name=self.name,
         )
 
     def compute_output_shape(self, input_shape):

@@ -2,8 +2,10 @@
 
 import tensorflow as tf
 
+from deeplab_dpc.layers import fast_paths
 
-def resize_bilinear(images, size, *, strided_gradient=False):
+
+def resize_bilinear(images, size, *, strided_gradient=False, layer_name=None):
     """`tf.compat.v1.image.resize_bilinear(..., align_corners=True)`.
 
     DeepLab resizes every feature map and its logits this way; the op maps to
@@ -21,7 +23,11 @@ def resize_bilinear(images, size, *, strided_gradient=False):
         the CPU, where the logits' gradient at crop size is a large tensor.
         The forward op is unchanged either way; other sizes and dtypes keep
         TensorFlow's gradient. Training layers set it; exported graphs do not
-        (`tf.custom_gradient` adds an `IdentityN` to the graph).
+        (`tf.custom_gradient` adds an `IdentityN` to the graph). Taken only
+        where `fast_paths.available(STRIDED_UPSAMPLING_GRADIENT, factors)`:
+        TensorFlow's own CPU depthwise kernel (oneDNN off) takes only equal
+        strides on both axes.
+      layer_name: str or None, the calling layer, for `fast_paths.record`.
 
     Returns:
       `[batch, size[0], size[1], channels]` tensor: of the input's dtype for
@@ -31,8 +37,16 @@ def resize_bilinear(images, size, *, strided_gradient=False):
     images = tf.convert_to_tensor(images)
     if strided_gradient and images.dtype == tf.float32:
         factors = upsampling_factors(images.shape[1:3], size)
-        if factors is not None:
-            return _upsample_with_strided_gradient(images, size, factors)
+        if factors is not None and factors != (1, 1):
+            fast = bool(
+                fast_paths.available(fast_paths.STRIDED_UPSAMPLING_GRADIENT, factors)
+            )
+            if layer_name:
+                fast_paths.record(
+                    layer_name, fast_paths.STRIDED_UPSAMPLING_GRADIENT, fast
+                )
+            if fast:
+                return _upsample_with_strided_gradient(images, size, factors)
     return _resize(images, size)
 
 
@@ -153,7 +167,9 @@ class ResizeBilinear(tf.keras.layers.Layer):
         # In training the upsampling back-propagates as a strided depthwise
         # convolution (see `resize_bilinear`); inference graphs keep the
         # plain op for export.
-        return resize_bilinear(inputs, self.size, strided_gradient=training is True)
+        return resize_bilinear(
+            inputs, self.size, strided_gradient=training is True, layer_name=self.name
+        )
 
     def compute_output_shape(self, input_shape):
         input_shape = tf.TensorShape(input_shape)

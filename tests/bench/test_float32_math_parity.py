@@ -13,6 +13,7 @@ BENCH = os.path.join(
 sys.path.insert(0, BENCH)
 
 import float32_math_parity as parity  # pylint: disable=wrong-import-position
+from deeplab_dpc.layers import fast_paths  # pylint: disable=wrong-import-position
 
 
 def test_last_logged_loss_reads_the_training_programs_log_lines():
@@ -106,8 +107,16 @@ def test_a_cpu_without_bfloat16_reports_so_and_trains_nothing(tmp_path, monkeypa
     ]
     assert "computes exactly as float32 here" in figures[0]["detail"]
     assert json.loads(output.read_text())["figures"] == figures
-    # With a BF16 flag it measures, and says so first.
+    # A BF16 CPU with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): nothing to compare.
     cpuinfo.write_text("flags\t\t: fpu avx512_bf16\n")
+    monkeypatch.setattr(fast_paths, "onednn_enabled", lambda: False)
+    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
+    assert [(f["name"], f["value"]) for f in figures] == [
+        ("cpu_computes_bfloat16", 0.0)
+    ]
+    assert "oneDNN is off" in figures[0]["detail"]
+    # With a BF16 flag and oneDNN on it measures, and says so first.
+    monkeypatch.setattr(fast_paths, "onednn_enabled", lambda: True)
     monkeypatch.setattr(parity, "measure", lambda args: 2.0)
     monkeypatch.setattr(
         parity,

@@ -110,7 +110,7 @@ def test_bf16_math_worker_trains_the_same_model_with_rounded_convolutions():
     # rounding of bfloat16 inputs (8 bits of mantissa), and differ only where
     # this CPU computes bfloat16.
     assert losses[rounded] == pytest.approx(losses[exact], rel=0.02)
-    if speed.cpu_computes_bfloat16():
+    if speed.bfloat16_math_possible():
         assert infos[rounded]["float32_math"] == "bfloat16"
         assert losses[rounded] != losses[exact]
     else:

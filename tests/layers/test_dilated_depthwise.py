@@ -9,11 +9,19 @@ import model_testing
 from deeplab_dpc.export import litert_runner
 from deeplab_dpc.export import tflite
 from deeplab_dpc.layers import dilated_depthwise
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.models import deeplab
 
 SHAPE = (2, 17, 15, 6)
+# Whether this process's kernels take dilations (oneDNN on: yes; oneDNN off,
+# as on AMD and ARM CPUs, and GPUs: no). `make test` runs this file both ways.
+NATIVE = bool(fast_paths.available(fast_paths.NATIVE_DILATED_DEPTHWISE))
+needs_native = pytest.mark.skipif(
+    not NATIVE, reason="this process's DepthwiseConv2dNative takes no dilations"
+)
 
 
+@needs_native
 @pytest.mark.parametrize("rate", [(2, 2), (1, 6), (6, 3), (3, 1)])
 def test_native_route_matches_tensorflows(rate):
     rng = np.random.default_rng(0)
@@ -92,6 +100,7 @@ def test_layer_computes_as_keras_and_takes_the_native_route_where_it_pays(
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
     if dilated_depthwise.IS_TF_KERAS:
         native = False  # tf_keras' own call always
+    native = native and NATIVE  # The portable route where the kernel lacks it.
     # Inference (eval, export) takes the same route as training.
     np.testing.assert_allclose(
         ours(x, training=False), plain(x, training=False), rtol=1e-5, atol=1e-5
@@ -103,7 +112,7 @@ def test_layer_computes_as_keras_and_takes_the_native_route_where_it_pays(
         assert ("IdentityN" in ops) == native, training
 
 
-def test_native_route_converts_to_litert_builtins():
+def test_exports_trace_the_portable_route_and_convert_to_litert_builtins():
     inputs = tf.keras.Input([*MAP[1:3], 3], batch_size=1)
     x = dilated_depthwise.DilatedDepthwiseConv2D(
         3, padding="same", dilation_rate=2, use_bias=True, activation="relu6"
@@ -120,10 +129,14 @@ def test_native_route_converts_to_litert_builtins():
     function = tflite.inference_function(
         lambda images: model(images, training=False), options
     )
-    graph_ops = {op.type for op in function.graph.get_operations()}
-    # tf_keras' own call reshuffles; the converter folds that into the same
-    # dilated DEPTHWISE_CONV_2D.
-    assert ("SpaceToBatchND" in graph_ops) == dilated_depthwise.IS_TF_KERAS
+    graph = function.graph
+    # Exports trace in fast_paths.portable(): no dilated DepthwiseConv2dNative
+    # (which only oneDNN's kernel runs), whatever machine converts. The
+    # converter folds the reshuffles into a dilated DEPTHWISE_CONV_2D.
+    assert "SpaceToBatchND" in {op.type for op in graph.get_operations()}
+    for op in graph.get_operations():
+        if op.type == "DepthwiseConv2dNative":
+            assert list(op.get_attr("dilations")) == [1, 1, 1, 1], op.name
     content = tflite.convert(function, tflite.FLOAT32, options)
     ops = litert_runner.model_info(content).ops
     assert "DEPTHWISE_CONV_2D" in ops
@@ -234,7 +247,7 @@ def test_taps_that_read_only_padding_are_cut_with_the_same_results(
         return
     if kept == (1, 1):
         assert not ops & {"DepthwiseConv2dNative", "SpaceToBatchND"}
-    if max(left) <= dilated_depthwise.NATIVE_MAX_RATE:
+    if NATIVE and max(left) <= dilated_depthwise.NATIVE_MAX_RATE:
         assert "SpaceToBatchND" not in ops
 
 
