@@ -207,7 +207,15 @@ def fold_batch_norms(model):
             return FoldedBatchNorm(name=layer.name)
         return type(layer).from_config(config)
 
-    folded = tf.keras.models.clone_model(model, clone_function=clone)
+    # Sublayers made inside composite layers (the decoder's, the cell's)
+    # take the global policy in force when they are built: clone under the
+    # model's own (mixed_float16 / mixed_bfloat16 models fold too).
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(model.dtype_policy.name)
+    try:
+        folded = tf.keras.models.clone_model(model, clone_function=clone)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
     for old, new in zip(model.layers, folded.layers):
         if old.name in folded_bns:
             continue

@@ -143,6 +143,27 @@ def test_model_fold_keeps_logits(kwargs):
     assert len(folded.weights) < len(model.weights)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_model_with_decoder_folds(policy):
+    # The decoder's sublayers are made when it is built: the folded copy must
+    # be built under the model's policy, not the global one (float32 here).
+    options = model_testing.options(crop_size=(33, 33), decoder_output_stride=4)
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = deeplab.build_deeplab(options)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+    model.set_weights(model_testing.random_weights(model))
+    images = model_testing.images((33, 33))
+    folded = folding.fold_batch_norms(model)
+    assert folded.dtype_policy.name == policy
+    assert tf.keras.mixed_precision.global_policy().name == previous.name
+    expected = tf.cast(model(images, training=False), tf.float32).numpy()
+    logits = tf.cast(folded(images, training=False), tf.float32).numpy()
+    assert (logits.argmax(-1) == expected.argmax(-1)).mean() > 0.95
+
+
 def test_fold_rejects_a_subclassed_model():
     model = conv_bn.ConvBN(F, 1)
     with pytest.raises(ValueError, match="functional"):
