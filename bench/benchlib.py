@@ -219,6 +219,34 @@ def machine(cpuinfo="/proc/cpuinfo"):
     return {"cpu": cpu, "cores": cores or os.cpu_count(), "flags": flags}
 
 
+def onednn_state(python=None):
+    """"on" or "off": whether TensorFlow runs oneDNN under this environment.
+
+    Asked of a fresh interpreter (`python`, default this one), since
+    TensorFlow decides at import, from the CPU and `TF_ENABLE_ONEDNN_OPTS`,
+    which every benchmark process (Model Garden's workers included)
+    inherits; followed by the variable's value when it is set.
+    """
+    code = (
+        "from tensorflow.python.util import _pywrap_util_port as p; "
+        "print('on' if p.IsMklEnabled() else 'off')"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    try:
+        proc = subprocess.run(
+            [python or sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        state = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        state = "unknown"
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return state if value is None else f"{state} (TF_ENABLE_ONEDNN_OPTS={value})"
+
+
 def figure(name, value, unit, detail=""):
     """One figure of a result: {"name", "value" (float), "unit", "detail"}."""
     return {"name": name, "value": float(value), "unit": unit, "detail": detail}

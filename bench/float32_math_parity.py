@@ -331,9 +331,25 @@ def figures_of(results, args):
     return figures
 
 
-def bfloat16_figure(computes_bfloat16, onednn=True):
-    """The figure saying whether this process computes bfloat16 at all."""
-    if computes_bfloat16 and not onednn:
+def bfloat16_figure(computes_bfloat16, onednn=True, used=lambda: True):
+    """The figure saying whether this process computes bfloat16 at all.
+
+    Args:
+      computes_bfloat16: bool, the CPU lists AVX-512 BF16 or AMX BF16.
+      onednn: bool, oneDNN is on in this process.
+      used: callable -> bool, oneDNN does compute bfloat16 in a fresh process
+        (`speed.fresh_process_computes_bfloat16`); asked only when the two
+        above hold.
+    """
+    if computes_bfloat16 and onednn and not used():
+        computes_bfloat16 = False
+        detail = (
+            "this CPU lists AVX-512 BF16 or AMX BF16 and oneDNN is on, but a "
+            "fresh process with TF_SET_ONEDNN_FPMATH_MODE=BF16 computed "
+            "float32 (speed.fresh_process_computes_bfloat16): oneDNN does not "
+            "use bfloat16 here, so no run is compared"
+        )
+    elif computes_bfloat16 and not onednn:
         computes_bfloat16 = False
         detail = (
             "this CPU has AVX-512 BF16 or AMX BF16, but oneDNN is off in this "
@@ -363,7 +379,9 @@ def main(argv, cpuinfo="/proc/cpuinfo"):
     from deeplab_dpc.layers import fast_paths
 
     figure = bfloat16_figure(
-        speed.cpu_computes_bfloat16(cpuinfo), onednn=fast_paths.onednn_enabled()
+        speed.cpu_computes_bfloat16(cpuinfo),
+        onednn=fast_paths.onednn_enabled(),
+        used=speed.fresh_process_computes_bfloat16,
     )
     figures = [figure]
     if figure["value"]:

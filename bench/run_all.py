@@ -54,8 +54,12 @@ def _parse(argv):
     return args
 
 
-def run_one(name, work_dir, quick):
-    """Runs one benchmark; its result dict, or one with an "error"."""
+def run_one(name, work_dir, quick, onednn="unknown"):
+    """Runs one benchmark; its result dict, or one with an "error".
+
+    `onednn` ("on", "off", with the variable when set: `benchlib.onednn_state`)
+    is recorded with the result, as each process of the benchmark ran.
+    """
     output = os.path.join(work_dir, f"{name}.json")
     command = [sys.executable, os.path.join(_BENCH, f"{name}.py")]
     command += [f"--output_json={output}"] + (["--quick"] if quick else [])
@@ -80,6 +84,7 @@ def run_one(name, work_dir, quick):
             "figures": [],
         }
     result["command"] = shown
+    result["onednn"] = onednn
     result["seconds"] = seconds
     result["started"] = started
     print(f"=== {name}: {seconds:.0f} s", flush=True)
@@ -121,13 +126,16 @@ def markdown(results, machine, started):
         f"{started} on {machine['cpu']} ({machine['cores']} cores; "
         f"{', '.join(machine.get('flags') or ['no listed flags'])}). "
         "Every figure comes from the command above its table; ratios are "
-        "measured in one run, alternating the compared things.",
+        "measured in one run, alternating the compared things. Each section "
+        "names TensorFlow's oneDNN state in its run (ours and Model Garden's "
+        "processes alike; docs/portability.md).",
     ]
     for result in results:
         lines += ["", f"## {result['benchmark']}", "", f"`{result['command']}`", ""]
         if "started" in result:
             lines += [
-                f"Run {result['started']}, {result['seconds']:.0f} s.",
+                f"Run {result['started']}, {result['seconds']:.0f} s, "
+                f"oneDNN {result.get('onednn', 'not recorded')}.",
                 "",
             ]
         if "error" in result:
@@ -148,8 +156,10 @@ def main(argv=None):
     names = args.only or list(BENCHMARKS)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     previous = _previous(args.output_dir) if args.only else None
+    onednn = benchlib.onednn_state()
+    print(f"oneDNN {onednn} (every benchmark process inherits it)", flush=True)
     with tempfile.TemporaryDirectory() as work_dir:
-        results = [run_one(name, work_dir, args.quick) for name in names]
+        results = [run_one(name, work_dir, args.quick, onednn) for name in names]
     failed = [r["benchmark"] for r in results if "error" in r]
     if args.only:
         results = merge(previous, results, args.quick)

@@ -34,7 +34,10 @@ first op: TensorFlow sizes the pools once.
 """
 
 import contextlib
+import functools
 import os
+import subprocess
+import sys
 
 from absl import logging
 import tensorflow as tf
@@ -127,14 +130,53 @@ def cpu_computes_bfloat16(cpuinfo="/proc/cpuinfo"):
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+# The probe of `float32_math_in_effect`, for a fresh interpreter.
+_FRESH_PROBE = """
+import tensorflow as tf
+x = tf.fill([1, 2, 2, 16], 1.0 + 2.0**-10)
+y = tf.nn.conv2d(x, tf.ones([1, 1, 16, 1]), strides=1, padding="VALID")
+print("float32" if float(y[0, 0, 0, 0]) == 16.0 * (1.0 + 2.0**-10) else "bfloat16")
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def fresh_process_computes_bfloat16():
+    """Whether oneDNN's BF16 math takes effect in a fresh process here.
+
+    Runs `float32_math_in_effect`'s probe in a new interpreter with
+    `TF_SET_ONEDNN_FPMATH_MODE=BF16` set before TensorFlow starts (and this
+    process's `TF_ENABLE_ONEDNN_OPTS`). The CPU's flags do not tell: an AMD
+    EPYC with AVX-512 BF16 was seen to compute float32 all the same.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env[ONEDNN_FPMATH_ENV] = "BF16"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _FRESH_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    lines = proc.stdout.split()
+    return proc.returncode == 0 and lines[-1:] == [FLOAT32_MATH_BFLOAT16]
+
+
 def bfloat16_math_possible(cpuinfo="/proc/cpuinfo"):
     """Whether `--float32_math=bfloat16` can take effect in this process.
 
     oneDNN must be on (`fast_paths.onednn_enabled()`: only oneDNN reads
-    `TF_SET_ONEDNN_FPMATH_MODE`) and the CPU must compute bfloat16
-    (`cpu_computes_bfloat16`).
+    `TF_SET_ONEDNN_FPMATH_MODE`), the CPU must have bfloat16 arithmetic
+    (`cpu_computes_bfloat16`), and oneDNN must use it: a fresh process is
+    asked (`fresh_process_computes_bfloat16`).
     """
-    return fast_paths.onednn_enabled() and cpu_computes_bfloat16(cpuinfo)
+    return (
+        fast_paths.onednn_enabled()
+        and cpu_computes_bfloat16(cpuinfo)
+        and fresh_process_computes_bfloat16()
+    )
 
 
 def float32_math_in_effect():
@@ -188,10 +230,16 @@ def set_float32_math(float32_math):
                 "this CPU, or TF_ENABLE_ONEDNN_OPTS=0), and only oneDNN reads "
                 f"{ONEDNN_FPMATH_ENV}"
             )
-        elif cpu_computes_bfloat16():
-            reason = f"TensorFlow ran a oneDNN op before {ONEDNN_FPMATH_ENV} was set"
-        else:
+        elif not cpu_computes_bfloat16():
             reason = "this CPU has no AVX-512 BF16 or AMX BF16"
+        elif not fresh_process_computes_bfloat16():
+            reason = (
+                "oneDNN computes no bfloat16 on this CPU, though it lists "
+                "AVX-512 BF16 or AMX BF16 (a fresh process with "
+                f"{ONEDNN_FPMATH_ENV}=BF16 computed float32)"
+            )
+        else:
+            reason = f"TensorFlow ran a oneDNN op before {ONEDNN_FPMATH_ENV} was set"
         logging.warning(
             "--float32_math=bfloat16 has no effect: float32 convolutions "
             "stay exact (%s).",

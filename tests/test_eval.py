@@ -149,7 +149,7 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path, program_env):
     with open(os.path.join(logdir, f"eval_results-{STEP}.json")) as f:
         assert json.load(f) == result
     expected = _reference(data_dir, lambda x: tf.nn.softmax(model(x)))
-    assert result["miou"] == pytest.approx(expected, abs=1e-9)
+    assert result["miou"] == pytest.approx(expected, abs=1e-5)  # Near-tie pixels: see below.
     assert result["step"] == STEP and result["num_images"] == 3
     assert result["class_names"] == list(synthetic.CLASS_NAMES)
     assert "mIOU" in proc.stderr and "background" in proc.stderr
@@ -197,8 +197,11 @@ def test_scales_and_flips_average_probabilities(setup):
                 total += tf.reverse(p, [2]) if flip else p
         return total / (2 * len(models))
 
+    # Eval runs batches of 2, the reference images one by one: kernels that
+    # round by batch size (TensorFlow's own, oneDNN's on some CPUs) may flip
+    # a near-tie pixel or two, about 1e-6 of mIOU each here.
     assert result["miou"] == pytest.approx(
-        _reference(data_dir, probabilities), abs=1e-9
+        _reference(data_dir, probabilities), abs=1e-5
     )
     assert result["eval_scales"] == list(scales) and result["add_flipped_images"]
 

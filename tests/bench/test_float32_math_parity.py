@@ -13,6 +13,7 @@ BENCH = os.path.join(
 sys.path.insert(0, BENCH)
 
 import float32_math_parity as parity  # pylint: disable=wrong-import-position
+from deeplab_dpc import speed  # pylint: disable=wrong-import-position
 from deeplab_dpc.layers import fast_paths  # pylint: disable=wrong-import-position
 
 
@@ -115,8 +116,16 @@ def test_a_cpu_without_bfloat16_reports_so_and_trains_nothing(tmp_path, monkeypa
         ("cpu_computes_bfloat16", 0.0)
     ]
     assert "oneDNN is off" in figures[0]["detail"]
-    # With a BF16 flag and oneDNN on it measures, and says so first.
+    # oneDNN on but computing float32 all the same (an AMD EPYC seen so).
     monkeypatch.setattr(fast_paths, "onednn_enabled", lambda: True)
+    monkeypatch.setattr(speed, "fresh_process_computes_bfloat16", lambda: False)
+    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
+    assert [(f["name"], f["value"]) for f in figures] == [
+        ("cpu_computes_bfloat16", 0.0)
+    ]
+    assert "computed float32" in figures[0]["detail"]
+    # With a BF16 flag, oneDNN on and using it, it measures, and says so first.
+    monkeypatch.setattr(speed, "fresh_process_computes_bfloat16", lambda: True)
     monkeypatch.setattr(parity, "measure", lambda args: 2.0)
     monkeypatch.setattr(
         parity,

@@ -52,7 +52,11 @@ def test_markdown_names_each_section_and_when_it_ran():
         "2026-11-26T18:00:00",
     )
     assert "## inference" in text
-    assert "Run 2026-11-26T19:00:00, 1 s." in text
+    assert "Run 2026-11-26T19:00:00, 1 s, oneDNN not recorded." in text
+    recorded = dict(_result("inference", 1.0), onednn="off (TF_ENABLE_ONEDNN_OPTS=0)")
+    assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)." in run_all.markdown(
+        [recorded], {"cpu": "c", "cores": 2}, "t"
+    )
     assert "| x | 1,234 | ms | d |" in text
     assert "on test cpu (2 cores; no listed flags)." in text
     flagged = run_all.markdown(
@@ -98,3 +102,12 @@ def test_a_corrupt_results_file_is_named_and_kept(tmp_path):
     with pytest.raises(SystemExit, match="results.json is not a results file"):
         run_all._previous(str(tmp_path))
     assert path.read_text() == "{not json"
+
+
+@pytest.mark.parametrize("value,state", [("0", "off"), ("1", "on")])
+def test_onednn_state_follows_the_variable(monkeypatch, value, state):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", value)
+    got = run_all.benchlib.onednn_state()
+    assert got == f"{state} (TF_ENABLE_ONEDNN_OPTS={value})" or (
+        value == "1" and got.startswith("off")  # a TensorFlow without oneDNN
+    )
