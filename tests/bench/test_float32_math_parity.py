@@ -97,33 +97,29 @@ def test_figures_compare_the_modes_over_seeds():
 
 def test_a_cpu_without_bfloat16_reports_so_and_trains_nothing(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("model name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f\n")
+    output = tmp_path / "parity.json"
     monkeypatch.setattr(
         parity, "measure", lambda args: pytest.fail("trained on a CPU without BF16")
     )
-    output = tmp_path / "parity.json"
-    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
-    assert [(f["name"], f["value"]) for f in figures] == [
-        ("cpu_computes_bfloat16", 0.0)
-    ]
-    assert "computes exactly as float32 here" in figures[0]["detail"]
-    assert json.loads(output.read_text())["figures"] == figures
+
+    def reported_only(cpu_flags, says):
+        """Runs main on a CPU with `cpu_flags`: one figure, 0, saying `says`."""
+        cpuinfo.write_text(f"model name\t: Some Xeon\nflags\t\t: {cpu_flags}\n")
+        figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
+        assert [(f["name"], f["value"]) for f in figures] == [
+            ("cpu_computes_bfloat16", 0.0)
+        ]
+        assert says in figures[0]["detail"]
+        assert json.loads(output.read_text())["figures"] == figures
+
+    reported_only("fpu avx2 avx512f", "computes exactly as float32 here")
     # A BF16 CPU with oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): nothing to compare.
-    cpuinfo.write_text("flags\t\t: fpu avx512_bf16\n")
     monkeypatch.setattr(fast_paths, "onednn_enabled", lambda: False)
-    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
-    assert [(f["name"], f["value"]) for f in figures] == [
-        ("cpu_computes_bfloat16", 0.0)
-    ]
-    assert "oneDNN is off" in figures[0]["detail"]
+    reported_only("fpu avx512_bf16", "oneDNN is off")
     # oneDNN on but computing float32 all the same (an AMD EPYC seen so).
     monkeypatch.setattr(fast_paths, "onednn_enabled", lambda: True)
     monkeypatch.setattr(speed, "fresh_process_computes_bfloat16", lambda: False)
-    figures = parity.main(["--quick", f"--output_json={output}"], str(cpuinfo))
-    assert [(f["name"], f["value"]) for f in figures] == [
-        ("cpu_computes_bfloat16", 0.0)
-    ]
-    assert "computed float32" in figures[0]["detail"]
+    reported_only("fpu avx512_bf16", "computed float32")
     # With a BF16 flag, oneDNN on and using it, it measures, and says so first.
     monkeypatch.setattr(speed, "fresh_process_computes_bfloat16", lambda: True)
     monkeypatch.setattr(parity, "measure", lambda args: 2.0)
