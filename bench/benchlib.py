@@ -240,8 +240,9 @@ def onednn_state(python=None):
             text=True,
             timeout=300,
         )
-        state = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError, IndexError):
+        lines = proc.stdout.strip().splitlines()
+        state = lines[-1] if proc.returncode == 0 and lines else "unknown"
+    except (OSError, subprocess.SubprocessError):
         state = "unknown"
     value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
     return state if value is None else f"{state} (TF_ENABLE_ONEDNN_OPTS={value})"

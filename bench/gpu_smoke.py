@@ -40,10 +40,10 @@ all with random weights (no download) at `--crop_size`, it checks:
 It prints the devices, TensorFlow's version and build, a line per check as
 it ends, the fast paths each model's training took
 (`fast_paths.describe()`: the probes' decisions on this process's devices
-and the routes of the model's layers), and a final table; `--json` also prints one JSON object as the last line. The
-exit status is 0 only if every check passed; a failed check is named
-("FAILED <model> / <check>: ...", its traceback on stderr) and the others
-still run.
+and the routes of the model's layers), and a final table; `--json` also
+prints one JSON object as the last line. The exit status is 0 only if every
+check passed; a failed check is named ("FAILED <model> / <check>: ...", its
+traceback on stderr) and the others still run.
 
 Without a GPU it runs on the CPU (MirroredStrategy over the CPU; it says
 so at the start and in the summary), which checks the code, not a GPU:

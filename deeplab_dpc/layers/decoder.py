@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import resize
 from deeplab_dpc.layers import split_separable_conv
 
@@ -92,7 +93,10 @@ class Decoder(tf.keras.layers.Layer):
             for i, d in ((1, low.shape[1]), (2, low.shape[2]))
         ]
         upsampled = resize.resize_bilinear(
-            features, size, strided_gradient=training is True, layer_name=self.name
+            features,
+            size,
+            strided_gradient=training is True,
+            layer_name=fast_paths.layer_key(self),
         )
         x = tf.concat([upsampled, low], axis=-1)
         for layer in self.refine:

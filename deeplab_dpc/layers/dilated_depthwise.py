@@ -162,7 +162,9 @@ class DilatedDepthwiseConv2D(tf.keras.layers.DepthwiseConv2D):
         if not fits:
             return False
         native = bool(fast_paths.available(fast_paths.NATIVE_DILATED_DEPTHWISE))
-        fast_paths.record(self.name, fast_paths.NATIVE_DILATED_DEPTHWISE, native)
+        fast_paths.record(
+            fast_paths.layer_key(self), fast_paths.NATIVE_DILATED_DEPTHWISE, native
+        )
         return native
 
     def _reach(self, inputs):

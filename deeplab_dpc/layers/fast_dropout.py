@@ -100,7 +100,7 @@ class FastDropout(tf.keras.layers.Dropout):
         if IS_TF_KERAS or not training or self.rate == 0:
             return super().call(inputs, training=training)
         fast = bool(fast_paths.available(fast_paths.FAST_DROPOUT))
-        fast_paths.record(self.name, fast_paths.FAST_DROPOUT, fast)
+        fast_paths.record(fast_paths.layer_key(self), fast_paths.FAST_DROPOUT, fast)
         if not fast:
             return super().call(inputs, training=training)
         seed = _stateless_seed(self.seed_generator.next())

@@ -296,6 +296,15 @@ def available(path, key=None):
     return decision
 
 
+def layer_key(layer):
+    """A layer's unique name for `record`: its Keras path where it has one.
+
+    Sublayers of different blocks share names (each split separable conv's
+    "depthwise"); Keras 3's `Layer.path` names the block too.
+    """
+    return getattr(layer, "path", None) or layer.name
+
+
 def record(layer_name, path, fast):
     """Notes the route layer `layer_name` took for `path` (the last trace).
 

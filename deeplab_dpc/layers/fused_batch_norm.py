@@ -60,7 +60,9 @@ class FusedBatchNormalization(tf.keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         dtype = tf.bfloat16 if inputs.dtype == tf.bfloat16 else tf.float32
         fused = bool(fast_paths.available(fast_paths.FUSED_BATCH_NORM, dtype.name))
-        fast_paths.record(self.name, fast_paths.FUSED_BATCH_NORM, fused)
+        fast_paths.record(
+            fast_paths.layer_key(self), fast_paths.FUSED_BATCH_NORM, fused
+        )
         if not fused:
             return super().call(inputs, training=training, mask=mask)
         # The kernel keeps its statistics in float32 whatever its input:

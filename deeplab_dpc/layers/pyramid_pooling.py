@@ -3,6 +3,7 @@
 import tensorflow as tf
 
 from deeplab_dpc.layers import conv_bn
+from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import resize
 
 
@@ -154,7 +155,7 @@ class PyramidPooling(tf.keras.layers.Layer):
             x,
             self.target_size,
             strided_gradient=training is True,
-            layer_name=self.name,
+            layer_name=fast_paths.layer_key(self),
         )
 
     def compute_output_shape(self, input_shape):

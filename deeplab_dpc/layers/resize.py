@@ -168,7 +168,10 @@ class ResizeBilinear(tf.keras.layers.Layer):
         # convolution (see `resize_bilinear`); inference graphs keep the
         # plain op for export.
         return resize_bilinear(
-            inputs, self.size, strided_gradient=training is True, layer_name=self.name
+            inputs,
+            self.size,
+            strided_gradient=training is True,
+            layer_name=fast_paths.layer_key(self),
         )
 
     def compute_output_shape(self, input_shape):

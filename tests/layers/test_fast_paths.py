@@ -59,7 +59,9 @@ def _assert_same(fast, slow):
     assert len(fast) == len(slow)
     for a, b in zip(fast, slow):
         np.testing.assert_allclose(
-            tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), **TOLERANCE
+            tf.convert_to_tensor(a).numpy(),
+            tf.convert_to_tensor(b).numpy(),
+            **TOLERANCE,
         )
 
 
@@ -83,7 +85,9 @@ def test_atrous_depthwise_fast_and_portable_routes_agree(rate, training):
     shape = (2, 15, 13, 4)
     layer.build(shape)
     rng = np.random.default_rng(rate)
-    layer.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in layer.weights])
+    layer.set_weights(
+        [rng.normal(size=w.shape).astype(np.float32) for w in layer.weights]
+    )
     x = tf.constant(rng.normal(size=shape), tf.float32)
     for traced in (False, True):
         fn = lambda t: layer(t, training=training)  # noqa: E731
@@ -105,7 +109,9 @@ def test_upsampling_gradient_fast_and_portable_routes_agree(factors):
     in_size = (3, 4)
     out_size = tuple((n - 1) * f + 1 for n, f in zip(in_size, factors))
     x = tf.constant(np.random.default_rng(0).normal(size=(2, *in_size, 3)), tf.float32)
-    fn = lambda t: resize.resize_bilinear(t, out_size, strided_gradient=True)  # noqa: E731
+    def fn(t):
+        return resize.resize_bilinear(t, out_size, strided_gradient=True)
+
     _assert_same(
         *_fast_and_portable(fn, x, [], fast_paths.STRIDED_UPSAMPLING_GRADIENT)
     )
