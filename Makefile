@@ -24,7 +24,7 @@ demo: $(STAMP)
 # what TensorFlow chose here (TF_ENABLE_ONEDNN_OPTS=0 on an Intel AVX-512
 # machine, =1 on one where it is off), so each machine tests both CPU kinds
 # (docs/portability.md). tests/test_portability.py runs programs under both.
-ONEDNN_TESTS := tests/layers tests/models tests/test_train_lib.py \
+ONEDNN_TESTS := tests/layers tests/models tests/training/test_trainer.py \
 	tests/test_finetune.py tests/test_eval.py tests/export/test_saved_model.py \
 	tests/export/test_tflite.py
 test: $(STAMP)

@@ -374,9 +374,8 @@ def bfloat16_figure(computes_bfloat16, onednn=True, used=lambda: True):
 def main(argv, cpuinfo="/proc/cpuinfo"):
     args = parse_args(argv)
     sys.path.insert(0, REPO)
-    from deeplab_dpc import speed
-
     from deeplab_dpc.layers import fast_paths
+    from deeplab_dpc.training import speed
 
     figure = bfloat16_figure(
         speed.cpu_computes_bfloat16(cpuinfo),

@@ -24,8 +24,8 @@ all with random weights (no download) at `--crop_size`, it checks:
      left without a gradient;
   2. train_float16: the model built under `--mixed_precision=float16`
      (`speed.dtype_policy`) trains `1 + --steps` steps with the training
-     program's own step (`train_lib.build_optimizer`, a `LossScaleOptimizer`,
-     and `train_lib.build_train_step`): every loss and the weights after
+     program's own step (`trainer.build_optimizer`, a `LossScaleOptimizer`,
+     and `trainer.build_train_step`): every loss and the weights after
      are finite. The first step (tracing) is not timed; images/s = global
      batch x timed steps / their seconds, and per replica ("per GPU") that
      divided by the replicas;
@@ -73,20 +73,20 @@ sys.path[:0] = [_BENCH, os.path.dirname(_BENCH)]
 # pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
+import benchlib
 import numpy as np
 import tensorflow as tf
 
-import benchlib
-from deeplab_dpc import inference
-from deeplab_dpc import losses
-from deeplab_dpc import speed
-from deeplab_dpc import train_lib
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import saved_model
 from deeplab_dpc.export import serving
 from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
+from deeplab_dpc.training import losses
+from deeplab_dpc.training import speed
+from deeplab_dpc.training import trainer
 
 BENCHMARK = "gpu_smoke"
 IGNORE_LABEL = 255
@@ -119,7 +119,7 @@ MODELS = {
             model_variant="mobilenet_v2",
             num_classes=19,
             output_stride=16,
-            dense_prediction_cell=space.published_cell(),
+            dense_prediction_cell=cell_spec.published_cell(),
         ),
         has_depth_multiplier=True,
     ),
@@ -350,8 +350,7 @@ def forward_backward(strategy, options, batch):
         # missing gradients summed.
         ops = [tf.distribute.ReduceOp.MEAN] * 2 + [tf.distribute.ReduceOp.SUM] * 2
         return [
-            strategy.reduce(op, value, axis=None)
-            for op, value in zip(ops, per_replica)
+            strategy.reduce(op, value, axis=None) for op, value in zip(ops, per_replica)
         ]
 
     start = time.perf_counter()
@@ -375,8 +374,8 @@ def forward_backward(strategy, options, batch):
 
 
 def build_float16(strategy, options, global_batch, steps):
-    """The model and optimizer of check 2, as `train_lib.run` builds them."""
-    train_options = train_lib.TrainOptions(
+    """The model and optimizer of check 2, as `trainer.run` builds them."""
+    train_options = trainer.TrainOptions(
         train_batch_size=global_batch,
         training_number_of_steps=steps + 1,
         mixed_precision=MIXED_PRECISION,
@@ -385,7 +384,7 @@ def build_float16(strategy, options, global_batch, steps):
     with strategy.scope():
         with speed.dtype_policy(train_options.mixed_precision):
             model = deeplab.build_deeplab(options)
-        optimizer = train_lib.build_optimizer(train_options, model)
+        optimizer = trainer.build_optimizer(train_options, model)
     return model, optimizer, train_options
 
 
@@ -396,7 +395,7 @@ def train_float16(strategy, model, optimizer, train_options, batch, steps):
             f"the model's dtype policy is {model.dtype_policy.name}, not "
             f"{speed.check_mixed_precision(MIXED_PRECISION)}"
         )
-    train_step = train_lib.build_train_step(model, optimizer, strategy, train_options)
+    train_step = trainer.build_train_step(model, optimizer, strategy, train_options)
     fraction = tf.constant(1.0, tf.float32)
     step_losses, seconds = [], []
     for _ in range(steps + 1):
@@ -458,7 +457,7 @@ def export_and_serve(model, optimizer, options, steps, model_dir):
         checkpoint,
         train_dir,
         max_to_keep=1,
-        checkpoint_name=train_lib.CHECKPOINT_PREFIX,
+        checkpoint_name=trainer.CHECKPOINT_PREFIX,
     )
     manager.save(checkpoint_number=steps + 1)
     trained = model.get_weights()
@@ -576,7 +575,7 @@ def check_model(
     # names this model's layers only. The probes run again, as cheap.
     fast_paths.clear()
     batch, global_batch = random_batch(strategy, options, batch_size)
-    with train_lib.released_custom_gradients():
+    with trainer.released_custom_gradients():
         run_check(
             results,
             name,

@@ -4,7 +4,7 @@ r"""What the speed levers buy here: XLA, bfloat16 and batch-norm folding.
 
 Measures, in one process and one run, for MobileNet-v2 (alpha 1.0) with the
 published Dense Prediction Cell and random weights:
-  1. the training step (`train_lib.build_train_step`, the step `train_lib.run`
+  1. the training step (`trainer.build_train_step`, the step `trainer.run`
      takes: forward, backward, SGD) at 257x257, batch 4, in steps/s, with
      `jit_compile` off/on and `mixed_precision` none/bfloat16;
   2. inference (`tf.function` forward) at 513x513, batch 1, latency in ms,
@@ -29,12 +29,13 @@ _BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [_BENCH, os.path.dirname(_BENCH)]
 # pylint: disable=wrong-import-position
 import benchlib
-from deeplab_dpc import speed
-from deeplab_dpc import train_lib
+
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.layers import folding
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
+from deeplab_dpc.training import speed
+from deeplab_dpc.training import trainer
 
 NUM_CLASSES = 19
 VARIANTS = (
@@ -62,13 +63,13 @@ def _options(crop, depth_multiplier):
         num_classes=NUM_CLASSES,
         crop_size=(crop, crop),
         depth_multiplier=depth_multiplier,
-        dense_prediction_cell=space.published_cell(),
+        dense_prediction_cell=cell_spec.published_cell(),
     )
 
 
 def train_step_timer(model_options, batch_size, jit, precision, steps):
     """A callable timing `steps` training steps; returns seconds per step."""
-    train_options = train_lib.TrainOptions(
+    train_options = trainer.TrainOptions(
         train_batch_size=batch_size,
         jit_compile=jit,
         mixed_precision=precision,
@@ -77,8 +78,8 @@ def train_step_timer(model_options, batch_size, jit, precision, steps):
     strategy = tf.distribute.get_strategy()
     with speed.dtype_policy(precision):
         model = deeplab.build_deeplab(model_options)
-    optimizer = train_lib.build_optimizer(train_options, model)
-    step = train_lib.build_train_step(model, optimizer, strategy, train_options)
+    optimizer = trainer.build_optimizer(train_options, model)
+    step = trainer.build_train_step(model, optimizer, strategy, train_options)
     crop = model_options.crop_size
     rng = np.random.default_rng(0)
     batch = {

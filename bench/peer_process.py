@@ -28,7 +28,7 @@ the forward is the model's batch-1 `tf.function` (logits upsampled to the
 input inside the model) with its batch norms folded into the convs, as eval,
 vis and export run it (`--fold_batch_norm`, the default; `--no-fold_batch_norm`
 times the model as trained), the training step is the training program's own
-(`train_lib.build_train_step`: pixel cross-entropy over valid pixels plus
+(`trainer.build_train_step`: pixel cross-entropy over valid pixels plus
 L2, SGD momentum 0.9 on DeepLab's poly schedule), and TFLite files come from
 `deeplab_dpc.export.tflite` ("int8" = its full-integer variant).
 """
@@ -319,15 +319,15 @@ def exit_without_peers():
 
 def model_options(head, crop, depth_multiplier=1.0):
     """Our `ModelOptions` for a head ("aspp" or "dpc"), as `ours` builds."""
+    from deeplab_dpc.cells import cell_spec
     from deeplab_dpc.models import deeplab
-    from deeplab_dpc.search import space
 
     return deeplab.ModelOptions(
         model_variant="mobilenet_v2",
         num_classes=NUM_CLASSES,
         crop_size=(crop, crop),
         output_stride=OUTPUT_STRIDE,
-        dense_prediction_cell=space.published_cell() if head == "dpc" else None,
+        dense_prediction_cell=cell_spec.published_cell() if head == "dpc" else None,
         atrous_rates=(),
         decoder_output_stride=None,
         depth_multiplier=depth_multiplier,
@@ -341,8 +341,8 @@ class OursWorker(benchlib.ModelWorker):
         import tensorflow as tf
 
         super().__init__(tf, args)
-        from deeplab_dpc import speed
         from deeplab_dpc.models import deeplab
+        from deeplab_dpc.training import speed
 
         # Before the model runs: TensorFlow reads the mode once.
         self.float32_math = speed.set_float32_math(args.float32_math)
@@ -382,18 +382,18 @@ class OursWorker(benchlib.ModelWorker):
         }
 
     def _build_train_step(self, batch):
-        """The training program's own step (`train_lib.build_train_step`)."""
-        from deeplab_dpc import train_lib
+        """The training program's own step (`trainer.build_train_step`)."""
         from deeplab_dpc.data import pipeline
+        from deeplab_dpc.training import trainer
 
         tf = self.tf
-        options = train_lib.TrainOptions(
+        options = trainer.TrainOptions(
             train_batch_size=batch,
             base_learning_rate=1e-3,
             ignore_label=IGNORE_LABEL,
         )
-        optimizer = train_lib.build_optimizer(options, self.model)
-        step = train_lib.build_train_step(
+        optimizer = trainer.build_optimizer(options, self.model)
+        step = trainer.build_train_step(
             self.model, optimizer, tf.distribute.get_strategy(), options
         )
         crop = self.args.crop

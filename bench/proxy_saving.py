@@ -14,7 +14,7 @@ has its own peak memory), alternating one step per process in turn:
   mnv2_full     MobileNet-v2 + DPC, everything trained (the re-ranking task);
   xception_full Xception + DPC, everything trained (the full task).
 The end-to-end steps are the training program's own step
-(`train_lib.build_train_step`) on fixed in-memory batches (the input
+(`trainer.build_train_step`) on fixed in-memory batches (the input
 pipeline is
 measured by bench/input_pipeline.py); the proxy reads its cache as trials do.
 It prints the median step times, the ratios to the proxy step, and the cost
@@ -64,16 +64,16 @@ def _parse(argv):
 
 
 def _model_options(variant, args):
+    from deeplab_dpc.cells import cell_spec  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.data import synthetic  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.models import deeplab  # pylint: disable=import-outside-toplevel
-    from deeplab_dpc.search import space  # pylint: disable=import-outside-toplevel
 
     return deeplab.ModelOptions(
         model_variant=variant,
         num_classes=synthetic.NUM_CLASSES,
         crop_size=(args.crop, args.crop),
         output_stride=16,
-        dense_prediction_cell=space.published_cell(),
+        dense_prediction_cell=cell_spec.published_cell(),
         backbone_weights=None,
     )
 
@@ -119,12 +119,12 @@ def build_cache(work_dir, args):
 def _proxy_step(cache_dir, args):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    from deeplab_dpc.cells import cell_spec  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import cache  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import proxy  # pylint: disable=import-outside-toplevel
-    from deeplab_dpc.search import space  # pylint: disable=import-outside-toplevel
 
     info = cache.load_info(cache_dir)
-    options = proxy.model_options(info, space.published_cell())
+    options = proxy.model_options(info, cell_spec.published_cell())
     model = proxy.build_proxy_model(options, info.feature_shape)
     optimizer = tf.keras.optimizers.SGD(0.01, momentum=0.9)
     step = proxy.make_train_step(model, optimizer, info.ignore_label)
@@ -136,13 +136,13 @@ def _proxy_step(cache_dir, args):
 
 
 def _end_to_end_step(config, args):
-    """The training program's step (`train_lib.build_train_step`) on one batch."""
+    """The training program's step (`trainer.build_train_step`) on one batch."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    from deeplab_dpc import train_lib  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.data import pipeline  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.models import deeplab  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import cache  # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.training import trainer  # pylint: disable=import-outside-toplevel
 
     variant = "xception" if config == "xception_full" else "mobilenet_v2"
     options = _model_options(variant, args)
@@ -152,11 +152,11 @@ def _end_to_end_step(config, args):
         # computes no gradient for frozen weights.
         for layer in cache.feature_extractor(model).layers:
             layer.trainable = False
-    train_options = train_lib.TrainOptions(
+    train_options = trainer.TrainOptions(
         train_batch_size=args.batch, ignore_label=_IGNORE_LABEL
     )
-    optimizer = train_lib.build_optimizer(train_options, model)
-    step = train_lib.build_train_step(
+    optimizer = trainer.build_optimizer(train_options, model)
+    step = trainer.build_train_step(
         model, optimizer, tf.distribute.get_strategy(), train_options
     )
     shape = (args.batch, args.crop, args.crop)

@@ -28,11 +28,11 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.data import tfexample
 from deeplab_dpc.layers import dense_prediction_cell
 from deeplab_dpc.layers import resize
-from deeplab_dpc.search import space
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir",
@@ -51,20 +51,20 @@ _LEARNING_RATE = flags.DEFINE_float("learning_rate", 2e-3, "Adam, cosine decay."
 
 OUTPUT_STRIDE = 8
 HEADS = {
-    "1x1 only": space.CellSpec(
+    "1x1 only": cell_spec.CellSpec(
         [
-            space.BranchSpec(input=-1, op="conv1x1"),
-            space.BranchSpec(input=0, op="conv1x1"),
-            space.BranchSpec(input=1, op="conv1x1"),
-            space.BranchSpec(input=2, op="conv1x1"),
+            cell_spec.BranchSpec(input=-1, op="conv1x1"),
+            cell_spec.BranchSpec(input=0, op="conv1x1"),
+            cell_spec.BranchSpec(input=1, op="conv1x1"),
+            cell_spec.BranchSpec(input=2, op="conv1x1"),
         ]
     ),
-    "context": space.CellSpec(
+    "context": cell_spec.CellSpec(
         [
-            space.BranchSpec(input=-1, op="conv1x1"),
-            space.BranchSpec(input=-1, op="sep3x3", rate=(3, 3)),
-            space.BranchSpec(input=-1, op="sep3x3", rate=(6, 6)),
-            space.BranchSpec(input=-1, op="pool", grid=(1, 1)),
+            cell_spec.BranchSpec(input=-1, op="conv1x1"),
+            cell_spec.BranchSpec(input=-1, op="sep3x3", rate=(3, 3)),
+            cell_spec.BranchSpec(input=-1, op="sep3x3", rate=(6, 6)),
+            cell_spec.BranchSpec(input=-1, op="pool", grid=(1, 1)),
         ]
     ),
 }

@@ -7,7 +7,7 @@ Three workers (`peer_process`), one process each, same TensorFlow threads
 
   ours_dpc      our MobileNet-v2 (alpha 1.0) + the published DPC, output
                 stride 16, no decoder: the training program's own step
-                (`train_lib.build_train_step`: pixel softmax cross-entropy
+                (`trainer.build_train_step`: pixel softmax cross-entropy
                 over valid pixels plus the L2 losses; SGD momentum 0.9 on
                 DeepLab's poly schedule) on a fixed random batch and labels;
   ours_dpc_bf16math  the same model and step (same seed, same batch) under

@@ -17,8 +17,8 @@ text palette of `R G B` lines), `colormap.txt`; eval and vis read both from
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converter_flags
 from deeplab_dpc.data import converters
+from deeplab_dpc.flags import converter_flags
 
 _ADE20K_ROOT = flags.DEFINE_string(
     "ade20k_root", None, "ADEChallengeData2016: images/ and annotations/."

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 
 from deeplab_dpc.data import cityscapes
-from deeplab_dpc.data import converter_flags
+from deeplab_dpc.flags import converter_flags
 
 _CITYSCAPES_ROOT = flags.DEFINE_string(
     "cityscapes_root", None, "The folder holding leftImg8bit/ and gtFine/."

@@ -22,9 +22,9 @@ palette) are copied beside the shards as `class_names.txt` and
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converter_flags
 from deeplab_dpc.data import converters
 from deeplab_dpc.data import registry
+from deeplab_dpc.flags import converter_flags
 
 _IMAGE_FOLDER = flags.DEFINE_string("image_folder", None, "Folder of the images.")
 _LABEL_FOLDER = flags.DEFINE_string(

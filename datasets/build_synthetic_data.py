@@ -13,8 +13,8 @@ shards whatever `--num_workers`. The generative rules are in
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converter_flags
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.flags import converter_flags
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where the TFRecord shards are written."

@@ -14,8 +14,8 @@ train_aug when `SegmentationClassAug/` and `train_aug.txt` are present.
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converter_flags
 from deeplab_dpc.data import converters
+from deeplab_dpc.flags import converter_flags
 
 _VOC_ROOT = flags.DEFINE_string(
     "voc_root", None, "VOCdevkit/VOC2012: JPEGImages/, SegmentationClass/, ..."

@@ -33,13 +33,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.data import tfexample
-
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
 
 # The paper's Cityscapes setting: full 1025x2049 images, output stride 16.
 CROP_SIZE = (1025, 2049)
@@ -89,7 +88,7 @@ def compare(variants, crop_size, output_stride, num_classes):
     rows = []
     rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
     heads = [
-        ("DPC (published)", dict(dense_prediction_cell=space.published_cell())),
+        ("DPC (published)", dict(dense_prediction_cell=cell_spec.published_cell())),
         (f"ASPP {','.join(map(str, rates))}", dict(atrous_rates=rates)),
     ]
     for variant in variants:

@@ -5,7 +5,7 @@
       [--eval_split=val] [--eval_crop_size=513,513] [--eval_scales=1.0] \
       [--add_flipped_images] [--max_number_of_evaluations=1]
 
-Model and data set flags come from `deeplab_dpc.common_flags` (the same
+Model and data set flags come from `deeplab_dpc.flags.common_flags` (the same
 flagfile serves train, eval and vis). Every new checkpoint in
 `--checkpoint_dir` is evaluated (waiting `--eval_interval_secs` between
 looks) until `--max_number_of_evaluations` evaluations are done (0: watch
@@ -15,17 +15,17 @@ Results: a per-class IoU table in the log, `eval_results.json` and
 classes are named from `class_names.txt` in `--dataset_dir` when it is
 there (the ADE20K converter writes it from `objectInfo150.txt`).
 `--jit_compile` (XLA), `--mixed_precision`, `--fold_batch_norm` (default
-on) and the thread flags (`deeplab_dpc.speed_flags`) speed inference up.
+on) and the thread flags (`deeplab_dpc.flags.speed_flags`) speed inference up.
 """
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from deeplab_dpc import common_flags
-from deeplab_dpc import eval_flags
-from deeplab_dpc import eval_lib
-from deeplab_dpc import speed_flags
+from deeplab_dpc.evaluation import evaluator
+from deeplab_dpc.flags import common_flags
+from deeplab_dpc.flags import eval_flags
+from deeplab_dpc.flags import speed_flags
 
 _EVAL_LOGDIR = flags.DEFINE_string(
     "eval_logdir", None, "Where the results and summaries are written."
@@ -75,7 +75,7 @@ def main(argv):
     done = 0
     for checkpoint in eval_flags.checkpoints(_MAX_NUMBER_OF_EVALUATIONS.value):
         logging.info("Evaluating %s.", checkpoint)
-        result = eval_lib.evaluate_checkpoint(
+        result = evaluator.evaluate_checkpoint(
             model_options,
             checkpoint,
             dataset_dir=common_flags.DATASET_DIR.value,
@@ -95,9 +95,9 @@ def main(argv):
             "Step %s, %d images:\n%s",
             result["step"],
             result["num_images"],
-            eval_lib.format_results(result),
+            evaluator.format_results(result),
         )
-        eval_lib.write_results(_EVAL_LOGDIR.value, result)
+        evaluator.write_results(_EVAL_LOGDIR.value, result)
         done += 1
     if not done:
         logging.warning(

@@ -18,11 +18,11 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from deeplab_dpc import common_flags
-from deeplab_dpc import losses
+from deeplab_dpc.flags import common_flags
 from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.training import losses
 
 _CROP_SIZE = flags.DEFINE_string(
     "crop_size", "513,513", "Input size 'H,W' (output_stride * k + 1)."

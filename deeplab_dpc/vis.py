@@ -7,7 +7,7 @@
 
 Outputs go to `<vis_logdir>/segmentation_results/` and, with
 `--also_save_raw_predictions`, `<vis_logdir>/raw_segmentation_results/`
-(see `vis_lib`); for `--dataset=cityscapes` the raw maps are the official
+(see `evaluation/visualizer.py`); for `--dataset=cityscapes` the raw maps are the official
 labelIds the `cityscapesscripts` evaluator reads. The program refuses to
 write over results already in `--vis_logdir` unless `--overwrite`. It
 visualises the latest checkpoint `--max_number_of_iterations` times, each
@@ -23,7 +23,7 @@ built in: without a palette, `ade20k` logs a warning and uses PASCAL's.
 
 The model runs with its batch norms folded into the convs (the same
 predictions, faster) unless `--nofold_batch_norm`; the other speed levers
-and the thread flags of `deeplab_dpc.speed_flags` apply as in eval.
+and the thread flags of `deeplab_dpc.flags.speed_flags` apply as in eval.
 """
 
 import os
@@ -32,14 +32,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from deeplab_dpc import common_flags
-from deeplab_dpc import eval_flags
-from deeplab_dpc import inference
-from deeplab_dpc import speed_flags
-from deeplab_dpc import vis_lib
 from deeplab_dpc.data import ade20k
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import registry
+from deeplab_dpc.evaluation import inference
+from deeplab_dpc.evaluation import visualizer
+from deeplab_dpc.flags import common_flags
+from deeplab_dpc.flags import eval_flags
+from deeplab_dpc.flags import speed_flags
 
 _VIS_LOGDIR = flags.DEFINE_string("vis_logdir", None, "Where the PNGs are written.")
 _VIS_SPLIT = flags.DEFINE_string("vis_split", "val", "Split to visualise.")
@@ -109,7 +109,7 @@ def main(argv):
         colors = label_colors(info)
     except (ValueError, flags.ValidationError) as e:
         raise app.UsageError(str(e)) from e
-    existing = vis_lib.existing_results(_VIS_LOGDIR.value)
+    existing = visualizer.existing_results(_VIS_LOGDIR.value)
     if existing and not _OVERWRITE.value:
         raise app.UsageError(
             f"--vis_logdir={_VIS_LOGDIR.value!r} already holds {len(existing)} "
@@ -140,7 +140,7 @@ def main(argv):
             ignore_label=info.ignore_label,
             tfds_name=eval_flags.tfds_name(),
         )
-        count = vis_lib.visualize(
+        count = visualizer.visualize(
             predictor,
             dataset,
             _VIS_LOGDIR.value,

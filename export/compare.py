@@ -28,8 +28,8 @@ from absl import app
 from absl import flags
 
 from deeplab_dpc.export import compare
-from deeplab_dpc.export import export_flags
-from deeplab_dpc.export import tflite_flags
+from deeplab_dpc.flags import export_flags
+from deeplab_dpc.flags import tflite_flags
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where everything goes.")
 _MODELS = flags.DEFINE_list(

@@ -22,10 +22,10 @@ faster) unless `--nofold_batch_norm`.
 from absl import app
 from absl import flags
 
-from deeplab_dpc import inference
-from deeplab_dpc import speed_flags
-from deeplab_dpc.export import export_flags
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import saved_model
+from deeplab_dpc.flags import export_flags
+from deeplab_dpc.flags import speed_flags
 
 _EXPORT_PATH = flags.DEFINE_string(
     "export_path", None, "The model's base path; the version folder goes in it."

@@ -33,11 +33,11 @@ file. The int8 variants are calibrated on `--representative_dataset`
 from absl import app
 from absl import flags
 
-from deeplab_dpc import inference
-from deeplab_dpc.export import export_flags
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import tflite
 from deeplab_dpc.export import tflite_export
-from deeplab_dpc.export import tflite_flags
+from deeplab_dpc.flags import export_flags
+from deeplab_dpc.flags import tflite_flags
 from deeplab_dpc.models import accounting
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the files go.")

@@ -8,11 +8,11 @@ from absl import flags
 from absl.testing import flagsaver
 import pytest
 
-from deeplab_dpc import common_flags
 from deeplab_dpc import eval as _eval  # noqa: F401  (defines eval's flags)
 from deeplab_dpc import train as _train  # noqa: F401
 from deeplab_dpc import vis as _vis  # noqa: F401
-from deeplab_dpc.search import space
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.flags import common_flags
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,4 +54,4 @@ def test_preset_holds_shared_flags_and_resolves(path):
     assert options.decoder_output_stride == decoder
     assert options.atrous_rates == rates
     if head == "dpc":
-        assert options.dense_prediction_cell == space.published_cell()
+        assert options.dense_prediction_cell == cell_spec.published_cell()

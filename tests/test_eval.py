@@ -11,13 +11,13 @@ import pytest
 import tensorflow as tf
 
 from deeplab_dpc import eval as eval_program
-from deeplab_dpc import eval_lib
-from deeplab_dpc import inference
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.evaluation import evaluator
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ OPTIONS = deeplab.ModelOptions(
     num_classes=synthetic.NUM_CLASSES,
     crop_size=CROP,
     depth_multiplier=0.35,
-    dense_prediction_cell=space.published_cell(),
+    dense_prediction_cell=cell_spec.published_cell(),
 )
 STEP = 5
 
@@ -149,7 +149,9 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path, program_env):
     with open(os.path.join(logdir, f"eval_results-{STEP}.json")) as f:
         assert json.load(f) == result
     expected = _reference(data_dir, lambda x: tf.nn.softmax(model(x)))
-    assert result["miou"] == pytest.approx(expected, abs=1e-5)  # Near-tie pixels: see below.
+    assert result["miou"] == pytest.approx(
+        expected, abs=1e-5
+    )  # Near-tie pixels: see below.
     assert result["step"] == STEP and result["num_images"] == 3
     assert result["class_names"] == list(synthetic.CLASS_NAMES)
     assert "mIOU" in proc.stderr and "background" in proc.stderr
@@ -163,7 +165,7 @@ def test_program_miou_equals_numpy_reference(setup, tmp_path, program_env):
 def test_scales_and_flips_average_probabilities(setup):
     data_dir, ckpt_dir, model = setup
     scales = (0.5, 1.0)
-    result = eval_lib.evaluate_checkpoint(
+    result = evaluator.evaluate_checkpoint(
         OPTIONS,
         ckpt_dir,
         dataset_dir=data_dir,

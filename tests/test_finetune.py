@@ -1,14 +1,14 @@
 """Fine-tuning: tf_initial_checkpoint, initialize_last_layer, last layers."""
 
-import numpy as np
 from absl.testing import flagsaver
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import train
-from deeplab_dpc import train_lib
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.flags import train_flags
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.training import trainer
 
 CROP = (33, 33)
 SOURCE_CLASSES = 7
@@ -41,7 +41,7 @@ def _train_options(data_dir, **overrides):
         seed=2,
     )
     values.update(overrides)
-    return train_lib.TrainOptions(**values)
+    return trainer.TrainOptions(**values)
 
 
 def _frozen_options(data_dir, **overrides):
@@ -89,12 +89,12 @@ def source(synthetic_data, tmp_path_factory):
     data = synthetic_data(**DATA)
     logdir = str(tmp_path_factory.mktemp("source"))
     options = _train_options(data)
-    results = train_lib.run(_model_options(SOURCE_CLASSES), options, logdir)
+    results = trainer.run(_model_options(SOURCE_CLASSES), options, logdir)
     assert results["step"] == 2
     # Built as `run` builds them, for the checkpoint's object graph.
     model = deeplab.build_deeplab(_model_options(SOURCE_CLASSES))
     optimizer = tf.keras.optimizers.SGD(
-        learning_rate=train_lib.DeepLabLearningRate(options), momentum=0.9
+        learning_rate=trainer.DeepLabLearningRate(options), momentum=0.9
     )
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
@@ -125,7 +125,7 @@ def test_new_run_starts_from_the_checkpoint_weights(source, tmp_path):
     data, source_dir, reference = source
     captured = {}
     logdir = str(tmp_path / "log")
-    results = train_lib.run(
+    results = trainer.run(
         _model_options(SOURCE_CLASSES),
         _frozen_options(data, tf_initial_checkpoint=source_dir),
         logdir,
@@ -148,7 +148,7 @@ def test_new_run_starts_from_the_checkpoint_weights(source, tmp_path):
 
     # Resuming restores the run's own checkpoint; the flag is ignored (even
     # a missing path).
-    again = train_lib.run(
+    again = trainer.run(
         _model_options(SOURCE_CLASSES),
         _frozen_options(
             data, training_number_of_steps=2, tf_initial_checkpoint="/no/such"
@@ -161,7 +161,7 @@ def test_new_run_starts_from_the_checkpoint_weights(source, tmp_path):
 def test_new_classes_without_last_layer(source, tmp_path):
     data, source_dir, reference = source
     captured = {}
-    results = train_lib.run(
+    results = trainer.run(
         _model_options(NEW_RUN_CLASSES),
         _frozen_options(
             data,
@@ -191,7 +191,7 @@ def test_new_classes_without_last_layer(source, tmp_path):
 def test_new_classes_with_last_layer_names_the_flag(source, tmp_path):
     data, source_dir, _ = source
     with pytest.raises(ValueError) as error:
-        train_lib.run(
+        trainer.run(
             _model_options(NEW_CLASSES),
             _frozen_options(data, tf_initial_checkpoint=source_dir),
             str(tmp_path / "log"),
@@ -205,7 +205,7 @@ def test_missing_checkpoint_names_the_flag_and_path(source, tmp_path):
     data, _, _ = source
     missing = str(tmp_path / "nothing" / "ckpt-3")
     with pytest.raises(FileNotFoundError, match="--tf_initial_checkpoint") as error:
-        train_lib.run(
+        trainer.run(
             _model_options(SOURCE_CLASSES),
             _frozen_options(data, tf_initial_checkpoint=missing),
             str(tmp_path / "log"),
@@ -214,7 +214,7 @@ def test_missing_checkpoint_names_the_flag_and_path(source, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=str(empty)):
-        train_lib.resolve_initial_checkpoint(str(empty))
+        trainer.resolve_initial_checkpoint(str(empty))
 
 
 @pytest.mark.parametrize("logits_only", [True, False])
@@ -222,7 +222,7 @@ def test_last_layers_are_logits_or_logits_and_head(source, logits_only):
     _, source_dir, reference = source
     model = deeplab.build_deeplab(_model_options(NEW_CLASSES))
     initial = _weights(model)
-    result = train_lib.restore_initial_checkpoint(
+    result = trainer.restore_initial_checkpoint(
         model,
         source_dir,
         initialize_last_layer=False,
@@ -258,10 +258,10 @@ def test_program_flags_reach_the_options(parsed_flags, synthetic_data):
         initialize_last_layer=False,
         last_layers_contain_logits_only=True,
     ):
-        _, options = train.options_from_flags(1)
+        _, options = train_flags.options_from_flags(1)
     assert options.tf_initial_checkpoint == "/some/ckpt"
     assert not options.initialize_last_layer
     assert options.last_layers_contain_logits_only
-    assert train_lib.TrainOptions().tf_initial_checkpoint == ""
-    assert train_lib.TrainOptions().initialize_last_layer
-    assert not train_lib.TrainOptions().last_layers_contain_logits_only
+    assert trainer.TrainOptions().tf_initial_checkpoint == ""
+    assert trainer.TrainOptions().initialize_last_layer
+    assert not trainer.TrainOptions().last_layers_contain_logits_only

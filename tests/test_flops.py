@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
 
 _BASE = [
     "--model_variant=mobilenet_v2",
@@ -31,7 +31,7 @@ def _run(*args):
 
 def test_json_matches_in_process_accounting(tmp_path):
     cell_path = tmp_path / "cell.json"
-    space.dump_cell(space.published_cell(), cell_path)
+    cell_spec.dump_cell(cell_spec.published_cell(), cell_path)
     proc = _run(
         *_BASE,
         f"--dense_prediction_cell_json={cell_path}",
@@ -56,7 +56,7 @@ def test_json_matches_in_process_accounting(tmp_path):
         depth_multiplier=0.35,
         num_classes=5,
         crop_size=(65, 49),
-        dense_prediction_cell=space.published_cell(),
+        dense_prediction_cell=cell_spec.published_cell(),
         decoder_output_stride=4,
     )
     assert modules == accounting.count(deeplab.build_deeplab(options))

@@ -23,23 +23,23 @@ import textwrap
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
 
-_STEP = textwrap.dedent(
-    """
+_STEP = textwrap.dedent("""
     import json, os, sys
     import numpy as np
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
-    from deeplab_dpc import inference, train_lib
+    from deeplab_dpc.evaluation import inference
+    from deeplab_dpc.training import trainer
     from deeplab_dpc.data import synthetic
     from deeplab_dpc.export import saved_model
     from deeplab_dpc.layers import fast_paths
     from deeplab_dpc.models import deeplab
-    from deeplab_dpc.search import space
+    from deeplab_dpc.cells import cell_spec
 
     data_dir, logdir, export_path, serve_version, steps, export_version = sys.argv[1:]
     options = deeplab.ModelOptions(
         num_classes=synthetic.NUM_CLASSES, crop_size=(33, 33),
-        depth_multiplier=0.35, dense_prediction_cell=space.published_cell(),
+        depth_multiplier=0.35, dense_prediction_cell=cell_spec.published_cell(),
         decoder_output_stride=4)
     out = {"onednn": fast_paths.onednn_enabled(),
            "native": bool(fast_paths.available(
@@ -68,7 +68,7 @@ _STEP = textwrap.dedent(
         out["dilated_ops"] = dilated_ops(export_dir)
         tf.keras.backend.clear_session()
 
-    results = train_lib.run(options, train_lib.TrainOptions(
+    results = trainer.run(options, trainer.TrainOptions(
         train_batch_size=2, training_number_of_steps=int(steps),
         base_learning_rate=0.01, dataset_dir=data_dir,
         ignore_label=synthetic.IGNORE_LABEL, seed=1), logdir)
@@ -81,8 +81,7 @@ _STEP = textwrap.dedent(
         saved_model.export_saved_model(
             model, options, export_path, model_version=int(export_version))
     print("RESULT " + json.dumps(out))
-    """
-)
+    """)
 
 
 def _step(onednn, data_dir, logdir, export_path, serve, steps, export):
@@ -100,12 +99,10 @@ def _step(onednn, data_dir, logdir, export_path, serve, steps, export):
     )
     assert proc.returncode == 0, (onednn, args, proc.stderr[-3000:])
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
-def test_train_export_resume_and_serve_across_onednn_settings(
-    synthetic_data, tmp_path
-):
+def test_train_export_resume_and_serve_across_onednn_settings(synthetic_data, tmp_path):
     data_dir = synthetic_data(num_train=8, num_val=2, height=40, width=40)
     paths = (data_dir, str(tmp_path / "train"), str(tmp_path / "export"))
     on = _step("1", *paths, serve=0, steps=2, export=1)

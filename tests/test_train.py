@@ -11,9 +11,9 @@ from absl import flags
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import speed
-from deeplab_dpc import train
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.flags import train_flags
+from deeplab_dpc.training import speed
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from deeplab_dpc import train_lib
+    from deeplab_dpc.training import trainer
     from deeplab_dpc.models import deeplab
 
     def model_fn(options):
@@ -133,7 +133,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     data_dir, logdir = sys.argv[1:3]
     model_options = deeplab.ModelOptions(
         num_classes=7, crop_size=(33, 33), depth_multiplier=0.35)
-    train_options = train_lib.TrainOptions(
+    train_options = trainer.TrainOptions(
         train_batch_size=4, training_number_of_steps=4, base_learning_rate=0.01,
         dataset_dir=data_dir, ignore_label=255, log_steps=1, seed=1,
         fine_tune_batch_norm=False)
@@ -142,7 +142,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
         ("default", tf.distribute.get_strategy()),
         ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
     ):
-        results = train_lib.run(model_options, train_options,
+        results = trainer.run(model_options, train_options,
                                 f"{logdir}/{name}", strategy, model_fn=model_fn)
         out[name] = results["losses"]
         out[name + "_replicas"] = strategy.num_replicas_in_sync
@@ -182,7 +182,7 @@ def _set(**values):
 def test_bad_crop_names_the_flag(parsed_flags, data_dir):
     _set(dataset="synthetic", dataset_dir=data_dir, train_crop_size="32,32")
     with pytest.raises(flags.ValidationError, match="--train_crop_size='32,32'"):
-        train.options_from_flags(1)
+        train_flags.options_from_flags(1)
 
 
 def test_batch_not_divisible_by_replicas(parsed_flags, data_dir):
@@ -193,8 +193,8 @@ def test_batch_not_divisible_by_replicas(parsed_flags, data_dir):
         train_batch_size=3,
     )
     with pytest.raises(flags.ValidationError, match="--train_batch_size=3"):
-        train.options_from_flags(2)
-    model_options, train_options = train.options_from_flags(1)
+        train_flags.options_from_flags(2)
+    model_options, train_options = train_flags.options_from_flags(1)
     assert model_options.crop_size == (33, 33)
     assert model_options.num_classes == synthetic.NUM_CLASSES
     assert train_options.train_batch_size == 3
@@ -204,12 +204,12 @@ def test_batch_not_divisible_by_replicas(parsed_flags, data_dir):
 def test_missing_dataset_dir_or_shards(parsed_flags, tmp_path):
     _set(dataset="synthetic", train_crop_size="33,33", dataset_dir=None)
     with pytest.raises(flags.ValidationError, match="--dataset_dir is required"):
-        train.options_from_flags(1)
+        train_flags.options_from_flags(1)
     _set(dataset_dir=str(tmp_path), train_split="train")
     with pytest.raises(
         flags.ValidationError, match=r"no shards of --train_split='train'"
     ):
-        train.options_from_flags(1)
+        train_flags.options_from_flags(1)
 
 
 def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path, program_env):

@@ -34,21 +34,21 @@ def _free_ports(count):
 _WORKER_SCRIPT = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
-    from deeplab_dpc import train_lib
+    from deeplab_dpc.training import trainer
     from deeplab_dpc.models import deeplab
 
     data_dir, logdir = sys.argv[1:3]
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     model_options = deeplab.ModelOptions(
         num_classes=7, crop_size=(33, 33), depth_multiplier=0.35)
-    train_options = train_lib.TrainOptions(
+    train_options = trainer.TrainOptions(
         train_batch_size=4, training_number_of_steps=3, base_learning_rate=0.01,
         dataset_dir=data_dir, ignore_label=255, log_steps=1, seed=1)
-    results = train_lib.run(model_options, train_options, logdir, strategy)
+    results = trainer.run(model_options, train_options, logdir, strategy)
     print("RESULT " + json.dumps({
         "losses": results["losses"], "step": results["step"],
         "replicas": strategy.num_replicas_in_sync,
-        "chief": train_lib.is_chief(strategy)}))
+        "chief": trainer.is_chief(strategy)}))
     """)
 
 

@@ -8,17 +8,17 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
-from PIL import Image
 
-from deeplab_dpc import eval_lib
-from deeplab_dpc import metrics
-from deeplab_dpc import vis_lib
 from deeplab_dpc.data import cityscapes
 from deeplab_dpc.data import converters
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import registry
+from deeplab_dpc.evaluation import evaluator
+from deeplab_dpc.evaluation import metrics
+from deeplab_dpc.evaluation import visualizer
 from deeplab_dpc.models import deeplab
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,8 +112,8 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(
     proc = _vis(program_env, data_dir, ckpt_dir, str(logdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    seg = logdir / vis_lib.SEGMENTATION_DIR
-    raw = logdir / vis_lib.RAW_SEGMENTATION_DIR
+    seg = logdir / visualizer.SEGMENTATION_DIR
+    raw = logdir / visualizer.RAW_SEGMENTATION_DIR
     assert sorted(os.listdir(raw)) == [f"{n}_gtFine_labelIds.png" for n in NAMES]
     colormap = registry.colormap("cityscapes")
     metric = metrics.StreamingMeanIoU(num_classes=19, ignore_label=255)
@@ -161,7 +161,7 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(
     assert official.returncode == 0, official.stdout[-3000:] + official.stderr[-3000:]
     with open(export / "resultPixelLevelSemanticLabeling.json") as f:
         official_miou = json.load(f)["averageScoreClasses"]
-    ours = eval_lib.evaluate_checkpoint(
+    ours = evaluator.evaluate_checkpoint(
         OPTIONS,
         ckpt_dir,
         dataset_dir=data_dir,
@@ -201,28 +201,28 @@ def test_vis_colormap_file_overrides_the_colormap(setup, tmp_path, program_env):
     for name in NAMES:
         label_ids = np.asarray(
             Image.open(
-                logdir / vis_lib.RAW_SEGMENTATION_DIR / f"{name}_gtFine_labelIds.png"
+                logdir / visualizer.RAW_SEGMENTATION_DIR / f"{name}_gtFine_labelIds.png"
             )
         )
         prediction = cityscapes.label_ids_to_train_ids(label_ids)
         colored = np.asarray(
-            Image.open(logdir / vis_lib.SEGMENTATION_DIR / f"{name}_prediction.png")
+            Image.open(logdir / visualizer.SEGMENTATION_DIR / f"{name}_prediction.png")
         )
         np.testing.assert_array_equal(colored, colors[prediction])
 
 
 def test_colorize_numpy_and_tensor_agree():
     labels = np.array([[0, 1], [18, 255]])
-    colors = vis_lib.colorize(labels, "cityscapes")
+    colors = registry.colorize(labels, "cityscapes")
     np.testing.assert_array_equal(
-        vis_lib.colorize(tf.constant(labels), "cityscapes").numpy(), colors
+        registry.colorize(tf.constant(labels), "cityscapes").numpy(), colors
     )
     assert tuple(colors[0, 0]) == (128, 64, 128)  # road
-    assert vis_lib.output_names("a/x_leftImg8bit.png", True) == (
+    assert visualizer.output_names("a/x_leftImg8bit.png", True) == (
         "x_leftImg8bit",
         "x_gtFine_labelIds.png",
     )
-    assert vis_lib.output_names("2007_000033.jpg", False) == (
+    assert visualizer.output_names("2007_000033.jpg", False) == (
         "2007_000033",
         "2007_000033.png",
     )

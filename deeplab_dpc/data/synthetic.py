@@ -53,20 +53,14 @@ from deeplab_dpc.data import registry
 from deeplab_dpc.data import shard_writer
 from deeplab_dpc.data import tfexample
 
-NUM_CLASSES = 7
-IGNORE_LABEL = 255
+# The data set's facts live in the registry (its "synthetic" entry).
+_INFO = registry.get("synthetic")
+NUM_CLASSES = _INFO.num_classes
+IGNORE_LABEL = _INFO.ignore_label
 BACKGROUND = 0
-CLASS_NAMES = (
-    "background",
-    "stripes_a",
-    "stripes_b",
-    "stripes_c",
-    "checker_a",
-    "checker_b",
-    "checker_c",
-)
+CLASS_NAMES = _INFO.class_names
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-DEFAULT_SPLIT_SIZES = (("train", 200), ("val", 50))
+DEFAULT_SPLIT_SIZES = _INFO.splits
 
 TINTS = ("warm", "cool")
 TEXTURES = ("stripes", "checker")
@@ -428,11 +422,4 @@ def build(
 
 def dataset_info():
     """The registry's `DatasetInfo` of "synthetic" (split sizes: the defaults)."""
-    return registry.DatasetInfo(
-        name="synthetic",
-        num_classes=NUM_CLASSES,
-        ignore_label=IGNORE_LABEL,
-        splits=DEFAULT_SPLIT_SIZES,
-        class_names=CLASS_NAMES,
-        colormap="pascal",
-    )
+    return registry.get("synthetic")

@@ -32,13 +32,13 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from deeplab_dpc import file_io
-from deeplab_dpc import inference
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import litert_runner
 from deeplab_dpc.export import tflite
 from deeplab_dpc.export import tflite_export
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
 
 MARKDOWN_FILE = "comparison.md"
 JSON_FILE = "comparison.json"
@@ -69,10 +69,10 @@ def _head(head, base_options, source):
     if head == HEAD_ASPP:
         return dataclasses.replace(base_options, dense_prediction_cell=None)
     if head == HEAD_PUBLISHED:
-        cell = space.published_cell()
+        cell = cell_spec.published_cell()
         return dataclasses.replace(base_options, dense_prediction_cell=cell)
     try:
-        cell = space.load_cell(head)
+        cell = cell_spec.load_cell(head)
     except (OSError, ValueError) as e:
         raise ValueError(
             f"{source}: head {head!r} is neither 'aspp', 'dpc' nor a readable "

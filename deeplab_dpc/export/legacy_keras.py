@@ -6,13 +6,13 @@ work runs in a subprocess (`python -m deeplab_dpc.export.legacy_keras
 WORK_DIR`) started by `run` from the Keras 3 process:
 
 1. `run` writes into WORK_DIR the model's weights keyed by layer path and
-   weight index (`save_weights`: `"<layer>/<sublayer>/...:<i>"` in an .npz,
+   weight index (`keras_paths.save_weights`: `"<layer>/<sublayer>/...:<i>"` in an .npz,
    which both Keras versions produce alike, unlike variable names or
    orders), the parity images, and `request.json` (model options, variants,
    `FineTuneOptions`).
 2. The subprocess builds the same architecture with `deeplab.build_deeplab`
    (the layers build under both Keras versions), loads the weights by path
-   (`load_weights`, which fails on any missing, extra or misshapen weight),
+   (`keras_paths.load_weights`, which fails on any missing, extra or misshapen weight),
    and runs the parity images through it ("float" outputs: the caller checks
    they equal the Keras 3 model's).
 3. Per variant, in `VARIANTS` order: "qat_int8" (`qat.quantize`, which
@@ -21,8 +21,8 @@ WORK_DIR`) started by `run` from the Keras 3 process:
    layers, `pruning_steps` of fine-tuning with the sparsity ramping to
    `target_sparsity`, `pruning.strip`). Fine-tuning reads the training split through the
    project's pipeline and minimizes DeepLab's loss
-   (`train_lib.pixel_loss_sum`, plus weight decay), with batch norm frozen
-   (`train_lib.freeze_batch_norm`: its statistics stay the float model's,
+   (`trainer.pixel_loss_sum`, plus weight decay), with batch norm frozen
+   (`trainer.freeze_batch_norm`: its statistics stay the float model's,
    as DeepLab fine-tunes with small batches).
 4. It writes each fine-tuned model as a frozen GraphDef `<variant>.pb`
    (`images` float32 `[batch, crop_h, crop_w, 3]` -> `logits`; the QAT one
@@ -40,14 +40,15 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import (  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.python.framework import (
     convert_to_constants,
-)
+)  # pylint: disable=g-direct-tensorflow-import
 
-from deeplab_dpc import train_lib
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.export import keras_paths
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
+from deeplab_dpc.training import trainer
 
 LEGACY_KERAS_ENV = "TF_USE_LEGACY_KERAS"
 REQUEST_FILE = "request.json"
@@ -119,118 +120,13 @@ class FineTuneOptions:
             )
 
 
-def sublayers(layer, prefix=None):
-    """(path, layer) of every nested layer, depth first, each once.
-
-    Paths join layer names with "/" from `layer` (whose own name starts them
-    unless `prefix` is given), e.g. "dense_prediction_cell/branch0/depthwise".
-    """
-    prefix = layer.name if prefix is None else prefix
-    seen = set()
-    for sub in layer._flatten_layers(  # pylint: disable=protected-access
-        include_self=False, recursive=False
-    ):
-        if id(sub) in seen:
-            continue
-        seen.add(id(sub))
-        path = f"{prefix}/{sub.name}" if prefix else sub.name
-        yield path, sub
-        yield from sublayers(sub, path)
-
-
-def conv_kernels(layer):
-    """(path, conv layer, kernel attribute) of the convs in a layer.
-
-    The layer itself comes first when it is a Conv2D or DepthwiseConv2D; its
-    nested convs follow (DPC, ASPP, decoder).
-    """
-    found = []
-    for path, sub in [(layer.name, layer), *sublayers(layer)]:
-        if isinstance(sub, tf.keras.layers.DepthwiseConv2D):
-            # tf_keras names it depthwise_kernel, Keras 3 kernel.
-            found.append((path, sub, _depthwise_kernel_attribute(sub)))
-        elif isinstance(sub, tf.keras.layers.Conv2D):
-            found.append((path, sub, "kernel"))
-    return found
-
-
-def _depthwise_kernel_attribute(layer):
-    return "depthwise_kernel" if hasattr(layer, "depthwise_kernel") else "kernel"
-
-
-def _all_layers(model):
-    """(path, layer) of the model's layers and all their nested layers."""
-    for layer in model.layers:
-        yield layer.name, layer
-        yield from sublayers(layer)
-
-
-def layer_weights(model):
-    """The weights of a model keyed `"<layer path>:<index>"`.
-
-    The index counts the weights of the innermost layer that owns them
-    (e.g. a BatchNormalization's gamma, beta, moving mean and variance), an
-    order both Keras versions share.
-
-    Raises:
-      ValueError: when a composite layer owns weights itself (they would be
-        left out).
-    """
-    weights = {}
-    for path, layer in _all_layers(model):
-        if any(True for _ in sublayers(layer)):
-            continue
-        for index, value in enumerate(layer.get_weights()):
-            weights[f"{path}:{index}"] = value
-    if len(weights) != len(model.weights):
-        raise ValueError(
-            f"{len(model.weights) - len(weights)} weights of {model.name} belong "
-            "to layers that also hold other layers; they cannot be keyed by path"
-        )
-    return weights
-
-
-def save_weights(model, path):
-    """Writes `layer_weights(model)` to an .npz file."""
-    np.savez(path, **layer_weights(model))
-
-
-def load_weights(model, path):
-    """Sets a model's weights from `save_weights`' file, by layer path.
-
-    Raises:
-      ValueError: naming the weights the file lacks, those it has that the
-        model does not, or a shape mismatch.
-    """
-    with np.load(path) as saved:
-        values = {key: saved[key] for key in saved.files}
-    wanted = layer_weights(model)
-    missing = sorted(set(wanted) - set(values))
-    extra = sorted(set(values) - set(wanted))
-    if missing or extra:
-        raise ValueError(
-            f"{path} does not fit the model: weights it lacks: {missing or 'none'}; "
-            f"weights the model lacks: {extra or 'none'}"
-        )
-    for name, layer in _all_layers(model):
-        current = layer.get_weights()
-        if not current or any(True for _ in sublayers(layer)):
-            continue
-        new = [values[f"{name}:{i}"] for i in range(len(current))]
-        for i, (old, value) in enumerate(zip(current, new)):
-            if old.shape != value.shape:
-                raise ValueError(
-                    f"{path}: weight {name}:{i} has shape {value.shape}, the "
-                    f"model's has {old.shape}"
-                )
-        layer.set_weights(new)
-
-
 def options_to_json(options):
     """A `deeplab.ModelOptions` as JSON-ready values."""
     values = dataclasses.asdict(options)
     cell = options.dense_prediction_cell
-    values["dense_prediction_cell"] = None if cell is None else space.cell_to_json(cell)
+    values["dense_prediction_cell"] = (
+        None if cell is None else cell_spec.cell_to_json(cell)
+    )
     return values
 
 
@@ -239,7 +135,7 @@ def options_from_json(values):
     values = dict(values)
     cell = values["dense_prediction_cell"]
     values["dense_prediction_cell"] = (
-        None if cell is None else space.cell_from_json(cell, source="request")
+        None if cell is None else cell_spec.cell_from_json(cell, source="request")
     )
     for name in ("crop_size", "image_pooling_crop_size"):
         if values[name] is not None:
@@ -270,7 +166,7 @@ def run(
     Raises:
       RuntimeError: when the subprocess fails, with its error output.
     """
-    save_weights(model, os.path.join(work_dir, WEIGHTS_FILE))
+    keras_paths.save_weights(model, os.path.join(work_dir, WEIGHTS_FILE))
     np.savez(os.path.join(work_dir, IMAGES_FILE), images=parity_images)
     request = {
         "variants": list(variants),
@@ -323,7 +219,7 @@ def fine_tune_model(model, batches, steps, learning_rate, options, hooks=None):
     def step(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss = train_lib.regularized_loss(
+            loss = trainer.regularized_loss(
                 model, logits, labels, ignore_label=options.ignore_label
             )
         variables = model.trainable_variables
@@ -373,7 +269,7 @@ def _make_variant(variant, model, options, batches, work_dir):
         # Frozen after `quantize`, whose weight copy needs the original
         # order of trainable and frozen weights.
         tuned = qat.quantize(model)
-        train_lib.freeze_batch_norm(tuned)
+        trainer.freeze_batch_norm(tuned)
         images = (
             next(batches)[pipeline.IMAGE] for _ in range(options.calibration_steps)
         )
@@ -383,7 +279,7 @@ def _make_variant(variant, model, options, batches, work_dir):
         )
         result = {"losses": losses, "calibrated_ranges": ranges}
     else:
-        train_lib.freeze_batch_norm(model)
+        trainer.freeze_batch_norm(model)
         schedule = pruning.schedule(options.target_sparsity, options.pruning_steps)
         wrapped = pruning.prunable(model, schedule)
         hooks = pruning.StepHooks(wrapped)
@@ -430,7 +326,7 @@ def main(work_dir):
         )
     )
     model = deeplab.build_deeplab(model_options)
-    load_weights(model, os.path.join(work_dir, WEIGHTS_FILE))
+    keras_paths.load_weights(model, os.path.join(work_dir, WEIGHTS_FILE))
     outputs = {FLOAT: model(images, training=False).numpy()}
     result = {}
     # In `VARIANTS` order: QAT works on a copy of the model's weights (and

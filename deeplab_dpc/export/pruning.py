@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from deeplab_dpc.export import legacy_keras
+from deeplab_dpc.export import keras_paths
 
 
 def schedule(target_sparsity, steps):
@@ -49,7 +49,7 @@ def pruned_kernels(layer):
     """(path, layer, attribute) of the kernels pruning applies to in a layer."""
     return [
         kernel
-        for kernel in legacy_keras.conv_kernels(layer)
+        for kernel in keras_paths.conv_kernels(layer)
         if not isinstance(kernel[1], tf.keras.layers.DepthwiseConv2D)
     ]
 

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from deeplab_dpc.export import legacy_keras
+from deeplab_dpc.export import keras_paths
 from deeplab_dpc.layers import atrous_pooling
 from deeplab_dpc.layers import resize
 
@@ -78,7 +78,7 @@ def _activation_quantizer():
 def _activations(layer):
     return [
         (path, sub)
-        for path, sub in legacy_keras.sublayers(layer)
+        for path, sub in keras_paths.sublayers(layer)
         if isinstance(sub, tf.keras.layers.Activation)
     ]
 
@@ -92,7 +92,7 @@ class NestedQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def get_weights_and_quantizers(self, layer):
         result = []
-        for path, sub, attribute in legacy_keras.conv_kernels(layer):
+        for path, sub, attribute in keras_paths.conv_kernels(layer):
             per_axis = not isinstance(sub, tf.keras.layers.DepthwiseConv2D)
             quantizer = quantizers.LastValueQuantizer(
                 num_bits=8, per_axis=per_axis, symmetric=True, narrow_range=True
@@ -103,7 +103,7 @@ class NestedQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def set_quantize_weights(self, layer, quantize_weights):
         for (_, sub, attribute), weight in zip(
-            legacy_keras.conv_kernels(layer), quantize_weights
+            keras_paths.conv_kernels(layer), quantize_weights
         ):
             setattr(sub, attribute, weight)
 

@@ -45,12 +45,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import deeplab_dpc
-from deeplab_dpc import inference
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import augment
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import serving
 from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import resize
-from deeplab_dpc.search import space
 
 EXTRA_DIR = "assets.extra"
 OPTIONS_FILE = "deeplab_options.json"
@@ -256,7 +256,7 @@ def model_description(options, inference_scales, add_flipped_images):
     cell = values.pop("dense_prediction_cell")
     values.update(
         head=options.head,
-        dense_prediction_cell=None if cell is None else space.cell_to_json(cell),
+        dense_prediction_cell=None if cell is None else cell_spec.cell_to_json(cell),
         inference_scales=list(inference.check_scales(inference_scales)),
         add_flipped_images=bool(add_flipped_images),
         mean_pixel=list(augment.MEAN_PIXEL),

@@ -33,8 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_dpc import file_io
-from deeplab_dpc import metrics
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.evaluation import metrics
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import litert_runner
 from deeplab_dpc.export import tflite

@@ -4,11 +4,11 @@ import dataclasses
 
 import tensorflow as tf
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import fast_dropout
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import split_separable_conv
-from deeplab_dpc.search import space
 
 
 def rate_multiplier(output_stride):
@@ -33,7 +33,7 @@ def make_branch_op(
     """Builds the Keras layer of one search-space op.
 
     Args:
-      spec: a `space.BranchSpec`.
+      spec: a `cell_spec.BranchSpec`.
       crop_size, output_stride, pooling_crop_size: the model's geometry.
       filters: int, output channels.
       weight_decay: float, DeepLab's weight decay.
@@ -43,9 +43,9 @@ def make_branch_op(
     Returns:
       A `ConvBN`, `SplitSeparableConv2D` or `PyramidPooling` layer.
     """
-    if spec.op == space.OP_CONV1X1:
+    if spec.op == cell_spec.OP_CONV1X1:
         return conv_bn.ConvBN(filters, 1, weight_decay=weight_decay, name=name, **norm)
-    if spec.op == space.OP_SEP3X3:
+    if spec.op == cell_spec.OP_SEP3X3:
         mult = rate_multiplier(output_stride)
         return split_separable_conv.SplitSeparableConv2D(
             filters,
@@ -77,7 +77,7 @@ class DensePredictionCell(tf.keras.layers.Layer):
     multiplied by `16 // output_stride`.
 
     Args:
-      branches: a `space.CellSpec`, or a list of `space.BranchSpec` or of dicts
+      branches: a `cell_spec.CellSpec`, or a list of `cell_spec.BranchSpec` or of dicts
         with `BranchSpec` fields.
       crop_size: (int, int), the crop the model is built for (fixes the pyramid
         pooling geometry).
@@ -92,7 +92,7 @@ class DensePredictionCell(tf.keras.layers.Layer):
     Call: `[batch, fh, fw, c]` -> `[batch, fh, fw, filters]`.
 
     Example:
-    >>> cell = DensePredictionCell(space.published_cell(), crop_size=(513, 513),
+    >>> cell = DensePredictionCell(cell_spec.published_cell(), crop_size=(513, 513),
     ...                            output_stride=16)
     >>> cell(tf.zeros([1, 33, 33, 320])).shape
     TensorShape([1, 33, 33, 256])
@@ -113,12 +113,16 @@ class DensePredictionCell(tf.keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(branches, space.CellSpec):
+        if isinstance(branches, cell_spec.CellSpec):
             self.cell = branches
         else:
-            self.cell = space.CellSpec(
+            self.cell = cell_spec.CellSpec(
                 [
-                    b if isinstance(b, space.BranchSpec) else space.BranchSpec(**b)
+                    (
+                        b
+                        if isinstance(b, cell_spec.BranchSpec)
+                        else cell_spec.BranchSpec(**b)
+                    )
                     for b in branches
                 ]
             )

@@ -135,7 +135,8 @@ def portable(*paths):
         _STATE.off = previous
 
 
-def _close(a, b, what):
+def check_close(a, b, what):
+    """Raises AssertionError unless fast value `a` matches portable `b`."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = max(1.0, float(np.max(np.abs(b))))
     error = float(np.max(np.abs(a - b))) / scale
@@ -150,27 +151,14 @@ def _probe_native_dilated_depthwise(key):
     x = tf.constant(rng.standard_normal([1, size, size, 4]), tf.float32)
     k = tf.constant(rng.standard_normal([3, 3, 4, 1]), tf.float32)
     fast = tf.raw_ops.DepthwiseConv2dNative(
-        input=x, filter=k, strides=[1, 1, 1, 1], padding="SAME",
+        input=x,
+        filter=k,
+        strides=[1, 1, 1, 1],
+        padding="SAME",
         dilations=[1, *rate, 1],
     )
     slow = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME", dilations=rate)
-    _close(fast, slow, f"DepthwiseConv2dNative at rate {rate}")
-
-
-def _probe_strided_upsampling_gradient(key):
-    from deeplab_dpc.layers import resize  # pylint: disable=g-import-not-at-top
-
-    factors = tuple(key) if key else (2, 2)
-    n = (3, 3)
-    size = tuple((a - 1) * f + 1 for a, f in zip(n, factors))
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.standard_normal([1, *n, 2]), tf.float32)
-    dy = tf.constant(rng.standard_normal([1, *size, 2]), tf.float32)
-    fast = resize.upsampling_gradient(dy, factors)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = resize.resize_bilinear(x, size)
-    _close(fast, tape.gradient(y, x, output_gradients=dy), f"factors {factors}")
+    check_close(fast, slow, f"DepthwiseConv2dNative at rate {rate}")
 
 
 def _probe_fused_batch_norm(key):
@@ -191,8 +179,8 @@ def _probe_fused_batch_norm(key):
             mean, var = tf.nn.moments(x, [0, 1, 2])
             z = tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-3)
             slow = tf.reduce_sum(z**2 * tf.range(4.0))
-        _close(y, z, "FusedBatchNormV3")
-        _close(grad, tape.gradient(slow, x), "FusedBatchNormGradV3")
+        check_close(y, z, "FusedBatchNormV3")
+        check_close(grad, tape.gradient(slow, x), "FusedBatchNormGradV3")
     elif not np.all(np.isfinite(grad.numpy())):
         raise AssertionError(f"FusedBatchNormV3 in {dtype.name}: non-finite")
 
@@ -211,12 +199,11 @@ def _probe_xla(key):
     del key
     x = tf.constant(np.random.default_rng(0).standard_normal([4, 3]), tf.float32)
     fast = tf.function(lambda a: tf.reduce_logsumexp(a, -1), jit_compile=True)(x)
-    _close(fast, tf.reduce_logsumexp(x, -1), "XLA's logsumexp")
+    check_close(fast, tf.reduce_logsumexp(x, -1), "XLA's logsumexp")
 
 
 _PROBES = {
     NATIVE_DILATED_DEPTHWISE: _probe_native_dilated_depthwise,
-    STRIDED_UPSAMPLING_GRADIENT: _probe_strided_upsampling_gradient,
     FUSED_BATCH_NORM: _probe_fused_batch_norm,
     FAST_DROPOUT: _probe_fast_dropout,
     XLA: _probe_xla,
@@ -256,6 +243,19 @@ def _describe_key(key):
     return "" if key is None else f" {key}"
 
 
+def register_probe(path, probe):
+    """Adds the probe of a fast path that a layer module owns.
+
+    `probe(key)` runs the fast op and its portable form on small inputs and
+    raises unless both run and agree (see `check_close`). The module that
+    implements a path registers its probe at import, so this module needs
+    none of the layers.
+    """
+    if path not in PATHS:
+        raise ValueError(f"unknown fast path {path!r}; known: {PATHS}")
+    _PROBES[path] = probe
+
+
 def available(path, key=None):
     """Whether fast path `path` (one of `PATHS`) is taken for `key` here.
 
@@ -269,8 +269,13 @@ def available(path, key=None):
     Returns:
       a `Decision`: truthy when taken, with the reason.
     """
-    if path not in _PROBES:
+    if path not in PATHS:
         raise ValueError(f"unknown fast path {path!r}; known: {PATHS}")
+    if path not in _PROBES:
+        raise ValueError(
+            f"fast path {path!r} has no probe: import the layer module that "
+            "registers it (fast_paths.register_probe) first"
+        )
     if path in getattr(_STATE, "off", ()):
         return Decision(False, "turned off in this block (fast_paths.portable)")
     if _env_off():

@@ -1,5 +1,6 @@
 """Bilinear resizing with DeepLab's corner alignment."""
 
+import numpy as np
 import tensorflow as tf
 
 from deeplab_dpc.layers import fast_paths
@@ -180,3 +181,24 @@ class ResizeBilinear(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+def _probe_strided_gradient(key):
+    """Probe of `fast_paths.STRIDED_UPSAMPLING_GRADIENT` for factors `key`."""
+    factors = tuple(key) if key else (2, 2)
+    n = (3, 3)
+    size = tuple((a - 1) * f + 1 for a, f in zip(n, factors))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal([1, *n, 2]), tf.float32)
+    dy = tf.constant(rng.standard_normal([1, *size, 2]), tf.float32)
+    fast = upsampling_gradient(dy, factors)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = resize_bilinear(x, size)
+    slow = tape.gradient(y, x, output_gradients=dy)
+    fast_paths.check_close(fast, slow, f"factors {factors}")
+
+
+fast_paths.register_probe(
+    fast_paths.STRIDED_UPSAMPLING_GRADIENT, _probe_strided_gradient
+)

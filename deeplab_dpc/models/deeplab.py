@@ -5,13 +5,13 @@ from typing import Optional
 
 import tensorflow as tf
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.layers import aspp
 from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import decoder
 from deeplab_dpc.layers import dense_prediction_cell
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import backbones
-from deeplab_dpc.search import space
 
 HEAD_DPC = "dpc"
 HEAD_ASPP = "aspp"
@@ -42,7 +42,7 @@ class ModelOptions:
       num_classes: int, logits channels.
       crop_size: (int, int), the crop the model is built for (OS*k + 1).
       output_stride: int, 8, 16 or 32.
-      dense_prediction_cell: a `space.CellSpec`; when set the head is a DPC and
+      dense_prediction_cell: a `cell_spec.CellSpec`; when set the head is a DPC and
         the ASPP settings are ignored, as in DeepLab.
       atrous_rates: ASPP rates; empty means the 1x1 and image-level branches.
       aspp_with_separable_conv: ASPP atrous convs are split separable.
@@ -61,7 +61,7 @@ class ModelOptions:
     num_classes: int = 21
     crop_size: tuple = (513, 513)
     output_stride: int = 16
-    dense_prediction_cell: Optional[space.CellSpec] = None
+    dense_prediction_cell: Optional[cell_spec.CellSpec] = None
     atrous_rates: tuple = ()
     aspp_with_separable_conv: bool = True
     add_image_level_feature: bool = True

@@ -27,11 +27,11 @@ import tensorflow as tf
 import tqdm
 
 from deeplab_dpc import file_io
-from deeplab_dpc import train_lib
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import tfexample
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache_reader
+from deeplab_dpc.training import trainer
 
 # The reading side, exported here as well.
 CACHE_DIR = cache_reader.CACHE_DIR
@@ -191,7 +191,7 @@ def _write_cache(
     tf.keras.utils.set_random_seed(s["seed"])
     model = deeplab.build_deeplab(options)
     if checkpoint:
-        train_lib.restore_initial_checkpoint(
+        trainer.restore_initial_checkpoint(
             model, checkpoint, initialize_last_layer=False
         )
     extractor = feature_extractor(model)
@@ -348,7 +348,7 @@ def build_cache(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if checkpoint:
-        checkpoint = train_lib.resolve_initial_checkpoint(checkpoint)
+        checkpoint = trainer.resolve_initial_checkpoint(checkpoint)
     settings = _settings(
         model_options,
         checkpoint,

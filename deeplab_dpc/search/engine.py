@@ -43,12 +43,14 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from typing import Callable, Mapping, Optional, Sequence
+import warnings
 
 import optuna
 from optuna.trial import TrialState
 
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
 from deeplab_dpc.search import study_storage
@@ -137,7 +139,7 @@ def create_or_load_study(
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
-        directions=strategies.directions(objectives),
+        directions=optuna_space.directions(objectives),
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
@@ -268,12 +270,12 @@ class _Worker:
             raise SurplusTrial(f"not run: the study reached {self.total} trials")
         params = {
             name: trial.suggest_categorical(name, dist.choices)
-            for name, dist in strategies.distributions(self.num_branches).items()
+            for name, dist in optuna_space.distributions(self.num_branches).items()
         }
-        cell = strategies.params_to_cell(params, self.num_branches)
+        cell = optuna_space.params_to_cell(params, self.num_branches)
         key = space.canonical_key(cell)
         trial.set_user_attr(ATTR_WORKER, worker_name())
-        trial.set_user_attr(ATTR_CELL, space.cell_to_json(cell))
+        trial.set_user_attr(ATTR_CELL, cell_spec.cell_to_json(cell))
         trial.set_user_attr(ATTR_KEY, key)
         earlier = self._earlier(trial.number, key)
         if earlier is not None:

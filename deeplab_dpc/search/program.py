@@ -29,11 +29,11 @@ Modes (`--mode`):
   would make the search meaningless, and no ImageNet weights can be fetched
   offline).
 
-Model and data set flags come from `deeplab_dpc.common_flags`; the training
+Model and data set flags come from `deeplab_dpc.flags.common_flags`; the training
 flags (`--train_crop_size`, `--train_split`, `--train_batch_size`,
 `--base_learning_rate`, `--tf_initial_checkpoint`, `--seed`) are the
 training program's, which pretraining and the re-rank use. Of its speed
-flags (`deeplab_dpc.speed_flags`), `--float32_math` and the thread flags
+flags (`deeplab_dpc.flags.speed_flags`), `--float32_math` and the thread flags
 apply to every mode (local workers inherit them; without thread flags each
 of `--num_workers` local workers takes its share of the cores, and with
 `--pin_workers`, the default, keeps to it).
@@ -48,21 +48,22 @@ from absl import flags
 from absl import logging
 import optuna
 
-from deeplab_dpc import common_flags
 from deeplab_dpc import file_io
-from deeplab_dpc import speed_flags
+from deeplab_dpc.cells import cell_spec
 
 # The training program's flags (--train_crop_size, --train_split, ...) are
 # this program's too.
-from deeplab_dpc import train  # pylint: disable=unused-import  # noqa: F401
-from deeplab_dpc import train_lib
+from deeplab_dpc.flags import common_flags
+from deeplab_dpc.flags import speed_flags
+from deeplab_dpc.flags import train_flags  # pylint: disable=unused-import  # noqa: F401
 from deeplab_dpc.search import cache as cache_lib
 from deeplab_dpc.search import engine
+from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import proxy
 from deeplab_dpc.search import report as report_lib
 from deeplab_dpc.search import rerank as rerank_lib
 from deeplab_dpc.search import space
-from deeplab_dpc.search import strategies
+from deeplab_dpc.training import trainer
 
 MODES = ("pretrain", "cache", "search", "rerank", "report", "all")
 PRETRAIN_DIR = "pretrain"
@@ -180,9 +181,9 @@ def pretrain():
         norm_momentum=batch_norm_decay(_PRETRAIN_STEPS.value),
     )
     logging.info("Pretraining the proxy backbone for %d steps.", _PRETRAIN_STEPS.value)
-    train_lib.run(
+    trainer.run(
         options,
-        train_lib.TrainOptions(
+        trainer.TrainOptions(
             train_batch_size=FLAGS.train_batch_size,
             training_number_of_steps=_PRETRAIN_STEPS.value,
             base_learning_rate=FLAGS.base_learning_rate,
@@ -296,11 +297,11 @@ def make_objective(cache):
 
 def open_study():
     objectives = tuple(_OBJECTIVES.value)
-    unknown = sorted(set(objectives) - set(strategies.OBJECTIVES))
+    unknown = sorted(set(objectives) - set(optuna_space.OBJECTIVES))
     if unknown:
         raise flags.ValidationError(
             f"--objectives: unknown {unknown}; choose from "
-            f"{sorted(strategies.OBJECTIVES)}"
+            f"{sorted(optuna_space.OBJECTIVES)}"
         )
     pruner = (
         optuna.pruners.NopPruner()
@@ -379,7 +380,7 @@ def top_candidates(records, k):
     """The best `k` distinct cells by proxy mIOU."""
     seen, candidates = set(), []
     for record in report_lib.completed(records):
-        cell = space.cell_from_json(record["cell"])
+        cell = cell_spec.cell_from_json(record["cell"])
         key = space.canonical_key(cell)
         if key not in seen:
             seen.add(key)
@@ -421,7 +422,7 @@ def baselines(cache):
             stored = json.load(f)
         if stored.get("budget") == budget:
             return stored["baselines"]
-    conv1x1 = space.cell_from_json(
+    conv1x1 = cell_spec.cell_from_json(
         [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
     )
     rows = []
@@ -434,7 +435,7 @@ def baselines(cache):
                 "miou": result.miou,
                 "madds": result.head_madds,
                 "params": result.head_params,
-                "cell": None if cell is None else space.cell_to_json(cell),
+                "cell": None if cell is None else cell_spec.cell_to_json(cell),
             }
         )
     file_io.write_json(path, {"budget": budget, "baselines": rows}, indent=1)

@@ -31,15 +31,15 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from deeplab_dpc import metrics
-from deeplab_dpc import train_lib
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.evaluation import metrics
 from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache as cache_lib
-from deeplab_dpc.search import space
+from deeplab_dpc.training import trainer
 
 DEFAULT_TARGET_CROP = (769, 769)
 CELL_JSON = "dense_prediction_cell.json"
@@ -82,10 +82,10 @@ class TrialResult:
 
     @property
     def cell(self):
-        """The `space.CellSpec`, or None for the ASPP head."""
+        """The `cell_spec.CellSpec`, or None for the ASPP head."""
         if self.cell_json is None:
             return None
-        return space.cell_from_json(json.loads(self.cell_json))
+        return cell_spec.cell_from_json(json.loads(self.cell_json))
 
     def to_dict(self):
         """A JSON-serialisable dict of every field."""
@@ -98,9 +98,9 @@ def proxy_norm_momentum(proxy_steps):
 
 
 def _as_cell(cell):
-    if cell is None or isinstance(cell, space.CellSpec):
+    if cell is None or isinstance(cell, cell_spec.CellSpec):
         return cell
-    return space.cell_from_json(cell)
+    return cell_spec.cell_from_json(cell)
 
 
 def model_options(
@@ -115,7 +115,7 @@ def model_options(
 
     Args:
       cache: a `cache.CacheInfo`, search dir or cache dir.
-      cell: a `space.CellSpec` or its DeepLab JSON (list); None for ASPP.
+      cell: a `cell_spec.CellSpec` or its DeepLab JSON (list); None for ASPP.
       atrous_rates: ASPP rates (ASPP only; () is DeepLab's MobileNet-v2 ASPP).
       weight_decay, norm_momentum: as `ModelOptions`.
 
@@ -214,7 +214,7 @@ def to_deeplab_checkpoint(proxy_model, options, cache, output_dir, *, overwrite=
     model = deeplab.build_deeplab(
         dataclasses.replace(options, decoder_output_stride=None)
     )
-    train_lib.restore_initial_checkpoint(
+    trainer.restore_initial_checkpoint(
         model, info.backbone_checkpoint, initialize_last_layer=False
     )
     for name in (head_layer_name(options), deeplab.LOGITS_LAYER):
@@ -227,11 +227,11 @@ def to_deeplab_checkpoint(proxy_model, options, cache, output_dir, *, overwrite=
             tf.train.Checkpoint(model=model),
             partial,
             max_to_keep=1,
-            checkpoint_name=train_lib.CHECKPOINT_PREFIX,
+            checkpoint_name=trainer.CHECKPOINT_PREFIX,
         )
         prefix = manager.save(checkpoint_number=0)
         if options.dense_prediction_cell is not None:
-            space.dump_cell(
+            cell_spec.dump_cell(
                 options.dense_prediction_cell, os.path.join(partial, CELL_JSON)
             )
         if os.path.exists(output_dir):
@@ -271,7 +271,7 @@ def make_train_step(model, optimizer, ignore_label):
         features, labels = next(iterator)
         with tf.GradientTape() as tape:
             logits = model(features, training=True)
-            loss = train_lib.regularized_loss(
+            loss = trainer.regularized_loss(
                 model, logits, labels, ignore_label=ignore_label
             )
         variables = model.trainable_variables
@@ -281,7 +281,7 @@ def make_train_step(model, optimizer, ignore_label):
     return train_step
 
 
-@train_lib.released_custom_gradients()
+@trainer.released_custom_gradients()
 def run_trial(
     cell,
     cache,
@@ -306,7 +306,7 @@ def run_trial(
     """Trains and evaluates one head on the cached features.
 
     Args:
-      cell: a `space.CellSpec` or DeepLab JSON list; None for the ASPP head
+      cell: a `cell_spec.CellSpec` or DeepLab JSON list; None for the ASPP head
         (with `atrous_rates`), the baseline.
       cache: a `cache.CacheInfo`, search dir or cache dir.
       proxy_steps, proxy_batch_size: ints >= 1.
@@ -364,8 +364,8 @@ def run_trial(
         options, info.feature_shape[-1], target_crop_size
     )
     model = build_proxy_model(options, info.feature_shape)
-    schedule = train_lib.DeepLabLearningRate(
-        train_lib.TrainOptions(
+    schedule = trainer.DeepLabLearningRate(
+        trainer.TrainOptions(
             train_batch_size=proxy_batch_size,
             training_number_of_steps=proxy_steps,
             base_learning_rate=base_learning_rate,
@@ -423,7 +423,7 @@ def run_trial(
         cell_json=(
             None
             if options.dense_prediction_cell is None
-            else space.cell_to_json_string(options.dense_prediction_cell)
+            else cell_spec.cell_to_json_string(options.dense_prediction_cell)
         ),
         miou=final["miou"],
         per_class_iou=tuple(final["per_class_iou"]),

@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from deeplab_dpc import file_io  # pylint: disable=wrong-import-position
-from deeplab_dpc.search import space  # pylint: disable=wrong-import-position
+from deeplab_dpc.cells import cell_spec  # pylint: disable=wrong-import-position
 
 REPORT_FILE = "report.md"
 TRIALS_FILE = "trials.json"
@@ -133,11 +133,11 @@ def op_counts(records, top):
         collections.Counter(),
     )
     for r in completed(records)[:top]:
-        for branch in space.cell_from_json(r["cell"]):
+        for branch in cell_spec.cell_from_json(r["cell"]):
             ops[branch.op] += 1
-            if branch.op == space.OP_SEP3X3:
+            if branch.op == cell_spec.OP_SEP3X3:
                 rates[f"{branch.rate[0]}x{branch.rate[1]}"] += 1
-            elif branch.op == space.OP_POOL:
+            elif branch.op == cell_spec.OP_POOL:
                 grids[f"{branch.grid[0]}x{branch.grid[1]}"] += 1
     return ops, rates, grids
 
@@ -155,7 +155,11 @@ def plot_op_frequencies(records, path, top):
 
 def plot_cell(cell, path, title=""):
     """Draws a cell: F on the left, branches by depth, the concat on the right."""
-    cell = space.cell_from_json(cell) if not isinstance(cell, space.CellSpec) else cell
+    cell = (
+        cell_spec.cell_from_json(cell)
+        if not isinstance(cell, cell_spec.CellSpec)
+        else cell
+    )
     depth = []
     for branch in cell:
         depth.append(1 if branch.input < 0 else depth[branch.input] + 1)
@@ -171,7 +175,7 @@ def plot_cell(cell, path, title=""):
         ax.annotate("", xy=position[i], xytext=source, arrowprops=arrow)
         ax.annotate("", xy=concat, xytext=position[i], arrowprops=arrow)
     boxes = [("F", position["F"], "F (backbone)"), ("concat", concat, "concat + 1x1")]
-    lines = space.describe(cell).splitlines()
+    lines = cell_spec.describe(cell).splitlines()
     boxes += [(i, position[i], lines[i]) for i in range(len(cell))]
     for _, (x, y), text in boxes:
         ax.text(
@@ -202,7 +206,9 @@ def _fmt(value, digits=4):
 def _cell_text(cell_json):
     if cell_json is None:
         return "ASPP"
-    return "; ".join(space.describe(space.cell_from_json(cell_json)).splitlines())
+    return "; ".join(
+        cell_spec.describe(cell_spec.cell_from_json(cell_json)).splitlines()
+    )
 
 
 def _table(header, rows):

@@ -3,11 +3,11 @@
 The paper re-ranked its top 50 proxy cells by fine-tuning each with the
 MobileNet-v2 backbone end to end, and its winner was 12th by proxy score.
 `rerank` does the same with the training program's library: every candidate
-cell is trained (`train_lib.run`) from the cache's backbone checkpoint (the
+cell is trained (`trainer.run`) from the cache's backbone checkpoint (the
 weights the proxy features came from; the head and logits start fresh, as
 `initialize_last_layer=False` does) for `rerank_steps` at the cache's crop,
 then evaluated on the val split with the eval program's library
-(`eval_lib.evaluate_checkpoint`). Candidates are ranked by that full mIOU;
+(`evaluator.evaluate_checkpoint`). Candidates are ranked by that full mIOU;
 the Spearman rank correlation between proxy and full mIOU says how
 predictive the proxy was (the paper measured rho = 0.47 for cached features
 vs end-to-end training). The winner is written in DeepLab's JSON format to
@@ -29,12 +29,13 @@ from absl import logging
 import numpy as np
 from scipy import stats
 
-from deeplab_dpc import eval_lib
 from deeplab_dpc import file_io
-from deeplab_dpc import train_lib
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.evaluation import evaluator
 from deeplab_dpc.search import cache as cache_lib
 from deeplab_dpc.search import proxy
 from deeplab_dpc.search import space
+from deeplab_dpc.training import trainer
 
 BEST_CELL_FILE = "best_cell.json"
 RERANK_DIR = "rerank"
@@ -45,7 +46,7 @@ RESULTS_FILE = "rerank.json"
 class Candidate:
     """A cell to re-rank, with its proxy score and trial number."""
 
-    cell: space.CellSpec
+    cell: cell_spec.CellSpec
     proxy_miou: float
     trial: Optional[int] = None
 
@@ -90,7 +91,7 @@ def spearman(proxy_scores, full_scores):
     return None if np.isnan(rho) else float(rho)
 
 
-@train_lib.released_custom_gradients()
+@trainer.released_custom_gradients()
 def train_and_evaluate(
     candidate, cache, *, dataset_dir, train_split, val_split, options, workdir
 ):
@@ -110,7 +111,7 @@ def train_and_evaluate(
         weight_decay=options.weight_decay,
         norm_momentum=norm_momentum,
     )
-    results_path = os.path.join(workdir, eval_lib.RESULTS_FILE)
+    results_path = os.path.join(workdir, evaluator.RESULTS_FILE)
     if os.path.exists(results_path):
         with open(results_path) as f:
             result = json.load(f)
@@ -120,9 +121,9 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     file_io.write_text(
         os.path.join(workdir, proxy.CELL_JSON),
-        space.cell_to_json_string(candidate.cell),
+        cell_spec.cell_to_json_string(candidate.cell),
     )
-    train_options = train_lib.TrainOptions(
+    train_options = trainer.TrainOptions(
         train_batch_size=options.train_batch_size,
         training_number_of_steps=options.rerank_steps,
         base_learning_rate=options.base_learning_rate,
@@ -136,8 +137,8 @@ def train_and_evaluate(
         save_interval_secs=600.0,
         seed=options.seed,
     )
-    train_lib.run(model_options, train_options, workdir)
-    result = eval_lib.evaluate_checkpoint(
+    trainer.run(model_options, train_options, workdir)
+    result = evaluator.evaluate_checkpoint(
         model_options,
         workdir,
         dataset_dir=dataset_dir,
@@ -145,7 +146,7 @@ def train_and_evaluate(
         batch_size=options.train_batch_size,
         ignore_label=info.ignore_label,
     )
-    eval_lib.write_results(workdir, result)
+    evaluator.write_results(workdir, result)
     return result
 
 
@@ -199,7 +200,7 @@ def rerank(
         rows.append(
             {
                 "trial": candidate.trial,
-                "cell": space.cell_to_json(candidate.cell),
+                "cell": cell_spec.cell_to_json(candidate.cell),
                 "proxy_miou": float(candidate.proxy_miou),
                 "full_miou": float(result["miou"]),
                 "checkpoint": result["checkpoint"],
@@ -213,7 +214,9 @@ def rerank(
     rho = spearman([r["proxy_miou"] for r in rows], [r["full_miou"] for r in rows])
     best_path = os.path.join(search_dir, BEST_CELL_FILE)
     # The search's own product: a new re-rank replaces the previous winner.
-    space.dump_cell(space.cell_from_json(rows[0]["cell"]), best_path, overwrite=True)
+    cell_spec.dump_cell(
+        cell_spec.cell_from_json(rows[0]["cell"]), best_path, overwrite=True
+    )
     summary = {
         "candidates": rows,
         "spearman": rho,

@@ -1,24 +1,20 @@
 """Search strategies over Dense Prediction Cells, as Optuna samplers.
 
-A cell of B branches is flattened to 2B categorical parameters: `op_<i>` over
-the 81 op tokens (`OP_TOKENS`, e.g. "sep3x3@6x21") and `input_<i>` over the
-legal inputs of branch i (-1 for the backbone feature, else 0..i-1). Every
-assignment of these parameters is a valid cell, so any sampler proposes only
-valid cells. The paper's random + local search and aging evolution are Optuna
+Samplers propose the flattened parameters of `optuna_space` (every
+assignment is a valid cell). The paper's random + local search and aging evolution are Optuna
 samplers that read the history from the study's storage, so every worker of a
 study sees the same history.
 """
 
 import abc
-import dataclasses
 import random
 from typing import Optional, Sequence
 
 import optuna
-from optuna.distributions import CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
 
 VIZIER_PREFIX = "vizier:"
@@ -29,12 +25,6 @@ STRATEGIES = (
     "nsga2",
     VIZIER_PREFIX + "<ALGORITHM>",
 )
-# Objective name -> direction; values come from the trial result of that name.
-OBJECTIVES = {
-    "miou": StudyDirection.MAXIMIZE,
-    "madds": StudyDirection.MINIMIZE,
-    "params": StudyDirection.MINIMIZE,
-}
 # Tries to propose a cell no trial of the study holds before settling for one.
 _MAX_ATTEMPTS = 100
 _SEEN_STATES = (
@@ -43,115 +33,6 @@ _SEEN_STATES = (
     TrialState.RUNNING,
     TrialState.WAITING,
 )
-
-
-def op_token(branch: space.BranchSpec) -> str:
-    """Returns the op of a branch as a string: conv1x1, sep3x3@RHxRW or pool@GHxGW."""
-    if branch.op == space.OP_SEP3X3:
-        return f"{space.OP_SEP3X3}@{branch.rate[0]}x{branch.rate[1]}"
-    if branch.op == space.OP_POOL:
-        return f"{space.OP_POOL}@{branch.grid[0]}x{branch.grid[1]}"
-    return space.OP_CONV1X1
-
-
-OP_TOKENS = tuple(op_token(op) for op in space.all_ops())
-_OP_BY_TOKEN = dict(zip(OP_TOKENS, space.all_ops()))
-
-
-def _check_num_branches(num_branches) -> None:
-    space.space_size(num_branches)  # Raises ValueError naming the value.
-
-
-def distributions(num_branches: int) -> dict:
-    """The flattened search space.
-
-    Args:
-        num_branches: int >= 1, the number of branches B.
-
-    Returns:
-        Dict from parameter name to `CategoricalDistribution`, in the order
-        op_0, input_0, op_1, input_1, ...; `input_0` has the single choice -1.
-
-    Raises:
-        ValueError: if `num_branches` is not an int >= 1.
-    """
-    _check_num_branches(num_branches)
-    out = {}
-    for i in range(num_branches):
-        out[f"op_{i}"] = CategoricalDistribution(OP_TOKENS)
-        out[f"input_{i}"] = CategoricalDistribution(tuple(range(-1, i)))
-    return out
-
-
-def cell_to_params(cell) -> dict:
-    """Returns the flattened parameters of a `CellSpec` (or what it accepts)."""
-    cell = cell if isinstance(cell, space.CellSpec) else space.CellSpec(cell)
-    params = {}
-    for i, branch in enumerate(cell):
-        params[f"op_{i}"] = op_token(branch)
-        params[f"input_{i}"] = branch.input
-    return params
-
-
-def params_to_cell(params: dict, num_branches: int) -> space.CellSpec:
-    """Builds the cell of flattened parameters.
-
-    Args:
-        params: dict with `op_<i>` (an op token) and `input_<i>` (an int) for
-            i in 0..num_branches-1; other keys are ignored.
-        num_branches: int >= 1.
-
-    Returns:
-        A valid `CellSpec`.
-
-    Raises:
-        ValueError: naming the parameter that is missing or out of range.
-    """
-    _check_num_branches(num_branches)
-    branches = []
-    for i in range(num_branches):
-        for name in (f"op_{i}", f"input_{i}"):
-            if name not in params:
-                raise ValueError(
-                    f'parameter "{name}" is missing; a cell of {num_branches} '
-                    f"branches needs op_0..op_{num_branches - 1} and "
-                    f"input_0..input_{num_branches - 1}"
-                )
-        token, source = params[f"op_{i}"], params[f"input_{i}"]
-        if token not in _OP_BY_TOKEN:
-            raise ValueError(
-                f'parameter "op_{i}" is {token!r}; it must be one of the 81 op '
-                "tokens such as 'conv1x1', 'sep3x3@6x21' or 'pool@2x4'"
-            )
-        if not isinstance(source, int) or not -1 <= source <= i - 1:
-            raise ValueError(
-                f'parameter "input_{i}" is {source!r}; it must be an int in '
-                f"-1..{i - 1}"
-            )
-        branches.append(dataclasses.replace(_OP_BY_TOKEN[token], input=source))
-    return space.CellSpec(branches=tuple(branches))
-
-
-def directions(objectives: Sequence[str]) -> list:
-    """Returns the `StudyDirection` of each objective name.
-
-    Raises:
-        ValueError: if `objectives` is empty, repeats a name or has an
-            unknown one.
-    """
-    objectives = tuple(objectives)
-    if not objectives or len(set(objectives)) != len(objectives):
-        raise ValueError(
-            f"objectives is {objectives!r}; it must list distinct names out of "
-            f"{', '.join(OBJECTIVES)}"
-        )
-    for name in objectives:
-        if name not in OBJECTIVES:
-            raise ValueError(
-                f"objective {name!r} is unknown; known objectives are "
-                f"{', '.join(OBJECTIVES)}"
-            )
-    return [OBJECTIVES[name] for name in objectives]
 
 
 class CellSampler(optuna.samplers.BaseSampler):
@@ -169,7 +50,7 @@ class CellSampler(optuna.samplers.BaseSampler):
     """
 
     def __init__(self, num_branches: int, seed: Optional[int] = None):
-        self._space = distributions(num_branches)
+        self._space = optuna_space.distributions(num_branches)
         self._num_branches = num_branches
         self._seed = seed
         self._independent = optuna.samplers.RandomSampler(seed=seed)
@@ -196,7 +77,7 @@ class CellSampler(optuna.samplers.BaseSampler):
         for past in trials:
             if not all(name in past.params for name in self._space):
                 continue  # Still choosing its cell.
-            cell = params_to_cell(past.params, self._num_branches)
+            cell = optuna_space.params_to_cell(past.params, self._num_branches)
             seen.add(space.canonical_key(cell))
             if past.state == TrialState.COMPLETE:
                 history.append((past, cell))
@@ -205,7 +86,7 @@ class CellSampler(optuna.samplers.BaseSampler):
             cell = self.propose(history, rng, maximize)
             if space.canonical_key(cell) not in seen:
                 break
-        return cell_to_params(cell)
+        return optuna_space.cell_to_params(cell)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(
@@ -372,8 +253,8 @@ def make_sampler(
         ValueError: for an unknown strategy or a bad setting (named).
         ImportError: for `vizier:` when Open Source Vizier is not installed.
     """
-    _check_num_branches(num_branches)
-    directions(objectives)
+    optuna_space._check_num_branches(num_branches)
+    optuna_space.directions(objectives)
     if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
         raise ValueError(f"worker is {worker!r}; it must be an int >= 0")
     stream_seed = None if seed is None else seed + worker

@@ -17,14 +17,14 @@ Vizier is an optional extra: `pip install .[vizier]`.
 import math
 import random
 import types
-import zlib
 from typing import Optional, Sequence
+import zlib
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from deeplab_dpc.search import strategies
+from deeplab_dpc.search import optuna_space
 
 ALGORITHMS = ("RANDOM_SEARCH", "EAGLE_STRATEGY", "GAUSSIAN_PROCESS_BANDIT")
 # Trial system attribute holding the suggestion's Vizier metadata.
@@ -66,7 +66,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
     Args:
         algorithm: one of `ALGORITHMS`.
         num_branches: int >= 1, branches per cell.
-        objectives: objective names of the study (`strategies.OBJECTIVES`),
+        objectives: objective names of the study (`optuna_space.OBJECTIVES`),
             in the study's order.
         seed: int or None; the designer of trial n is seeded by (seed, n).
 
@@ -91,12 +91,12 @@ class VizierSampler(optuna.samplers.BaseSampler):
             )
         self._vizier = _import_vizier()
         self._algorithm = algorithm
-        self._space = strategies.distributions(num_branches)
+        self._space = optuna_space.distributions(num_branches)
         self._num_branches = num_branches
         self._objectives = tuple(objectives)
         self._seed = seed
         self._independent = optuna.samplers.RandomSampler(seed=seed)
-        self._problem = self._make_problem(strategies.directions(objectives))
+        self._problem = self._make_problem(optuna_space.directions(objectives))
         try:
             self._new_designer(0)
         except ValueError as err:

@@ -13,8 +13,9 @@ BENCH = os.path.join(
 sys.path.insert(0, BENCH)
 
 import float32_math_parity as parity  # pylint: disable=wrong-import-position
-from deeplab_dpc import speed  # pylint: disable=wrong-import-position
+
 from deeplab_dpc.layers import fast_paths  # pylint: disable=wrong-import-position
+from deeplab_dpc.training import speed  # pylint: disable=wrong-import-position
 
 
 def test_last_logged_loss_reads_the_training_programs_log_lines():

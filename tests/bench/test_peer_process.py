@@ -14,7 +14,8 @@ sys.path.insert(0, BENCH)
 
 import benchlib  # pylint: disable=wrong-import-position
 import peer_process  # pylint: disable=wrong-import-position
-from deeplab_dpc import speed  # pylint: disable=wrong-import-position
+
+from deeplab_dpc.training import speed  # pylint: disable=wrong-import-position
 
 
 class _Handlers:

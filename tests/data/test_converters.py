@@ -7,12 +7,11 @@ import logging
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 from scipy import io as scipy_io
 import tensorflow as tf
-from PIL import Image
 
-from deeplab_dpc import vis_lib
 from deeplab_dpc.data import ade20k
 from deeplab_dpc.data import converters
 from deeplab_dpc.data import metadata
@@ -190,10 +189,10 @@ def test_ade20k(tmp_path):
     assert (label[0, :2] == (0, 150)).all()
     expected = np.concatenate([[[0, 0, 0]], colors])[label]
     np.testing.assert_array_equal(
-        vis_lib.colorize(label, info.label_colors()), expected
+        registry.colorize(label, info.label_colors()), expected
     )
     np.testing.assert_array_equal(
-        vis_lib.colorize(tf.constant(label), info.label_colors()).numpy(), expected
+        registry.colorize(tf.constant(label), info.label_colors()).numpy(), expected
     )
 
 

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.export import compare
 from deeplab_dpc.models import accounting
-from deeplab_dpc.search import space
 from tests.export import tflite_testing as tt
 
 VARIANTS = ("float32", "int8")
@@ -77,12 +77,12 @@ def test_markdown_table_and_plots_are_written(comparison):
 def test_models_from_flags_and_from_a_config_file(tmp_path):
     base = tt.options("aspp")
     cell_path = tmp_path / "cell.json"
-    space.dump_cell(space.published_cell(), str(cell_path))
+    cell_spec.dump_cell(cell_spec.published_cell(), str(cell_path))
     specs = compare.parse_models(
         ["a:/ck/a:aspp", f"b:/ck/b:{cell_path}", "c:/ck/c:dpc:xception"], base
     )
     assert [s.options.head for s in specs] == ["aspp", "dpc", "dpc"]
-    assert specs[1].options.dense_prediction_cell == space.published_cell()
+    assert specs[1].options.dense_prediction_cell == cell_spec.published_cell()
     assert specs[2].options.model_variant == "xception"
     config = tmp_path / "models.json"
     models = [
@@ -91,7 +91,7 @@ def test_models_from_flags_and_from_a_config_file(tmp_path):
     ]
     config.write_text(json.dumps({"models": models}))
     x, y = compare.load_models(str(config), base)
-    cell = space.published_cell()
+    cell = cell_spec.published_cell()
     assert x.options == dataclasses.replace(base, dense_prediction_cell=cell)
     assert y.options.atrous_rates == (6, 12) and y.options.head == "aspp"
 

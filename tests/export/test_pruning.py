@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc.export import legacy_keras
+from deeplab_dpc.export import keras_paths
 from deeplab_dpc.export import litert_runner
 from tests.export import tflite_testing as tt
 
@@ -56,7 +56,7 @@ def test_pruned_kernels_reach_the_target_sparsity(pruned):
     kernels = [  # Every Conv2D kernel, nested ones too; depthwise ones are kept.
         kernel
         for layer in tt.model().layers
-        for kernel in legacy_keras.conv_kernels(layer)
+        for kernel in keras_paths.conv_kernels(layer)
         if not isinstance(kernel[1], tf.keras.layers.DepthwiseConv2D)
     ]
     assert entry["num_kernels"] == len(kernels) > 30

@@ -9,6 +9,7 @@ from ai_edge_litert import schema_py_generated as schema
 import numpy as np
 import pytest
 
+from deeplab_dpc.export import keras_paths
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import litert_runner
 from tests.export import tflite_testing as tt
@@ -86,7 +87,7 @@ def test_qat_ranges_calibrated_then_fine_tuned(qat):
 
 def test_layer_weights_cover_every_weight_once():
     model = tt.model("aspp")
-    weights = legacy_keras.layer_weights(model)
+    weights = keras_paths.layer_weights(model)
     assert len(weights) == len(model.weights)
     assert sum(w.size for w in weights.values()) == model.count_params()
     assert "aspp/image_pooling/conv/bn:3" in weights  # moving variance
@@ -96,14 +97,14 @@ def test_layer_weights_cover_every_weight_once():
 
 def test_load_weights_names_what_does_not_fit(tmp_path):
     path = str(tmp_path / "weights.npz")
-    weights = legacy_keras.layer_weights(tt.model("aspp"))
+    weights = keras_paths.layer_weights(tt.model("aspp"))
     np.savez(path, **weights)
     with pytest.raises(ValueError, match="weights it lacks: .*dense_prediction_cell"):
-        legacy_keras.load_weights(tt.model("dpc"), path)
+        keras_paths.load_weights(tt.model("dpc"), path)
     weights["logits:0"] = weights["logits:0"][..., :3]  # Another num_classes.
     np.savez(path, **weights)
     with pytest.raises(ValueError, match=r"logits:0 has shape \(1, 1, 256, 3\)"):
-        legacy_keras.load_weights(tt.model("aspp"), path)
+        keras_paths.load_weights(tt.model("aspp"), path)
 
 
 def test_model_options_survive_the_request_json():

@@ -15,11 +15,11 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import inference
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import saved_model
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OPTIONS = deeplab.ModelOptions(
@@ -371,12 +371,14 @@ def test_multi_scale_and_flips_run_by_saved_model_cli(model, tmp_path):
 
 
 def test_options_file_records_a_dense_prediction_cell(tmp_path):
-    options = dataclasses.replace(OPTIONS, dense_prediction_cell=space.published_cell())
+    options = dataclasses.replace(
+        OPTIONS, dense_prediction_cell=cell_spec.published_cell()
+    )
     description = saved_model.model_description(options, [1.0, 1.5], False)
     recorded = json.loads(json.dumps(description))
     assert recorded["head"] == "dpc"
-    assert space.cell_from_json(recorded["dense_prediction_cell"]) == (
-        space.published_cell()
+    assert cell_spec.cell_from_json(recorded["dense_prediction_cell"]) == (
+        cell_spec.published_cell()
     )
     assert recorded["inference_scales"] == [1.0, 1.5]
     assert recorded["mean_pixel"] == [127.5, 127.5, 127.5]

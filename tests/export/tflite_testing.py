@@ -18,17 +18,17 @@ import subprocess
 import sys
 import tempfile
 
+import model_testing
 import numpy as np
 import tensorflow as tf
 
-from deeplab_dpc import inference
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import tflite
 from deeplab_dpc.export import tflite_export
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
-import model_testing
 
 CROP = (33, 33)
 # Least pixel agreement of int8 classes with float ones: these untrained,
@@ -57,7 +57,7 @@ def options(head="dpc"):
         num_classes=NUM_CLASSES,
         crop_size=CROP,
         output_stride=16,
-        dense_prediction_cell=space.published_cell() if head == "dpc" else None,
+        dense_prediction_cell=cell_spec.published_cell() if head == "dpc" else None,
         backbone_weights=None,
     )
 

@@ -3,14 +3,16 @@
 import json
 import random
 
+import layer_testing
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import layer_testing
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.cells.cell_spec import BranchSpec
+from deeplab_dpc.cells.cell_spec import CellSpec
 from deeplab_dpc.layers import dense_prediction_cell
 from deeplab_dpc.search import space
-from deeplab_dpc.search.space import BranchSpec, CellSpec
 
 C, F, FEAT = layer_testing.C, layer_testing.F, layer_testing.FEAT
 OUTPUT_STRIDES = layer_testing.OUTPUT_STRIDES
@@ -22,18 +24,18 @@ _dumps = layer_testing.dumps
 
 
 _OPS = [
-    BranchSpec(input=-1, op=space.OP_CONV1X1),
-    BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(1, 1)),
-    BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(6, 21)),
-    BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(18, 3)),
-    BranchSpec(input=-1, op=space.OP_POOL, grid=(1, 1)),
-    BranchSpec(input=-1, op=space.OP_POOL, grid=(2, 4)),
-    BranchSpec(input=-1, op=space.OP_POOL, grid=(8, 8)),
+    BranchSpec(input=-1, op=cell_spec.OP_CONV1X1),
+    BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(1, 1)),
+    BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(6, 21)),
+    BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(18, 3)),
+    BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(1, 1)),
+    BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(2, 4)),
+    BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(8, 8)),
 ]
 
 
 def _op_id(spec):
-    return space.describe(CellSpec(branches=(spec,))).split(" = ")[1]
+    return cell_spec.describe(CellSpec(branches=(spec,))).split(" = ")[1]
 
 
 def _two_branch_cell(op):
@@ -54,7 +56,7 @@ def _dpc(cell, output_stride=16, crop=None, **kwargs):
 
 
 def _op_params(spec, cin, f=F):
-    if spec.op == space.OP_SEP3X3:
+    if spec.op == cell_spec.OP_SEP3X3:
         return 9 * cin + 4 * cin + cin * f + 4 * f
     return cin * f + 4 * f  # conv1x1 and pool (1x1 conv after the pool).
 
@@ -75,7 +77,7 @@ def test_dpc_shape(output_stride, op):
 
 
 def test_dpc_published_cell_shape():
-    layer = _dpc(space.published_cell(), 16)
+    layer = _dpc(cell_spec.published_cell(), 16)
     assert layer(_features((2, FEAT, FEAT, C))).shape == (2, FEAT, FEAT, F)
     assert len(layer.branch_layers) == 5
     assert layer.compute_output_shape((2, FEAT, FEAT, C)) == (2, FEAT, FEAT, F)
@@ -84,8 +86,8 @@ def test_dpc_published_cell_shape():
 def test_dpc_non_square_shape():
     cell = CellSpec(
         branches=(
-            BranchSpec(input=-1, op=space.OP_POOL, grid=(2, 8)),
-            BranchSpec(input=0, op=space.OP_SEP3X3, rate=(3, 9)),
+            BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(2, 8)),
+            BranchSpec(input=0, op=cell_spec.OP_SEP3X3, rate=(3, 9)),
         )
     )
     layer = _dpc(cell, 8, crop=(65, 129))
@@ -102,7 +104,7 @@ def test_dpc_param_count_random_cells(seed):
 
 def test_dpc_param_count_published_cell_at_deeplab_width():
     # Published cell, 320 input channels (MobileNet-v2), 256 filters.
-    cell = space.published_cell()
+    cell = cell_spec.published_cell()
     layer = dense_prediction_cell.DensePredictionCell(
         cell, crop_size=(65, 65), output_stride=8
     )
@@ -117,21 +119,21 @@ def test_dpc_param_count_published_cell_at_deeplab_width():
 
 
 def test_dpc_accepts_dicts_and_branch_specs():
-    specs = list(space.published_cell())
+    specs = list(cell_spec.published_cell())
     dicts = [
         {"input": b.input, "op": b.op, "rate": list(b.rate), "grid": list(b.grid)}
         for b in specs
     ]
-    for branches in (specs, dicts, space.published_cell()):
+    for branches in (specs, dicts, cell_spec.published_cell()):
         layer = _dpc(branches, 16)
-        assert layer.cell == space.published_cell()
+        assert layer.cell == cell_spec.published_cell()
 
 
 def test_dpc_wrong_feature_size_raises():
     cell = CellSpec(
         branches=(
-            BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(1, 6)),
-            BranchSpec(input=0, op=space.OP_POOL, grid=(2, 2)),
+            BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(1, 6)),
+            BranchSpec(input=0, op=cell_spec.OP_POOL, grid=(2, 2)),
         )
     )
     layer = _dpc(cell, 16, crop=(65, 65))  # Expects 5x5 features.
@@ -149,8 +151,8 @@ def test_dpc_wrong_feature_size_raises():
 def test_dpc_without_pool_branch_wrong_feature_size_raises(output_stride, shape):
     # The published cell has no pooling branch: the size check is the cell's
     # own, not a pyramid pooling branch's.
-    cell = space.published_cell()
-    assert all(b.op != space.OP_POOL for b in cell)
+    cell = cell_spec.published_cell()
+    assert all(b.op != cell_spec.OP_POOL for b in cell)
     crop = _crop(output_stride)
     layer = _dpc(cell, output_stride, crop=crop)
     message = r"crop \(%d, %d\) at output stride %d" % (*crop, output_stride)
@@ -164,7 +166,7 @@ def test_dpc_without_pool_branch_wrong_feature_size_raises(output_stride, shape)
 
 @pytest.mark.parametrize("output_stride,multiplier", [(8, 2), (16, 1), (32, 1)])
 def test_dpc_rate_scaling_config(output_stride, multiplier):
-    cell = space.published_cell()
+    cell = cell_spec.published_cell()
     layer = _dpc(cell, output_stride)
     assert dense_prediction_cell.rate_multiplier(output_stride) == multiplier
     for spec, branch in zip(cell, layer.branch_layers):
@@ -181,7 +183,9 @@ def test_dpc_rate_scaling_by_behaviour():
     size, centre = 17, 8
     x = np.zeros([1, size, size, 1], np.float32)
     x[0, centre, centre, 0] = 1.0
-    cell = CellSpec(branches=(BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(1, 3)),))
+    cell = CellSpec(
+        branches=(BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(1, 3)),)
+    )
     layer = _dpc(cell, 8, crop=(129, 129))
     layer.build(x.shape)
     _set_ones(layer)
@@ -198,14 +202,14 @@ def test_dpc_output_stride_8_equals_doubled_rates_at_16():
     x = _features((1, 17, 17, C))
     cell8 = CellSpec(
         branches=(
-            BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(3, 6)),
-            BranchSpec(input=0, op=space.OP_SEP3X3, rate=(9, 3)),
+            BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(3, 6)),
+            BranchSpec(input=0, op=cell_spec.OP_SEP3X3, rate=(9, 3)),
         )
     )
     cell16 = CellSpec(
         branches=(
-            BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(6, 12)),
-            BranchSpec(input=0, op=space.OP_SEP3X3, rate=(18, 6)),
+            BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(6, 12)),
+            BranchSpec(input=0, op=cell_spec.OP_SEP3X3, rate=(18, 6)),
         )
     )
     cell16_same = cell8
@@ -227,7 +231,7 @@ def test_dpc_output_stride_8_equals_doubled_rates_at_16():
 
 
 def test_dpc_dropout_only_in_training():
-    layer = _dpc(space.published_cell(), 16, dropout_rate=0.5)
+    layer = _dpc(cell_spec.published_cell(), 16, dropout_rate=0.5)
     x = _features((2, FEAT, FEAT, C))
     train1 = layer(x, training=True).numpy()
     train2 = layer(x, training=True).numpy()
@@ -239,7 +243,7 @@ def test_dpc_dropout_only_in_training():
 
 
 def test_dpc_zero_dropout_training_is_deterministic():
-    layer = _dpc(space.published_cell(), 16, dropout_rate=0.0)
+    layer = _dpc(cell_spec.published_cell(), 16, dropout_rate=0.0)
     x = _features((2, FEAT, FEAT, C))
     np.testing.assert_allclose(
         layer(x, training=True).numpy(), layer(x, training=True).numpy(), rtol=1e-6
@@ -251,9 +255,9 @@ def test_dpc_branch_inputs_are_wired_as_specified():
     # must zero branch 1 (its op is a 1x1 conv -> BN -> ReLU with beta 0).
     cell = CellSpec(
         branches=(
-            BranchSpec(input=-1, op=space.OP_CONV1X1),
-            BranchSpec(input=0, op=space.OP_CONV1X1),
-            BranchSpec(input=-1, op=space.OP_CONV1X1),
+            BranchSpec(input=-1, op=cell_spec.OP_CONV1X1),
+            BranchSpec(input=0, op=cell_spec.OP_CONV1X1),
+            BranchSpec(input=-1, op=cell_spec.OP_CONV1X1),
         )
     )
     layer = _dpc(cell, 16)
@@ -275,17 +279,17 @@ def test_dpc_branch_inputs_are_wired_as_specified():
 
 _MIXED = CellSpec(
     branches=(
-        BranchSpec(input=-1, op=space.OP_POOL, grid=(2, 4)),
-        BranchSpec(input=0, op=space.OP_SEP3X3, rate=(3, 9)),
-        BranchSpec(input=-1, op=space.OP_CONV1X1),
-        BranchSpec(input=1, op=space.OP_POOL, grid=(1, 1)),
+        BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(2, 4)),
+        BranchSpec(input=0, op=cell_spec.OP_SEP3X3, rate=(3, 9)),
+        BranchSpec(input=-1, op=cell_spec.OP_CONV1X1),
+        BranchSpec(input=1, op=cell_spec.OP_POOL, grid=(1, 1)),
     )
 )
 
 _CASES = [
     pytest.param(
         lambda: dense_prediction_cell.DensePredictionCell(
-            space.published_cell(),
+            cell_spec.published_cell(),
             crop_size=(65, 65),
             output_stride=8,
             filters=F,
@@ -321,12 +325,12 @@ def test_keras_save_load(factory, shapes, tmp_path):
 
 
 def test_dpc_config_round_trip_published_cell():
-    layer = _dpc(space.published_cell(), 8)
+    layer = _dpc(cell_spec.published_cell(), 8)
     config = json.loads(_dumps(layer.get_config()))
     rebuilt = dense_prediction_cell.DensePredictionCell.from_config(config)
-    assert rebuilt.cell == space.published_cell()
-    assert space.cell_to_json(rebuilt.cell) == space.cell_to_json(
-        space.published_cell()
+    assert rebuilt.cell == cell_spec.published_cell()
+    assert cell_spec.cell_to_json(rebuilt.cell) == cell_spec.cell_to_json(
+        cell_spec.published_cell()
     )
     assert [b.get_config()["rate"] for b in rebuilt.branch_layers] == [
         b.get_config()["rate"] for b in layer.branch_layers
@@ -351,10 +355,10 @@ def test_dpc_rebuilt_from_config_gives_same_outputs():
 
 
 def test_checkpoint_saves_every_branch_weight(tmp_path):
-    cell = space.CellSpec(
+    cell = cell_spec.CellSpec(
         [
-            space.BranchSpec(input=-1, op="sep3x3", rate=(1, 3)),
-            space.BranchSpec(input=0, op="pool", grid=(2, 2)),
+            cell_spec.BranchSpec(input=-1, op="sep3x3", rate=(1, 3)),
+            cell_spec.BranchSpec(input=0, op="pool", grid=(2, 2)),
         ]
     )
     layer = _dpc(cell)

@@ -14,13 +14,13 @@ import subprocess
 import sys
 import textwrap
 
+import layer_testing
+import model_testing
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import layer_testing
-import model_testing
-from deeplab_dpc import losses
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.layers import dense_prediction_cell
 from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.layers import fast_dropout
@@ -28,7 +28,7 @@ from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import fused_batch_norm
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
+from deeplab_dpc.training import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
@@ -39,7 +39,7 @@ TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 RATES = sorted(
     {
         r * dense_prediction_cell.rate_multiplier(os_)
-        for r in space.RATES
+        for r in cell_spec.RATES
         for os_ in (8, 16, 32)
     }
     | {2, 4}
@@ -107,12 +107,11 @@ def test_upsampling_gradient_fast_and_portable_routes_agree(factors):
     in_size = (3, 4)
     out_size = tuple((n - 1) * f + 1 for n, f in zip(in_size, factors))
     x = tf.constant(np.random.default_rng(0).normal(size=(2, *in_size, 3)), tf.float32)
+
     def fn(t):
         return resize.resize_bilinear(t, out_size, strided_gradient=True)
 
-    _assert_same(
-        *_fast_and_portable(fn, x, [], fast_paths.STRIDED_UPSAMPLING_GRADIENT)
-    )
+    _assert_same(*_fast_and_portable(fn, x, [], fast_paths.STRIDED_UPSAMPLING_GRADIENT))
     with fast_paths.portable(fast_paths.STRIDED_UPSAMPLING_GRADIENT):
         ops = layer_testing.gradient_op_types(fn, x)
     assert "ResizeBilinearGrad" in ops and "DepthwiseConv2dNative" not in ops
@@ -226,13 +225,13 @@ def test_portable_block_and_environment_turn_every_path_off(monkeypatch):
         fast_paths.available("warp_drive")
 
 
-_PROBE_SCRIPT = textwrap.dedent(
-    """
+_PROBE_SCRIPT = textwrap.dedent("""
     import json, logging
     import tensorflow as tf
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.INFO)
     from deeplab_dpc.layers import fast_paths as f
+    from deeplab_dpc.layers import resize  # registers its probe  # noqa: F401
 
     def runs(fn):
         try:
@@ -261,8 +260,7 @@ _PROBE_SCRIPT = textwrap.dedent(
         "raw": raw,
     }
     print("RESULT " + json.dumps(got))
-    """
-)
+    """)
 
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
@@ -279,7 +277,7 @@ def test_probe_decides_by_the_kernels_of_the_process(onednn):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    got = json.loads(line[len("RESULT "):])
+    got = json.loads(line[len("RESULT ") :])
     # The decision follows what the kernel of this process does.
     assert got["native"] == got["raw"]["dilated"] == got["native_again"]
     assert got["strided_unequal"] == got["raw"]["unequal_strides"]

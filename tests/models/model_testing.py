@@ -11,6 +11,7 @@ import random
 import numpy as np
 import tensorflow as tf
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
 
@@ -20,7 +21,7 @@ C_LOW = 48  # Its stride-4 low-level channels.
 FILTERS = 256  # Every head and decoder conv.
 LOW_FILTERS = 48
 
-PUBLISHED = space.published_cell()
+PUBLISHED = cell_spec.published_cell()
 SAMPLED = space.sample_cell(random.Random(0))
 
 

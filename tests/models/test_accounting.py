@@ -1,13 +1,14 @@
 """Tests for deeplab_dpc.models.accounting: module keys and totals, MAdds
 worked out by hand, and the TensorFlow profiler cross-check."""
 
+import model_testing
 import pytest
 
-import model_testing
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.cells.cell_spec import BranchSpec
+from deeplab_dpc.cells.cell_spec import CellSpec
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
-from deeplab_dpc.search.space import BranchSpec, CellSpec
 
 C = model_testing.C
 C_LOW = model_testing.C_LOW
@@ -107,8 +108,11 @@ def test_count_same_backbone_for_both_heads():
 @pytest.mark.parametrize(
     "branch,per_pixel",
     [
-        (BranchSpec(input=-1, op=space.OP_CONV1X1), C * FILTERS),
-        (BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(6, 21)), 9 * C + C * FILTERS),
+        (BranchSpec(input=-1, op=cell_spec.OP_CONV1X1), C * FILTERS),
+        (
+            BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(6, 21)),
+            9 * C + C * FILTERS,
+        ),
     ],
     ids=["conv1x1", "sep3x3"],
 )
@@ -133,7 +137,7 @@ def test_count_single_branch_dpc(branch, per_pixel):
 def test_count_single_pool_branch_dpc():
     # Crop 65 at OS 16: 5x5 features, grid 2 -> 3x3 kernel, 3x3 pooled map;
     # the 1x1 conv runs on the pooled map.
-    cell = CellSpec(branches=(BranchSpec(input=-1, op=space.OP_POOL, grid=(2, 2)),))
+    cell = CellSpec(branches=(BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(2, 2)),))
     model = _model(
         _options(crop_size=(65, 65), output_stride=16, dense_prediction_cell=cell)
     )

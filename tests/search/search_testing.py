@@ -19,9 +19,10 @@ import time
 
 import optuna
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import engine
+from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
-from deeplab_dpc.search import strategies
 
 FEATURE_SIZE = 33
 FEATURE_CHANNELS = 320
@@ -34,10 +35,10 @@ def analytic_scores(cell) -> dict:
     pixels = FEATURE_SIZE * FEATURE_SIZE
     for branch in cell:
         channels = FEATURE_CHANNELS if branch.input < 0 else FILTERS
-        if branch.op == space.OP_CONV1X1:
+        if branch.op == cell_spec.OP_CONV1X1:
             quality.append(0.5)
             weights, positions = channels * FILTERS, pixels
-        elif branch.op == space.OP_SEP3X3:
+        elif branch.op == cell_spec.OP_SEP3X3:
             quality.append(
                 1.0 - (abs(branch.rate[0] - 9) + abs(branch.rate[1] - 6)) / 48
             )
@@ -58,7 +59,7 @@ def analytic_scores(cell) -> dict:
 
 def param_distance(cell_a, cell_b) -> int:
     """How many flattened parameters (ops and inputs) two cells differ in."""
-    a, b = strategies.cell_to_params(cell_a), strategies.cell_to_params(cell_b)
+    a, b = optuna_space.cell_to_params(cell_a), optuna_space.cell_to_params(cell_b)
     return sum(a[name] != b[name] for name in a)
 
 

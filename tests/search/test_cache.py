@@ -4,17 +4,24 @@ import glob
 import os
 import shutil
 
+from cache_testing import build
+from cache_testing import COPIES
+from cache_testing import CROP
+from cache_testing import NUM_TRAIN
+from cache_testing import NUM_VAL
+from cache_testing import OPTIONS
+from cache_testing import SEED
+from cache_testing import shared_search
+from cache_testing import write_pretrained
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import train_lib
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache
-from cache_testing import COPIES, CROP, NUM_TRAIN, NUM_VAL, OPTIONS, SEED
-from cache_testing import build, shared_search, write_pretrained
+from deeplab_dpc.training import trainer
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def test_shards_hold_the_checkpoint_backbone_features_and_pipeline_labels(shared
 
     # Val: the checkpoint's backbone on the padded eval images.
     model = deeplab.build_deeplab(OPTIONS)
-    train_lib.restore_initial_checkpoint(model, pretrained, initialize_last_layer=False)
+    trainer.restore_initial_checkpoint(model, pretrained, initialize_last_layer=False)
     extractor = cache.feature_extractor(model)
     batch = next(
         iter(

@@ -8,19 +8,21 @@ import threading
 import time
 
 import optuna
-import pytest
-import tensorflow as tf
 from optuna.trial import TrialState
+import pytest
+import search_testing
+import tensorflow as tf
 
-from deeplab_dpc import metrics
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.cells.cell_spec import BranchSpec
+from deeplab_dpc.cells.cell_spec import CellSpec
+from deeplab_dpc.evaluation import metrics
 from deeplab_dpc.layers import dense_prediction_cell
 from deeplab_dpc.models import accounting
 from deeplab_dpc.search import engine
+from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
-from deeplab_dpc.search import strategies
 from deeplab_dpc.search import study_storage
-from deeplab_dpc.search.space import BranchSpec, CellSpec
-import search_testing
 
 # Two orders of one graph (same canonical key) and another cell.
 CELL_A = CellSpec(
@@ -102,7 +104,7 @@ def test_the_worker_index_seeds_only_the_optuna_samplers(
     def first_cells(name, seed, worker):
         monkeypatch.setenv(engine.WORKER_INDEX_ENV, str(worker))
         study = _study(tmp_path / name, strategy=strategy, seed=seed)
-        fixed = strategies.distributions(3)
+        fixed = optuna_space.distributions(3)
         return [study.ask(fixed_distributions=fixed).params for _ in range(3)]
 
     second_worker = first_cells("a", 0, 1)
@@ -113,7 +115,7 @@ def test_the_worker_index_seeds_only_the_optuna_samplers(
 def test_identical_cells_are_trained_once(tmp_path):
     study = _study(tmp_path)
     for cell in (CELL_A, CELL_B, CELL_A_REORDERED, CELL_A):
-        study.enqueue_trial(strategies.cell_to_params(cell))
+        study.enqueue_trial(optuna_space.cell_to_params(cell))
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     stats = engine.run_worker(
@@ -137,7 +139,8 @@ def test_identical_cells_are_trained_once(tmp_path):
         )
     # A repeat keeps its own branch order.
     assert (
-        space.cell_from_json(trials[2].user_attrs[engine.ATTR_CELL]) == CELL_A_REORDERED
+        cell_spec.cell_from_json(trials[2].user_attrs[engine.ATTR_CELL])
+        == CELL_A_REORDERED
     )
     assert engine.ATTR_DUPLICATE not in trials[4].user_attrs
     # Each trial names the process that ran it, repeats included.
@@ -149,8 +152,8 @@ def test_identical_cells_are_trained_once(tmp_path):
 def test_pruned_trials_count_and_their_repeats_are_pruned(tmp_path):
     # Every analytic mIOU is below 0.9, so its half (step 1) is below 0.45.
     study = _study(tmp_path, pruner=optuna.pruners.ThresholdPruner(lower=0.45))
-    study.enqueue_trial(strategies.cell_to_params(CELL_B))
-    study.enqueue_trial(strategies.cell_to_params(CELL_B))
+    study.enqueue_trial(optuna_space.cell_to_params(CELL_B))
+    study.enqueue_trial(optuna_space.cell_to_params(CELL_B))
     stats = engine.run_worker(
         study, search_testing.make_objective(), num_trials_total=3, poll_seconds=0.01
     )
@@ -264,7 +267,7 @@ def test_two_local_workers_complete_the_total_training_each_cell_once(tmp_path):
     study = _study(tmp_path, num_branches=2)
     # Both workers pick up the same cell at once: one trains, one waits.
     for cell in (CELL_A, CELL_A_REORDERED, CELL_B, CELL_B):
-        study.enqueue_trial(strategies.cell_to_params(cell))
+        study.enqueue_trial(optuna_space.cell_to_params(cell))
     train_dir, log_dir = tmp_path / "train", tmp_path / "logs"
     train_dir.mkdir()
     argv = search_testing.worker_argv(
@@ -353,14 +356,14 @@ def test_a_killed_worker_trial_is_retried_and_the_study_completes(tmp_path):
 def test_a_trial_that_never_sent_a_heartbeat_is_failed_and_retried(tmp_path):
     study = _study(tmp_path, num_branches=2, heartbeat_interval=1, grace_period=1)
     cell = CellSpec(CELL_B.branches[:2])
-    study.enqueue_trial(strategies.cell_to_params(cell))
+    study.enqueue_trial(optuna_space.cell_to_params(cell))
     # A worker that claimed the queued cell and died before its first
     # heartbeat: a storage opened without heartbeats never writes one.
     plain = optuna.load_study(
         study_name=study.study_name, storage=engine.default_storage(tmp_path / "search")
     )
-    dead = plain.ask(strategies.distributions(2))
-    assert strategies.params_to_cell(dead.params, 2) == cell
+    dead = plain.ask(optuna_space.distributions(2))
+    assert optuna_space.params_to_cell(dead.params, 2) == cell
     result = {}
 
     def work():

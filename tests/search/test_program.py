@@ -6,12 +6,13 @@ import subprocess
 import sys
 
 from absl import flags
+from cache_testing import CROP
+from cache_testing import shared_search
 import optuna
 import pytest
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import program
-from deeplab_dpc.search import space
-from cache_testing import CROP, shared_search
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,11 +74,13 @@ def test_all_modes_leave_a_report_and_a_best_cell(tmp_path_factory):
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) == 2
     for trial in done:
-        cell = space.cell_from_json(trial.user_attrs["cell_json"])
+        cell = cell_spec.cell_from_json(trial.user_attrs["cell_json"])
         assert len(cell) == 2
-    best = space.load_cell(str(search_dir / "best_cell.json"))
+    best = cell_spec.load_cell(str(search_dir / "best_cell.json"))
     complete = [t for t in done if t.state.name == "COMPLETE"]
-    assert best in [space.cell_from_json(t.user_attrs["cell_json"]) for t in complete]
+    assert best in [
+        cell_spec.cell_from_json(t.user_attrs["cell_json"]) for t in complete
+    ]
     report = (search_dir / "report.md").read_text()
     assert "## Top" in report and "ASPP (no atrous rates)" in report
     assert "Re-rank by end-to-end training (2 steps)" in report

@@ -3,21 +3,24 @@
 import dataclasses
 import os
 
+from cache_testing import CROP
+from cache_testing import OPTIONS
+from cache_testing import SEED
+from cache_testing import shared_search
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import eval_lib
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.evaluation import evaluator
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache
 from deeplab_dpc.search import proxy
-from deeplab_dpc.search import space
-from cache_testing import CROP, OPTIONS, SEED, shared_search
 
 TARGET = (129, 129)
-CELL = space.cell_from_json(
+CELL = cell_spec.cell_from_json(
     [
         {"op": "conv", "kernel": 3, "rate": [1, 6], "input": -1},
         {"op": "pyramid_pooling", "grid_size": [2, 2], "input": 0},
@@ -66,7 +69,7 @@ def test_trial_trains_evaluates_and_reports(trial):
     assert all(0.0 <= miou <= 1.0 for _, miou in calls)
     assert result.cell == CELL
     assert result.target_crop_size == TARGET
-    assert result.to_dict()["cell_json"] == space.cell_to_json_string(CELL)
+    assert result.to_dict()["cell_json"] == cell_spec.cell_to_json_string(CELL)
 
 
 def test_train_step_traces_once_and_trains(shared):
@@ -123,10 +126,10 @@ def test_eval_program_on_images_gives_the_proxy_miou(trial, shared):
     assert os.path.basename(result.checkpoint) == "ckpt-0"
     directory = os.path.dirname(result.checkpoint)
     assert tf.train.latest_checkpoint(directory) == result.checkpoint
-    assert space.load_cell(os.path.join(directory, proxy.CELL_JSON)) == CELL
+    assert cell_spec.load_cell(os.path.join(directory, proxy.CELL_JSON)) == CELL
     # The eval program's loader refuses checkpoints with missing or extra
     # weights, so this also checks that the checkpoint is complete.
-    full = eval_lib.evaluate_checkpoint(
+    full = evaluator.evaluate_checkpoint(
         proxy.model_options(search, CELL),
         directory,
         dataset_dir=data,

@@ -4,9 +4,10 @@ import json
 import os
 import random
 
-import pytest
 from PIL import Image
+import pytest
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import report
 from deeplab_dpc.search import space
 
@@ -25,7 +26,7 @@ def _records(n=12, seed=0):
                 "madds": rng.randint(10**8, 10**10),
                 "params": rng.randint(10**5, 10**6),
                 "seconds": 2.0,
-                "cell": space.cell_to_json(cell),
+                "cell": cell_spec.cell_to_json(cell),
                 "duplicate_of": 0 if i == 3 else None,
             }
         )
@@ -47,8 +48,8 @@ def test_op_counts_count_branches_of_the_top_trials():
     records = _records(10)
     ops, rates, grids = report.op_counts(records, top=3)
     assert sum(ops.values()) == 15
-    assert sum(rates.values()) == ops[space.OP_SEP3X3]
-    assert sum(grids.values()) == ops[space.OP_POOL]
+    assert sum(rates.values()) == ops[cell_spec.OP_SEP3X3]
+    assert sum(grids.values()) == ops[cell_spec.OP_POOL]
 
 
 def test_write_report(tmp_path):

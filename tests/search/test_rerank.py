@@ -5,17 +5,19 @@ import os
 import subprocess
 import sys
 
+from cache_testing import shared_search
 import pytest
 from scipy import stats
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import rerank
-from deeplab_dpc.search import space
-from cache_testing import shared_search
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CELLS = (
-    space.cell_from_json([{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]),
-    space.cell_from_json(
+    cell_spec.cell_from_json(
+        [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
+    ),
+    cell_spec.cell_from_json(
         [
             {"op": "conv", "kernel": 3, "rate": [1, 6], "input": -1},
             {"op": "pyramid_pooling", "grid_size": [2, 2], "input": 0},
@@ -69,8 +71,8 @@ def test_rerank_ranks_by_full_miou_and_writes_the_winner(reranked):
         expected = stats.spearmanr([r["proxy_miou"] for r in rows], full).statistic
         assert summary["spearman"] == pytest.approx(expected)
     assert rerank.spearman([0.1, 0.2, 0.3], [0.3, 0.5, 0.4]) == pytest.approx(0.5)
-    best = space.load_cell(os.path.join(out, rerank.BEST_CELL_FILE))
-    assert best == space.cell_from_json(rows[0]["cell"])
+    best = cell_spec.load_cell(os.path.join(out, rerank.BEST_CELL_FILE))
+    assert best == cell_spec.cell_from_json(rows[0]["cell"])
     with open(os.path.join(out, rerank.RESULTS_FILE)) as f:
         assert json.load(f)["candidates"] == rows
 

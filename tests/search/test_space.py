@@ -7,8 +7,10 @@ import random
 
 import pytest
 
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.cells.cell_spec import BranchSpec
+from deeplab_dpc.cells.cell_spec import CellSpec
 from deeplab_dpc.search import space
-from deeplab_dpc.search.space import BranchSpec, CellSpec
 
 
 def _b(input, op, rate=(1, 1), grid=(1, 1)):
@@ -23,24 +25,24 @@ def _cell(*branches):
 
 
 def test_published_cell_reserializes_to_identical_text():
-    with open(space.published_cell_path(), encoding="utf-8") as f:
+    with open(cell_spec.published_cell_path(), encoding="utf-8") as f:
         text = f.read()
     assert text.endswith("]\n")
-    cell = space.published_cell()
-    assert json.dumps(space.cell_to_json(cell)) == text[:-1]
-    assert space.cell_to_json_string(cell) == text[:-1]
+    cell = cell_spec.published_cell()
+    assert json.dumps(cell_spec.cell_to_json(cell)) == text[:-1]
+    assert cell_spec.cell_to_json_string(cell) == text[:-1]
 
 
 def test_published_cell_contents():
-    cell = space.published_cell()
+    cell = cell_spec.published_cell()
     assert cell == _cell(
-        _b(-1, space.OP_SEP3X3, (1, 6)),
-        _b(0, space.OP_SEP3X3, (18, 15)),
-        _b(1, space.OP_SEP3X3, (6, 3)),
-        _b(0, space.OP_SEP3X3, (1, 1)),
-        _b(0, space.OP_SEP3X3, (6, 21)),
+        _b(-1, cell_spec.OP_SEP3X3, (1, 6)),
+        _b(0, cell_spec.OP_SEP3X3, (18, 15)),
+        _b(1, cell_spec.OP_SEP3X3, (6, 3)),
+        _b(0, cell_spec.OP_SEP3X3, (1, 1)),
+        _b(0, cell_spec.OP_SEP3X3, (6, 21)),
     )
-    assert space.describe(cell).splitlines() == [
+    assert cell_spec.describe(cell).splitlines() == [
         "b0 = sep3x3@1x6(F)",
         "b1 = sep3x3@18x15(b0)",
         "b2 = sep3x3@6x3(b1)",
@@ -56,9 +58,9 @@ def test_json_round_trip_random_cells():
     rng = random.Random(0)
     for _ in range(200):
         cell = space.sample_cell(rng, num_branches=rng.randint(1, 7))
-        assert space.cell_from_json(space.cell_to_json(cell)) == cell
-        text = space.cell_to_json_string(cell)
-        assert space.cell_from_json(json.loads(text)) == cell
+        assert cell_spec.cell_from_json(cell_spec.cell_to_json(cell)) == cell
+        text = cell_spec.cell_to_json_string(cell)
+        assert cell_spec.cell_from_json(json.loads(text)) == cell
 
 
 def test_file_round_trip(tmp_path):
@@ -66,19 +68,19 @@ def test_file_round_trip(tmp_path):
     for k in range(20):
         cell = space.sample_cell(rng)
         path = tmp_path / f"cell{k}.json"
-        space.dump_cell(cell, path)
+        cell_spec.dump_cell(cell, path)
         assert path.read_text().endswith("\n")
-        assert space.load_cell(path) == cell
+        assert cell_spec.load_cell(path) == cell
     assert sorted(os.listdir(tmp_path)) == sorted(f"cell{k}.json" for k in range(20))
 
 
 def test_json_writing_format():
     cell = _cell(
-        _b(-1, space.OP_CONV1X1),
-        _b(0, space.OP_POOL, grid=(2, 4)),
-        _b(1, space.OP_SEP3X3, rate=(3, 21)),
+        _b(-1, cell_spec.OP_CONV1X1),
+        _b(0, cell_spec.OP_POOL, grid=(2, 4)),
+        _b(1, cell_spec.OP_SEP3X3, rate=(3, 21)),
     )
-    assert space.cell_to_json_string(cell) == (
+    assert cell_spec.cell_to_json_string(cell) == (
         '[{"kernel": 1, "rate": [1, 1], "op": "conv", "input": -1}, '
         '{"op": "pyramid_pooling", "grid_size": [2, 4], "input": 0}, '
         '{"kernel": 3, "rate": [3, 21], "op": "conv", "input": 1}]'
@@ -86,7 +88,7 @@ def test_json_writing_format():
 
 
 def test_reads_deeplab_variants():
-    cell = space.cell_from_json(
+    cell = cell_spec.cell_from_json(
         [
             {"op": "conv", "kernel": 1, "input": -1},  # No rate on a 1x1: fine.
             {
@@ -97,24 +99,24 @@ def test_reads_deeplab_variants():
             },
         ]
     )
-    assert cell == _cell(_b(-1, space.OP_CONV1X1), _b(-1, space.OP_POOL))
+    assert cell == _cell(_b(-1, cell_spec.OP_CONV1X1), _b(-1, cell_spec.OP_POOL))
 
 
 # ------------------------------------------------------------------ the space
 
 
 def test_all_ops():
-    ops = space.all_ops()
-    assert len(ops) == space.NUM_OPS == 81
+    ops = cell_spec.all_ops()
+    assert len(ops) == cell_spec.NUM_OPS == 81
     assert len(set(ops)) == 81
     assert all(op.input == -1 for op in ops)
-    assert ops[0] == _b(-1, space.OP_CONV1X1)
-    assert ops[1] == _b(-1, space.OP_SEP3X3, (1, 1))
-    assert ops[2] == _b(-1, space.OP_SEP3X3, (1, 3))
-    assert ops[64] == _b(-1, space.OP_SEP3X3, (21, 21))
-    assert ops[65] == _b(-1, space.OP_POOL, grid=(1, 1))
-    assert ops[66] == _b(-1, space.OP_POOL, grid=(1, 2))
-    assert ops[80] == _b(-1, space.OP_POOL, grid=(8, 8))
+    assert ops[0] == _b(-1, cell_spec.OP_CONV1X1)
+    assert ops[1] == _b(-1, cell_spec.OP_SEP3X3, (1, 1))
+    assert ops[2] == _b(-1, cell_spec.OP_SEP3X3, (1, 3))
+    assert ops[64] == _b(-1, cell_spec.OP_SEP3X3, (21, 21))
+    assert ops[65] == _b(-1, cell_spec.OP_POOL, grid=(1, 1))
+    assert ops[66] == _b(-1, cell_spec.OP_POOL, grid=(1, 2))
+    assert ops[80] == _b(-1, cell_spec.OP_POOL, grid=(8, 8))
 
 
 def test_space_size():
@@ -138,7 +140,7 @@ def test_sample_cell_ranges_and_reachability():
             seen_inputs[i].add(b.input)
             seen_ops.add(dataclasses.replace(b, input=-1))
     assert seen_inputs == [set(range(-1, i)) for i in range(5)]
-    assert seen_ops == set(space.all_ops())
+    assert seen_ops == set(cell_spec.all_ops())
 
 
 def test_sample_cell_is_seeded():
@@ -173,7 +175,7 @@ def test_neighbour_changes_exactly_one_field():
 
 
 def test_canonical_key_invariant_under_renumbering():
-    conv, sep, pool = space.OP_CONV1X1, space.OP_SEP3X3, space.OP_POOL
+    conv, sep, pool = cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL
     # b0 and b1 are siblings under F, each with a child; swap them.
     a = _cell(
         _b(-1, conv),
@@ -231,17 +233,17 @@ def test_canonical_key_random_permutations():
 
 
 def test_canonical_key_path_multiset_counterexample():
-    conv, sep = space.OP_CONV1X1, space.OP_SEP3X3
+    conv, sep = cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3
     a = _cell(_b(-1, conv), _b(-1, conv), _b(0, sep), _b(0, sep))
     b = _cell(_b(-1, conv), _b(-1, conv), _b(0, sep), _b(1, sep))
     assert space.canonical_key(a) != space.canonical_key(b)
 
 
 def test_canonical_key_different_ops():
-    conv, sep, pool = space.OP_CONV1X1, space.OP_SEP3X3, space.OP_POOL
+    conv, sep, pool = cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL
     keys = {
         space.canonical_key(_cell(_b(-1, conv), dataclasses.replace(op, input=0)))
-        for op in space.all_ops()
+        for op in cell_spec.all_ops()
     }
     assert len(keys) == 81
     assert space.canonical_key(_cell(_b(-1, sep, (6, 21)))) != space.canonical_key(
@@ -263,7 +265,7 @@ def test_canonical_key_distinguishes_random_cells():
     for cell in cells:
         by_key.setdefault(space.canonical_key(cell), []).append(cell)
     for group in by_key.values():  # Equal keys only for equal sorted op lists.
-        ops = {tuple(sorted(space._op_token(b) for b in c)) for c in group}
+        ops = {tuple(sorted(cell_spec.op_token(b) for b in c)) for c in group}
         assert len(ops) == 1
 
 
@@ -365,7 +367,7 @@ def _with(index, branch):
 )
 def test_cell_from_json_errors(obj, pattern):
     with pytest.raises(ValueError, match=pattern):
-        space.cell_from_json(obj)
+        cell_spec.cell_from_json(obj)
 
 
 def test_load_cell_errors_name_the_file(tmp_path):
@@ -374,14 +376,14 @@ def test_load_cell_errors_name_the_file(tmp_path):
     with pytest.raises(
         ValueError, match=r'cell\.json: branch 2: field "rate" is \[2, 6\]'
     ):
-        space.load_cell(path)
-    assert str(path) in _raised(ValueError, space.load_cell, path)
+        cell_spec.load_cell(path)
+    assert str(path) in _raised(ValueError, cell_spec.load_cell, path)
     path.write_text("[{")
-    assert _raised(ValueError, space.load_cell, path).startswith(
+    assert _raised(ValueError, cell_spec.load_cell, path).startswith(
         f"{path}: not valid JSON"
     )
     missing = tmp_path / "nope.json"
-    assert str(missing) in _raised(FileNotFoundError, space.load_cell, missing)
+    assert str(missing) in _raised(FileNotFoundError, cell_spec.load_cell, missing)
 
 
 def _raised(kind, fn, *args):
@@ -415,17 +417,20 @@ def test_branch_spec_errors(kwargs, pattern):
 
 
 def test_branch_spec_converts_lists():
-    b = BranchSpec(input=-1, op=space.OP_SEP3X3, rate=[6, 21])
-    assert b.rate == (6, 21) and b == _b(-1, space.OP_SEP3X3, (6, 21))
+    b = BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=[6, 21])
+    assert b.rate == (6, 21) and b == _b(-1, cell_spec.OP_SEP3X3, (6, 21))
     hash(b)
 
 
 def test_cell_spec_accepts_dicts_and_lists():
     cell = CellSpec(
-        branches=[{"input": -1, "op": "pool", "grid": [2, 4]}, _b(0, space.OP_CONV1X1)]
+        branches=[
+            {"input": -1, "op": "pool", "grid": [2, 4]},
+            _b(0, cell_spec.OP_CONV1X1),
+        ]
     )
     assert isinstance(cell.branches, tuple)
-    assert cell[0] == _b(-1, space.OP_POOL, grid=(2, 4))
+    assert cell[0] == _b(-1, cell_spec.OP_POOL, grid=(2, 4))
     assert list(cell) == list(cell.branches) and len(cell) == 2
     assert CellSpec(branches=[dataclasses.asdict(b) for b in cell]) == cell
 
@@ -465,17 +470,17 @@ def test_dump_cell_refuses_to_overwrite(tmp_path):
     first, second = space.sample_cell(random.Random(8)), space.sample_cell(
         random.Random(9)
     )
-    space.dump_cell(first, path)
+    cell_spec.dump_cell(first, path)
     with pytest.raises(FileExistsError, match="cell.json"):
-        space.dump_cell(second, path)
-    assert space.load_cell(path) == first
-    space.dump_cell(second, path, overwrite=True)
-    assert space.load_cell(path) == second
-    assert path.read_text() == space.cell_to_json_string(second) + "\n"
+        cell_spec.dump_cell(second, path)
+    assert cell_spec.load_cell(path) == first
+    cell_spec.dump_cell(second, path, overwrite=True)
+    assert cell_spec.load_cell(path) == second
+    assert path.read_text() == cell_spec.cell_to_json_string(second) + "\n"
     assert os.listdir(tmp_path) == ["cell.json"]
 
 
 def test_dump_cell_invalid_cell_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="branch 0"):
-        space.dump_cell([_b(0, space.OP_CONV1X1)], tmp_path / "bad.json")
+        cell_spec.dump_cell([_b(0, cell_spec.OP_CONV1X1)], tmp_path / "bad.json")
     assert os.listdir(tmp_path) == []

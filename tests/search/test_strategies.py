@@ -5,24 +5,26 @@ import datetime
 import random
 
 import optuna
-import pytest
 from optuna.trial import TrialState
+import pytest
+import search_testing
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import engine
+from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
-import search_testing
 
 # ---------------------------------------------------------------- flattening
 
 
 def test_distributions_cover_the_space_exactly():
-    dists = strategies.distributions(3)
+    dists = optuna_space.distributions(3)
     assert list(dists) == ["op_0", "input_0", "op_1", "input_1", "op_2", "input_2"]
-    assert len(set(strategies.OP_TOKENS)) == 81 == len(dists["op_0"].choices)
-    assert all(isinstance(token, str) for token in strategies.OP_TOKENS)
-    assert strategies.OP_TOKENS[:2] == ("conv1x1", "sep3x3@1x1")
-    assert strategies.OP_TOKENS[-1] == "pool@8x8"
+    assert len(set(optuna_space.OP_TOKENS)) == 81 == len(dists["op_0"].choices)
+    assert all(isinstance(token, str) for token in optuna_space.OP_TOKENS)
+    assert optuna_space.OP_TOKENS[:2] == ("conv1x1", "sep3x3@1x1")
+    assert optuna_space.OP_TOKENS[-1] == "pool@8x8"
     assert dists["input_0"].choices == (-1,)
     assert dists["input_2"].choices == (-1, 0, 1)
     assignments = 1
@@ -33,13 +35,13 @@ def test_distributions_cover_the_space_exactly():
 
 def test_params_round_trip():
     rng = random.Random(0)
-    cells = [space.published_cell()]
+    cells = [cell_spec.published_cell()]
     cells += [space.sample_cell(rng, rng.randint(1, 6)) for _ in range(200)]
     for cell in cells:
-        params = strategies.cell_to_params(cell)
-        assert set(params) == set(strategies.distributions(len(cell)))
-        assert strategies.params_to_cell(params, len(cell)) == cell
-    published = strategies.cell_to_params(space.published_cell())
+        params = optuna_space.cell_to_params(cell)
+        assert set(params) == set(optuna_space.distributions(len(cell)))
+        assert optuna_space.params_to_cell(params, len(cell)) == cell
+    published = optuna_space.cell_to_params(cell_spec.published_cell())
     assert published["op_1"] == "sep3x3@18x15" and published["input_1"] == 0
 
 
@@ -53,13 +55,13 @@ def test_params_round_trip():
     ],
 )
 def test_params_to_cell_names_the_bad_parameter(name, value, message):
-    params = strategies.cell_to_params(space.published_cell())
+    params = optuna_space.cell_to_params(cell_spec.published_cell())
     if value is None:
         del params[name]
     else:
         params[name] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        strategies.params_to_cell(params, 5)
+        optuna_space.params_to_cell(params, 5)
 
 
 @pytest.mark.parametrize(
@@ -113,8 +115,8 @@ def _check_trials(study, total, objectives, num_branches=3):
     assert len(trials) == total
     trained_keys = []
     for trial in trials:
-        cell = space.cell_from_json(trial.user_attrs[engine.ATTR_CELL])
-        assert cell == strategies.params_to_cell(trial.params, num_branches)
+        cell = cell_spec.cell_from_json(trial.user_attrs[engine.ATTR_CELL])
+        assert cell == optuna_space.params_to_cell(trial.params, num_branches)
         assert trial.user_attrs[engine.ATTR_KEY] == space.canonical_key(cell)
         scores = search_testing.analytic_scores(cell)
         assert trial.values == pytest.approx([scores[name] for name in objectives])
@@ -156,7 +158,7 @@ def _ask_cells(samplers, num_trials, num_branches=3):
         optuna.load_study(storage=storage, sampler=sampler, study_name="s")
         for sampler in samplers[1:]
     ]
-    fixed = strategies.distributions(num_branches)
+    fixed = optuna_space.distributions(num_branches)
     asked = {}
     for n in range(num_trials):
         trial = studies[n % len(studies)].ask(fixed_distributions=fixed)
@@ -212,13 +214,13 @@ def test_random_local_proposes_neighbours_of_the_top_k(tmp_path):
     )
     trials = _check_trials(study, 16, ("miou",), num_branches)
     for n, trial in enumerate(trials):
-        cell = strategies.params_to_cell(trial.params, num_branches)
+        cell = optuna_space.params_to_cell(trial.params, num_branches)
         if n < top_k:
             continue  # Uniform samples until top_k trials have completed.
         ranked = sorted(trials[:n], key=lambda t: t.value, reverse=True)
         top = []
         for earlier in ranked:
-            earlier_cell = strategies.params_to_cell(earlier.params, num_branches)
+            earlier_cell = optuna_space.params_to_cell(earlier.params, num_branches)
             if all(
                 space.canonical_key(earlier_cell) != space.canonical_key(c) for c in top
             ):
@@ -242,13 +244,13 @@ def test_regularized_evolution_ages_out_the_oldest():
         if all(search_testing.param_distance(cell, c) >= 4 for c in cells):
             cells.append(cell)
     old, young = cells[:size], cells[size:]
-    dists = strategies.distributions(num_branches)
+    dists = optuna_space.distributions(num_branches)
     start = datetime.datetime(2026, 1, 1)
     # The young cells get the LOWER trial numbers but complete later; the old
     # ones are far better, so only aging by completion keeps them out.
     for i, cell in enumerate(young + old):
         trial = optuna.trial.create_trial(
-            params=strategies.cell_to_params(cell),
+            params=optuna_space.cell_to_params(cell),
             distributions=dists,
             value=0.1 * (i + 1) if i < size else 0.9,
         )
@@ -260,7 +262,7 @@ def test_regularized_evolution_ages_out_the_oldest():
     parents = collections.Counter()
     for _ in range(24):
         trial = study.ask(dists)
-        child = strategies.params_to_cell(trial.params, num_branches)
+        child = optuna_space.params_to_cell(trial.params, num_branches)
         study.tell(trial, state=TrialState.FAIL)
         assert min(search_testing.param_distance(child, c) for c in old) >= 3
         distances = [search_testing.param_distance(child, c) for c in young]
@@ -329,13 +331,13 @@ def test_vizier_algorithms_propose_valid_cells(tmp_path):
 def test_vizier_designers_learn_from_pruned_trials(tmp_path, algorithm, total):
     # A cell pruned at step 1 (its analytic mIOU is 0.48, reported as 0.24 at
     # step 1, below the threshold 0.3) and one pruned before any report.
-    weak = space.CellSpec(
+    weak = cell_spec.CellSpec(
         [
-            space.BranchSpec(input=-1, op="pool", grid=(1, 1)),
-            space.BranchSpec(input=0, op="conv1x1"),
+            cell_spec.BranchSpec(input=-1, op="pool", grid=(1, 1)),
+            cell_spec.BranchSpec(input=0, op="conv1x1"),
         ]
     )
-    silent = space.CellSpec([space.BranchSpec(input=-1, op="conv1x1")] * 2)
+    silent = cell_spec.CellSpec([cell_spec.BranchSpec(input=-1, op="conv1x1")] * 2)
     study = engine.create_or_load_study(
         search_dir=tmp_path,
         strategy="vizier:" + algorithm,
@@ -343,8 +345,8 @@ def test_vizier_designers_learn_from_pruned_trials(tmp_path, algorithm, total):
         seed=0,
         pruner=optuna.pruners.ThresholdPruner(lower=0.3),
     )
-    study.enqueue_trial(strategies.cell_to_params(weak))
-    study.enqueue_trial(strategies.cell_to_params(silent))
+    study.enqueue_trial(optuna_space.cell_to_params(weak))
+    study.enqueue_trial(optuna_space.cell_to_params(silent))
     train = search_testing.make_objective()
 
     def objective(cell, report):
@@ -358,7 +360,7 @@ def test_vizier_designers_learn_from_pruned_trials(tmp_path, algorithm, total):
     assert trials[0].state == trials[1].state == TrialState.PRUNED
     for trial in trials[2:]:  # Proposed with the pruned trials in the history.
         assert "vizier_metadata" in trial.system_attrs
-        cell = strategies.params_to_cell(trial.params, 2)
+        cell = optuna_space.params_to_cell(trial.params, 2)
         assert trial.user_attrs[engine.ATTR_KEY] == space.canonical_key(cell)
     # What the designer of the next trial would get: every trial.
     completed, active = study.sampler.designer_trials(study)

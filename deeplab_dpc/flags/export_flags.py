@@ -1,7 +1,7 @@
 """Flags shared by the export programs (`export/*.py`), beside `common_flags`.
 
 `--checkpoint_path` and `--crop_size` are DeepLab's export flags; the model
-and data set flags come from `deeplab_dpc.common_flags`, so the training
+and data set flags come from `deeplab_dpc.flags.common_flags`, so the training
 flagfile serves the exporters too. Library code never reads `FLAGS`.
 """
 
@@ -10,7 +10,7 @@ import os
 from absl import flags
 import tensorflow as tf
 
-from deeplab_dpc import common_flags
+from deeplab_dpc.flags import common_flags
 
 CHECKPOINT_PATH = flags.DEFINE_string(
     "checkpoint_path",

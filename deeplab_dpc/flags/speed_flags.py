@@ -12,7 +12,7 @@ its proxy trials and re-rank take no `--jit_compile` or `--mixed_precision`).
 from absl import flags
 from absl import logging
 
-from deeplab_dpc import speed
+from deeplab_dpc.training import speed
 
 JIT_COMPILE = flags.DEFINE_boolean(
     "jit_compile",

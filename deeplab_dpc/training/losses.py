@@ -1,6 +1,6 @@
 """DeepLab's training loss: pixel-wise softmax cross-entropy, hard mining.
 
-The same value whatever the number of replicas (`train_lib.run` sums them):
+The same value whatever the number of replicas (`trainer.run` sums them):
 
 * softmax cross-entropy per pixel, in float32 whatever the logits' dtype;
   pixels labelled `ignore_label` weigh 0;
@@ -131,7 +131,7 @@ def regularized_loss(model, logits, labels, *, ignore_label):
     """One replica's loss: the mean over valid pixels plus the model's L2.
 
     What the training step computes without a strategy (the proxy trial and
-    the QAT/pruning fine-tunes); `train_lib.run` divides by the global pixel
+    the QAT/pruning fine-tunes); `trainer.run` divides by the global pixel
     count.
     """
     loss_sum, count = pixel_loss_sum(logits, labels, ignore_label=ignore_label)

@@ -1,4 +1,4 @@
-"""train_lib and losses: learning rate, loss, training, resume and NaN handling."""
+"""trainer and losses: learning rate, loss, training, resume and NaN handling."""
 
 import os
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import losses
-from deeplab_dpc import train_lib
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.training import losses
+from deeplab_dpc.training import trainer
 
 CROP = (33, 33)
 
@@ -37,11 +37,11 @@ def _train_options(data_dir, **overrides):
         seed=1,
     )
     values.update(overrides)
-    return train_lib.TrainOptions(**values)
+    return trainer.TrainOptions(**values)
 
 
 def test_poly_schedule_with_slow_start_matches_hand_values():
-    options = train_lib.TrainOptions(
+    options = trainer.TrainOptions(
         base_learning_rate=0.01,
         end_learning_rate=0.001,
         learning_power=0.9,
@@ -49,7 +49,7 @@ def test_poly_schedule_with_slow_start_matches_hand_values():
         slow_start_step=10,
         slow_start_learning_rate=1e-4,
     )
-    schedule = train_lib.DeepLabLearningRate(options)
+    schedule = trainer.DeepLabLearningRate(options)
     for step in (0, 9):
         assert float(schedule(step)) == pytest.approx(1e-4)
     for step, expected in (
@@ -62,7 +62,7 @@ def test_poly_schedule_with_slow_start_matches_hand_values():
 
 
 def test_step_schedule_matches_hand_values():
-    options = train_lib.TrainOptions(
+    options = trainer.TrainOptions(
         base_learning_rate=0.1,
         learning_policy="step",
         learning_rate_decay_step=10,
@@ -70,7 +70,7 @@ def test_step_schedule_matches_hand_values():
         slow_start_step=3,
         slow_start_learning_rate=0.001,
     )
-    schedule = train_lib.DeepLabLearningRate(options)
+    schedule = trainer.DeepLabLearningRate(options)
     for step, expected in ((0, 0.001), (2, 0.001), (3, 0.1), (9, 0.1), (10, 0.05)):
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-6)
     assert float(schedule(25)) == pytest.approx(0.025, rel=1e-6)
@@ -78,9 +78,9 @@ def test_step_schedule_matches_hand_values():
 
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="learning_policy"):
-        train_lib.TrainOptions(learning_policy="cosine")
+        trainer.TrainOptions(learning_policy="cosine")
     with pytest.raises(ValueError, match="top_k_percent_pixels"):
-        train_lib.TrainOptions(top_k_percent_pixels=0.0)
+        trainer.TrainOptions(top_k_percent_pixels=0.0)
 
 
 def test_top_k_fraction_ramps_linearly():
@@ -161,7 +161,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
     synthetic.build(
         data, num_train=2, num_val=1, height=33, width=33, num_workers=1, num_shards=1
     )
-    results = train_lib.run(
+    results = trainer.run(
         _model_options(),
         _train_options(
             data,
@@ -183,7 +183,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
 def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
     logdir = str(tmp_path / "log")
     # The first run also mines hard examples (the in-graph top-k path).
-    first = train_lib.run(
+    first = trainer.run(
         _model_options(),
         _train_options(data_dir, top_k_percent_pixels=0.5, hard_example_mining_step=2),
         logdir,
@@ -192,7 +192,7 @@ def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
     assert first["step"] == 3 and len(first["losses"]) == 3
     assert tf.train.latest_checkpoint(logdir).endswith("ckpt-3")
 
-    second = train_lib.run(
+    second = trainer.run(
         _model_options(),
         _train_options(data_dir, training_number_of_steps=5, max_to_keep=1),
         logdir,
@@ -205,7 +205,7 @@ def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
     assert not os.path.exists(os.path.join(logdir, "ckpt-3.index"))
 
     # Already at the configured step: nothing to do, nothing rewritten.
-    third = train_lib.run(
+    third = trainer.run(
         _model_options(), _train_options(data_dir, training_number_of_steps=5), logdir
     )
     assert third["step"] == 5 and third["losses"] == []
@@ -214,7 +214,7 @@ def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
 def test_nan_raises_naming_the_step_and_writes_no_nan_checkpoint(data_dir, tmp_path):
     logdir = str(tmp_path / "log")
     with pytest.raises(FloatingPointError, match=r"step \d+"):
-        train_lib.run(
+        trainer.run(
             _model_options(),
             _train_options(
                 data_dir,
@@ -268,12 +268,12 @@ def test_released_custom_gradients_frees_the_graphs_that_trained():
     assert graph() is not None
     assert len(_custom_gradient_names() - before) == 1
     before = _custom_gradient_names()
-    with train_lib.released_custom_gradients():
+    with trainer.released_custom_gradients():
         graph = train_once()
         assert len(_custom_gradient_names() - before) == 1
     gc.collect()
     assert graph() is None
     assert _custom_gradient_names() == before
     # Gradients traced afterwards still work.
-    with train_lib.released_custom_gradients():
+    with trainer.released_custom_gradients():
         train_once()

@@ -3,7 +3,7 @@
 DeepLab's `tf_initial_checkpoint`, `initialize_last_layer` and
 `last_layers_contain_logits_only`: `restore_initial_checkpoint` initialises
 a model's weights (not an optimizer's, not a step) from a checkpoint that
-`train_lib.run` wrote, matching variables by their Keras path, and can leave
+`trainer.run` wrote, matching variables by their Keras path, and can leave
 the last layers (the logits, or the logits, head and decoder) freshly
 initialised to fine-tune with another number of classes. The eval, vis and
 export programs load trained models the same way.
@@ -19,7 +19,7 @@ from deeplab_dpc.models import deeplab
 LOGITS_MODULES = ("logits",)
 LAST_LAYER_MODULES = ("logits", "head", "decoder")
 
-# Names in the object graph of the checkpoints `train_lib.run` writes.
+# Names in the object graph of the checkpoints `trainer.run` writes.
 _MODEL_KEY = "model"
 _OPTIMIZER_KEY = "optimizer"
 _OPTIMIZER_VARIABLES_KEY = "_trainable_variables"

@@ -18,11 +18,11 @@ import tensorflow as tf
 import tqdm
 
 from deeplab_dpc import file_io
-from deeplab_dpc import inference
-from deeplab_dpc import initial_checkpoint
-from deeplab_dpc import metrics
-from deeplab_dpc import speed
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.evaluation import inference
+from deeplab_dpc.evaluation import metrics
+from deeplab_dpc.training import initial_checkpoint
+from deeplab_dpc.training import speed
 
 RESULTS_FILE = "eval_results.json"
 _STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"

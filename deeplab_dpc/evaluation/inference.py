@@ -25,14 +25,14 @@ import dataclasses
 
 import tensorflow as tf
 
-from deeplab_dpc import initial_checkpoint
-from deeplab_dpc import speed
 from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.layers import folding
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.training import initial_checkpoint
+from deeplab_dpc.training import speed
 
 
 def scaled_crop(crop_size, scale, output_stride):

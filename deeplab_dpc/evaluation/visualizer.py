@@ -28,27 +28,6 @@ _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 _CITYSCAPES_PREDICTION_SUFFIX = "_gtFine_labelIds"
 
 
-def colorize(labels, colormap):
-    """Colors a label map with a colormap or palette (NumPy or TensorFlow).
-
-    Args:
-      labels: integer array or tensor `[..., height, width]`, values in
-        [0, 256).
-      colormap: "pascal", "cityscapes" or "ade20k", or palette rows
-        `[colors, 3]` (class i's colour in row i; classes past them are
-        black), e.g. `DatasetInfo.label_colors()`; see `registry.colormap`.
-
-    Returns:
-      uint8 `[..., height, width, 3]`, a NumPy array for a NumPy input and a
-      tensor for a tensor.
-    """
-    colors = registry.colormap(colormap)
-    if isinstance(labels, (tf.Tensor, tf.Variable)):
-        indices = tf.clip_by_value(tf.cast(labels, tf.int32), 0, 255)
-        return tf.gather(tf.constant(colors), indices)
-    return colors[np.clip(np.asarray(labels, dtype=np.int64), 0, 255)]
-
-
 def output_names(filename, is_cityscapes):
     """(stem for images and predictions, raw prediction file name)."""
     stem = os.path.splitext(os.path.basename(filename))[0]
@@ -95,7 +74,7 @@ def visualize(
       dataset: batches of `pipeline.EVAL_KEYS` dicts (padded to the crop).
       vis_logdir: str, the output folder.
       colormap_type: colormap name or palette of the colorized predictions
-        (see `colorize`).
+        (see `registry.colorize`).
       also_save_raw_predictions: bool, also write the raw class maps.
       cityscapes_label_ids: bool, raw maps hold Cityscapes labelIds and are
         named for the official evaluator.
@@ -124,7 +103,7 @@ def visualize(
             write_png(os.path.join(seg_dir, f"{stem}_image.png"), image)
             write_png(
                 os.path.join(seg_dir, f"{stem}_prediction.png"),
-                colorize(prediction, colormap_type),
+                registry.colorize(prediction, colormap_type),
             )
             if also_save_raw_predictions:
                 raw = prediction

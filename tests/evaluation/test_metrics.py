@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import metrics
+from deeplab_dpc.evaluation import metrics
 
 IGNORE = 255
 

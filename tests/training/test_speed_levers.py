@@ -21,26 +21,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab_dpc import inference
-from deeplab_dpc import initial_checkpoint
-from deeplab_dpc import losses
-from deeplab_dpc import speed
-from deeplab_dpc import speed_flags
-from deeplab_dpc import train_lib
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import synthetic
+from deeplab_dpc.evaluation import inference
+from deeplab_dpc.flags import speed_flags
 from deeplab_dpc.layers import dense_prediction_cell
 from deeplab_dpc.layers import resize
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
+from deeplab_dpc.training import initial_checkpoint
+from deeplab_dpc.training import losses
+from deeplab_dpc.training import speed
+from deeplab_dpc.training import trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOW = ("bfloat16", "float16")
 CROP = (33, 33)
-SMALL_CELL = space.CellSpec(
+SMALL_CELL = cell_spec.CellSpec(
     branches=(
-        space.BranchSpec(input=-1, op=space.OP_SEP3X3, rate=(1, 6)),
-        space.BranchSpec(input=0, op=space.OP_POOL, grid=(2, 2)),
-        space.BranchSpec(input=-1, op=space.OP_CONV1X1),
+        cell_spec.BranchSpec(input=-1, op=cell_spec.OP_SEP3X3, rate=(1, 6)),
+        cell_spec.BranchSpec(input=0, op=cell_spec.OP_POOL, grid=(2, 2)),
+        cell_spec.BranchSpec(input=-1, op=cell_spec.OP_CONV1X1),
     )
 )
 
@@ -78,7 +78,7 @@ def _mobilenet_options():
         num_classes=synthetic.NUM_CLASSES,
         crop_size=CROP,
         depth_multiplier=0.35,
-        dense_prediction_cell=space.published_cell(),
+        dense_prediction_cell=cell_spec.published_cell(),
     )
 
 
@@ -116,7 +116,7 @@ def _train_options(data_dir, **overrides):
         scale_factor_step_size=0.0,
     )
     values.update(overrides)
-    return train_lib.TrainOptions(**values)
+    return trainer.TrainOptions(**values)
 
 
 def _small_options():
@@ -124,7 +124,7 @@ def _small_options():
 
 
 def _run(data_dir, logdir, **overrides):
-    return train_lib.run(
+    return trainer.run(
         _small_options(),
         _train_options(data_dir, **overrides),
         logdir,
@@ -168,7 +168,7 @@ def test_loss_and_its_gradient_with_mining_compile_and_match():
 
 _MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
-    from deeplab_dpc import speed
+    from deeplab_dpc.training import speed
     threads = speed.set_threads(2, 1)
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -178,7 +178,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     import test_speed_levers as t
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    results = t.train_lib.run(
+    results = t.trainer.run(
         t._small_options(), t._train_options(sys.argv[1], jit_compile=True),
         sys.argv[2], strategy, model_fn=t.small_deeplab)
     print("RESULT " + json.dumps(
@@ -200,7 +200,14 @@ def _run_script(script, data_dir, logdir, env):
     import this module) as arguments.
     """
     proc = subprocess.run(
-        [sys.executable, "-c", script, data_dir, logdir, os.path.join(REPO, "tests")],
+        [
+            sys.executable,
+            "-c",
+            script,
+            data_dir,
+            logdir,
+            os.path.dirname(os.path.abspath(__file__)),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -227,7 +234,7 @@ def test_jit_under_mirrored_strategy_matches_and_threads_apply(
 
 _FLOAT32_MATH_SCRIPT = textwrap.dedent("""
     import json, sys
-    from deeplab_dpc import speed
+    from deeplab_dpc.training import speed
     threads = speed.set_threads(2, 1)
     in_effect = speed.set_float32_math("bfloat16")
     sys.path.insert(0, sys.argv[3])
@@ -367,7 +374,7 @@ def test_mixed_precision_training_matches_float32(data_dir, tmp_path, reference)
 
 def test_bad_values_are_named(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision must be one of.*float8"):
-        train_lib.TrainOptions(mixed_precision="float8")
+        trainer.TrainOptions(mixed_precision="float8")
     with pytest.raises(ValueError, match="mixed_precision.*float8"):
         inference.load_model(
             _mobilenet_options(), str(tmp_path), mixed_precision="float8"

@@ -50,13 +50,13 @@ from tensorflow.python.framework import (
     ops as tf_ops,
 )  # pylint: disable=g-direct-tensorflow-import
 
-from deeplab_dpc import initial_checkpoint
-from deeplab_dpc import losses
-from deeplab_dpc import speed
-from deeplab_dpc import vis_lib
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.data import registry
 from deeplab_dpc.layers import fast_paths
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.training import initial_checkpoint
+from deeplab_dpc.training import losses
+from deeplab_dpc.training import speed
 
 POLICY_POLY = "poly"
 POLICY_STEP = "step"
@@ -86,15 +86,15 @@ def released_custom_gradients():
     proxy trials, the re-rank) grew by about 11 MB a proxy trial. Use it
     around code whose graphs are dead when it ends; also a decorator.
     """
-    registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
-    before = set(registry) if isinstance(registry, dict) else None
+    known = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
+    before = set(known) if isinstance(known, dict) else None
     try:
         yield
     finally:
         if before is not None:
-            for name in set(registry) - before:
+            for name in set(known) - before:
                 if name.startswith(_CUSTOM_GRADIENT_PREFIX):
-                    del registry[name]
+                    del known[name]
 
 
 resolve_initial_checkpoint = initial_checkpoint.resolve_initial_checkpoint
@@ -321,10 +321,10 @@ def write_image_summaries(model, strategy, batch, step, options):
     prediction = tf.argmax(logits, axis=-1, output_type=tf.int32)
     tf.summary.image("image", tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), step)
     tf.summary.image(
-        "label", vis_lib.colorize(label[..., 0], options.colormap_type), step
+        "label", registry.colorize(label[..., 0], options.colormap_type), step
     )
     tf.summary.image(
-        "prediction", vis_lib.colorize(prediction, options.colormap_type), step
+        "prediction", registry.colorize(prediction, options.colormap_type), step
     )
 
 

@@ -1,6 +1,6 @@
 """Speed levers shared by training and inference: precision and threads.
 
-The third lever, XLA, is a `jit_compile` switch of `train_lib.TrainOptions`
+The third lever, XLA, is a `jit_compile` switch of `trainer.TrainOptions`
 and `inference.Predictor`.
 
 Mixed precision: `dtype_policy(mixed_precision)` sets Keras's global dtype
@@ -131,7 +131,9 @@ def cpu_computes_bfloat16(cpuinfo="/proc/cpuinfo"):
 
 
 # `float32_math_in_effect` itself, in a fresh interpreter.
-_FRESH_PROBE = "from deeplab_dpc import speed; print(speed.float32_math_in_effect())"
+_FRESH_PROBE = (
+    "from deeplab_dpc.training import speed; print(speed.float32_math_in_effect())"
+)
 
 
 @functools.lru_cache(maxsize=None)

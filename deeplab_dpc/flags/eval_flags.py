@@ -9,11 +9,11 @@ both.
 from absl import flags
 import tensorflow as tf
 
-from deeplab_dpc import common_flags
-from deeplab_dpc import inference
-from deeplab_dpc import initial_checkpoint
 from deeplab_dpc.data import tfds_source
 from deeplab_dpc.data import tfexample
+from deeplab_dpc.evaluation import inference
+from deeplab_dpc.flags import common_flags
+from deeplab_dpc.training import initial_checkpoint
 
 CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir",

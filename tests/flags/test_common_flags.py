@@ -5,7 +5,8 @@ import random
 from absl import flags
 import pytest
 
-from deeplab_dpc import common_flags
+from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.flags import common_flags
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import space
 
@@ -25,7 +26,7 @@ def test_defaults_give_aspp_without_rates():
 def test_dpc_from_json_and_published(tmp_path):
     path = tmp_path / "cell.json"
     cell = space.sample_cell(random.Random(3))
-    space.dump_cell(cell, path)
+    cell_spec.dump_cell(cell, path)
     FLAGS.dense_prediction_cell_json = str(path)
     assert (
         common_flags.model_options_from_flags((513, 513)).dense_prediction_cell == cell
@@ -34,13 +35,13 @@ def test_dpc_from_json_and_published(tmp_path):
     FLAGS.head = "dpc"
     assert (
         common_flags.model_options_from_flags((513, 513)).dense_prediction_cell
-        == space.published_cell()
+        == cell_spec.published_cell()
     )
 
 
 def test_conflicts_and_bad_values_name_the_flag(tmp_path):
     path = tmp_path / "cell.json"
-    space.dump_cell(space.published_cell(), path)
+    cell_spec.dump_cell(cell_spec.published_cell(), path)
     FLAGS.dense_prediction_cell_json = str(path)
     FLAGS.head = "aspp"
     with pytest.raises(flags.ValidationError, match="--head=aspp"):

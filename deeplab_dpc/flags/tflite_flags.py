@@ -10,11 +10,11 @@ import os
 
 from absl import flags
 
-from deeplab_dpc import common_flags
-from deeplab_dpc.export import export_flags
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import tflite
 from deeplab_dpc.export import tflite_export
+from deeplab_dpc.flags import common_flags
+from deeplab_dpc.flags import export_flags
 
 VARIANTS = flags.DEFINE_list(
     "variants",

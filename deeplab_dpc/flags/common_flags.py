@@ -6,12 +6,12 @@ Library code never reads `FLAGS`: programs call `model_options_from_flags`.
 
 from absl import flags
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import metadata
 from deeplab_dpc.data import registry
 from deeplab_dpc.data import tfds_source
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.search import space
 
 MODEL_VARIANT = flags.DEFINE_enum(
     "model_variant", "mobilenet_v2", sorted(backbones.BACKBONES), "Backbone."
@@ -137,9 +137,9 @@ def load_cell_from_flags():
                 "--head=aspp conflicts with --dense_prediction_cell_json (a DPC "
                 "replaces ASPP); drop one of them"
             )
-        return space.load_cell(DPC_JSON.value)
+        return cell_spec.load_cell(DPC_JSON.value)
     if head == deeplab.HEAD_DPC:
-        return space.published_cell()
+        return cell_spec.published_cell()
     return None
 
 
