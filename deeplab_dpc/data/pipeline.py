@@ -57,6 +57,50 @@ DEFAULT_NUM_READERS = 4
 DEFAULT_SHUFFLE_BUFFER_SIZE = 100
 
 
+def _augmented(
+    ds, decode, seed, pipeline_id, crop_size, ignore_label, scales, mean_pixel
+):
+    """Training elements: DeepLab's augmentation, `TRAIN_KEYS` only."""
+    # One stateless augmentation seed per element; the pipeline id makes
+    # replicas draw different augmentations.
+    seeds = tf.data.Dataset.random(seed=seed).map(
+        lambda r: tf.stack([r, tf.constant(pipeline_id, tf.int64)])
+    )
+    min_scale_factor, max_scale_factor, scale_factor_step_size = scales
+
+    def preprocess(serialized, element_seed):
+        element = augment.preprocess_for_train(
+            decode(serialized),
+            element_seed,
+            crop_size=crop_size,
+            ignore_label=ignore_label,
+            min_scale_factor=min_scale_factor,
+            max_scale_factor=max_scale_factor,
+            scale_factor_step_size=scale_factor_step_size,
+            mean_pixel=mean_pixel,
+        )
+        return {key: element[key] for key in TRAIN_KEYS}
+
+    return tf.data.Dataset.zip((ds, seeds)).map(
+        preprocess, num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def _padded(ds, decode, crop_size, ignore_label, mean_pixel):
+    """Evaluation elements: padded to `crop_size`, `EVAL_KEYS` only."""
+
+    def preprocess(serialized):
+        element = augment.preprocess_for_eval(
+            decode(serialized),
+            crop_size=crop_size,
+            ignore_label=ignore_label,
+            mean_pixel=mean_pixel,
+        )
+        return {key: element[key] for key in EVAL_KEYS}
+
+    return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def make_dataset(
     dataset_dir,
     split,
@@ -123,10 +167,9 @@ def make_dataset(
     _check_positive_int(shuffle_buffer_size, "shuffle_buffer_size")
     if isinstance(ignore_label, bool) or not isinstance(ignore_label, int):
         raise ValueError(f"ignore_label must be an int, got {ignore_label!r}")
+    scales = (min_scale_factor, max_scale_factor, scale_factor_step_size)
     if is_training:
-        augment.scale_factors(
-            min_scale_factor, max_scale_factor, scale_factor_step_size
-        )
+        augment.scale_factors(*scales)
     if tfds_name is None:
         files = tfexample.split_files(dataset_dir, split)
         decode = tfexample.decode_example
@@ -164,39 +207,18 @@ def make_dataset(
 
     if is_training:
         ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
-        # One stateless augmentation seed per element; the pipeline id makes
-        # replicas draw different augmentations.
-        seeds = tf.data.Dataset.random(seed=seed).map(
-            lambda r: tf.stack([r, tf.constant(pipeline_id, tf.int64)])
+        ds = _augmented(
+            ds.repeat(),
+            decode,
+            seed,
+            pipeline_id,
+            crop_size,
+            ignore_label,
+            scales,
+            mean_pixel,
         )
-        ds = tf.data.Dataset.zip((ds, seeds))
-
-        def preprocess(serialized, element_seed):
-            element = augment.preprocess_for_train(
-                decode(serialized),
-                element_seed,
-                crop_size=crop_size,
-                ignore_label=ignore_label,
-                min_scale_factor=min_scale_factor,
-                max_scale_factor=max_scale_factor,
-                scale_factor_step_size=scale_factor_step_size,
-                mean_pixel=mean_pixel,
-            )
-            return {key: element[key] for key in TRAIN_KEYS}
-
     else:
-
-        def preprocess(serialized):
-            element = augment.preprocess_for_eval(
-                decode(serialized),
-                crop_size=crop_size,
-                ignore_label=ignore_label,
-                mean_pixel=mean_pixel,
-            )
-            return {key: element[key] for key in EVAL_KEYS}
-
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = _padded(ds, decode, crop_size, ignore_label, mean_pixel)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()

@@ -281,6 +281,55 @@ def make_train_step(model, optimizer, ignore_label):
     return train_step
 
 
+def _check_positive_ints(**values):
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _make_evaluate(model, info, eval_batch_size):
+    """A function returning the head's `StreamingMeanIoU` result on "val"."""
+
+    @tf.function
+    def predict(features):
+        return tf.argmax(model(features, training=False), -1, output_type=tf.int32)
+
+    def evaluate():
+        metric = metrics.StreamingMeanIoU(
+            num_classes=info.num_classes, ignore_label=info.ignore_label
+        )
+        for features, labels in cache_lib.load_split(
+            info, "val", batch_size=eval_batch_size
+        ):
+            metric.update(labels, predict(features))
+        return metric.result()
+
+    return evaluate
+
+
+def _train(train_step, iterator, schedule, proxy_steps, eval_every, evaluate, report):
+    """Runs the proxy steps; returns (windowed losses, intermediate mIOUs)."""
+    window = max(1, proxy_steps // _LOSS_POINTS)
+    losses, window_losses, intermediate = [], [], []
+    for step in range(1, proxy_steps + 1):
+        loss = float(train_step(iterator))
+        if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"proxy loss is {loss} at step {step} (learning rate "
+                f"{float(schedule(step - 1)):.3g})"
+            )
+        window_losses.append(loss)
+        if step % window == 0 or step == proxy_steps:
+            losses.append((step, float(np.mean(window_losses))))
+            window_losses = []
+        if eval_every is not None and step % eval_every == 0 and step < proxy_steps:
+            miou = evaluate()["miou"]
+            intermediate.append((step, miou))
+            if report is not None:
+                report(step, miou)
+    return losses, intermediate
+
+
 @trainer.released_custom_gradients()
 def run_trial(
     cell,
@@ -341,14 +390,12 @@ def run_trial(
         raise FileExistsError(f"checkpoint_dir {checkpoint_dir} already exists")
     _check_matches("num_classes", num_classes, info.num_classes)
     _check_matches("ignore_label", ignore_label, info.ignore_label)
-    for name, value in (
-        ("proxy_steps", proxy_steps),
-        ("proxy_batch_size", proxy_batch_size),
-        ("eval_batch_size", eval_batch_size),
-        ("eval_every", 1 if eval_every is None else eval_every),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_positive_ints(
+        proxy_steps=proxy_steps,
+        proxy_batch_size=proxy_batch_size,
+        eval_batch_size=eval_batch_size,
+        eval_every=1 if eval_every is None else eval_every,
+    )
     if seed is not None:
         tf.keras.utils.set_random_seed(seed)
     if norm_momentum is None:
@@ -380,40 +427,10 @@ def run_trial(
     )
 
     train_step = make_train_step(model, optimizer, info.ignore_label)
-
-    @tf.function
-    def predict(features):
-        return tf.argmax(model(features, training=False), -1, output_type=tf.int32)
-
-    def evaluate():
-        metric = metrics.StreamingMeanIoU(
-            num_classes=info.num_classes, ignore_label=info.ignore_label
-        )
-        for features, labels in cache_lib.load_split(
-            info, "val", batch_size=eval_batch_size
-        ):
-            metric.update(labels, predict(features))
-        return metric.result()
-
-    iterator = iter(train)
-    window = max(1, proxy_steps // _LOSS_POINTS)
-    losses, window_losses, intermediate = [], [], []
-    for step in range(1, proxy_steps + 1):
-        loss = float(train_step(iterator))
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"proxy loss is {loss} at step {step} (learning rate "
-                f"{float(schedule(step - 1)):.3g})"
-            )
-        window_losses.append(loss)
-        if step % window == 0 or step == proxy_steps:
-            losses.append((step, float(np.mean(window_losses))))
-            window_losses = []
-        if eval_every is not None and step % eval_every == 0 and step < proxy_steps:
-            miou = evaluate()["miou"]
-            intermediate.append((step, miou))
-            if report is not None:
-                report(step, miou)
+    evaluate = _make_evaluate(model, info, eval_batch_size)
+    losses, intermediate = _train(
+        train_step, iter(train), schedule, proxy_steps, eval_every, evaluate, report
+    )
     final = evaluate()
     intermediate.append((proxy_steps, final["miou"]))
     checkpoint = None

@@ -217,6 +217,133 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
+def _write_plots(search_dir, records, best, baselines, rerank, top_k):
+    plots = os.path.join(search_dir, PLOTS_DIR)
+    os.makedirs(plots, exist_ok=True)
+    plot_best_so_far(records, os.path.join(plots, "best_so_far.png"))
+    plot_miou_vs_madds(records, os.path.join(plots, "miou_vs_madds.png"), baselines)
+    plot_op_frequencies(records, os.path.join(plots, "op_frequencies.png"), top_k)
+    best_cell = best[0]["cell"]
+    if rerank:
+        best_cell = rerank["candidates"][0]["cell"]
+    plot_cell(best_cell, os.path.join(plots, "best_cell.png"), "best cell")
+
+
+def _summary_section(records, settings):
+    states = collections.Counter(r["state"] for r in records)
+    duplicates = sum(1 for r in records if r.get("duplicate_of") is not None)
+    seconds = sum(r["seconds"] or 0.0 for r in records)
+    parts = ["# Architecture search report", ""]
+    if settings:
+        parts += [_table(["setting", "value"], sorted(settings.items())), ""]
+    return parts + [
+        f"{len(records)} trials: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        + f"; {duplicates} repeated cells answered from earlier trials; "
+        f"{seconds / 3600:.2f} trial-hours.",
+        "",
+    ]
+
+
+def _top_trials_section(best, top_k):
+    header = ["rank", "trial", "proxy mIOU", "head MAdds", "head params"]
+    rows = [
+        [
+            i + 1,
+            r["number"],
+            _fmt(r["miou"]),
+            _fmt(r["madds"]),
+            _fmt(r["params"]),
+            _fmt(r["seconds"], 1),
+            _cell_text(r["cell"]),
+        ]
+        for i, r in enumerate(best[:top_k])
+    ]
+    return [
+        f"## Top {min(top_k, len(best))} trials by proxy mIOU",
+        "",
+        _table(header + ["seconds", "cell"], rows),
+        "",
+    ]
+
+
+def _pareto_section(records):
+    rows = [
+        [r["number"], _fmt(r["miou"]), _fmt(r["madds"]), _cell_text(r["cell"])]
+        for r in pareto_front(records)
+    ]
+    return [
+        "## Pareto front (max mIOU, min MAdds)",
+        "",
+        _table(["trial", "proxy mIOU", "head MAdds", "cell"], rows),
+        "",
+    ]
+
+
+def _baselines_section(baselines, best):
+    if not baselines:
+        return []
+    heads = [(b["name"], b) for b in baselines] + [("best searched cell", best[0])]
+    rows = [
+        [
+            name,
+            _fmt(h["miou"]),
+            _fmt(h["madds"]),
+            _fmt(h["params"]),
+            _cell_text(h["cell"]),
+        ]
+        for name, h in heads
+    ]
+    return [
+        "## Against the baselines (same proxy budget)",
+        "",
+        _table(["head", "proxy mIOU", "head MAdds", "head params", "cell"], rows),
+        "",
+    ]
+
+
+def _rerank_section(rerank):
+    if not rerank:
+        return []
+    rho = rerank.get("spearman")
+    rows = [
+        [
+            c["full_rank"],
+            c["proxy_rank"],
+            c["trial"],
+            _fmt(c["proxy_miou"]),
+            _fmt(c["full_miou"]),
+            _cell_text(c["cell"]),
+        ]
+        for c in rerank["candidates"]
+    ]
+    return [
+        f"## Re-rank by end-to-end training ({rerank['rerank_steps']} steps)",
+        "",
+        f"Spearman rank correlation of proxy and full mIOU: "
+        f"{'n/a' if rho is None else f'{rho:.3f}'} (the paper: 0.47 for "
+        "cached features vs end-to-end training). The winner is in "
+        "`best_cell.json`.",
+        "",
+        _table(
+            ["full rank", "proxy rank", "trial", "proxy mIOU", "full mIOU", "cell"],
+            rows,
+        ),
+        "",
+    ]
+
+
+_PLOTS_SECTION = [
+    "## Plots",
+    "",
+    "![best so far](plots/best_so_far.png)",
+    "![mIOU vs MAdds](plots/miou_vs_madds.png)",
+    "![op frequencies](plots/op_frequencies.png)",
+    "![best cell](plots/best_cell.png)",
+    "",
+]
+
+
 def write_report(
     search_dir, records, *, baselines=(), rerank=None, top_k=10, settings=None
 ):
@@ -243,126 +370,15 @@ def write_report(
             f"{search_dir}: no completed trial to report yet "
             f"({len(records)} trials in the study)"
         )
-    plots = os.path.join(search_dir, PLOTS_DIR)
-    os.makedirs(plots, exist_ok=True)
-    plot_best_so_far(records, os.path.join(plots, "best_so_far.png"))
-    plot_miou_vs_madds(records, os.path.join(plots, "miou_vs_madds.png"), baselines)
-    plot_op_frequencies(records, os.path.join(plots, "op_frequencies.png"), top_k)
-    best_cell = best[0]["cell"]
-    if rerank:
-        best_cell = rerank["candidates"][0]["cell"]
-    plot_cell(best_cell, os.path.join(plots, "best_cell.png"), "best cell")
-
-    states = collections.Counter(r["state"] for r in records)
-    duplicates = sum(1 for r in records if r.get("duplicate_of") is not None)
-    seconds = sum(r["seconds"] or 0.0 for r in records)
-    parts = ["# Architecture search report", ""]
-    if settings:
-        parts += [_table(["setting", "value"], sorted(settings.items())), ""]
-    parts += [
-        f"{len(records)} trials: "
-        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
-        + f"; {duplicates} repeated cells answered from earlier trials; "
-        f"{seconds / 3600:.2f} trial-hours.",
-        "",
-        f"## Top {min(top_k, len(best))} trials by proxy mIOU",
-        "",
-        _table(
-            [
-                "rank",
-                "trial",
-                "proxy mIOU",
-                "head MAdds",
-                "head params",
-                "seconds",
-                "cell",
-            ],
-            [
-                [
-                    i + 1,
-                    r["number"],
-                    _fmt(r["miou"]),
-                    _fmt(r["madds"]),
-                    _fmt(r["params"]),
-                    _fmt(r["seconds"], 1),
-                    _cell_text(r["cell"]),
-                ]
-                for i, r in enumerate(best[:top_k])
-            ],
-        ),
-        "",
-        "## Pareto front (max mIOU, min MAdds)",
-        "",
-        _table(
-            ["trial", "proxy mIOU", "head MAdds", "cell"],
-            [
-                [r["number"], _fmt(r["miou"]), _fmt(r["madds"]), _cell_text(r["cell"])]
-                for r in pareto_front(records)
-            ],
-        ),
-        "",
-    ]
-    if baselines:
-        rows = [
-            [
-                b["name"],
-                _fmt(b["miou"]),
-                _fmt(b["madds"]),
-                _fmt(b["params"]),
-                _cell_text(b["cell"]),
-            ]
-            for b in baselines
-        ]
-        rows.append(
-            [
-                "best searched cell",
-                _fmt(best[0]["miou"]),
-                _fmt(best[0]["madds"]),
-                _fmt(best[0]["params"]),
-                _cell_text(best[0]["cell"]),
-            ]
-        )
-        parts += [
-            "## Against the baselines (same proxy budget)",
-            "",
-            _table(["head", "proxy mIOU", "head MAdds", "head params", "cell"], rows),
-            "",
-        ]
-    if rerank:
-        rho = rerank.get("spearman")
-        parts += [
-            f"## Re-rank by end-to-end training ({rerank['rerank_steps']} steps)",
-            "",
-            f"Spearman rank correlation of proxy and full mIOU: "
-            f"{'n/a' if rho is None else f'{rho:.3f}'} (the paper: 0.47 for "
-            "cached features vs end-to-end training). The winner is in "
-            "`best_cell.json`.",
-            "",
-            _table(
-                ["full rank", "proxy rank", "trial", "proxy mIOU", "full mIOU", "cell"],
-                [
-                    [
-                        c["full_rank"],
-                        c["proxy_rank"],
-                        c["trial"],
-                        _fmt(c["proxy_miou"]),
-                        _fmt(c["full_miou"]),
-                        _cell_text(c["cell"]),
-                    ]
-                    for c in rerank["candidates"]
-                ],
-            ),
-            "",
-        ]
-    parts += [
-        "## Plots",
-        "",
-        "![best so far](plots/best_so_far.png)",
-        "![mIOU vs MAdds](plots/miou_vs_madds.png)",
-        "![op frequencies](plots/op_frequencies.png)",
-        "![best cell](plots/best_cell.png)",
-        "",
-    ]
+    _write_plots(search_dir, records, best, baselines, rerank, top_k)
+    parts = (
+        _summary_section(records, settings)
+        + _top_trials_section(best, top_k)
+        + _pareto_section(records)
+        + _baselines_section(baselines, best)
+        + _rerank_section(rerank)
+        + _PLOTS_SECTION
+    )
     file_io.write_json(os.path.join(search_dir, TRIALS_FILE), list(records), indent=1)
     path = os.path.join(search_dir, REPORT_FILE)
     file_io.write_text(path, "\n".join(parts))

@@ -118,6 +118,48 @@ def _is_weight(variable):
     return tf.as_dtype(variable.dtype).is_floating
 
 
+def _check_shapes(layer, found, saved, shapes):
+    """Raises ValueError when a checkpoint weight's shape differs from the model's."""
+    for variable in found:
+        shape = tuple(shapes[saved[variable.path]])
+        if shape == tuple(variable.shape):
+            continue
+        message = (
+            f"--tf_initial_checkpoint's {variable.path} has shape {shape} but "
+            f"the model's has shape {tuple(variable.shape)}"
+        )
+        if layer.name == deeplab.LOGITS_LAYER:
+            raise ValueError(
+                f"{message} (another number of classes?); "
+                "--initialize_last_layer=false fine-tunes with a new "
+                "number of classes (the logits are then freshly initialised)"
+            )
+        raise ValueError(f"{message} (another architecture?)")
+
+
+def _log_restore(path, restored, skipped, missing, unused):
+    logging.info(
+        "Initialised from %s: restored %d layers; skipped %d (%s).",
+        path,
+        len(restored),
+        len(skipped),
+        ", ".join(skipped) or "none",
+    )
+    if missing:
+        logging.warning(
+            "--tf_initial_checkpoint has no value for %d weights, left as "
+            "initialised: %s",
+            len(missing),
+            ", ".join(missing),
+        )
+    if unused:
+        logging.warning(
+            "%d model variables of --tf_initial_checkpoint were not used: %s",
+            len(unused),
+            ", ".join(unused),
+        )
+
+
 def restore_initial_checkpoint(
     model,
     path,
@@ -183,50 +225,14 @@ def restore_initial_checkpoint(
                 f"--tf_initial_checkpoint={path!r} has no weight of layer "
                 f"{layer.name!r} (another architecture?)"
             )
-        for variable in found:
-            key = saved[variable.path]
-            shape = tuple(shapes[key])
-            if shape != tuple(variable.shape):
-                if layer.name == deeplab.LOGITS_LAYER:
-                    raise ValueError(
-                        f"--tf_initial_checkpoint's {variable.path} has shape "
-                        f"{shape} but the model's has shape "
-                        f"{tuple(variable.shape)} (another number of classes?); "
-                        "--initialize_last_layer=false fine-tunes with a new "
-                        "number of classes (the logits are then freshly "
-                        "initialised)"
-                    )
-                raise ValueError(
-                    f"--tf_initial_checkpoint's {variable.path} has shape "
-                    f"{shape} but the model's has shape {tuple(variable.shape)} "
-                    "(another architecture?)"
-                )
+        _check_shapes(layer, found, saved, shapes)
         for variable in found:
             variable.assign(reader.get_tensor(saved[variable.path]))
             used.add(variable.path)
         missing.extend(v.path for v in weights if v.path not in saved)
         restored.append(layer.name)
     unused = sorted(set(saved) - used)
-    logging.info(
-        "Initialised from %s: restored %d layers; skipped %d (%s).",
-        path,
-        len(restored),
-        len(skipped),
-        ", ".join(skipped) or "none",
-    )
-    if missing:
-        logging.warning(
-            "--tf_initial_checkpoint has no value for %d weights, left as "
-            "initialised: %s",
-            len(missing),
-            ", ".join(missing),
-        )
-    if unused:
-        logging.warning(
-            "%d model variables of --tf_initial_checkpoint were not used: %s",
-            len(unused),
-            ", ".join(unused),
-        )
+    _log_restore(path, restored, skipped, missing, unused)
     return {
         "checkpoint": path,
         "restored": restored,

@@ -37,6 +37,7 @@ are skipped.
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import signal
@@ -433,6 +434,157 @@ def build_train_step(model, optimizer, strategy, options):
     return train_step
 
 
+class _Checkpoints:
+    """A run's checkpoints: resume or initialise, save, clean up.
+
+    The chief writes to `train_logdir`; other workers of a multi-worker run
+    write throwaway copies to a `workertemp_*` folder, removed at the end
+    (every worker must take part in a save).
+    """
+
+    def __init__(self, model, optimizer, step_var, train_logdir, strategy, o):
+        self._model = model
+        self._step_var = step_var
+        self._chief = is_chief(strategy)
+        self._checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, step=step_var
+        )
+        self.directory = train_logdir
+        if not self._chief:
+            resolver = strategy.cluster_resolver
+            self.directory = os.path.join(
+                train_logdir, f"workertemp_{resolver.task_type}_{resolver.task_id}"
+            )
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint,
+            self.directory,
+            max_to_keep=o.max_to_keep if self._chief else 1,
+            checkpoint_name=CHECKPOINT_PREFIX,
+        )
+        self.latest = tf.train.latest_checkpoint(train_logdir)
+
+    def restore(self, o):
+        """Resumes from the latest checkpoint, else applies the initial one."""
+        if self.latest:
+            self._checkpoint.restore(self.latest).assert_existing_objects_matched()
+            logging.info(
+                "Restored %s at step %d.", self.latest, int(self._step_var.numpy())
+            )
+            if o.tf_initial_checkpoint:
+                logging.info(
+                    "Resuming: --tf_initial_checkpoint=%s is ignored.",
+                    o.tf_initial_checkpoint,
+                )
+        elif o.tf_initial_checkpoint:
+            initial_checkpoint.restore_initial_checkpoint(
+                self._model,
+                o.tf_initial_checkpoint,
+                initialize_last_layer=o.initialize_last_layer,
+                last_layers_contain_logits_only=o.last_layers_contain_logits_only,
+            )
+
+    def save(self, step):
+        """Writes a checkpoint of `step`; returns its path (the chief's)."""
+        if not _all_finite(self._model.variables):
+            raise FloatingPointError(
+                f"non-finite weights at step {step}: refusing to write a checkpoint"
+            )
+        path = self._manager.save(checkpoint_number=step)
+        if self._chief:
+            self.latest = path
+        return path
+
+    def remove_worker_copies(self):
+        if not self._chief and tf.io.gfile.exists(self.directory):
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _training_dataset(strategy, model_options, o):
+    return pipeline.distributed_dataset(
+        strategy,
+        o.dataset_dir,
+        o.train_split,
+        global_batch_size=o.train_batch_size,
+        crop_size=model_options.crop_size,
+        is_training=True,
+        ignore_label=o.ignore_label,
+        min_scale_factor=o.min_scale_factor,
+        max_scale_factor=o.max_scale_factor,
+        scale_factor_step_size=o.scale_factor_step_size,
+        seed=o.seed,
+    )
+
+
+def _build_model_and_optimizer(strategy, model_options, o, model_fn):
+    """(model, optimizer, global step variable), made under the strategy."""
+    with strategy.scope():
+        with speed.dtype_policy(o.mixed_precision):
+            model = (model_fn or deeplab.build_deeplab)(model_options)
+        if not o.fine_tune_batch_norm:
+            freeze_batch_norm(model)
+        optimizer = build_optimizer(o, model)
+        step_var = tf.Variable(
+            0,
+            dtype=tf.int64,
+            trainable=False,
+            name="global_step",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+    logging.info(
+        "Training step: jit_compile=%s, mixed_precision=%s (%s policy).",
+        o.jit_compile,
+        o.mixed_precision,
+        model.dtype_policy.name,
+    )
+    return model, optimizer, step_var
+
+
+class _Progress:
+    """Log lines and TensorBoard scalars every `log_steps` steps."""
+
+    def __init__(self, o, schedule, step, chief):
+        self._o = o
+        self._schedule = schedule
+        self._chief = chief
+        self._window_start, self._window_step = time.time(), step
+
+    def log(self, step, loss, write_images):
+        """Logs step `step` (1-based) when due; returns whether it logged."""
+        total = self._o.training_number_of_steps
+        if step % self._o.log_steps and step != total:
+            return False
+        now = time.time()
+        rate = (step - self._window_step) / max(now - self._window_start, 1e-9)
+        eta = (total - step) / rate if rate > 0 else float("inf")
+        lr = float(self._schedule(step - 1))
+        if self._chief:
+            logging.info(
+                "step %d/%d loss %.4f lr %.3g %.2f steps/s ETA %.0f s",
+                step,
+                total,
+                loss,
+                lr,
+                rate,
+                eta,
+            )
+            tf.summary.scalar("loss", loss, step=step)
+            tf.summary.scalar("learning_rate", lr, step=step)
+            if self._o.save_summaries_images:
+                write_images()
+            tf.summary.flush()
+        self._window_start, self._window_step = now, step
+        return True
+
+
+def _check_finite(loss, step, schedule, last_checkpoint):
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"loss is {loss} at step {step + 1} (learning rate "
+            f"{float(schedule(step)):.3g}); no checkpoint was written "
+            f"for it, the last one is {last_checkpoint}"
+        )
+
+
 def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=None):
     """Trains DeepLab to `train_options.training_number_of_steps`.
 
@@ -470,65 +622,13 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
     tf.io.gfile.makedirs(train_logdir)
     if o.seed is not None:
         tf.keras.utils.set_random_seed(o.seed)
-
-    dataset = pipeline.distributed_dataset(
-        strategy,
-        o.dataset_dir,
-        o.train_split,
-        global_batch_size=o.train_batch_size,
-        crop_size=model_options.crop_size,
-        is_training=True,
-        ignore_label=o.ignore_label,
-        min_scale_factor=o.min_scale_factor,
-        max_scale_factor=o.max_scale_factor,
-        scale_factor_step_size=o.scale_factor_step_size,
-        seed=o.seed,
-    )
-
+    dataset = _training_dataset(strategy, model_options, o)
     schedule = DeepLabLearningRate(o)
-    with strategy.scope():
-        with speed.dtype_policy(o.mixed_precision):
-            model = (model_fn or deeplab.build_deeplab)(model_options)
-        if not o.fine_tune_batch_norm:
-            freeze_batch_norm(model)
-        optimizer = build_optimizer(o, model)
-        step_var = tf.Variable(
-            0,
-            dtype=tf.int64,
-            trainable=False,
-            name="global_step",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    ckpt_dir = train_logdir
-    if not chief:
-        resolver = strategy.cluster_resolver
-        ckpt_dir = os.path.join(
-            train_logdir, f"workertemp_{resolver.task_type}_{resolver.task_id}"
-        )
-    manager = tf.train.CheckpointManager(
-        checkpoint,
-        ckpt_dir,
-        max_to_keep=o.max_to_keep if chief else 1,
-        checkpoint_name=CHECKPOINT_PREFIX,
+    model, optimizer, step_var = _build_model_and_optimizer(
+        strategy, model_options, o, model_fn
     )
-    latest = tf.train.latest_checkpoint(train_logdir)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Restored %s at step %d.", latest, int(step_var.numpy()))
-        if o.tf_initial_checkpoint:
-            logging.info(
-                "Resuming: --tf_initial_checkpoint=%s is ignored.",
-                o.tf_initial_checkpoint,
-            )
-    elif o.tf_initial_checkpoint:
-        initial_checkpoint.restore_initial_checkpoint(
-            model,
-            o.tf_initial_checkpoint,
-            initialize_last_layer=o.initialize_last_layer,
-            last_layers_contain_logits_only=o.last_layers_contain_logits_only,
-        )
-
+    checkpoints = _Checkpoints(model, optimizer, step_var, train_logdir, strategy, o)
+    checkpoints.restore(o)
     train_step = build_train_step(model, optimizer, strategy, o)
 
     @tf.function
@@ -537,43 +637,19 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
         value = strategy.run(lambda: tf.cast(flag, tf.int32))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) > 0
 
-    logging.info(
-        "Training step: jit_compile=%s, mixed_precision=%s (%s policy).",
-        o.jit_compile,
-        o.mixed_precision,
-        model.dtype_policy.name,
-    )
     multi_worker = _num_workers(strategy) > 1
     writer = (
         tf.summary.create_file_writer(train_logdir)
         if chief
         else tf.summary.create_noop_writer()
     )
-    results = {
-        "step": int(step_var.numpy()),
-        "loss": None,
-        "losses": [],
-        "logged_losses": [],
-        "checkpoint": latest,
-        "terminated": False,
-    }
-
-    def save(step):
-        if not _all_finite(model.variables):
-            raise FloatingPointError(
-                f"non-finite weights at step {step}: refusing to write a checkpoint"
-            )
-        path = manager.save(checkpoint_number=step)
-        if chief:
-            results["checkpoint"] = path
-        return path
-
+    results = {"loss": None, "losses": [], "logged_losses": [], "terminated": False}
     iterator = iter(dataset)
     step = int(step_var.numpy())
     total = o.training_number_of_steps
+    progress = _Progress(o, schedule, step, chief)
     last_save = time.time()
-    window_start, window_step = time.time(), step
-    saved_step = step if latest else None
+    saved_step = step if checkpoints.latest else None
     with _TerminationFlag() as termination, writer.as_default():
         while step < total:
             fraction = losses.top_k_fraction(
@@ -586,38 +662,16 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                 # The step is traced: which kernels its layers run on.
                 for line in fast_paths.describe():
                     logging.info("Fast paths: %s", line)
-            if not np.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss} at step {step + 1} (learning rate "
-                    f"{float(schedule(step)):.3g}); no checkpoint was written "
-                    f"for it, the last one is {results['checkpoint']}"
-                )
+            _check_finite(loss, step, schedule, checkpoints.latest)
             step += 1
             step_var.assign(step)
             results["losses"].append(loss)
             results["loss"] = loss
-            if step % o.log_steps == 0 or step == total:
-                now = time.time()
-                rate = (step - window_step) / max(now - window_start, 1e-9)
-                eta = (total - step) / rate if rate > 0 else float("inf")
-                lr = float(schedule(step - 1))
+            images = functools.partial(
+                write_image_summaries, model, strategy, batch, step, o
+            )
+            if progress.log(step, loss, images):
                 results["logged_losses"].append(loss)
-                if chief:
-                    logging.info(
-                        "step %d/%d loss %.4f lr %.3g %.2f steps/s ETA %.0f s",
-                        step,
-                        total,
-                        loss,
-                        lr,
-                        rate,
-                        eta,
-                    )
-                    tf.summary.scalar("loss", loss, step=step)
-                    tf.summary.scalar("learning_rate", lr, step=step)
-                    if o.save_summaries_images:
-                        write_image_summaries(model, strategy, batch, step, o)
-                    writer.flush()
-                window_start, window_step = now, step
             stop = termination.requested
             due = o.save_interval_secs > 0 and (
                 time.time() - last_save >= o.save_interval_secs
@@ -626,15 +680,13 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                 stop = bool(agree(stop))
                 due = bool(agree(due))
             if (due or stop) and step < total:
-                save(step)
+                checkpoints.save(step)
                 saved_step = step
                 last_save = time.time()
             if stop:
                 results["terminated"] = True
                 break
         if saved_step != step:
-            save(step)
-    results["step"] = step
-    if not chief and tf.io.gfile.exists(ckpt_dir):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return results
+            checkpoints.save(step)
+    checkpoints.remove_worker_copies()
+    return {**results, "step": step, "checkpoint": checkpoints.latest}
