@@ -171,7 +171,9 @@ def _variable_path(variable):
 def _conv_names(layer, scope):
     """A Conv2D's or DepthwiseConv2D's variables under a slim scope."""
     if isinstance(layer, tf.keras.layers.DepthwiseConv2D):
-        kernel = getattr(layer, "depthwise_kernel", None) or layer.kernel
+        # tf_keras calls it `depthwise_kernel`, Keras 3 `kernel`.
+        kernel = getattr(layer, "depthwise_kernel", None)
+        kernel = layer.kernel if kernel is None else kernel
         names = {f"{scope}/depthwise_weights": kernel}
     else:
         names = {f"{scope}/weights": layer.kernel}

@@ -8,6 +8,7 @@ DeepLab's graphs). Checkpoints for the variable lists are written here, in
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import re
@@ -181,6 +182,127 @@ def test_no_checkpoint(tmp_path):
         tf1_checkpoint.resolve_tf1_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="found 0"):
         tf1_checkpoint.resolve_tf1_checkpoint(str(tmp_path))
+
+
+# Each variable list of DeepLab's graphs: the options of the same model here
+# (at a small crop: variables do not depend on it).
+CONFIGURATIONS = {
+    "mnv2_v3": dict(model_variant="mobilenet_v2", num_classes=21),
+    "x65_aspp_dec4": dict(
+        model_variant="xception_65",
+        atrous_rates=(6, 12, 18),
+        decoder_output_stride=4,
+        num_classes=21,
+    ),
+    "x41_aspp_dec4": dict(
+        model_variant="xception_41",
+        atrous_rates=(6, 12, 18),
+        decoder_output_stride=4,
+        num_classes=21,
+    ),
+    "x71_dpc_dec4": dict(
+        model_variant="xception_71",
+        dense_prediction_cell=model_testing.PUBLISHED,
+        decoder_output_stride=4,
+        num_classes=19,
+    ),
+}
+# Backbone-only (ImageNet) lists -> the configuration they are part of.
+IMAGENET = {
+    "xception_41_imagenet": "x41_aspp_dec4",
+    "xception_65_imagenet": "x65_aspp_dec4",
+    "xception_71_imagenet": "x71_dpc_dec4",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def configured_model(name):
+    options = deeplab.ModelOptions(
+        crop_size=(33, 33),
+        output_stride=16,
+        backbone_weights=None,
+        **CONFIGURATIONS[name],
+    )
+    return build(options), options
+
+
+def _check_flags(name, options):
+    """The fixture's DeepLab flags are the ones the options stand for."""
+    config, _ = variable_list(name)
+    flags = set(config["deeplab_flags"])
+    assert f"--model_variant={options.model_variant}" in flags
+    assert {f"--atrous_rates={r}" for r in options.atrous_rates} <= flags
+    assert ("--decoder_output_stride=4" in flags) == (
+        options.decoder_output_stride == 4
+    )
+    assert any("dense_prediction_cell_json" in f for f in flags) == (
+        options.dense_prediction_cell is not None
+    )
+    assert ("--noaspp_with_separable_conv" in flags) == (
+        not options.aspp_with_separable_conv
+    )
+    assert {f"--multi_grid={r}" for r in options.multi_grid or ()} <= flags
+    assert config["num_classes"] == options.num_classes
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGURATIONS))
+def test_variables_map_one_to_one_with_deeplabs_graph(name):
+    model, options = configured_model(name)
+    _check_flags(name, options)
+    _, shapes = variable_list(name)
+    names = tf1_checkpoint.tf1_variable_names(model, options.model_variant)
+    got = {n: tuple(v.shape) for n, (v, _) in names.items()}
+    assert sorted(set(got) - set(shapes)) == []
+    assert sorted(set(shapes) - set(got)) == []
+    assert got == shapes
+    assert len(names) == len(model.weights)
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET))
+def test_backbone_variables_are_deeplabs_imagenet_list(name):
+    model, options = configured_model(IMAGENET[name])
+    config, shapes = variable_list(name)
+    assert config["deeplab_flags"] == [f"--model_variant={options.model_variant}"]
+    names = tf1_checkpoint.tf1_variable_names(model, options.model_variant)
+    backbone = {
+        n: tuple(v.shape) for n, (v, module) in names.items() if module == "backbone"
+    }
+    assert backbone == shapes
+
+
+def test_xception_41_checkpoint_imports(tmp_path):
+    """End to end: DeepLab's whole x41 graph, then its ImageNet backbone."""
+    model, options = configured_model("x41_aspp_dec4")
+    _, shapes = variable_list("x41_aspp_dec4")
+    arrays = random_arrays(shapes, seed=3)
+    arrays["global_step"] = np.array(30000, np.int64)
+    prefix = write_tf1_checkpoint(tmp_path / "full" / "model.ckpt", arrays)
+    report = tf1_checkpoint.import_tf1_checkpoint(model, prefix, "xception_41")
+    assert len(report.mapped) == len(shapes) == len(model.weights)
+    names = tf1_checkpoint.tf1_variable_names(model, "xception_41")
+    for name in (
+        "xception_41/entry_flow/conv1_1/weights",
+        "xception_41/exit_flow/block2/unit_1/xception_module/"
+        "separable_conv3_depthwise/BatchNorm/moving_variance",
+        "decoder/feature_projection0/weights",
+        "aspp3_pointwise/BatchNorm/beta",
+    ):
+        np.testing.assert_array_equal(names[name][0].numpy(), arrays[name])
+
+    _, backbone = variable_list("xception_41_imagenet")
+    arrays = random_arrays(backbone, seed=4)
+    prefix = write_tf1_checkpoint(tmp_path / "imagenet" / "model.ckpt", arrays)
+    head = {n: v.numpy().copy() for n, (v, m) in names.items() if m != "backbone"}
+    report = tf1_checkpoint.import_tf1_checkpoint(
+        model,
+        prefix,
+        "xception_41",
+        exclude_modules=("head", "decoder", "logits"),
+    )
+    assert {n for n, _, _ in report.mapped} == set(backbone)
+    assert {n for n, _ in report.excluded} == set(head)
+    for name, value in head.items():
+        np.testing.assert_array_equal(names[name][0].numpy(), value)
 
 
 # ------------------------------------------------------------------ errors
