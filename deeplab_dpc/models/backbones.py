@@ -9,7 +9,8 @@ carried over unchanged, and the model takes images in [0, 255] (the
 normalisation is a layer of the model).
 
 DeepLab's own networks, which Keras lacks (`NetworkSpec`: the modified
-aligned Xception-41/65/71 of `models/xception.py`), are built by this
+aligned Xception-41/65/71 of `models/xception.py`, ResNet-v1-50/101-beta of
+`models/resnet_v1_beta.py`), are built by this
 package's code directly at the output stride, with DeepLab's layer names.
 """
 
@@ -27,6 +28,7 @@ from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.layers import fused_batch_norm
 from deeplab_dpc.layers import image_preprocessing
+from deeplab_dpc.models import resnet_v1_beta
 from deeplab_dpc.models import xception
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -95,6 +97,17 @@ def _xception(model_variant):
     )
 
 
+def _resnet_v1_beta(model_variant):
+    # DeepLab maps the beta variants' images to [-1, 1] too.
+    return NetworkSpec(
+        network=functools.partial(
+            resnet_v1_beta.resnet_v1_beta, model_variant=model_variant
+        ),
+        low_level=resnet_v1_beta.LOW_LEVEL,
+        preprocessing="tf",
+    )
+
+
 BACKBONES = {
     # DeepLab takes MobileNet-v2's last inverted residual block (320
     # channels), not the 1280-channel conv, and `layer_4/depthwise_output`
@@ -141,6 +154,9 @@ BACKBONES = {
     "xception_41": _xception("xception_41"),
     "xception_65": _xception("xception_65"),
     "xception_71": _xception("xception_71"),
+    # DeepLab's ResNet-v1-beta (3x3-conv stem, multi-grid), not Keras' ResNet.
+    "resnet_v1_50_beta": _resnet_v1_beta("resnet_v1_50_beta"),
+    "resnet_v1_101_beta": _resnet_v1_beta("resnet_v1_101_beta"),
 }
 
 

@@ -206,9 +206,25 @@ CONFIGURATIONS = {
         decoder_output_stride=4,
         num_classes=19,
     ),
+    "r50beta_aspp": dict(
+        model_variant="resnet_v1_50_beta",
+        multi_grid=(1, 2, 4),
+        atrous_rates=(6, 12, 18),
+        aspp_with_separable_conv=False,
+        num_classes=21,
+    ),
+    "r101beta_aspp": dict(
+        model_variant="resnet_v1_101_beta",
+        multi_grid=(1, 2, 4),
+        atrous_rates=(6, 12, 18),
+        aspp_with_separable_conv=False,
+        num_classes=21,
+    ),
 }
 # Backbone-only (ImageNet) lists -> the configuration they are part of.
 IMAGENET = {
+    "resnet_v1_50_beta_imagenet": "r50beta_aspp",
+    "resnet_v1_101_beta_imagenet": "r101beta_aspp",
     "xception_41_imagenet": "x41_aspp_dec4",
     "xception_65_imagenet": "x65_aspp_dec4",
     "xception_71_imagenet": "x71_dpc_dec4",
