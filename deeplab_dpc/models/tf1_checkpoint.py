@@ -272,14 +272,25 @@ def _dotted_scope(network_scope):
     return scope
 
 
+# DeepLab's variable scope of each backbone (its feature extractor's
+# `name_scope`: the beta ResNets keep the plain ResNets' scopes).
+NETWORK_SCOPES = {
+    "mobilenet_v2": "MobilenetV2",
+    "xception_41": "xception_41",
+    "xception_65": "xception_65",
+    "xception_71": "xception_71",
+    "resnet_v1_50_beta": "resnet_v1_50",
+    "resnet_v1_101_beta": "resnet_v1_101",
+}
+
 # model_variant -> function from a backbone layer's name to its DeepLab scope.
 BACKBONE_NAMING = {
     "mobilenet_v2": _mobilenet_v2_scope,
-    "xception_41": _dotted_scope("xception_41"),
-    "xception_65": _dotted_scope("xception_65"),
-    "xception_71": _dotted_scope("xception_71"),
-    "resnet_v1_50_beta": _dotted_scope("resnet_v1_50"),
-    "resnet_v1_101_beta": _dotted_scope("resnet_v1_101"),
+    **{
+        variant: _dotted_scope(scope)
+        for variant, scope in NETWORK_SCOPES.items()
+        if variant != "mobilenet_v2"
+    },
 }
 
 
@@ -360,9 +371,19 @@ def skip_reason(name):
 # ---------------------------------------------------------------- import
 
 
-def _hints(missing, unused, model_modules, checkpoint_names):
+def _hints(model_variant, missing, unused, model_modules, checkpoint_names):
     """Sentences that say what the usual causes of a mismatch are."""
     hints = []
+    backbones_held = sorted(
+        variant
+        for variant, scope in NETWORK_SCOPES.items()
+        if any(n.startswith(scope + "/") for n in checkpoint_names)
+    )
+    if backbones_held and model_variant not in backbones_held:
+        hints.append(
+            f"The checkpoint's backbone is {' or '.join(backbones_held)}, the "
+            f"model's {model_variant}: pass --model_variant={backbones_held[0]}."
+        )
     unused_dpc = any(n.startswith(DPC_SCOPE + "/") for n in unused)
     missing_dpc = any(n.startswith(DPC_SCOPE + "/") for n in missing)
     if unused_dpc and not missing_dpc:
@@ -382,9 +403,9 @@ def _hints(missing, unused, model_modules, checkpoint_names):
         n.startswith("decoder/") for n in checkpoint_names
     ):
         hints.append("The checkpoint has no decoder: leave out --decoder_output_stride.")
-    head_or_later = [n for n in missing if not n.startswith(tuple(_backbone_prefixes()))]
-    if head_or_later and all(
-        n.split("/")[0] in _backbone_roots() for n in checkpoint_names
+    roots = set(NETWORK_SCOPES.values())
+    if any(n.split("/")[0] not in roots for n in missing) and all(
+        n.split("/")[0] in roots for n in checkpoint_names
     ):
         hints.append(
             "The checkpoint holds only a backbone (e.g. an ImageNet checkpoint): "
@@ -396,15 +417,6 @@ def _hints(missing, unused, model_modules, checkpoint_names):
             "--add_image_level_feature against the checkpoint's configuration."
         )
     return hints
-
-
-def _backbone_roots():
-    return {"MobilenetV2", "xception_41", "xception_65", "xception_71",
-            "resnet_v1_50", "resnet_v1_101"}
-
-
-def _backbone_prefixes():
-    return [root + "/" for root in _backbone_roots()]
 
 
 def import_tf1_checkpoint(model, checkpoint, model_variant, exclude_modules=()):
@@ -515,6 +527,8 @@ def _mismatch_message(prefix, model_variant, names, shapes, missing, unused, mis
         lines.append(f"  {len(unused)} checkpoint variable(s) the model does not use:")
         lines += [f"    {n} {list(shapes[n])}" for n in unused]
     modules = {module for _, module in names.values()}
-    hints = _hints(missing, unused, modules, [n for n in shapes if not skip_reason(n)])
+    hints = _hints(
+        model_variant, missing, unused, modules, [n for n in shapes if not skip_reason(n)]
+    )
     lines += [f"  Hint: {h}" for h in hints]
     return "\n".join(lines)

@@ -445,6 +445,20 @@ def test_backbone_only_checkpoint(tmp_path):
     assert len(report.skipped) == 2
 
 
+def test_checkpoint_of_another_backbone(tmp_path):
+    _, shapes = variable_list("x41_aspp_dec4")
+    # Small stand-ins of the right names: the names alone give the backbone.
+    arrays = {n: np.zeros([1] * len(s), np.float32) for n, s in shapes.items()}
+    prefix = write_tf1_checkpoint(tmp_path / "model.ckpt", arrays)
+    model = build(mnv2_v3_options())
+    with pytest.raises(tf1_checkpoint.CheckpointMismatchError) as info:
+        tf1_checkpoint.import_tf1_checkpoint(model, prefix, "mobilenet_v2")
+    message = str(info.value)
+    assert "backbone is xception_41" in message
+    assert "--model_variant=xception_41" in message
+    assert "pass --decoder_output_stride=4" in message
+
+
 def test_unknown_variant_and_module():
     model = build(mnv2_v3_options())
     with pytest.raises(ValueError, match="xception_65"):
