@@ -1,4 +1,4 @@
-"""Backbones from `tf.keras.applications` at output stride 8, 16 or 32.
+"""Backbones at output stride 8, 16 or 32: Keras' applications and DeepLab's own.
 
 Keras' applications have no output-stride setting. `build_backbone` rewrites
 the functional config by DeepLab's rule: once the running stride of a tensor
@@ -7,12 +7,19 @@ dilated by the stride they replaced. Strides and rates are tracked per
 tensor (a block's shortcut and main convs both stride), the weights are
 carried over unchanged, and the model takes images in [0, 255] (the
 normalisation is a layer of the model).
+
+DeepLab's own networks, which Keras lacks (`NetworkSpec`: the modified
+aligned Xception-41/65/71 of `models/xception.py`, ResNet-v1-50/101-beta of
+`models/resnet_v1_beta.py`), are built by this
+package's code directly at the output stride, with DeepLab's layer names.
 """
 
 import copy
 import dataclasses
+import functools
 import json
 import os
+from typing import Callable
 
 import tensorflow as tf
 
@@ -21,6 +28,8 @@ from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.layers import fused_batch_norm
 from deeplab_dpc.layers import image_preprocessing
+from deeplab_dpc.models import resnet_v1_beta
+from deeplab_dpc.models import xception
 
 OUTPUT_STRIDES = (8, 16, 32)
 FEATURES = "features"
@@ -60,6 +69,43 @@ class BackboneSpec:
     has_depth_multiplier: bool = False
     same_padding: tuple = ()
     application_kwargs: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NetworkSpec:
+    """A DeepLab network this package builds from its own layers.
+
+    Attributes:
+      network: function `(images, output_stride=, multi_grid=, weight_decay=,
+        norm_momentum=)` from preprocessed images to the features (DeepLab's
+        choice), adding the network's layers to a functional graph.
+      low_level: layer at stride 4 whose output feeds the v3+ decoder
+        (DeepLab's `networks_to_feature_maps`).
+      preprocessing: `ImagePreprocessing` mode (DeepLab's feature extractor).
+    """
+
+    network: Callable
+    low_level: str
+    preprocessing: str
+
+
+def _xception(model_variant):
+    return NetworkSpec(
+        network=functools.partial(xception.xception, model_variant=model_variant),
+        low_level=xception.LOW_LEVEL[model_variant],
+        preprocessing="tf",
+    )
+
+
+def _resnet_v1_beta(model_variant):
+    # DeepLab maps the beta variants' images to [-1, 1] too.
+    return NetworkSpec(
+        network=functools.partial(
+            resnet_v1_beta.resnet_v1_beta, model_variant=model_variant
+        ),
+        low_level=resnet_v1_beta.LOW_LEVEL,
+        preprocessing="tf",
+    )
 
 
 BACKBONES = {
@@ -104,6 +150,13 @@ BACKBONES = {
         low_level="conv2_block3_out",
         preprocessing="caffe",
     ),
+    # DeepLab's modified aligned Xception (not Keras' Xception above).
+    "xception_41": _xception("xception_41"),
+    "xception_65": _xception("xception_65"),
+    "xception_71": _xception("xception_71"),
+    # DeepLab's ResNet-v1-beta (3x3-conv stem, multi-grid), not Keras' ResNet.
+    "resnet_v1_50_beta": _resnet_v1_beta("resnet_v1_50_beta"),
+    "resnet_v1_101_beta": _resnet_v1_beta("resnet_v1_101_beta"),
 }
 
 
@@ -365,6 +418,7 @@ def build_backbone(
     weights=None,
     weight_decay=0.0,
     norm_momentum=None,
+    multi_grid=None,
 ):
     """Builds a backbone for a fixed crop at an output stride.
 
@@ -377,12 +431,16 @@ def build_backbone(
         a weights file for the no-top application.
       weight_decay: float, DeepLab's L2 weight decay on the kernels (0: none).
       norm_momentum: float or None, the momentum of every batch norm's moving
-        statistics (DeepLab: 0.9997); None keeps the application's.
+        statistics (DeepLab: 0.9997); None keeps the application's (or
+        DeepLab's network's).
+      multi_grid: None or three ints, DeepLab's `--multi_grid` (its own
+        networks only).
 
     Returns:
       A functional `tf.keras.Model` from `[batch, h, w, 3]` images in [0, 255]
       to `{"features": [batch, fh, fw, c], "low_level": [batch, lh, lw, c_low]}`
-      (stride `output_stride` and 4). Its layers keep Keras' names.
+      (stride `output_stride` and 4). Its layers keep Keras' names (DeepLab's
+      scopes for DeepLab's networks).
 
     Raises:
       ValueError: for an unknown variant, a bad crop or output stride, or a
@@ -395,6 +453,22 @@ def build_backbone(
         )
     check_crop(crop_size, output_stride)
     spec = BACKBONES[model_variant]
+    if isinstance(spec, NetworkSpec):
+        return _build_network(
+            spec,
+            model_variant,
+            crop_size,
+            output_stride,
+            depth_multiplier,
+            weights,
+            weight_decay,
+            norm_momentum,
+            multi_grid,
+        )
+    if multi_grid is not None:
+        raise ValueError(
+            f"--multi_grid is for DeepLab's own networks, not {model_variant}"
+        )
     original = _load_application(
         spec, model_variant, crop_size, weights, depth_multiplier
     )
@@ -415,3 +489,46 @@ def build_backbone(
         LOW_LEVEL: _endpoint(dilated, spec.low_level).output,
     }
     return tf.keras.Model(dilated.input, outputs, name=model_variant)
+
+
+def _build_network(
+    spec,
+    model_variant,
+    crop_size,
+    output_stride,
+    depth_multiplier,
+    weights,
+    weight_decay,
+    norm_momentum,
+    multi_grid,
+):
+    """Builds one of DeepLab's own networks (`NetworkSpec`) as a backbone."""
+    if depth_multiplier != 1.0:
+        raise ValueError(
+            f"--depth_multiplier={depth_multiplier} is only for "
+            f"mobilenet_v2, not {model_variant}"
+        )
+    if weights not in (None, "", "none"):
+        raise ValueError(
+            f"--backbone_weights={weights!r}: {model_variant} is DeepLab's own "
+            "network, which Keras has no weights files of; its ImageNet weights "
+            f"are DeepLab's TF1 checkpoint ({model_variant}_imagenet), imported "
+            "by models.tf1_checkpoint"
+        )
+    images = tf.keras.Input((*crop_size, 3))
+    x = image_preprocessing.ImagePreprocessing(
+        spec.preprocessing, name="preprocessing"
+    )(images)
+    features = spec.network(
+        x,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        weight_decay=weight_decay,
+        norm_momentum=norm_momentum,
+    )
+    network = tf.keras.Model(images, features)
+    outputs = {
+        FEATURES: features,
+        LOW_LEVEL: network.get_layer(spec.low_level).output,
+    }
+    return tf.keras.Model(images, outputs, name=model_variant)

@@ -50,6 +50,8 @@ class ModelOptions:
       image_pooling_crop_size: (int, int) or None, pooling geometry crop.
       decoder_output_stride: None (no decoder) or 4 (DeepLab v3+).
       depth_multiplier: MobileNet-v2's alpha.
+      multi_grid: None or three ints, DeepLab's `--multi_grid` (the rate
+        multipliers of the last block of DeepLab's own networks).
       backbone_weights: None/"none", "imagenet" or a weights file path.
       weight_decay: DeepLab's `--weight_decay` on every kernel but depthwise ones.
       norm_momentum, norm_epsilon, synchronized: BatchNormalization settings;
@@ -68,6 +70,7 @@ class ModelOptions:
     image_pooling_crop_size: Optional[tuple] = None
     decoder_output_stride: Optional[int] = None
     depth_multiplier: float = 1.0
+    multi_grid: Optional[tuple] = None
     backbone_weights: Optional[str] = None
     weight_decay: float = 4e-5
     norm_momentum: float = conv_bn.NORM_MOMENTUM
@@ -79,6 +82,10 @@ class ModelOptions:
         object.__setattr__(
             self, "atrous_rates", tuple(int(r) for r in self.atrous_rates)
         )
+        if self.multi_grid is not None:
+            object.__setattr__(
+                self, "multi_grid", tuple(int(r) for r in self.multi_grid)
+            )
         if len(self.crop_size) != 2:
             raise ValueError(
                 f"crop_size must be (height, width), got " f"{self.crop_size}"
@@ -164,6 +171,7 @@ def build_deeplab(options):
         weights=options.backbone_weights,
         weight_decay=options.weight_decay,
         norm_momentum=options.norm_momentum,
+        multi_grid=options.multi_grid,
     )
     endpoints = backbone.output
     x = build_head(options)(endpoints[backbones.FEATURES])
