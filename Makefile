@@ -19,7 +19,9 @@ demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m deeplab_dpc.demo
 
 # The whole suite under Keras 3, then the model-building tests again under
-# tf_keras (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs,
+# tf_keras (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs
+# (DeepLab's own backbones and the TF1 importer check tf_keras in a
+# subprocess of their own tests, so they are not run twice),
 # then the layer, model, training and export tests with oneDNN flipped from
 # what TensorFlow chose here (TF_ENABLE_ONEDNN_OPTS=0 on an Intel AVX-512
 # machine, =1 on one where it is off), so each machine tests both CPU kinds
@@ -27,9 +29,11 @@ demo: $(STAMP)
 ONEDNN_TESTS := tests/layers tests/models tests/training/test_trainer.py \
 	tests/test_finetune.py tests/test_eval.py tests/export/test_saved_model.py \
 	tests/export/test_tflite.py
+KERAS3_ONLY := test_xception.py test_resnet_v1_beta.py test_tf1_checkpoint.py
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 tests/layers tests/models
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 tests/layers tests/models \
+	  $(addprefix --ignore=tests/models/,$(KERAS3_ONLY))
 	flipped=$$($(PY) -c 'from deeplab_dpc.layers import fast_paths; \
 	  print(0 if fast_paths.onednn_enabled() else 1)') && \
 	  echo "Second pass with TF_ENABLE_ONEDNN_OPTS=$$flipped" && \
