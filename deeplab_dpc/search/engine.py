@@ -61,8 +61,13 @@ ATTR_KEY = "cell_key"
 ATTR_CELL = "cell_json"
 ATTR_DUPLICATE = "duplicate_of"
 ATTR_WORKER = "worker"
+ATTR_INFEASIBLE = "infeasible"
 # The attributes the engine itself sets on every trial.
-_ENGINE_ATTRS = frozenset((ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER))
+_ENGINE_ATTRS = frozenset(
+    (ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER, ATTR_INFEASIBLE)
+)
+# Infeasible proposals in a row after which a worker gives up.
+MAX_INFEASIBLE_IN_A_ROW = 200
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # The storage API lives in `study_storage`; callers of the engine find it here too.
 STORAGE_FILE = study_storage.STORAGE_FILE
@@ -111,7 +116,7 @@ def create_or_load_study(
         heartbeat_interval, grace_period, max_retry: see `open_storage`
             (unused when `storage` is an `RDBStorage`).
         **sampler_options: explore_prob, local_top_k, population_size,
-            tournament_size for `strategies.make_sampler`.
+            tournament_size and feasible for `strategies.make_sampler`.
 
     Returns:
         The `optuna.Study`; its user attributes hold the settings above.
@@ -167,6 +172,7 @@ class WorkerStats:
         duplicates: trials answered with an earlier trial's result.
         pruned: trials that ended PRUNED.
         surplus: trials ended unrun because the total was reached meanwhile.
+        infeasible: proposals failed unrun for breaking the constraints.
     """
 
     trials: int = 0
@@ -174,6 +180,11 @@ class WorkerStats:
     duplicates: int = 0
     pruned: int = 0
     surplus: int = 0
+    infeasible: int = 0
+
+
+class InfeasibleTrial(Exception):
+    """A proposal that breaks the user's constraints: failed, not trained."""
 
 
 class SurplusTrial(Exception):
@@ -191,9 +202,11 @@ def _array_to_list(value):
 class _Worker:
     """The objective and callback that `run_worker` gives `study.optimize`."""
 
-    def __init__(self, study, objective, total, poll_seconds):
+    def __init__(self, study, objective, total, poll_seconds, feasible=None):
         self.study = study
         self.objective = objective
+        self.feasible = feasible
+        self.infeasible_in_a_row = 0
         self.total = total
         self.poll_seconds = poll_seconds
         self.objectives = tuple(study.user_attrs["objectives"])
@@ -264,6 +277,22 @@ class _Worker:
             raise optuna.TrialPruned(f"repeats pruned trial {origin}")
         return earlier.values if len(self.objectives) > 1 else earlier.value
 
+    def _check_feasible(self, trial, cell) -> None:
+        """Fails a proposal that breaks the constraints, before any training."""
+        if self.feasible is None or self.feasible(cell):
+            self.infeasible_in_a_row = 0
+            return
+        self.stats.infeasible += 1
+        self.infeasible_in_a_row += 1
+        reason = getattr(self.feasible, "reason", lambda c: "")(cell)
+        trial.set_user_attr(ATTR_INFEASIBLE, reason or "breaks the constraints")
+        if self.infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
+            raise strategies.InfeasibleConstraints(
+                f"{self.infeasible_in_a_row} proposals in a row broke the "
+                f"constraints ({self.feasible!r}), the last: {reason}; relax them"
+            )
+        raise InfeasibleTrial(reason)
+
     def __call__(self, trial: optuna.Trial):
         if not self.needed(below=trial.number):
             self.stats.surplus += 1
@@ -277,6 +306,7 @@ class _Worker:
         trial.set_user_attr(ATTR_WORKER, worker_name())
         trial.set_user_attr(ATTR_CELL, cell_spec.cell_to_json(cell))
         trial.set_user_attr(ATTR_KEY, key)
+        self._check_feasible(trial, cell)
         earlier = self._earlier(trial.number, key)
         if earlier is not None:
             return self._reuse(trial, earlier)
@@ -321,6 +351,7 @@ def run_worker(
     num_trials_total: int,
     catch: Sequence[type] = (),
     poll_seconds: float = 1.0,
+    feasible: Optional[Callable] = None,
 ) -> WorkerStats:
     """Runs trials of a study until it holds `num_trials_total` finished trials.
 
@@ -336,6 +367,10 @@ def run_worker(
             trials (not this worker's share).
         catch: exception types that fail a trial without stopping the worker.
         poll_seconds: float, how often a waiting worker reads the storage.
+        feasible: callable `CellSpec -> bool` or None: the user's hard
+            constraints (`constraints.HeadBudget`). A proposal that breaks
+            them fails (state FAIL, attribute "infeasible" with the reason)
+            without training and does not count toward the total.
 
     Returns:
         `WorkerStats` of this call.
@@ -355,12 +390,12 @@ def run_worker(
             f"study {study.study_name!r} lacks the search settings {missing}; "
             "open it with create_or_load_study"
         )
-    worker = _Worker(study, objective, num_trials_total, poll_seconds)
+    worker = _Worker(study, objective, num_trials_total, poll_seconds, feasible)
     if worker.needed():
         study.optimize(
             worker,
             callbacks=[worker.after_trial],
-            catch=tuple(catch) + (SurplusTrial,),
+            catch=tuple(catch) + (SurplusTrial, InfeasibleTrial),
         )
     return worker.stats
 

@@ -57,6 +57,7 @@ from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import speed_flags
 from deeplab_dpc.flags import train_flags  # pylint: disable=unused-import  # noqa: F401
 from deeplab_dpc.search import cache as cache_lib
+from deeplab_dpc.search import constraints
 from deeplab_dpc.search import engine
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import proxy
@@ -125,6 +126,13 @@ _CACHE_COPIES = flags.DEFINE_integer(
 _VAL_SPLIT = flags.DEFINE_string("val_split", "val", "Split the proxy evaluates on.")
 _TARGET_CROP_SIZE = flags.DEFINE_string(
     "target_crop_size", "769,769", "Crop at which head MAdds and params are counted."
+)
+_MAX_HEAD_MADDS = flags.DEFINE_string(
+    "max_head_madds",
+    None,
+    "Hard budget of every strategy: no trial trains a cell whose head MAdds "
+    "at --target_crop_size exceed it. A number (8e8) or a multiple of "
+    "DeepLab's ASPP head, rates 6/12/18 + image pooling (1.1xaspp).",
 )
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Proxy cells re-ranked end to end.")
 _RERANK_STEPS = flags.DEFINE_integer("rerank_steps", 500, "Re-rank training steps.")
@@ -268,6 +276,34 @@ def _proxy_kwargs():
     )
 
 
+def head_budget(cache):
+    """The `constraints.HeadBudget` of --max_head_madds, or None."""
+    if not _MAX_HEAD_MADDS.value:
+        return None
+    info = cache_lib.load_info(cache)
+    target = common_flags.parse_size(_TARGET_CROP_SIZE.value, "target_crop_size")
+    channels = info.feature_shape[-1]
+
+    def cost(cell, rates=()):
+        options = proxy.model_options(info, cell, atrous_rates=rates)
+        return proxy.head_cost(options, channels, target)[1]
+
+    aspp_rates = tuple(r * 16 // info.output_stride for r in (6, 12, 18))
+    try:
+        budget = constraints.parse_max_head_madds(
+            _MAX_HEAD_MADDS.value, aspp_madds=cost(None, aspp_rates)
+        )
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from e
+    logging.info(
+        "Head budget: %.3f GMAdds at %s (--max_head_madds=%s).",
+        budget / 1e9,
+        _TARGET_CROP_SIZE.value,
+        _MAX_HEAD_MADDS.value,
+    )
+    return constraints.HeadBudget(budget, cost)
+
+
 def make_objective(cache):
     """`objective(cell, report)` for the engine: one proxy trial."""
     kwargs = _proxy_kwargs()
@@ -295,7 +331,7 @@ def make_objective(cache):
     return objective
 
 
-def open_study():
+def open_study(feasible=None):
     objectives = tuple(_OBJECTIVES.value)
     unknown = sorted(set(objectives) - set(optuna_space.OBJECTIVES))
     if unknown:
@@ -323,6 +359,7 @@ def open_study():
             local_top_k=_LOCAL_TOP_K.value,
             population_size=_POPULATION_SIZE.value,
             tournament_size=_TOURNAMENT_SIZE.value,
+            feasible=feasible,
         )
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e
@@ -331,7 +368,8 @@ def open_study():
 def search():
     """Runs this process's worker, or `--num_workers` local worker processes."""
     cache = _load_cache()
-    study = open_study()
+    budget = head_budget(cache)
+    study = open_study(budget)
     if _NUM_WORKERS.value > 1:
         flagfile = os.path.join(_search_dir(), FLAGS_FILE)
         file_io.write_text(flagfile, FLAGS.flags_into_string())
@@ -350,7 +388,10 @@ def search():
         )
     else:
         stats = engine.run_worker(
-            study, make_objective(cache), num_trials_total=_NUM_TRIALS.value
+            study,
+            make_objective(cache),
+            num_trials_total=_NUM_TRIALS.value,
+            feasible=budget,
         )
         logging.info("This worker: %s.", stats)
     return study
@@ -464,6 +505,7 @@ def write_report(study):
             "model_variant": common_flags.MODEL_VARIANT.value,
             "train_crop_size": FLAGS.train_crop_size,
             "target_crop_size": _TARGET_CROP_SIZE.value,
+            "max_head_madds": _MAX_HEAD_MADDS.value or "none",
         },
     )
     logging.info("Wrote %s.", path)

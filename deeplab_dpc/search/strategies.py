@@ -27,6 +27,8 @@ STRATEGIES = (
 )
 # Tries to propose a cell no trial of the study holds before settling for one.
 _MAX_ATTEMPTS = 100
+# Proposals drawn for one feasible cell before giving up on the constraints.
+MAX_INFEASIBLE_PROPOSALS = 1000
 _SEEN_STATES = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
@@ -35,24 +37,33 @@ _SEEN_STATES = (
 )
 
 
+class InfeasibleConstraints(RuntimeError):
+    """No cell the strategy proposes meets the user's constraints."""
+
+
 class CellSampler(optuna.samplers.BaseSampler):
     """Base of the samplers that propose a whole cell at once.
 
-    Subclasses implement `propose`. The proposal is drawn again
-    (up to 100 times) while a trial of the study already holds the same cell
-    (by `space.canonical_key`); the engine reuses results of any repeat that
-    remains. Randomness is seeded by (seed, trial number), so a study is
-    reproducible with one worker and workers never share a random stream.
+    Subclasses implement `propose`. A proposal that breaks the constraints
+    (`feasible`, e.g. `constraints.HeadBudget`) is always drawn again (up to
+    `MAX_INFEASIBLE_PROPOSALS` times, then `InfeasibleConstraints`); a
+    feasible one is drawn again (up to 100 times) while a trial of the study
+    already holds the same cell (by `space.canonical_key`); the engine reuses
+    results of any repeat that remains. Randomness is seeded by (seed, trial
+    number), so a study is reproducible with one worker and workers never
+    share a random stream.
 
     Args:
         num_branches: int >= 1, the number of branches B.
         seed: int or None (None: fresh entropy for every trial).
+        feasible: callable `CellSpec -> bool`, or None (no constraint).
     """
 
-    def __init__(self, num_branches: int, seed: Optional[int] = None):
+    def __init__(self, num_branches: int, seed: Optional[int] = None, feasible=None):
         self._space = optuna_space.distributions(num_branches)
         self._num_branches = num_branches
         self._seed = seed
+        self._feasible = feasible
         self._independent = optuna.samplers.RandomSampler(seed=seed)
 
     def infer_relative_search_space(self, study, trial) -> dict:
@@ -83,10 +94,20 @@ class CellSampler(optuna.samplers.BaseSampler):
                 history.append((past, cell))
         maximize = study.direction == StudyDirection.MAXIMIZE
         for _ in range(_MAX_ATTEMPTS):
-            cell = self.propose(history, rng, maximize)
+            cell = self._propose_feasible(history, rng, maximize)
             if space.canonical_key(cell) not in seen:
                 break
         return optuna_space.cell_to_params(cell)
+
+    def _propose_feasible(self, history, rng, maximize):
+        for _ in range(MAX_INFEASIBLE_PROPOSALS):
+            cell = self.propose(history, rng, maximize)
+            if self._feasible is None or self._feasible(cell):
+                return cell
+        raise InfeasibleConstraints(
+            f"{type(self).__name__}: none of {MAX_INFEASIBLE_PROPOSALS} "
+            f"proposals met the constraints ({self._feasible!r}); relax them"
+        )
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(
@@ -118,6 +139,7 @@ class RandomLocalSampler(CellSampler):
         explore_prob: float in [0, 1].
         local_top_k: int >= 1.
         seed: int or None.
+        feasible: callable `CellSpec -> bool` or None (see `CellSampler`).
     """
 
     def __init__(
@@ -127,8 +149,9 @@ class RandomLocalSampler(CellSampler):
         explore_prob: float = 0.5,
         local_top_k: int = 5,
         seed: Optional[int] = None,
+        feasible=None,
     ):
-        super().__init__(num_branches, seed)
+        super().__init__(num_branches, seed, feasible)
         if not 0.0 <= explore_prob <= 1.0:
             raise ValueError(f"explore_prob is {explore_prob!r}; it must be in [0, 1]")
         _check_positive("local_top_k", local_top_k)
@@ -169,6 +192,7 @@ class RegularizedEvolutionSampler(CellSampler):
         population_size: int >= 1.
         tournament_size: int in 1..population_size.
         seed: int or None.
+        feasible: callable `CellSpec -> bool` or None (see `CellSampler`).
     """
 
     def __init__(
@@ -178,8 +202,9 @@ class RegularizedEvolutionSampler(CellSampler):
         population_size: int = 20,
         tournament_size: int = 5,
         seed: Optional[int] = None,
+        feasible=None,
     ):
-        super().__init__(num_branches, seed)
+        super().__init__(num_branches, seed, feasible)
         _check_positive("population_size", population_size)
         _check_positive("tournament_size", tournament_size)
         if tournament_size > population_size:
@@ -223,6 +248,7 @@ def make_sampler(
     tournament_size: int = 5,
     objectives: Sequence[str] = ("miou",),
     worker: int = 0,
+    feasible=None,
 ) -> optuna.samplers.BaseSampler:
     """Builds the sampler of a strategy.
 
@@ -245,6 +271,11 @@ def make_sampler(
             workers, a trial proposes the cell the same study would propose
             with one worker from the same history (for uniform samples:
             whatever the history).
+        feasible: callable `CellSpec -> bool` or None: the user's hard
+            constraints (`constraints.HeadBudget`). The cell samplers draw
+            until their proposal meets them; the other samplers' proposals
+            are checked by the engine, which fails an infeasible one without
+            training it (they do not learn from it).
 
     Returns:
         An `optuna.samplers.BaseSampler`.
@@ -265,7 +296,11 @@ def make_sampler(
         )
     if strategy == "random_local":
         return RandomLocalSampler(
-            num_branches, explore_prob=explore_prob, local_top_k=local_top_k, seed=seed
+            num_branches,
+            explore_prob=explore_prob,
+            local_top_k=local_top_k,
+            seed=seed,
+            feasible=feasible,
         )
     if strategy == "regularized_evolution":
         return RegularizedEvolutionSampler(
@@ -273,6 +308,7 @@ def make_sampler(
             population_size=population_size,
             tournament_size=tournament_size,
             seed=seed,
+            feasible=feasible,
         )
     if strategy == "tpe":
         # Constant liar: running trials count as bad, so parallel workers

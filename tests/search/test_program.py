@@ -13,6 +13,7 @@ import pytest
 
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import program
+from deeplab_dpc.search import proxy
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,3 +122,31 @@ def test_short_runs_keep_deeplabs_horizon_unless_batch_norm_decay_is_given(
     assert program.batch_norm_decay(200) == pytest.approx(0.9997)
     FLAGS["batch_norm_decay"].parse("0.5")
     assert program.batch_norm_decay(200) == pytest.approx(0.5)
+
+
+def test_max_head_madds_is_a_multiple_of_deeplabs_aspp(parsed_flags, tmp_path_factory):
+    _, _, _, info = shared_search(tmp_path_factory)
+    FLAGS.target_crop_size = "129,129"
+    FLAGS.max_head_madds = "1.0xaspp"
+    budget = program.head_budget(info)
+    channels = info.feature_shape[-1]
+    rates = tuple(r * 16 // info.output_stride for r in (6, 12, 18))
+    aspp = proxy.head_cost(
+        proxy.model_options(info, None, atrous_rates=rates), channels, (129, 129)
+    )[1]
+    assert budget.max_head_madds == aspp
+    published = cell_spec.published_cell()
+    expected = proxy.head_cost(
+        proxy.model_options(info, published), channels, (129, 129)
+    )[1]
+    assert budget.cost(published) == expected
+    assert budget(published) == (expected <= aspp)
+    FLAGS.max_head_madds = None
+    assert program.head_budget(info) is None
+
+
+def test_a_bad_max_head_madds_is_named(parsed_flags, tmp_path_factory):
+    _, _, _, info = shared_search(tmp_path_factory)
+    FLAGS.max_head_madds = "cheap"
+    with pytest.raises(flags.ValidationError, match="--max_head_madds='cheap'"):
+        program.head_budget(info)
