@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from cache_testing import shared_search
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -119,3 +120,52 @@ def test_no_candidates_is_an_error(tmp_path):
         rerank.rerank(
             [], None, str(tmp_path), dataset_dir="", train_split="", val_split=""
         )
+
+
+# Scores of 12 cells, fixed; no ties, so rho has the closed form below.
+_PROXY = [0.61, 0.55, 0.70, 0.42, 0.66, 0.58, 0.49, 0.73, 0.52, 0.64, 0.45, 0.68]
+_FULL = [0.64, 0.57, 0.69, 0.47, 0.60, 0.62, 0.44, 0.75, 0.50, 0.66, 0.49, 0.71]
+
+
+def test_spearman_interval_on_fixed_scores_matches_scipy():
+    rho, low, high = rerank.spearman_interval(_PROXY, _FULL, resamples=999, seed=3)
+    n = len(_PROXY)
+    d = np.argsort(np.argsort(_PROXY)) - np.argsort(np.argsort(_FULL))
+    assert rho == pytest.approx(1 - 6 * np.sum(d**2) / (n * (n**2 - 1)))
+    assert rho == pytest.approx(stats.spearmanr(_PROXY, _FULL).statistic)
+    expected = stats.bootstrap(
+        (np.array(_PROXY), np.array(_FULL)),
+        lambda a, b: stats.spearmanr(a, b).statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=999,
+        confidence_level=0.9,
+        method="percentile",
+        random_state=np.random.default_rng(3),
+    ).confidence_interval
+    assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert low < rho < high <= 1.0
+    # Reproducible, and wider at a higher confidence.
+    assert rerank.spearman_interval(_PROXY, _FULL, resamples=999, seed=3) == (
+        rho,
+        low,
+        high,
+    )
+    _, low95, high95 = rerank.spearman_interval(
+        _PROXY, _FULL, resamples=999, seed=3, confidence=0.95
+    )
+    assert low95 <= low and high95 >= high
+
+
+def test_few_cells_give_a_wide_interval():
+    _, low, high = rerank.spearman_interval(_PROXY[:6], _FULL[:6], seed=0)
+    _, low12, high12 = rerank.spearman_interval(_PROXY, _FULL, seed=0)
+    assert high - low > high12 - low12
+
+
+def test_spearman_interval_refuses_bad_input():
+    with pytest.raises(ValueError, match="at least 3"):
+        rerank.spearman_interval([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="equal-length"):
+        rerank.spearman_interval([1, 2, 3], [1, 2])
+    assert rerank.spearman_interval([1, 1, 1], [1, 2, 3]) == (None, None, None)
