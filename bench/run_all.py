@@ -38,6 +38,8 @@ BENCHMARKS = (
     "proxy_saving",
     "search_throughput",
     "input_pipeline",
+    # Up to 3 hours on 2 cores: proxy fidelity and search efficacy.
+    "search_efficacy",
 )
 
 

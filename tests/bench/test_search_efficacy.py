@@ -1,0 +1,110 @@
+"""bench/search_efficacy.py: its cell choice, summary and report, on fixed inputs."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(
+    0,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bench"),
+)
+import search_efficacy  # pylint: disable=wrong-import-position  # noqa: E402
+
+from deeplab_dpc.search import space  # noqa: E402
+
+
+def _cost(cell):
+    return sum(
+        {"conv1x1": 1, "sep3x3": 3, "pool": 2}[b.op] * (1 + (b.input >= 0))
+        for b in cell
+    )
+
+
+def test_fidelity_heads_include_the_baselines_and_span_the_costs():
+    args = search_efficacy._parse(["--random_cells=8"])
+    heads = search_efficacy.fidelity_cells(args, _cost)
+    names = [name for name, _, _ in heads]
+    assert len(heads) >= 12
+    assert names[:4] == [
+        "published DPC",
+        search_efficacy.ASPP,
+        "ASPP (no atrous rates)",
+        "1x1 only",
+    ]
+    # DeepLab's rates, doubled at output stride 8.
+    assert heads[1][2] == (12, 24, 36)
+    costs = [_cost(cell) for _, cell, _ in heads[4:]]
+    assert costs == sorted(costs) and costs[0] < costs[-1]
+    keys = {space.canonical_key(cell) for _, cell, _ in heads[4:]}
+    assert len(keys) == 8
+
+
+def _runs():
+    return [
+        {
+            "strategy": "random",
+            "seed": s,
+            "curve": [0.3, 0.4 + s / 100],
+            "best_proxy_miou": 0.4,
+            "head_madds": 6e8,
+            "cell": [],
+            "e2e_miou": 0.50 + s / 100,
+            "infeasible": 0,
+        }
+        for s in range(3)
+    ] + [
+        {
+            "strategy": "random_local",
+            "seed": s,
+            "curve": [0.35, 0.45, 0.5][: 2 + (s > 0)],
+            "best_proxy_miou": 0.5,
+            "head_madds": 7e8,
+            "cell": [],
+            "e2e_miou": 0.58 - s / 100,
+            "infeasible": 1,
+        }
+        for s in range(3)
+    ]
+
+
+def test_summary_compares_the_seed_mean_with_aspp():
+    table = search_efficacy.summarize(None, _runs(), {"e2e_miou": 0.55})
+    assert table["random"]["e2e_mean"] == pytest.approx(0.51)
+    assert table["random"]["beats_aspp_mean"] is False
+    assert table["random_local"]["e2e_mean"] == pytest.approx(0.57)
+    assert (table["random_local"]["e2e_min"], table["random_local"]["e2e_max"]) == (
+        pytest.approx(0.56),
+        pytest.approx(0.58),
+    )
+    assert table["random_local"]["beats_aspp_mean"] is True
+
+
+def test_report_and_plot(tmp_path):
+    args = search_efficacy._parse(["--quick"])
+    fidelity = {
+        "heads": [
+            {
+                "name": search_efficacy.ASPP,
+                "head_madds": 7e8,
+                "proxy_miou": 0.5,
+                "e2e_miou": 0.55,
+            }
+        ],
+        "rho": 0.7,
+        "rho_low": 0.3,
+        "rho_high": 0.9,
+    }
+    runs = _runs()
+    aspp = fidelity["heads"][0]
+    table = search_efficacy.summarize(fidelity, runs, aspp)
+    text = search_efficacy.markdown(
+        fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}
+    )
+    assert "rho 0.700, 90% bootstrap interval [0.300, 0.900]" in text
+    assert "| random_local | 0.5700 [0.5600, 0.5800] | yes |" in text
+    assert "| random | 2 | 0.4000 | 600 M | 0.5200 | -0.0300 |" in text
+    assert "proxy 1.00 h, end to end 2.00 h" in text
+    path = tmp_path / "curves.png"
+    search_efficacy.plot_curves(runs, str(path))
+    assert path.stat().st_size > 1000
