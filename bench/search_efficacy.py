@@ -4,9 +4,12 @@ r"""Does the search find cells that win? Proxy fidelity and search efficacy.
       [--work_dir=DIR] [--strategies=random,random_local,...] [--seeds=3]
 
 Everything runs on the built-in data set (`deeplab_dpc.data.synthetic`) at a
-geometry where the op space means something: `--crop` 257 at output stride 8
-gives 33x33 backbone features (the paper's proxy: 49x49), so atrous rates up
-to 21 (x2 at output stride 8) and pooling grids up to 8 read real context.
+geometry where the op space means something: `--crop` 513 at output stride 16
+gives 33x33 backbone features (the paper's proxy: 49x49 at 769). What
+matters is the reach in image pixels: a rate r reaches 16 r pixels at either
+output stride (DeepLab doubles the rates at output stride 8), so rates up to
+21 (336 pixels) need images of about 513 pixels or more; at 129 (the old
+demo) every rate of 9 or more read only padding.
 
 1. **Preparation** (the search program itself): the data set, a MobileNet-v2
    backbone pretrained end to end with an ASPP head (`--mode=pretrain`), and
@@ -62,8 +65,8 @@ ASPP = "ASPP 6/12/18 + image pooling"
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--crop", type=int, default=257, help="Train/cache crop (OS*k+1).")
-    add("--output_stride", type=int, default=8, help="Backbone output stride.")
+    add("--crop", type=int, default=513, help="Train/cache crop (OS*k+1).")
+    add("--output_stride", type=int, default=16, help="Backbone output stride.")
     add("--num_train", type=int, default=200, help="Training images.")
     add("--num_val", type=int, default=50, help="Validation images.")
     add("--pretrain_steps", type=int, default=600, help="Backbone pretraining.")

@@ -22,7 +22,7 @@ def _cost(cell):
 
 
 def test_fidelity_heads_include_the_baselines_and_span_the_costs():
-    args = search_efficacy._parse(["--random_cells=8"])
+    args = search_efficacy._parse(["--random_cells=8", "--output_stride=8"])
     heads = search_efficacy.fidelity_cells(args, _cost)
     names = [name for name, _, _ in heads]
     assert len(heads) >= 12
