@@ -521,7 +521,12 @@ def main(argv=None):
             os.path.splitext(args.output_json)[0] + "_details.json",
             json.dumps({"fidelity": fidelity, "runs": runs, "table": table}, indent=1),
         )
+    if fidelity["rho"] is None and not args.quick:
+        # Every head scored alike: the budgets were too small to rank anything.
+        print("error: proxy and end-to-end scores do not rank the heads", flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
