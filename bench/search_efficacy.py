@@ -243,7 +243,7 @@ def _key(cell, rates):
 def part_fidelity(heads, args, cost):
     # pylint: disable=import-outside-toplevel
     from deeplab_dpc.cells import cell_spec
-    from deeplab_dpc.search import rerank
+    from deeplab_dpc.search import rank_correlation
 
     rows = []
     for name, cell, rates in fidelity_cells(args, cost):
@@ -259,7 +259,7 @@ def part_fidelity(heads, args, cost):
                 "e2e_miou": heads.end_to_end(_key(cell, rates), cell, rates),
             }
         )
-    rho, low, high = rerank.spearman_interval(
+    rho, low, high = rank_correlation.spearman_interval(
         [r["proxy_miou"] for r in rows], [r["e2e_miou"] for r in rows]
     )
     return {"heads": rows, "rho": rho, "rho_low": low, "rho_high": high}

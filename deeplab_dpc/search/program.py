@@ -433,6 +433,17 @@ def top_candidates(records, k):
     return candidates
 
 
+def _rerank_options():
+    return rerank_lib.RerankOptions(
+        rerank_steps=_RERANK_STEPS.value,
+        train_batch_size=FLAGS.train_batch_size,
+        base_learning_rate=FLAGS.base_learning_rate,
+        weight_decay=common_flags.WEIGHT_DECAY.value,
+        batch_norm_decay=batch_norm_decay(_RERANK_STEPS.value),
+        seed=FLAGS.seed,
+    )
+
+
 def run_rerank(study):
     cache = _load_cache()
     return rerank_lib.rerank(
@@ -442,41 +453,67 @@ def run_rerank(study):
         dataset_dir=common_flags.DATASET_DIR.value,
         train_split=FLAGS.train_split,
         val_split=_VAL_SPLIT.value,
-        options=rerank_lib.RerankOptions(
-            rerank_steps=_RERANK_STEPS.value,
-            train_batch_size=FLAGS.train_batch_size,
-            base_learning_rate=FLAGS.base_learning_rate,
-            weight_decay=common_flags.WEIGHT_DECAY.value,
-            batch_norm_decay=batch_norm_decay(_RERANK_STEPS.value),
-            seed=FLAGS.seed,
-        ),
+        options=_rerank_options(),
+    )
+
+
+def baseline_heads(output_stride):
+    """(name, cell, atrous_rates) of the heads a search is measured against."""
+    conv1x1 = cell_spec.cell_from_json(
+        [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
+    )
+    rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
+    return (
+        ("published DPC", cell_spec.published_cell(), ()),
+        (report_lib.ASPP_BASELINE, None, rates),
+        ("ASPP (no atrous rates)", None, ()),
+        ("1x1 only", conv1x1, ()),
     )
 
 
 def baselines(cache):
-    """ASPP and a 1x1-only cell trained on the same proxy budget (cached)."""
+    """The baseline heads, each on the proxy budget and end to end (cached).
+
+    End to end is the re-rank's budget (`--rerank_steps`), so the baselines
+    and the re-ranked cells compare alike.
+    """
     kwargs = _proxy_kwargs()
+    options = _rerank_options()
     path = os.path.join(_search_dir(), BASELINES_FILE)
     budget = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    budget["rerank_steps"] = options.rerank_steps
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
         if stored.get("budget") == budget:
             return stored["baselines"]
-    conv1x1 = cell_spec.cell_from_json(
-        [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
-    )
+    info = cache_lib.load_info(cache)
     rows = []
-    for name, cell in (("ASPP (no atrous rates)", None), ("1x1 only", conv1x1)):
-        logging.info("Baseline %s on the proxy budget.", name)
-        result = proxy.run_trial(cell, cache, **kwargs)
+    for name, cell, rates in baseline_heads(info.output_stride):
+        logging.info("Baseline %s on the proxy budget and end to end.", name)
+        result = proxy.run_trial(cell, cache, atrous_rates=rates, **kwargs)
+        full = rerank_lib.train_and_evaluate(
+            rerank_lib.Candidate(cell, result.miou, atrous_rates=rates),
+            cache,
+            dataset_dir=common_flags.DATASET_DIR.value,
+            train_split=FLAGS.train_split,
+            val_split=_VAL_SPLIT.value,
+            options=options,
+            workdir=os.path.join(
+                _search_dir(),
+                rerank_lib.RERANK_DIR,
+                "baseline-" + name.split()[0] + ("-rates" if rates else ""),
+            ),
+        )
         rows.append(
             {
                 "name": name,
                 "miou": result.miou,
+                "full_miou": float(full["miou"]),
                 "madds": result.head_madds,
                 "params": result.head_params,
                 "cell": None if cell is None else cell_spec.cell_to_json(cell),
+                "atrous_rates": list(rates),
             }
         )
     file_io.write_json(path, {"budget": budget, "baselines": rows}, indent=1)

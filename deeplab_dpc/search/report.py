@@ -25,10 +25,12 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from deeplab_dpc import file_io  # pylint: disable=wrong-import-position
 from deeplab_dpc.cells import cell_spec  # pylint: disable=wrong-import-position
+from deeplab_dpc.search import rank_correlation  # pylint: disable=wrong-import-position
 
 REPORT_FILE = "report.md"
 TRIALS_FILE = "trials.json"
 PLOTS_DIR = "plots"
+ASPP_BASELINE = "ASPP 6/12/18 + image pooling"
 TRIAL_FIELDS = (
     "number",  # int, the study's trial number
     "state",  # "COMPLETE", "PRUNED", "FAIL", "RUNNING", ...
@@ -280,26 +282,111 @@ def _pareto_section(records):
     ]
 
 
-def _baselines_section(baselines, best):
+def _searched_cell(best, rerank):
+    """The search's product: the re-rank's winner, else the best proxy trial."""
+    if rerank:
+        winner = rerank["candidates"][0]
+        for record in best:
+            if record["cell"] == winner["cell"]:
+                return {**record, "full_miou": winner["full_miou"]}
+        return {
+            "miou": winner["proxy_miou"],
+            "full_miou": winner["full_miou"],
+            "madds": None,
+            "params": None,
+            "cell": winner["cell"],
+        }
+    return best[0]
+
+
+def conclusion(searched, baselines, rho_interval):
+    """One sentence drawn from the numbers, whatever they say."""
+    aspp = next((b for b in baselines if b["name"] == ASPP_BASELINE), None)
+    parts = []
+    if aspp is not None and searched.get("full_miou") is not None:
+        won = searched["full_miou"] > aspp["full_miou"]
+        ratio = (
+            f" at {searched['madds'] / aspp['madds']:.2f}x its head MAdds"
+            if searched.get("madds") and aspp.get("madds")
+            else ""
+        )
+        parts.append(
+            f"End to end the searched cell scores {searched['full_miou']:.4f} "
+            f"mIOU against {aspp['full_miou']:.4f} for {ASPP_BASELINE}{ratio}: "
+            + (
+                "on this budget the search found a cell that beats DeepLab's ASPP"
+                if won
+                else "on this budget the search did not beat DeepLab's ASPP"
+            )
+        )
+    elif aspp is not None:
+        won = searched["miou"] > aspp["miou"]
+        parts.append(
+            f"On the proxy the searched cell scores {searched['miou']:.4f} against "
+            f"{aspp['miou']:.4f} for {ASPP_BASELINE} (no end-to-end runs yet): "
+            + ("it wins on the proxy" if won else "it loses on the proxy")
+        )
+    rho, low, high, n = rho_interval
+    if rho is not None:
+        parts.append(
+            f"the proxy's rank correlation with end-to-end training is {rho:.2f} "
+            f"over {n} heads, 90% interval [{low:.2f}, {high:.2f}]"
+            + (", which so few heads cannot pin down" if high - low > 0.5 else "")
+        )
+    return ("Conclusion: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _rho_over_heads(searched_rows):
+    """Spearman's rho and its interval over heads with both scores."""
+    pairs = [
+        (r["miou"], r["full_miou"])
+        for r in searched_rows
+        if r.get("full_miou") is not None and r.get("miou") is not None
+    ]
+    if len(pairs) < 3:
+        return None, None, None, len(pairs)
+    rho, low, high = rank_correlation.spearman_interval(*zip(*pairs))
+    return rho, low, high, len(pairs)
+
+
+def _baselines_section(baselines, best, rerank):
     if not baselines:
         return []
-    heads = [(b["name"], b) for b in baselines] + [("best searched cell", best[0])]
+    searched = _searched_cell(best, rerank)
+    heads = [(b["name"], b) for b in baselines] + [("searched cell", searched)]
     rows = [
         [
             name,
             _fmt(h["miou"]),
+            _fmt(h.get("full_miou")),
             _fmt(h["madds"]),
             _fmt(h["params"]),
             _cell_text(h["cell"]),
         ]
         for name, h in heads
     ]
-    return [
-        "## Against the baselines (same proxy budget)",
-        "",
-        _table(["head", "proxy mIOU", "head MAdds", "head params", "cell"], rows),
-        "",
+    reranked = [
+        {"miou": c["proxy_miou"], "full_miou": c["full_miou"]}
+        for c in (rerank or {}).get("candidates", [])
     ]
+    interval = _rho_over_heads(list(baselines) + reranked)
+    text = conclusion(searched, baselines, interval)
+    return [
+        "## Against the baselines (same proxy and end-to-end budgets)",
+        "",
+        _table(
+            [
+                "head",
+                "proxy mIOU",
+                "end-to-end mIOU",
+                "head MAdds",
+                "head params",
+                "cell",
+            ],
+            rows,
+        ),
+        "",
+    ] + ([text, ""] if text else [])
 
 
 def _rerank_section(rerank):
@@ -375,7 +462,7 @@ def write_report(
         _summary_section(records, settings)
         + _top_trials_section(best, top_k)
         + _pareto_section(records)
-        + _baselines_section(baselines, best)
+        + _baselines_section(baselines, best, rerank)
         + _rerank_section(rerank)
         + _PLOTS_SECTION
     )

@@ -24,17 +24,15 @@ import hashlib
 import json
 import os
 from typing import Optional
-import warnings
 
 from absl import logging
-import numpy as np
-from scipy import stats
 
 from deeplab_dpc import file_io
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.evaluation import evaluator
 from deeplab_dpc.search import cache as cache_lib
 from deeplab_dpc.search import proxy
+from deeplab_dpc.search import rank_correlation
 from deeplab_dpc.search import space
 from deeplab_dpc.training import trainer
 
@@ -86,72 +84,6 @@ def candidate_dir(search_dir, cell):
     key = space.canonical_key(cell)
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
     return os.path.join(search_dir, RERANK_DIR, digest)
-
-
-def spearman(proxy_scores, full_scores):
-    """Spearman's rho between two score lists (None when undefined)."""
-    if len(set(proxy_scores)) < 2 or len(set(full_scores)) < 2:
-        return None  # A constant list has no ranks to correlate.
-    rho = stats.spearmanr(proxy_scores, full_scores).statistic
-    return None if np.isnan(rho) else float(rho)
-
-
-def spearman_interval(x, y, *, confidence=0.9, resamples=2000, seed=0):
-    """Spearman's rho of paired scores with a bootstrap confidence interval.
-
-    The interval is the percentile bootstrap over pairs
-    (`scipy.stats.bootstrap`, paired): with few cells it is wide, and it says
-    so where a bare rho would not (6 cells give an interval of about +-0.5
-    around a rho of 0.6).
-
-    Args:
-      x, y: equal-length sequences of numbers, at least 3 pairs.
-      confidence: float in (0, 1), e.g. 0.9 for a 90% interval.
-      resamples: int, bootstrap resamples.
-      seed: int, seeds the resampling (the interval is reproducible).
-
-    Returns:
-      (rho, low, high): floats; None for all three when rho is undefined (a
-      constant list). Resamples whose rho is undefined (all ties) are left
-      out of the interval.
-
-    Raises:
-      ValueError: for lists of different lengths or fewer than 3 pairs.
-    """
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(
-            f"x and y must be equal-length lists, got {x.shape}, {y.shape}"
-        )
-    if len(x) < 3:
-        raise ValueError(f"{len(x)} pairs: a rank correlation needs at least 3")
-    rho = spearman(list(x), list(y))
-    if rho is None:
-        return None, None, None
-
-    def statistic(a, b):
-        value = stats.spearmanr(a, b).statistic
-        return value if np.isfinite(value) else np.nan
-
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Constant resamples warn.
-        result = stats.bootstrap(
-            (x, y),
-            statistic,
-            paired=True,
-            vectorized=False,
-            n_resamples=resamples,
-            confidence_level=confidence,
-            method="percentile",
-            random_state=np.random.default_rng(seed),
-        )
-    low, high = result.confidence_interval
-    if not (np.isfinite(low) and np.isfinite(high)):
-        values = result.bootstrap_distribution
-        values = values[np.isfinite(values)]
-        tail = (1.0 - confidence) / 2 * 100
-        low, high = np.percentile(values, [tail, 100 - tail])
-    return rho, float(low), float(high)
 
 
 @trainer.released_custom_gradients()
@@ -276,7 +208,9 @@ def rerank(
         for rank, j in enumerate(order, start=1):
             rows[j][rank_key] = rank
     rows.sort(key=lambda row: row["full_rank"])
-    rho = spearman([r["proxy_miou"] for r in rows], [r["full_miou"] for r in rows])
+    rho = rank_correlation.spearman(
+        [r["proxy_miou"] for r in rows], [r["full_miou"] for r in rows]
+    )
     best_path = os.path.join(search_dir, BEST_CELL_FILE)
     # The search's own product: a new re-rank replaces the previous winner.
     cell_spec.dump_cell(

@@ -84,6 +84,12 @@ def test_all_modes_leave_a_report_and_a_best_cell(tmp_path_factory):
     ]
     report = (search_dir / "report.md").read_text()
     assert "## Top" in report and "ASPP (no atrous rates)" in report
+    # Every baseline, on the proxy and end to end, and a conclusion.
+    for name in ("published DPC", "ASPP 6/12/18 + image pooling", "1x1 only"):
+        assert f"| {name} |" in report
+    assert "| searched cell |" in report and "Conclusion: " in report
+    baselines = json.loads((search_dir / "baselines.json").read_text())["baselines"]
+    assert all(0.0 <= b["full_miou"] <= 1.0 for b in baselines)
     assert "Re-rank by end-to-end training (2 steps)" in report
     for name in ("best_so_far", "miou_vs_madds", "op_frequencies", "best_cell"):
         assert (search_dir / "plots" / f"{name}.png").stat().st_size > 0

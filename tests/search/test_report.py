@@ -111,3 +111,89 @@ def test_write_report(tmp_path):
 def test_no_completed_trial_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no completed trial"):
         report.write_report(str(tmp_path), [dict(_records(1)[0], state="FAIL")])
+
+
+def _baselines(aspp_full):
+    rows = []
+    for name, proxy, full, madds in (
+        ("published DPC", 0.55, 0.62, 8 * 10**8),
+        (report.ASPP_BASELINE, 0.5, aspp_full, 7 * 10**8),
+        ("ASPP (no atrous rates)", 0.45, 0.5, 2 * 10**8),
+        ("1x1 only", 0.3, 0.35, 10**8),
+    ):
+        rows.append(
+            {
+                "name": name,
+                "miou": proxy,
+                "full_miou": full,
+                "madds": madds,
+                "params": 10**5,
+                "cell": None,
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("aspp_full,verdict", [(0.6, "beats"), (0.75, "did not beat")])
+def test_the_report_compares_the_searched_cell_with_aspp_end_to_end(
+    tmp_path, aspp_full, verdict
+):
+    records = _records()
+    winner = records[1]
+    rerank = {
+        "rerank_steps": 10,
+        "spearman": -1.0,
+        "candidates": [
+            {
+                "full_rank": 1,
+                "proxy_rank": 2,
+                "trial": 1,
+                "proxy_miou": 0.6,
+                "full_miou": 0.7,
+                "cell": winner["cell"],
+            },
+            {
+                "full_rank": 2,
+                "proxy_rank": 1,
+                "trial": 0,
+                "proxy_miou": 0.8,
+                "full_miou": 0.65,
+                "cell": records[0]["cell"],
+            },
+        ],
+    }
+    text = open(
+        report.write_report(
+            str(tmp_path), records, baselines=_baselines(aspp_full), rerank=rerank
+        )
+    ).read()
+    assert "| head | proxy mIOU | end-to-end mIOU | head MAdds |" in text
+    for name in (
+        "published DPC",
+        report.ASPP_BASELINE,
+        "ASPP (no atrous rates)",
+        "1x1 only",
+    ):
+        assert f"| {name} |" in text
+    assert (
+        f"| searched cell | {winner['miou']:.4f} | 0.7000 | {winner['madds']:,} |"
+        in text
+    )
+    ratio = winner["madds"] / (7 * 10**8)
+    assert (
+        f"End to end the searched cell scores 0.7000 mIOU against {aspp_full:.4f} "
+        f"for {report.ASPP_BASELINE} at {ratio:.2f}x its head MAdds" in text
+    )
+    assert verdict in text.split("Conclusion:")[1].split("\n")[0]
+    # rho over the 4 baselines and the 2 re-ranked cells, with its interval.
+    assert "over 6 heads, 90% interval [" in text
+
+
+def test_without_end_to_end_runs_the_conclusion_says_proxy(tmp_path):
+    records = _records()
+    baselines = [
+        {k: v for k, v in b.items() if k != "full_miou"} for b in _baselines(0.6)
+    ]
+    text = open(report.write_report(str(tmp_path), records, baselines=baselines)).read()
+    assert "On the proxy the searched cell scores" in text
+    assert "(no end-to-end runs yet)" in text

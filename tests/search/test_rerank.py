@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.search import rank_correlation
 from deeplab_dpc.search import rerank
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,7 +72,9 @@ def test_rerank_ranks_by_full_miou_and_writes_the_winner(reranked):
     else:
         expected = stats.spearmanr([r["proxy_miou"] for r in rows], full).statistic
         assert summary["spearman"] == pytest.approx(expected)
-    assert rerank.spearman([0.1, 0.2, 0.3], [0.3, 0.5, 0.4]) == pytest.approx(0.5)
+    assert rank_correlation.spearman([0.1, 0.2, 0.3], [0.3, 0.5, 0.4]) == pytest.approx(
+        0.5
+    )
     best = cell_spec.load_cell(os.path.join(out, rerank.BEST_CELL_FILE))
     assert best == cell_spec.cell_from_json(rows[0]["cell"])
     with open(os.path.join(out, rerank.RESULTS_FILE)) as f:
@@ -128,7 +131,9 @@ _FULL = [0.64, 0.57, 0.69, 0.47, 0.60, 0.62, 0.44, 0.75, 0.50, 0.66, 0.49, 0.71]
 
 
 def test_spearman_interval_on_fixed_scores_matches_scipy():
-    rho, low, high = rerank.spearman_interval(_PROXY, _FULL, resamples=999, seed=3)
+    rho, low, high = rank_correlation.spearman_interval(
+        _PROXY, _FULL, resamples=999, seed=3
+    )
     n = len(_PROXY)
     d = np.argsort(np.argsort(_PROXY)) - np.argsort(np.argsort(_FULL))
     assert rho == pytest.approx(1 - 6 * np.sum(d**2) / (n * (n**2 - 1)))
@@ -146,26 +151,30 @@ def test_spearman_interval_on_fixed_scores_matches_scipy():
     assert (low, high) == pytest.approx((expected.low, expected.high))
     assert low < rho < high <= 1.0
     # Reproducible, and wider at a higher confidence.
-    assert rerank.spearman_interval(_PROXY, _FULL, resamples=999, seed=3) == (
+    assert rank_correlation.spearman_interval(_PROXY, _FULL, resamples=999, seed=3) == (
         rho,
         low,
         high,
     )
-    _, low95, high95 = rerank.spearman_interval(
+    _, low95, high95 = rank_correlation.spearman_interval(
         _PROXY, _FULL, resamples=999, seed=3, confidence=0.95
     )
     assert low95 <= low and high95 >= high
 
 
 def test_few_cells_give_a_wide_interval():
-    _, low, high = rerank.spearman_interval(_PROXY[:6], _FULL[:6], seed=0)
-    _, low12, high12 = rerank.spearman_interval(_PROXY, _FULL, seed=0)
+    _, low, high = rank_correlation.spearman_interval(_PROXY[:6], _FULL[:6], seed=0)
+    _, low12, high12 = rank_correlation.spearman_interval(_PROXY, _FULL, seed=0)
     assert high - low > high12 - low12
 
 
 def test_spearman_interval_refuses_bad_input():
     with pytest.raises(ValueError, match="at least 3"):
-        rerank.spearman_interval([1, 2], [1, 2])
+        rank_correlation.spearman_interval([1, 2], [1, 2])
     with pytest.raises(ValueError, match="equal-length"):
-        rerank.spearman_interval([1, 2, 3], [1, 2])
-    assert rerank.spearman_interval([1, 1, 1], [1, 2, 3]) == (None, None, None)
+        rank_correlation.spearman_interval([1, 2, 3], [1, 2])
+    assert rank_correlation.spearman_interval([1, 1, 1], [1, 2, 3]) == (
+        None,
+        None,
+        None,
+    )
