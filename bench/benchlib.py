@@ -220,7 +220,7 @@ def machine(cpuinfo="/proc/cpuinfo"):
 
 
 def onednn_state(python=None):
-    """"on" or "off": whether TensorFlow runs oneDNN under this environment.
+    """ "on" or "off": whether TensorFlow runs oneDNN under this environment.
 
     Asked of a fresh interpreter (`python`, default this one), since
     TensorFlow decides at import, from the CPU and `TF_ENABLE_ONEDNN_OPTS`,
@@ -600,3 +600,40 @@ def op_type_profile(tf, concrete_function, image, runs):
         "count": {op: n // runs for op, n in counts.items()},
         "wall_ms": median(walls),
     }
+
+
+def search_program(search_dir, data_dir, flags, preexec_fn=None):
+    """Runs the search program on the synthetic set; output to search_dir/bench.log.
+
+    Args:
+      search_dir, data_dir: the program's `--search_dir` and `--dataset_dir`.
+      flags: further flags of the program.
+      preexec_fn: runs in the child before the program (e.g. CPU affinity).
+
+    Raises:
+      RuntimeError: naming the command and the log when the program fails.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "deeplab_dpc.search",
+        f"--search_dir={search_dir}",
+        "--dataset=synthetic",
+        f"--dataset_dir={data_dir}",
+        *flags,
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    log_path = os.path.join(search_dir, "bench.log")
+    with open(log_path, "a") as log:
+        status = subprocess.run(
+            command,
+            stdout=log,
+            stderr=log,
+            env=env,
+            check=False,
+            preexec_fn=preexec_fn,  # pylint: disable=subprocess-popen-preexec-fn
+        )
+    if status.returncode:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({status.returncode}); see {log_path}"
+        )

@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -94,28 +93,20 @@ def _parse(argv):
 
 
 def _program(search_dir, data_dir, args, *flags):
-    """Runs the search program; its output goes to search_dir/bench.log."""
-    command = [
-        sys.executable,
-        "-m",
-        "deeplab_dpc.search",
-        f"--search_dir={search_dir}",
-        "--dataset=synthetic",
-        f"--dataset_dir={data_dir}",
-        f"--train_crop_size={args.crop},{args.crop}",
-        f"--output_stride={args.output_stride}",
-        f"--train_batch_size={args.batch_size}",
-        "--base_learning_rate=0.02",
-        "--cache_copies=2",
-        "--seed=1",
-        *flags,
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    log_path = os.path.join(search_dir, "bench.log")
-    with open(log_path, "a") as log:
-        status = subprocess.run(command, stdout=log, stderr=log, env=env, check=False)
-    if status.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed; see {log_path}")
+    """Runs the search program at the benchmark's geometry."""
+    benchlib.search_program(
+        search_dir,
+        data_dir,
+        [
+            f"--train_crop_size={args.crop},{args.crop}",
+            f"--output_stride={args.output_stride}",
+            f"--train_batch_size={args.batch_size}",
+            "--base_learning_rate=0.02",
+            "--cache_copies=2",
+            "--seed=1",
+            *flags,
+        ],
+    )
 
 
 def prepare(work_dir, args):

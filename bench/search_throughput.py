@@ -62,7 +62,6 @@ cores with 2 workers point at waiting (locks, threads) rather than work.
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -104,35 +103,10 @@ def _parse(argv):
 
 
 def _program(search_dir, data_dir, *flags, preexec_fn=None):
-    """Runs the search program; its output goes to search_dir/bench.log.
-
-    `preexec_fn` runs in the child before the program (e.g. `_one_core`).
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "deeplab_dpc.search",
-        f"--search_dir={search_dir}",
-        "--dataset=synthetic",
-        f"--dataset_dir={data_dir}",
-        *_DEMO_LIKE,
-        *flags,
-    ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with open(os.path.join(search_dir, "bench.log"), "a") as log:
-        status = subprocess.run(
-            command,
-            stdout=log,
-            stderr=log,
-            env=env,
-            check=False,
-            preexec_fn=preexec_fn,  # pylint: disable=subprocess-popen-preexec-fn
-        )
-    if status.returncode:
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({status.returncode}); see "
-            f"{os.path.join(search_dir, 'bench.log')}"
-        )
+    """Runs the search program with the demo's settings (`benchlib.search_program`)."""
+    benchlib.search_program(
+        search_dir, data_dir, [*_DEMO_LIKE, *flags], preexec_fn=preexec_fn
+    )
 
 
 def prepare(work_dir, args):
