@@ -25,7 +25,9 @@ every step.
 
 `recalibrate(cell, batches)` resets the path's (and the projection's)
 moving statistics and recomputes them on a few train batches in training
-mode, bias-corrected: after K batches from zero the moving average
+mode without dropout (so a cell's score is deterministic, and the
+projection's statistics are those of its inputs at inference),
+bias-corrected: after K batches from zero the moving average
 `(1 - mu) * sum(mu**(K - k) * b_k)` is divided by `1 - mu**K`, i.e. the
 batch statistics averaged with weights `mu**(K - k)` (all nearly 1 for
 DeepLab's mu). Nothing but those statistics changes. `confusion` then
@@ -274,7 +276,9 @@ class Supernet:
 
     # -- the function --------------------------------------------------------
 
-    def forward(self, features, path, training=False, return_losses=False):
+    def forward(
+        self, features, path, training=False, return_losses=False, dropout=None
+    ):
         """Logits `[batch, crop_h, crop_w, classes]` of the path's cell.
 
         Args:
@@ -283,6 +287,8 @@ class Supernet:
           training: bool (Python), batch norm and dropout mode.
           return_losses: also return the path's regularisation loss (the L2
             losses of the path's op layers and of the shared layers).
+          dropout: bool or None (as `training`), whether the cell's dropout
+            acts.
         """
         features = tf.convert_to_tensor(features, tf.float32)
         path = tf.convert_to_tensor(path, tf.int32)
@@ -309,7 +315,8 @@ class Supernet:
             y.set_shape([None, *self.feature_size, self.filters])
             outputs.append(y)
             reg.append(r)
-        x = self.dropout(tf.concat(outputs, axis=-1), training=training)
+        dropout = training if dropout is None else dropout
+        x = self.dropout(tf.concat(outputs, axis=-1), training=dropout)
         x = self.projection(x, training=training)
         logits = self.upsample(self.logits(x), training=training)
         if not return_losses:
@@ -552,7 +559,7 @@ class Supernet:
 
                 def body(k):
                     with tf.control_dependencies(
-                        [self.forward(batches[k], path, training=True)]
+                        [self.forward(batches[k], path, training=True, dropout=False)]
                     ):
                         return k + 1
 
