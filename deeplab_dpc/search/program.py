@@ -59,6 +59,7 @@ from deeplab_dpc.flags import train_flags  # pylint: disable=unused-import  # no
 from deeplab_dpc.search import cache as cache_lib
 from deeplab_dpc.search import constraints
 from deeplab_dpc.search import engine
+from deeplab_dpc.search import one_shot
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import proxy
 from deeplab_dpc.search import report as report_lib
@@ -83,7 +84,8 @@ _STUDY_NAME = flags.DEFINE_string(
 _STRATEGY = flags.DEFINE_string(
     "strategy",
     "random_local",
-    "random_local | regularized_evolution | tpe | nsga2 | vizier:<ALGORITHM>.",
+    "random_local | regularized_evolution | tpe | nsga2 | one_shot | "
+    "vizier:<ALGORITHM>.",
 )
 _NUM_BRANCHES = flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).")
 _NUM_TRIALS = flags.DEFINE_integer("num_trials", 50, "The study's total trials.")
@@ -138,6 +140,14 @@ _TOP_K = flags.DEFINE_integer("top_k", 5, "Proxy cells re-ranked end to end.")
 _RERANK_STEPS = flags.DEFINE_integer("rerank_steps", 500, "Re-rank training steps.")
 _PRETRAIN_STEPS = flags.DEFINE_integer(
     "pretrain_steps", 1000, "Backbone pretraining steps of --mode=all."
+)
+_ONE_SHOT_CELLS = flags.DEFINE_integer(
+    "one_shot_cells",
+    2000,
+    "one_shot: cells the supernet scores; the best get the --num_trials trials.",
+)
+_ONE_SHOT_STEPS = flags.DEFINE_integer(
+    "one_shot_steps", 5000, "one_shot: supernet training steps (once per study)."
 )
 _HEARTBEAT_INTERVAL = flags.DEFINE_integer(
     "heartbeat_interval", 30, "Seconds between a worker's heartbeats."
@@ -331,6 +341,25 @@ def make_objective(cache):
     return objective
 
 
+def _one_shot_options():
+    """The `one_shot` strategy's ranking (trained or read in search_dir/one_shot)."""
+    if _STRATEGY.value != "one_shot":
+        return {}
+    settings = one_shot.OneShotSettings(
+        num_branches=_NUM_BRANCHES.value,
+        steps=_ONE_SHOT_STEPS.value,
+        batch_size=_PROXY_BATCH_SIZE.value,
+        base_learning_rate=_PROXY_LEARNING_RATE.value,
+        weight_decay=common_flags.WEIGHT_DECAY.value,
+        seed=FLAGS.seed or 0,
+        num_cells=_ONE_SHOT_CELLS.value,
+    )
+    ranking = one_shot.load_or_build_ranking(
+        _search_dir(), _load_cache(), settings, log=logging.info
+    )
+    return {"ranking": ranking}
+
+
 def open_study(feasible=None):
     objectives = tuple(_OBJECTIVES.value)
     unknown = sorted(set(objectives) - set(optuna_space.OBJECTIVES))
@@ -360,6 +389,7 @@ def open_study(feasible=None):
             population_size=_POPULATION_SIZE.value,
             tournament_size=_TOURNAMENT_SIZE.value,
             feasible=feasible,
+            **_one_shot_options(),
         )
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e

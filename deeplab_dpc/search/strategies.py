@@ -3,7 +3,8 @@
 Samplers propose the flattened parameters of `optuna_space` (every
 assignment is a valid cell). The paper's random + local search and aging evolution are Optuna
 samplers that read the history from the study's storage, so every worker of a
-study sees the same history.
+study sees the same history. `one_shot` proposes the cells a weight-sharing
+supernet ranked (`one_shot.load_or_build_ranking`), best first.
 """
 
 import abc
@@ -14,6 +15,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
 
@@ -23,8 +25,11 @@ STRATEGIES = (
     "regularized_evolution",
     "tpe",
     "nsga2",
+    "one_shot",
     VIZIER_PREFIX + "<ALGORITHM>",
 )
+# Strategies that take exactly one objective.
+_SINGLE_OBJECTIVE = ("random_local", "regularized_evolution", "one_shot")
 # Tries to propose a cell no trial of the study holds before settling for one.
 _MAX_ATTEMPTS = 100
 # Proposals drawn for one feasible cell before giving up on the constraints.
@@ -82,16 +87,7 @@ class CellSampler(optuna.samplers.BaseSampler):
             rng = random.Random()
         else:
             rng = random.Random(f"{self._seed}:{trial.number}")
-        trials = study.get_trials(deepcopy=False, states=_SEEN_STATES)
-        history = []
-        seen = set()
-        for past in trials:
-            if not all(name in past.params for name in self._space):
-                continue  # Still choosing its cell.
-            cell = optuna_space.params_to_cell(past.params, self._num_branches)
-            seen.add(space.canonical_key(cell))
-            if past.state == TrialState.COMPLETE:
-                history.append((past, cell))
+        history, seen = self.history(study)
         maximize = study.direction == StudyDirection.MAXIMIZE
         for _ in range(_MAX_ATTEMPTS):
             cell = self._propose_feasible(history, rng, maximize)
@@ -108,6 +104,22 @@ class CellSampler(optuna.samplers.BaseSampler):
             f"{type(self).__name__}: none of {MAX_INFEASIBLE_PROPOSALS} "
             f"proposals met the constraints ({self._feasible!r}); relax them"
         )
+
+    def history(self, study):
+        """(COMPLETE trials as (FrozenTrial, CellSpec), keys of every cell tried).
+
+        The keys (`space.canonical_key`) are those of the COMPLETE, PRUNED,
+        RUNNING and WAITING trials that have chosen their cell.
+        """
+        history, seen = [], set()
+        for past in study.get_trials(deepcopy=False, states=_SEEN_STATES):
+            if not all(name in past.params for name in self._space):
+                continue  # Still choosing its cell.
+            cell = optuna_space.params_to_cell(past.params, self._num_branches)
+            seen.add(space.canonical_key(cell))
+            if past.state == TrialState.COMPLETE:
+                history.append((past, cell))
+        return history, seen
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(
@@ -232,6 +244,52 @@ class RegularizedEvolutionSampler(CellSampler):
         return space.neighbour(parent, rng)
 
 
+class OneShotSampler(CellSampler):
+    """Proposes the cells a supernet ranked, best first, each once.
+
+    Each trial takes the best-ranked cell no trial of the study holds yet
+    (by `space.canonical_key`) that meets the constraints (`feasible`); once
+    the ranking is used up, uniform samples. The ranking comes from `one_shot.load_or_build_ranking`
+    (a supernet trained once per study on the cached features), so every
+    worker proposes from the same list.
+
+    Args:
+        num_branches: int >= 1.
+        ranking: sequence of `CellSpec` (or what `CellSpec` accepts), best
+            first; each must have `num_branches` branches.
+        seed: int or None, seeds the uniform samples after the ranking.
+        feasible: callable `CellSpec -> bool` or None (see `CellSampler`).
+
+    Raises:
+        ValueError: for a cell with another number of branches.
+    """
+
+    def __init__(
+        self, num_branches: int, ranking, seed: Optional[int] = None, feasible=None
+    ):
+        super().__init__(num_branches, seed, feasible)
+        self._ranking = []
+        for rank, cell in enumerate(ranking):
+            cell = cell_spec.as_cell(cell)
+            if len(cell) != num_branches:
+                raise ValueError(
+                    f"ranked cell {rank} has {len(cell)} branches; the study's "
+                    f"cells have {num_branches}"
+                )
+            self._ranking.append((space.canonical_key(cell), cell))
+
+    def sample_relative(self, study, trial, search_space) -> dict:
+        if search_space and len(study.directions) == 1:
+            _, seen = self.history(study)
+            for key, cell in self._ranking:
+                if key not in seen and (self._feasible is None or self._feasible(cell)):
+                    return optuna_space.cell_to_params(cell)
+        return super().sample_relative(study, trial, search_space)
+
+    def propose(self, history, rng, maximize):
+        return space.sample_cell(rng, self._num_branches)
+
+
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} is {value!r}; it must be an int >= 1")
@@ -249,12 +307,13 @@ def make_sampler(
     objectives: Sequence[str] = ("miou",),
     worker: int = 0,
     feasible=None,
+    ranking: Optional[Sequence] = None,
 ) -> optuna.samplers.BaseSampler:
     """Builds the sampler of a strategy.
 
     Args:
         strategy: one of `random_local`, `regularized_evolution`, `tpe`,
-            `nsga2` or `vizier:<ALGORITHM>` (see `vizier_sampler.ALGORITHMS`).
+            `nsga2`, `one_shot` or `vizier:<ALGORITHM>` (see `vizier_sampler.ALGORITHMS`).
         num_branches: int >= 1, branches per cell.
         seed: int or None, the study's seed.
         explore_prob, local_top_k: `random_local` settings.
@@ -262,6 +321,8 @@ def make_sampler(
         tournament_size: `regularized_evolution` tournament.
         objectives: objective names (`OBJECTIVES`); `random_local` and
             `regularized_evolution` take exactly one.
+        ranking: `one_shot` only: the cells a supernet ranked, best first
+            (`one_shot.load_or_build_ranking`).
         worker: int >= 0, this worker's index in the study
             (`engine.worker_index`). The Optuna and Vizier samplers draw
             from one random stream per sampler, so each worker's is seeded
@@ -289,7 +350,7 @@ def make_sampler(
     if isinstance(worker, bool) or not isinstance(worker, int) or worker < 0:
         raise ValueError(f"worker is {worker!r}; it must be an int >= 0")
     stream_seed = None if seed is None else seed + worker
-    if strategy in ("random_local", "regularized_evolution") and len(objectives) != 1:
+    if strategy in _SINGLE_OBJECTIVE and len(objectives) != 1:
         raise ValueError(
             f"strategy {strategy} optimises one objective; objectives is "
             f"{tuple(objectives)!r} (use nsga2, tpe or vizier:<ALGORITHM>)"
@@ -310,6 +371,13 @@ def make_sampler(
             seed=seed,
             feasible=feasible,
         )
+    if strategy == "one_shot":
+        if ranking is None:
+            raise ValueError(
+                "strategy one_shot needs the supernet's ranking of cells "
+                "(one_shot.load_or_build_ranking)"
+            )
+        return OneShotSampler(num_branches, ranking, seed=seed, feasible=feasible)
     if strategy == "tpe":
         # Constant liar: running trials count as bad, so parallel workers
         # spread out instead of proposing the same cell.

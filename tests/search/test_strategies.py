@@ -86,6 +86,15 @@ def test_params_to_cell_names_the_bad_parameter(name, value, message):
         ),
         (dict(strategy="tpe", num_branches=0), "num_branches is 0"),
         (dict(strategy="tpe", worker=-1), "worker is -1; it must be an int >= 0"),
+        (dict(strategy="one_shot"), "needs the supernet's ranking"),
+        (
+            dict(strategy="one_shot", ranking=[], objectives=("miou", "madds")),
+            "optimises one objective",
+        ),
+        (
+            dict(strategy="one_shot", num_branches=3, ranking=[cell_spec.published_cell()]),
+            "ranked cell 0 has 5 branches",
+        ),
     ],
 )
 def test_make_sampler_rejects_bad_settings(kwargs, message):
@@ -142,6 +151,22 @@ def test_strategy_completes_trials_with_valid_cells(tmp_path, strategy, objectiv
     )
     assert stats.trials == 10 and stats.trained + stats.duplicates == 10
     _check_trials(study, 10, objectives)
+
+
+def test_one_shot_proposes_the_ranking_best_first_then_uniform(tmp_path):
+    rng = random.Random(1)
+    ranking = [space.sample_cell(rng, 3) for _ in range(4)]
+    ranking.insert(2, ranking[0])  # A repeat is proposed once.
+    study = _new_study(tmp_path, "one_shot", ranking=ranking)
+    stats = engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=6, poll_seconds=0.01
+    )
+    assert stats.trained == 6 and stats.duplicates == 0
+    trials = _check_trials(study, 6, ("miou",))
+    keys = [t.user_attrs[engine.ATTR_KEY] for t in trials]
+    expected = [space.canonical_key(c) for c in ranking[:2] + ranking[3:]]
+    assert keys[:4] == expected
+    assert keys[4] not in expected  # The ranking is used up: a uniform sample.
 
 
 def _ask_cells(samplers, num_trials, num_branches=3):
