@@ -33,12 +33,9 @@ file. The int8 variants are calibrated on `--representative_dataset`
 from absl import app
 from absl import flags
 
-from deeplab_dpc.evaluation import inference
-from deeplab_dpc.export import tflite
-from deeplab_dpc.export import tflite_export
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import export_flags
 from deeplab_dpc.flags import tflite_flags
-from deeplab_dpc.models import accounting
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the files go.")
 _SAVED_MODEL_DIR = flags.DEFINE_string(
@@ -52,6 +49,10 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace existing files.")
 
 def _source(from_checkpoint):
     """(model function, (Keras model, its options) or None)."""
+    from deeplab_dpc.evaluation import inference
+    from deeplab_dpc.export import tflite
+    from deeplab_dpc.models import accounting
+
     if not from_checkpoint:
         fn = tflite.saved_model_fn(_SAVED_MODEL_DIR.value, _SIGNATURE_KEY.value)
         return fn, None
@@ -63,6 +64,8 @@ def _source(from_checkpoint):
 
 
 def _summary(report):
+    from deeplab_dpc.models import accounting
+
     evaluation = report.get("evaluation", {})
     rows = []
     for variant, entry in report["variants"].items():
@@ -101,6 +104,9 @@ def main(argv):
         pattern = tflite_flags.representative_pattern_from_flags(variants)
     except (flags.ValidationError, ValueError) as e:
         raise app.UsageError(str(e)) from e
+    from deeplab_dpc.export import tflite
+    from deeplab_dpc.export import tflite_export
+
     try:
         tflite_export.check_output_dir(_OUTPUT_DIR.value, variants, _OVERWRITE.value)
         representative = None
@@ -127,5 +133,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["output_dir"])
