@@ -110,6 +110,19 @@ def wants_native_logs():
 
 
 @contextlib.contextmanager
+def native_logs_silenced():
+    """Sends what native code writes to file descriptor 2 to /dev/null,
+    unless `--verbosity` >= 1 is on the command line (for a program that
+    imports TensorFlow before its flags are parsed)."""
+    if _verbose(sys.argv) or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _native_stderr_silenced():
+        yield
+
+
+@contextlib.contextmanager
 def _native_stderr_silenced():
     """Sends what native code writes to file descriptor 2 to /dev/null."""
     sys.stderr.flush()
