@@ -23,8 +23,10 @@ Files take one image `[1, crop_h, crop_w, 3]` (float32 pixels in [0, 255],
 or uint8 with `--include_preprocessing`) and give logits, or int32 classes
 with `--include_argmax`. `--allow_resize` makes the input `[1, ?, ?, 3]`
 (`resize_tensor_input`): the model still runs at the crop its DPC/ASPP is
-built for, the image being resized to it and the logits back, inside the
-file. The int8 variants are calibrated on `--representative_dataset`
+built for; inside the file the image is fitted and padded to it as the
+SavedModel does (scaled down to fit if larger, aspect ratio kept, padded
+with the mean pixel) and the logits cut and resized back, so the file
+gives the SavedModel's pixels (`python -m deeplab_dpc.predict --tflite=`). The int8 variants are calibrated on `--representative_dataset`
 (default: the `--train_split` shards of `--dataset_dir`); "qat_int8" and
 "pruned" are fine-tuned on `--train_split` (see
 `deeplab_dpc/export/legacy_keras.py`).
