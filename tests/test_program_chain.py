@@ -228,3 +228,20 @@ def test_resuming_with_other_model_flags_is_refused(run):
         if os.path.isfile(os.path.join(logdir, name))
     }
     assert after == before
+
+
+def test_an_eval_crop_smaller_than_the_images_is_one_clear_line(run):
+    proc = _run(
+        run["env"],
+        "deeplab_dpc.eval",
+        f"--flagfile={os.path.join(run['logdir'], 'train.flags')}",
+        f"--checkpoint_dir={run['logdir']}",
+        f"--eval_logdir={run['root'] / 'eval_small'}",
+        "--eval_crop_size=33,33",
+        "--max_number_of_evaluations=1",
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert "image larger than the eval crop size 33,33" in line, line
+    assert "--eval_crop_size" in line and "function_node" not in line

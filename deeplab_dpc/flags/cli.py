@@ -23,6 +23,7 @@ Programs call `cli.run(main, __name__)` where they called `app.run(main)`:
 
 import contextlib
 import os
+import re
 import sys
 
 from absl import app
@@ -158,8 +159,10 @@ def import_tensorflow():
 
 
 def _first_line(error):
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    """The message's first line, without TensorFlow's node names."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text).strip()
+    return (text or type(error).__name__).splitlines()[0]
 
 
 def _is_user_error(error):
