@@ -54,6 +54,7 @@ setuptools.setup(
             "deeplab_dpc_vis=deeplab_dpc.vis:run",
             "deeplab_dpc_search=deeplab_dpc.search.program:run",
             "deeplab_dpc_demo=deeplab_dpc.demo:run",
+            "deeplab_dpc_predict=deeplab_dpc.predict:run",
         ],
     },
 )

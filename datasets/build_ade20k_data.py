@@ -17,7 +17,7 @@ text palette of `R G B` lines), `colormap.txt`; eval and vis read both from
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converters
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import converter_flags
 
 _ADE20K_ROOT = flags.DEFINE_string(
@@ -36,6 +36,8 @@ _WRITE = converter_flags.define_write_flags(num_shards=4)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    from deeplab_dpc.data import converters
+
     with converter_flags.user_errors():
         converters.convert_ade20k(
             _ADE20K_ROOT.value,
@@ -48,5 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["ade20k_root", "output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["ade20k_root", "output_dir"])

@@ -14,7 +14,7 @@ train_fine, val_fine, test_fine (written without labels), train_coarse
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import cityscapes
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import converter_flags
 
 _CITYSCAPES_ROOT = flags.DEFINE_string(
@@ -31,6 +31,8 @@ _WRITE = converter_flags.define_write_flags(num_shards=10)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    from deeplab_dpc.data import cityscapes
+
     with converter_flags.user_errors():
         cityscapes.convert_cityscapes(
             _CITYSCAPES_ROOT.value,
@@ -42,5 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["cityscapes_root", "output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["cityscapes_root", "output_dir"])

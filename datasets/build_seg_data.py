@@ -22,8 +22,8 @@ palette) are copied beside the shards as `class_names.txt` and
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converters
 from deeplab_dpc.data import registry
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import converter_flags
 
 _IMAGE_FOLDER = flags.DEFINE_string("image_folder", None, "Folder of the images.")
@@ -71,6 +71,8 @@ _WRITE = converter_flags.define_write_flags(num_shards=4)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    from deeplab_dpc.data import converters
+
     with converter_flags.user_errors():
         converters.convert_folders(
             _IMAGE_FOLDER.value,
@@ -91,12 +93,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(
-        [
+    cli.run(
+        main,
+        __name__,
+        required=[
             "image_folder",
             "semantic_segmentation_folder",
             "list_folder",
             "output_dir",
-        ]
+        ],
     )
-    app.run(main)

@@ -13,7 +13,7 @@ shards whatever `--num_workers`. The generative rules are in
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import synthetic
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import converter_flags
 
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -40,6 +40,8 @@ _OVERWRITE = flags.DEFINE_boolean(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    from deeplab_dpc.data import synthetic
+
     with converter_flags.user_errors():
         results = synthetic.build(
             _OUTPUT_DIR.value,
@@ -61,5 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["output_dir"])

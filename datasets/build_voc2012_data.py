@@ -14,7 +14,7 @@ train_aug when `SegmentationClassAug/` and `train_aug.txt` are present.
 from absl import app
 from absl import flags
 
-from deeplab_dpc.data import converters
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import converter_flags
 
 _VOC_ROOT = flags.DEFINE_string(
@@ -32,6 +32,8 @@ _WRITE = converter_flags.define_write_flags(num_shards=4)
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    from deeplab_dpc.data import converters
+
     with converter_flags.user_errors():
         converters.convert_voc2012(
             _VOC_ROOT.value, _WRITE.output_dir.value, _SPLITS.value, _WRITE.options()
@@ -40,5 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["voc_root", "output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["voc_root", "output_dir"])

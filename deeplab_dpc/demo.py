@@ -24,10 +24,13 @@ Stages 3 and 4 run the project's programs as subprocesses, with the presets
 of `configs/synthetic_mobilenetv2_dpc.flags`.
 """
 
+import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -37,6 +40,7 @@ from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.data import tfexample
+from deeplab_dpc.flags import cli
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 
@@ -154,9 +158,40 @@ def prepare_data(data_dir):
     )
 
 
+# Stage -> (heading, how long it took on the 2-core development machine).
+STAGE_HEADINGS = {
+    "data": ("the built-in data set, read through the pipeline", "under a minute"),
+    "heads": ("the published DPC against ASPP (params, MAdds)", "under a minute"),
+    "search": ("a small architecture search", "about 10 min"),
+    "export": ("SavedModel and TFLite variants, compared in LiteRT", "about 6 min"),
+}
+
+
+def interpreter():
+    """The Python running the demo, as a person would type it."""
+    path = sys.executable
+    inside = os.path.relpath(path, REPO)
+    return path if inside.startswith("..") else inside
+
+
+@contextlib.contextmanager
+def stage(name, index, total):
+    """Prints a stage's heading with its expected time, then its time taken."""
+    heading, expected = STAGE_HEADINGS[name]
+    print(f"== Stage {index}/{total}: {heading} ({expected} here) ==", flush=True)
+    start = time.monotonic()
+    yield
+    seconds = time.monotonic() - start
+    print(
+        f"== Stage {index}/{total} done in {int(seconds // 60)} min "
+        f"{int(seconds % 60)} s ==\n",
+        flush=True,
+    )
+
+
 def run_program(args):
     """Runs one of the project's programs, its output going to the console."""
-    print("$ " + " ".join(args), flush=True)
+    print("$ " + shlex.join([interpreter(), *args]), flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     subprocess.run([sys.executable, *args], check=True, cwd=REPO, env=env)
@@ -226,21 +261,25 @@ def main(argv):
         raise app.UsageError(f"--stages: unknown {unknown}; choose from {STAGES}")
     data_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "synthetic"))
     search_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "search"))
-    if "data" in _STAGES.value:
-        print(prepare_data(data_dir))
-        print()
-    if "heads" in _STAGES.value:
-        print(report(VARIANTS, CROP_SIZE, OUTPUT_STRIDE, NUM_CLASSES))
-        print()
+    chosen = [name for name in STAGES if name in _STAGES.value]
+    number = {name: i for i, name in enumerate(chosen, start=1)}
+    if "data" in chosen:
+        with stage("data", number["data"], len(chosen)):
+            print(prepare_data(data_dir))
+    if "heads" in chosen:
+        with stage("heads", number["heads"], len(chosen)):
+            print(report(VARIANTS, CROP_SIZE, OUTPUT_STRIDE, NUM_CLASSES))
     best = None
-    if "search" in _STAGES.value:
-        best = search(data_dir, search_dir)
-    if "export" in _STAGES.value:
-        if best is None:
-            with open(os.path.join(search_dir, "rerank.json")) as f:
-                best = json.load(f)["candidates"][0]
-        export_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "export"))
-        export(data_dir, search_dir, export_dir, best)
+    if "search" in chosen:
+        with stage("search", number["search"], len(chosen)):
+            best = search(data_dir, search_dir)
+    if "export" in chosen:
+        with stage("export", number["export"], len(chosen)):
+            if best is None:
+                with open(os.path.join(search_dir, "rerank.json")) as f:
+                    best = json.load(f)["candidates"][0]
+            export_dir = os.path.abspath(os.path.join(_DEMO_DIR.value, "export"))
+            export(data_dir, search_dir, export_dir, best)
 
 
 def report(variants, crop_size, output_stride, num_classes):
@@ -262,7 +301,7 @@ def report(variants, crop_size, output_stride, num_classes):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from deeplab_dpc.evaluation import evaluator
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import eval_flags
 from deeplab_dpc.flags import speed_flags
@@ -72,6 +72,8 @@ def main(argv):
         model_options, scales, info = eval_setup()
     except flags.ValidationError as e:
         raise app.UsageError(str(e)) from e
+    from deeplab_dpc.evaluation import evaluator
+
     done = 0
     for checkpoint in eval_flags.checkpoints(_MAX_NUMBER_OF_EVALUATIONS.value):
         logging.info("Evaluating %s.", checkpoint)
@@ -108,8 +110,7 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["checkpoint_dir", "eval_logdir"])
-    app.run(main)
+    cli.run(main, __name__, required=["checkpoint_dir", "eval_logdir"])
 
 
 if __name__ == "__main__":

@@ -16,13 +16,9 @@ import json
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import common_flags
-from deeplab_dpc.layers import fast_paths
-from deeplab_dpc.models import accounting
-from deeplab_dpc.models import deeplab
-from deeplab_dpc.training import losses
 
 _CROP_SIZE = flags.DEFINE_string(
     "crop_size", "513,513", "Input size 'H,W' (output_stride * k + 1)."
@@ -42,6 +38,10 @@ def trace_training_step(model):
 
     So that every layer decides its training route (`fast_paths.taken`).
     """
+    import tensorflow as tf
+
+    from deeplab_dpc.training import losses
+
     spec = tf.TensorSpec([1, *model.input.shape[1:]], tf.float32)
 
     @tf.function
@@ -59,6 +59,10 @@ def trace_training_step(model):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    from deeplab_dpc.layers import fast_paths
+    from deeplab_dpc.models import accounting
+    from deeplab_dpc.models import deeplab
+
     options = common_flags.model_options_from_flags(
         common_flags.parse_size(_CROP_SIZE.value, "crop_size")
     )
@@ -94,7 +98,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cli.run(main, __name__)
 
 
 if __name__ == "__main__":

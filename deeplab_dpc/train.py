@@ -5,8 +5,12 @@
       [--distribution_strategy=default|mirrored|multi_worker_mirrored]
 
 Model and data set flags come from `deeplab_dpc.flags.common_flags`. The program
-writes its resolved flags to `<train_logdir>/train.flags`, then runs
-`trainer.run`; a restarted run resumes from the latest checkpoint.
+writes them to `<train_logdir>/train.flags` (the flagfile of every later
+program: eval, vis, predict, export...) and its other flags to
+`<train_logdir>/train_run.flags` (the run's record), then runs
+`trainer.run`; a restarted run resumes from the latest checkpoint. A run
+whose model flags differ from the `train.flags` of a logdir that holds
+checkpoints stops before writing anything, naming the flags.
 `--tf_initial_checkpoint` (with `--initialize_last_layer`,
 `--last_layers_contain_logits_only`) initialises a new run's model weights
 from another run's checkpoint, as DeepLab's fine-tuning flags.
@@ -20,16 +24,17 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
-from deeplab_dpc import file_io
+from deeplab_dpc.flags import cli
+from deeplab_dpc.flags import recorded
 from deeplab_dpc.flags import speed_flags
 from deeplab_dpc.flags import train_flags
-from deeplab_dpc.training import trainer
 
 
 def make_strategy(name, num_gpus):
     """The `tf.distribute.Strategy` named by --distribution_strategy."""
+    import tensorflow as tf
+
     if name == "mirrored":
         devices = [f"/gpu:{i}" for i in range(num_gpus)] if num_gpus else None
         return tf.distribute.MirroredStrategy(devices)
@@ -39,16 +44,43 @@ def make_strategy(name, num_gpus):
     return tf.distribute.get_strategy()
 
 
+def check_resume(train_logdir):
+    """Refuses to resume a logdir's checkpoints with other model flags.
+
+    Raises:
+      flags.ValidationError: naming the differing flags and the way out.
+    """
+    if not os.path.isfile(os.path.join(train_logdir, "checkpoint")):
+        return
+    differing = recorded.differing_model_flags(train_logdir)
+    if differing:
+        raise flags.ValidationError(recorded.resume_error(train_logdir, differing))
+
+
 def write_flags(train_logdir):
-    """Writes the resolved flags to `<train_logdir>/train.flags` atomically."""
-    path = os.path.join(train_logdir, "train.flags")
-    file_io.write_text(path, flags.FLAGS.flags_into_string())
+    """Writes `train.flags` (model and data set flags) and `train_run.flags`
+    (the others) into `train_logdir`, atomically.
+
+    Returns:
+      the path of `train.flags`.
+    """
+    from deeplab_dpc import file_io
+
+    path = os.path.join(train_logdir, recorded.SHARED_FLAGS_FILE)
+    file_io.write_text(path, recorded.shared_flags_into_string())
+    file_io.write_text(
+        os.path.join(train_logdir, recorded.RUN_FLAGS_FILE),
+        recorded.program_flags_into_string(),
+    )
     return path
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    check_resume(train_flags.TRAIN_LOGDIR.value)
+    from deeplab_dpc.training import trainer
+
     try:
         speed_flags.apply_threads()
     except flags.ValidationError as e:
@@ -79,8 +111,7 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["train_logdir"])
-    app.run(main)
+    cli.run(main, __name__, required=["train_logdir"])
 
 
 if __name__ == "__main__":

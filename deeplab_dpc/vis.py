@@ -32,11 +32,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from deeplab_dpc.data import ade20k
-from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import registry
-from deeplab_dpc.evaluation import inference
-from deeplab_dpc.evaluation import visualizer
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import eval_flags
 from deeplab_dpc.flags import speed_flags
@@ -84,6 +81,8 @@ def label_colors(info):
     Raises:
       flags.ValidationError: naming --colormap_file when it is unreadable.
     """
+    from deeplab_dpc.data import ade20k
+
     if _COLORMAP_FILE.value:
         try:
             return ade20k.read_palette(_COLORMAP_FILE.value, info.num_classes)
@@ -109,6 +108,10 @@ def main(argv):
         colors = label_colors(info)
     except (ValueError, flags.ValidationError) as e:
         raise app.UsageError(str(e)) from e
+    from deeplab_dpc.data import pipeline
+    from deeplab_dpc.evaluation import inference
+    from deeplab_dpc.evaluation import visualizer
+
     existing = visualizer.existing_results(_VIS_LOGDIR.value)
     if existing and not _OVERWRITE.value:
         raise app.UsageError(
@@ -155,8 +158,7 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["checkpoint_dir", "vis_logdir"])
-    app.run(main)
+    cli.run(main, __name__, required=["checkpoint_dir", "vis_logdir"])
 
 
 if __name__ == "__main__":

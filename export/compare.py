@@ -27,7 +27,7 @@ peak memory (fresh process per file) and mIOU on `--eval_split`. Writes
 from absl import app
 from absl import flags
 
-from deeplab_dpc.export import compare
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import export_flags
 from deeplab_dpc.flags import tflite_flags
 
@@ -52,6 +52,8 @@ def main(argv):
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     if bool(_MODELS.value) == bool(_MODELS_CONFIG.value):
         raise app.UsageError("give exactly one of --models, --models_config")
+    from deeplab_dpc.export import compare
+
     try:
         base = export_flags.model_options_from_flags()
         if _MODELS.value:
@@ -86,5 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["output_dir"])

@@ -22,8 +22,7 @@ faster) unless `--nofold_batch_norm`.
 from absl import app
 from absl import flags
 
-from deeplab_dpc.evaluation import inference
-from deeplab_dpc.export import saved_model
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import export_flags
 from deeplab_dpc.flags import speed_flags
 
@@ -53,6 +52,9 @@ def main(argv):
         options = export_flags.model_options_from_flags()
     except flags.ValidationError as e:
         raise app.UsageError(str(e)) from e
+    from deeplab_dpc.evaluation import inference
+    from deeplab_dpc.export import saved_model
+
     try:
         scales = inference.check_scales(_INFERENCE_SCALES.value)
         for scale in scales:
@@ -91,5 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["checkpoint_path", "export_path"])
-    app.run(main)
+    cli.run(main, __name__, required=["checkpoint_path", "export_path"])

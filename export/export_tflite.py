@@ -23,8 +23,10 @@ Files take one image `[1, crop_h, crop_w, 3]` (float32 pixels in [0, 255],
 or uint8 with `--include_preprocessing`) and give logits, or int32 classes
 with `--include_argmax`. `--allow_resize` makes the input `[1, ?, ?, 3]`
 (`resize_tensor_input`): the model still runs at the crop its DPC/ASPP is
-built for, the image being resized to it and the logits back, inside the
-file. The int8 variants are calibrated on `--representative_dataset`
+built for; inside the file the image is fitted and padded to it as the
+SavedModel does (scaled down to fit if larger, aspect ratio kept, padded
+with the mean pixel) and the logits cut and resized back, so the file
+gives the SavedModel's pixels (`python -m deeplab_dpc.predict --tflite=`). The int8 variants are calibrated on `--representative_dataset`
 (default: the `--train_split` shards of `--dataset_dir`); "qat_int8" and
 "pruned" are fine-tuned on `--train_split` (see
 `deeplab_dpc/export/legacy_keras.py`).
@@ -33,12 +35,9 @@ file. The int8 variants are calibrated on `--representative_dataset`
 from absl import app
 from absl import flags
 
-from deeplab_dpc.evaluation import inference
-from deeplab_dpc.export import tflite
-from deeplab_dpc.export import tflite_export
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import export_flags
 from deeplab_dpc.flags import tflite_flags
-from deeplab_dpc.models import accounting
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the files go.")
 _SAVED_MODEL_DIR = flags.DEFINE_string(
@@ -52,6 +51,10 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace existing files.")
 
 def _source(from_checkpoint):
     """(model function, (Keras model, its options) or None)."""
+    from deeplab_dpc.evaluation import inference
+    from deeplab_dpc.export import tflite
+    from deeplab_dpc.models import accounting
+
     if not from_checkpoint:
         fn = tflite.saved_model_fn(_SAVED_MODEL_DIR.value, _SIGNATURE_KEY.value)
         return fn, None
@@ -63,6 +66,8 @@ def _source(from_checkpoint):
 
 
 def _summary(report):
+    from deeplab_dpc.models import accounting
+
     evaluation = report.get("evaluation", {})
     rows = []
     for variant, entry in report["variants"].items():
@@ -101,6 +106,9 @@ def main(argv):
         pattern = tflite_flags.representative_pattern_from_flags(variants)
     except (flags.ValidationError, ValueError) as e:
         raise app.UsageError(str(e)) from e
+    from deeplab_dpc.export import tflite
+    from deeplab_dpc.export import tflite_export
+
     try:
         tflite_export.check_output_dir(_OUTPUT_DIR.value, variants, _OVERWRITE.value)
         representative = None
@@ -127,5 +135,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["output_dir"])

@@ -65,7 +65,10 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program
     mode = "bfloat16" if speed.bfloat16_math_possible() else "float32"
     assert f"Float32 convolutions compute in {mode}." in proc.stderr
     with open(os.path.join(logdir, "train.flags")) as f:
+        shared = f.read()
+    with open(os.path.join(logdir, "train_run.flags")) as f:
         written = f.read()
+    assert "--depth_multiplier=0.35" in shared and "--dataset=synthetic" in shared
     assert "--train_crop_size=33,33" in written
     assert "--training_number_of_steps=3" in written
     assert tf.train.latest_checkpoint(logdir).endswith("ckpt-3")

@@ -336,33 +336,45 @@ def plots(rows):
     markers = dict(zip(variants, "os^Dvp<>"))
     colors = {model: f"C{i}" for i, model in enumerate(models)}
     figures = []
-    for key, label in (("latency_ms", "LiteRT latency (ms)"), ("madds", "MAdds")):
+    scale = {"latency_ms": 1.0, "madds": 1e-9}
+    for key, label in (
+        ("latency_ms", "LiteRT latency (ms)"),
+        ("madds", "model MAdds per image (GMAdds)"),
+    ):
         figure = Figure(figsize=(6, 4.5))
         axes = figure.subplots()
         for r in rows:
             if r["miou"] is not None:
                 marker, color = markers[r["variant"]], colors[r["model"]]
-                axes.scatter(r[key], r["miou"], marker=marker, color=color)
+                x = r[key] * scale[key]
+                axes.scatter(x, r["miou"], marker=marker, color=color)
         for model, color in colors.items():
             axes.scatter([], [], color=color, label=model)
         for variant, marker in markers.items():
             axes.scatter([], [], color="grey", marker=marker, label=variant)
         axes.set_xlabel(label)
         axes.set_ylabel("mIOU")
-        axes.set_title(f"mIOU vs {label}")
+        axes.set_title(f"mIOU vs {label.split(' (')[0]}")
         axes.legend(fontsize="small")
         figures.append(figure)
     sizes = {(r["model"], r["variant"]): r["size_bytes"] / _MIB for r in rows}
+    gzipped = {
+        (r["model"], r["variant"]): r.get("gzip_bytes", 0) / _MIB for r in rows
+    }
     figure = Figure(figsize=(max(6.0, 1.2 * len(variants) * len(models)), 4.5))
     axes = figure.subplots()
     width = 0.8 / len(models)
     for i, model in enumerate(models):
+        x = np.arange(len(variants)) + i * width
         heights = [sizes.get((model, v), 0.0) for v in variants]
-        axes.bar(np.arange(len(variants)) + i * width, heights, width, label=model)
+        axes.bar(x, heights, width, label=f"{model} (raw)", color=f"C{i}", alpha=0.4)
+        # gzip shows what pruning's zeros buy (the raw size does not change).
+        packed = [gzipped.get((model, v), 0.0) for v in variants]
+        axes.bar(x, packed, width * 0.6, label=f"{model} (gzip)", color=f"C{i}")
     axes.set_xticks(np.arange(len(variants)) + width * (len(models) - 1) / 2)
     axes.set_xticklabels(variants)
     axes.set_ylabel("file size (MiB)")
-    axes.set_title("TFLite file size per variant")
+    axes.set_title("TFLite file size per variant, raw and gzip")
     axes.legend(fontsize="small")
     figures.append(figure)
     return figures

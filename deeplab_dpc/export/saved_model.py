@@ -56,20 +56,22 @@ EXTRA_DIR = "assets.extra"
 OPTIONS_FILE = "deeplab_options.json"
 
 
-def fit_size(height, width, crop_size):
+def fit_size(height, width, crop_size, dtype=tf.int64):
     """The size an image is served at: itself if it fits the crop, else
     scaled down to fit it with the aspect ratio kept.
 
     Args:
       height, width: int32 scalar tensors (or ints), the image's size.
       crop_size: (int, int), the model's crop.
+      dtype: the integer type of the arithmetic (int32 for TFLite files,
+        which must hold no int64 tensor; exact for sides below 2**31 / crop).
 
     Returns:
       (height, width) int32 scalar tensors; the limiting side of a scaled
       image is exactly the crop's, the other `floor(side * scale)` (>= 1).
     """
-    crop_h, crop_w = (tf.constant(c, tf.int64) for c in crop_size)
-    h, w = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+    crop_h, crop_w = (tf.constant(c, dtype) for c in crop_size)
+    h, w = tf.cast(height, dtype), tf.cast(width, dtype)
     # Integer arithmetic: scale = min(crop_h / h, crop_w / w), exactly.
     height_limits = crop_h * w <= crop_w * h
     scaled_h = tf.where(height_limits, crop_h, tf.maximum(h * crop_w // w, 1))
@@ -81,7 +83,7 @@ def fit_size(height, width, crop_size):
     )
 
 
-def _pad_to_crop(images, crop_size):
+def pad_to_crop(images, crop_size):
     """Pads float `[batch, h, w, 3]` at the bottom/right with the mean pixel."""
     shape = tf.shape(images)
     paddings = [[0, 0], [0, crop_size[0] - shape[1]], [0, crop_size[1] - shape[2]]]
@@ -190,7 +192,7 @@ class _ServingGraph:
         images = resize.resize_bilinear(
             tf.cast(images, tf.float32), tf.stack([fit_h, fit_w])
         )
-        images = _pad_to_crop(images, self._predictor.crop_size)
+        images = pad_to_crop(images, self._predictor.crop_size)
         scores, probabilities = self._scores(images)
 
         def restore_size(values):
@@ -421,3 +423,21 @@ def describe(path):
         lines += [line("output", k, v) for k, v in sorted(signature.outputs.items())]
         blocks.append("\n".join(lines))
     return "\n".join(blocks)
+
+
+def serving_function(predictor):
+    """`serving_default`'s function over a `Predictor`, without a SavedModel.
+
+    Traced on the portable ops, as `export_saved_model` traces it, so it
+    gives the exported SavedModel's pixels (`image_predictor` runs
+    checkpoints with it).
+
+    Args:
+      predictor: an `inference.Predictor`.
+
+    Returns:
+      a concrete function: uint8 `[batch, h, w, 3]` images of any size ->
+      {`SemanticPredictions`, `SemanticProbabilities`}.
+    """
+    with fast_paths.portable():
+        return _ServingGraph(predictor).signatures()[serving.SERVING_DEFAULT]

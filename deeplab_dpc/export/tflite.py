@@ -16,10 +16,13 @@ that outputs NaN.) The function is, for one image:
 its DPC or ASPP and its output size are fixed by it, as in DeepLab), so the
 file cannot just run at another size. With `allow_resize` its input is
 `[1, None, None, 3]`: an image of any size (set with
-`Interpreter.resize_tensor_input`) is resized bilinearly to the crop inside
-the file, the model runs at the crop and its logits are resized back to the
-image size before the argmax. Without it the input is fixed to the crop:
-pad (with the mean pixel, as eval does) or resize the image yourself.
+`Interpreter.resize_tensor_input`) is fitted and padded as the SavedModel
+does (`fit_and_pad`: scaled down to fit the crop if larger, aspect ratio
+kept, then padded at the bottom and right with the mean pixel), the model
+runs at the crop, and its logits lose the padding and are resized back to
+the image size before the argmax: the SavedModel's pixels, in one file.
+Without it the input is fixed to the crop: `fit_and_pad` the image yourself
+(`deeplab_dpc.export.image_predictor` does).
 
 Variants (`VARIANTS`): "float32"; "float16" (float16 weights);
 "dynamic_int8" (int8 weights, activations quantized at run time);
@@ -171,6 +174,31 @@ def saved_model_fn(saved_model_dir, signature_key="serving_default"):
     return fn
 
 
+def fit_and_pad(images, crop_size):
+    """DeepLab's fit-and-pad of the SavedModel (`saved_model.fit_size`).
+
+    Args:
+      images: float32 `[batch, h, w, 3]` pixels in [0, 255].
+      crop_size: (int, int), the model's crop.
+
+    Returns:
+      (float32 `[batch, crop_h, crop_w, 3]`, the fitted (h, w) int32
+      tensors): scaled down to fit the crop when larger (aspect ratio
+      kept), padded at the bottom and right with the mean pixel.
+    """
+    shape = tf.shape(images)
+    fit_h, fit_w = saved_model.fit_size(shape[1], shape[2], crop_size, tf.int32)
+    fitted = resize.resize_bilinear(images, tf.stack([fit_h, fit_w]))
+    return saved_model.pad_to_crop(fitted, crop_size), (fit_h, fit_w)
+
+
+def unpad_and_restore(scores, fitted, image_size):
+    """Cuts `fit_and_pad`'s padding from `[batch, crop_h, crop_w, c]` scores
+    and resizes them back to `image_size` (bilinear, align_corners)."""
+    fit_h, fit_w = fitted
+    return resize.resize_bilinear(scores[:, :fit_h, :fit_w], image_size)
+
+
 def inference_function(model_fn, options):
     """The frozen function a file is converted from (module docstring).
 
@@ -191,10 +219,10 @@ def inference_function(model_fn, options):
         x = tf.cast(images, tf.float32)
         if options.allow_resize:
             image_size = tf.shape(x)[1:3]
-            x = resize.resize_bilinear(x, crop)
+            x, fitted = fit_and_pad(x, crop)
         scores = model_fn(x)
         if options.allow_resize:
-            scores = resize.resize_bilinear(scores, image_size)
+            scores = unpad_and_restore(scores, fitted, image_size)
         if options.include_argmax:
             return {PREDICTIONS: tf.argmax(scores, axis=-1, output_type=tf.int32)}
         return {LOGITS: tf.cast(scores, tf.float32)}

@@ -1,20 +1,37 @@
 """Model and data set flags shared by every program, as DeepLab's `common.py`.
 
-One flagfile (`--flagfile=configs/....flags`) then serves every program.
-Library code never reads `FLAGS`: programs call `model_options_from_flags`.
+One flagfile (`--flagfile=configs/....flags`, or a training run's
+`train.flags`) then serves every program. Library code never reads `FLAGS`:
+programs call `model_options_from_flags`. Nothing here imports TensorFlow
+when the flags are defined (so `--help` is fast): the enum values below are
+the library's, which `tests/flags/test_common_flags.py` checks.
 """
 
 from absl import flags
 
 from deeplab_dpc.cells import cell_spec
-from deeplab_dpc.data import metadata
 from deeplab_dpc.data import registry
-from deeplab_dpc.data import tfds_source
-from deeplab_dpc.models import backbones
-from deeplab_dpc.models import deeplab
+
+# `sorted(backbones.BACKBONES)`, `backbones.OUTPUT_STRIDES`, the heads of
+# `deeplab`: those modules import TensorFlow.
+BACKBONE_NAMES = (
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "resnet101",
+    "resnet50",
+    "resnet_v1_101_beta",
+    "resnet_v1_50_beta",
+    "xception",
+    "xception_41",
+    "xception_65",
+    "xception_71",
+)
+OUTPUT_STRIDES = (8, 16, 32)
+HEAD_DPC = "dpc"
+HEAD_ASPP = "aspp"
 
 MODEL_VARIANT = flags.DEFINE_enum(
-    "model_variant", "mobilenet_v2", sorted(backbones.BACKBONES), "Backbone."
+    "model_variant", "mobilenet_v2", list(BACKBONE_NAMES), "Backbone."
 )
 DEPTH_MULTIPLIER = flags.DEFINE_float(
     "depth_multiplier", 1.0, "MobileNet-v2's width multiplier (alpha)."
@@ -22,13 +39,13 @@ DEPTH_MULTIPLIER = flags.DEFINE_float(
 OUTPUT_STRIDE = flags.DEFINE_enum(
     "output_stride",
     "16",
-    [str(s) for s in backbones.OUTPUT_STRIDES],
+    [str(s) for s in OUTPUT_STRIDES],
     "Ratio of input to backbone feature resolution.",
 )
 HEAD = flags.DEFINE_enum(
     "head",
     None,
-    [deeplab.HEAD_DPC, deeplab.HEAD_ASPP],
+    [HEAD_DPC, HEAD_ASPP],
     "Context head. Default: dpc when --dense_prediction_cell_json is set, "
     "else aspp. --head=dpc without a JSON uses the published Cityscapes cell.",
 )
@@ -132,13 +149,13 @@ def load_cell_from_flags():
     """The cell for the model flags, or None for an ASPP head."""
     head = HEAD.value
     if DPC_JSON.value:
-        if head == deeplab.HEAD_ASPP:
+        if head == HEAD_ASPP:
             raise flags.ValidationError(
                 "--head=aspp conflicts with --dense_prediction_cell_json (a DPC "
                 "replaces ASPP); drop one of them"
             )
         return cell_spec.load_cell(DPC_JSON.value)
-    if head == deeplab.HEAD_DPC:
+    if head == HEAD_DPC:
         return cell_spec.published_cell()
     return None
 
@@ -156,6 +173,9 @@ def dataset_info_from_flags():
       flags.ValidationError: for an unknown data set, disagreeing values, or
         a bad metadata file in --dataset_dir (naming it).
     """
+    from deeplab_dpc.data import metadata
+    from deeplab_dpc.data import tfds_source
+
     num_classes, ignore_label = NUM_CLASSES.value, IGNORE_LABEL.value
     if tfds_source.is_tfds_name(DATASET.value):
         try:
@@ -193,6 +213,8 @@ def model_options_from_flags(crop_size, **overrides):
     Returns:
       A `deeplab.ModelOptions`.
     """
+    from deeplab_dpc.models import deeplab
+
     pooling_crop = (
         parse_size(IMAGE_POOLING_CROP_SIZE.value, "image_pooling_crop_size")
         if IMAGE_POOLING_CROP_SIZE.value

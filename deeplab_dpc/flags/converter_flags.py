@@ -11,7 +11,7 @@ import os
 
 from absl import flags
 
-from deeplab_dpc.data import converters
+from deeplab_dpc.flags import recorded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,8 @@ class WriteFlags:
 
     def options(self):
         """The parsed flags as `converters.WriteOptions`."""
+        from deeplab_dpc.data import converters
+
         return converters.WriteOptions(
             num_shards=self.num_shards.value,
             num_workers=self.num_workers.value,
@@ -70,9 +72,10 @@ def define_write_flags(num_shards=4):
 
 
 def write_flagfile(output_dir, program):
-    """Writes the resolved flags to `<output_dir>/<program>.flags`."""
+    """Writes the resolved flags to `<output_dir>/<program>.flags` (this
+    package's flags only, not absl's or TensorFlow's)."""
     with open(os.path.join(output_dir, f"{program}.flags"), "w") as f:
-        f.write(flags.FLAGS.flags_into_string())
+        f.write(recorded.package_flags_into_string())
 
 
 @contextlib.contextmanager

@@ -7,13 +7,8 @@ both.
 """
 
 from absl import flags
-import tensorflow as tf
 
-from deeplab_dpc.data import tfds_source
-from deeplab_dpc.data import tfexample
-from deeplab_dpc.evaluation import inference
 from deeplab_dpc.flags import common_flags
-from deeplab_dpc.training import initial_checkpoint
 
 CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir",
@@ -42,6 +37,8 @@ def parse_scales(crop_size, output_stride):
     Raises:
       flags.ValidationError: naming the flag and the bad scale.
     """
+    from deeplab_dpc.evaluation import inference
+
     values = EVAL_SCALES.value
     try:
         scales = inference.check_scales(float(v) for v in values)
@@ -58,6 +55,8 @@ def check_split(split, flag_name):
     Raises:
       flags.ValidationError: naming --dataset_dir and the split flag.
     """
+    from deeplab_dpc.data import tfexample
+
     if tfds_name():
         return
     dataset_dir = common_flags.DATASET_DIR.value
@@ -74,6 +73,8 @@ def check_split(split, flag_name):
 
 def tfds_name():
     """The TFDS name when --dataset is `tfds:<name>`, else None."""
+    from deeplab_dpc.data import tfds_source
+
     name = common_flags.DATASET.value
     return name if tfds_source.is_tfds_name(name) else None
 
@@ -89,6 +90,10 @@ def checkpoints(max_count):
       FileNotFoundError: for a path that is neither a directory nor a
         checkpoint prefix.
     """
+    import tensorflow as tf
+
+    from deeplab_dpc.training import initial_checkpoint
+
     path = CHECKPOINT_DIR.value
     if not tf.io.gfile.isdir(path):
         yield initial_checkpoint.resolve_initial_checkpoint(path)

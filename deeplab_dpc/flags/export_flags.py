@@ -8,7 +8,6 @@ flagfile serves the exporters too. Library code never reads `FLAGS`.
 import os
 
 from absl import flags
-import tensorflow as tf
 
 from deeplab_dpc.flags import common_flags
 
@@ -35,6 +34,8 @@ def checkpoint_from_flags():
     Raises:
       FileNotFoundError: naming the flag when there is no checkpoint there.
     """
+    import tensorflow as tf
+
     path = CHECKPOINT_PATH.value or ""
     if os.path.isdir(path):
         latest = tf.train.latest_checkpoint(path)

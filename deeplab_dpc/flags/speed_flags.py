@@ -12,7 +12,9 @@ its proxy trials and re-rank take no `--jit_compile` or `--mixed_precision`).
 from absl import flags
 from absl import logging
 
-from deeplab_dpc.training import speed
+# `speed`'s values (`deeplab_dpc.training.speed` imports TensorFlow).
+MIXED_PRECISION_VALUES = ("none", "bfloat16", "float16")
+FLOAT32_MATH_VALUES = ("float32", "bfloat16")
 
 JIT_COMPILE = flags.DEFINE_boolean(
     "jit_compile",
@@ -21,16 +23,16 @@ JIT_COMPILE = flags.DEFINE_boolean(
 )
 MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",
-    speed.MIXED_PRECISION_NONE,
-    list(speed.MIXED_PRECISION_VALUES),
+    MIXED_PRECISION_VALUES[0],
+    list(MIXED_PRECISION_VALUES),
     "Keras mixed precision: none (float32), bfloat16 (CPUs with AMX/AVX-512 "
     "BF16, TPUs) or float16 (GPUs, with loss scaling). Variables, logits and "
     "loss stay float32.",
 )
 FLOAT32_MATH = flags.DEFINE_enum(
     "float32_math",
-    speed.FLOAT32_MATH_EXACT,
-    list(speed.FLOAT32_MATH_VALUES),
+    FLOAT32_MATH_VALUES[0],
+    list(FLOAT32_MATH_VALUES),
     "How CPU convolutions compute on float32 tensors: float32, or bfloat16 "
     "inputs with float32 accumulation (oneDNN's TF_SET_ONEDNN_FPMATH_MODE=BF16, "
     "on CPUs with AMX or AVX-512 BF16; what TensorFloat-32 is on GPUs). "
@@ -67,6 +69,8 @@ def apply_threads():
       flags.ValidationError: naming the flag when TensorFlow's pools already
         run with other sizes.
     """
+    from deeplab_dpc.training import speed
+
     try:
         threads = speed.set_threads(
             INTRA_OP_PARALLELISM_THREADS.value, INTER_OP_PARALLELISM_THREADS.value
@@ -89,6 +93,8 @@ def apply_float32_math():
       flags.ValidationError: naming the flag when the process already
         computes in another mode (see `speed.set_float32_math`).
     """
+    from deeplab_dpc.training import speed
+
     try:
         in_effect = speed.set_float32_math(FLOAT32_MATH.value)
     except RuntimeError as e:

@@ -10,16 +10,16 @@ import os
 
 from absl import flags
 
-from deeplab_dpc.export import legacy_keras
-from deeplab_dpc.export import tflite
-from deeplab_dpc.export import tflite_export
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import export_flags
+
+# `tflite.VARIANTS` (`deeplab_dpc.export.tflite` imports TensorFlow).
+VARIANT_NAMES = ("float32", "float16", "dynamic_int8", "int8", "qat_int8", "pruned")
 
 VARIANTS = flags.DEFINE_list(
     "variants",
     None,
-    f"Of {','.join(tflite.VARIANTS)}; default: all (the post-training ones "
+    f"Of {','.join(VARIANT_NAMES)}; default: all (the post-training ones "
     "for --saved_model_dir).",
 )
 INCLUDE_ARGMAX = flags.DEFINE_boolean(
@@ -102,6 +102,8 @@ def variants_from_flags(from_checkpoint=True):
       flags.ValidationError: for an unknown variant, or a fine-tuned one
         without a checkpoint.
     """
+    from deeplab_dpc.export import tflite
+
     if VARIANTS.value is None:
         return tflite.VARIANTS if from_checkpoint else tflite.POST_TRAINING
     try:
@@ -119,6 +121,8 @@ def variants_from_flags(from_checkpoint=True):
 
 def conversion_options_from_flags(crop_size=None):
     """`tflite.ConversionOptions` (crop: `crop_size` or `--crop_size`)."""
+    from deeplab_dpc.export import tflite
+
     if crop_size is None:
         crop_size = common_flags.parse_size(export_flags.CROP_SIZE.value, "crop_size")
     return tflite.ConversionOptions(
@@ -132,6 +136,8 @@ def conversion_options_from_flags(crop_size=None):
 
 def check_options_from_flags():
     """`tflite_export.CheckOptions` from the data set and check flags."""
+    from deeplab_dpc.export import tflite_export
+
     info = common_flags.dataset_info_from_flags()
     return tflite_export.CheckOptions(
         dataset_dir=common_flags.DATASET_DIR.value,
@@ -151,6 +157,9 @@ def fine_tune_options_from_flags(variants):
       flags.ValidationError: when one does and there is no --dataset_dir, or
         for a bad value.
     """
+    from deeplab_dpc.export import legacy_keras
+    from deeplab_dpc.export import tflite
+
     if not any(v in tflite.FINE_TUNED for v in variants):
         return None
     dataset_dir = common_flags.DATASET_DIR.value
@@ -179,6 +188,8 @@ def representative_pattern_from_flags(variants):
     Raises:
       flags.ValidationError: when an int8 variant has no data.
     """
+    from deeplab_dpc.export import tflite
+
     if not any(v in tflite.FULL_INTEGER for v in variants):
         return None
     pattern = REPRESENTATIVE_DATASET.value

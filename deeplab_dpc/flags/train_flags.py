@@ -8,12 +8,12 @@ them. `options_from_flags` turns them, with the model and data set flags of
 
 from absl import flags
 
-from deeplab_dpc.data import tfexample
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import speed_flags
-from deeplab_dpc.training import trainer
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+# `trainer.LEARNING_POLICIES` (the trainer imports TensorFlow).
+LEARNING_POLICIES = ("poly", "step")
 
 TRAIN_LOGDIR = flags.DEFINE_string(
     "train_logdir", None, "Where checkpoints, events and train.flags go."
@@ -32,7 +32,7 @@ BASE_LEARNING_RATE = flags.DEFINE_float(
     "base_learning_rate", 1e-4, "Initial learning rate."
 )
 LEARNING_POLICY = flags.DEFINE_enum(
-    "learning_policy", "poly", list(trainer.LEARNING_POLICIES), "Learning policy."
+    "learning_policy", "poly", list(LEARNING_POLICIES), "Learning policy."
 )
 LEARNING_POWER = flags.DEFINE_float("learning_power", 0.9, "Poly policy power.")
 END_LEARNING_RATE = flags.DEFINE_float(
@@ -110,6 +110,9 @@ def options_from_flags(num_replicas):
     Raises:
       flags.ValidationError: naming the flag of a bad value.
     """
+    from deeplab_dpc.data import tfexample
+    from deeplab_dpc.training import trainer
+
     crop, model_options = common_flags.model_options_for_crop_flag(
         "train_crop_size", TRAIN_CROP_SIZE.value
     )

@@ -46,6 +46,7 @@ import time
 from typing import Callable, Mapping, Optional, Sequence
 import warnings
 
+from absl import logging
 import optuna
 from optuna.trial import TrialState
 
@@ -212,6 +213,7 @@ class _Worker:
         self.objectives = tuple(study.user_attrs["objectives"])
         self.num_branches = int(study.user_attrs["num_branches"])
         self.stats = WorkerStats()
+        self.started = time.monotonic()
 
     def _wait(self) -> None:
         with warnings.catch_warnings():
@@ -336,10 +338,32 @@ class _Worker:
         values = [float(result[name]) for name in self.objectives]
         return values if len(values) > 1 else values[0]
 
+    def progress_line(self, trial) -> str:
+        """"trial 7/12 (complete, miou 0.5800), best miou 0.6100 so far, ETA 4 min"."""
+        trials = self.study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in COUNTED_STATES]
+        values = [
+            t.values[0] for t in finished if t.state == TrialState.COMPLETE and t.values
+        ]
+        state = trial.state.name.lower()
+        if trial.state == TrialState.COMPLETE and trial.values:
+            state += f", {self.objectives[0]} {trial.values[0]:.4f}"
+        line = f"trial {len(finished)}/{self.total} ({state})"
+        if values:
+            line += f", best {self.objectives[0]} {max(values):.4f} so far"
+        if self.stats.trials and len(finished) < self.total:
+            # This worker's pace over the trials still missing (other
+            # workers shorten it).
+            each = (time.monotonic() - self.started) / self.stats.trials
+            line += f", ETA {each * (self.total - len(finished)) / 60:.0f} min"
+        return line
+
     def after_trial(self, study, trial) -> None:
-        """`study.optimize` callback: counts, and stops at the total."""
+        """`study.optimize` callback: counts, logs progress, stops at the total."""
         self.stats.trials += 1
         self.stats.pruned += trial.state == TrialState.PRUNED
+        if trial.state in COUNTED_STATES:
+            logging.info("%s", self.progress_line(trial))
         if not self.needed():
             study.stop()
 

@@ -53,6 +53,7 @@ from deeplab_dpc.cells import cell_spec
 
 # The training program's flags (--train_crop_size, --train_split, ...) are
 # this program's too.
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import speed_flags
 from deeplab_dpc.flags import train_flags  # pylint: disable=unused-import  # noqa: F401
@@ -604,5 +605,4 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["search_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["search_dir"])

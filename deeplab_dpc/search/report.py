@@ -21,6 +21,7 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from deeplab_dpc import file_io  # pylint: disable=wrong-import-position
@@ -49,13 +50,20 @@ def completed(records):
     return sorted(done, key=lambda r: (-r["miou"], r["madds"] or 0, r["number"]))
 
 
-def pareto_front(records):
-    """Completed trials no other beats on both mIOU (max) and MAdds (min).
+def pareto_front(records, baselines=()):
+    """Completed trials (and baselines) no other beats on both mIOU (max)
+    and MAdds (min).
+
+    Args:
+      records: trial records.
+      baselines: dicts with "miou" and "madds" (e.g. ASPP's), which join
+        the front, and may dominate trials, as any other point.
 
     Returns:
-      list of records sorted by MAdds.
+      list of records (and baselines) sorted by MAdds.
     """
     done = [r for r in completed(records) if r["madds"] is not None]
+    done += [b for b in baselines if b.get("madds") is not None]
     front = []
     for r in done:
         dominated = any(
@@ -95,15 +103,17 @@ def plot_best_so_far(records, path):
         label="trial",
     )
     ax.step(xs, ys, where="post", color="C3", label="best so far")
-    ax.set_xlabel("trial")
+    ax.set_title("Search progress: proxy mIOU per trial")
+    ax.set_xlabel("trial number")
     ax.set_ylabel("proxy mIOU")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend()
     _save(fig, path)
 
 
 def plot_miou_vs_madds(records, path, baselines=()):
     done = [r for r in completed(records) if r["madds"] is not None]
-    front = pareto_front(records)
+    front = pareto_front(records, baselines)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(
         [r["madds"] / 1e9 for r in done],
@@ -117,11 +127,12 @@ def plot_miou_vs_madds(records, path, baselines=()):
         [r["miou"] for r in front],
         "o-",
         color="C3",
-        label="Pareto front",
+        label="Pareto front (trials and baselines)",
     )
     for b in baselines:
         ax.scatter([b["madds"] / 1e9], [b["miou"]], marker="*", s=120, label=b["name"])
-    ax.set_xlabel("head GMAdds at the target crop")
+    ax.set_title("Proxy mIOU vs head cost")
+    ax.set_xlabel("head MAdds at the target crop (GMAdds)")
     ax.set_ylabel("proxy mIOU")
     ax.legend()
     _save(fig, path)
@@ -146,12 +157,16 @@ def op_counts(records, top):
 
 def plot_op_frequencies(records, path, top):
     counters = op_counts(records, top)
+    shown = min(top, len(completed(records)))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, counter, title in zip(axes, counters, ("operation", "atrous rate", "grid")):
         items = counter.most_common(12)
         ax.bar([k for k, _ in items], [v for _, v in items])
-        ax.set_title(f"{title} among the top {top}")
+        ax.set_title(f"{title} among the top {shown} completed trials")
+        ax.set_ylabel("branches (count)")
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.tick_params(axis="x", rotation=60)
+    fig.suptitle("What the best cells are made of")
     _save(fig, path)
 
 

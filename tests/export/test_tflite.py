@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab_dpc.export import litert_runner
+from deeplab_dpc.export import saved_model
 from deeplab_dpc.export import tflite
 from deeplab_dpc.export import tflite_export
 from deeplab_dpc.layers import resize
@@ -127,17 +128,22 @@ def test_argmax_file_has_no_int64_and_takes_uint8_pixels(mobile):
         assert report["variants"][variant]["parity"]["agreement"] >= tt.INT8_AGREEMENT
 
 
-def test_resizable_input_runs_at_any_size_like_the_model(mobile):
+@pytest.mark.parametrize("size", [(41, 57), (20, 25)])
+def test_resizable_input_fits_and_pads_as_the_saved_model(mobile, size):
+    # Larger than the crop: scaled to fit (33x23, aspect kept), then padded;
+    # smaller: padded only. Never stretched to the crop.
     output_dir, _ = mobile
-    image = np.random.default_rng(3).integers(0, 256, (1, 41, 57, 3)).astype(np.float32)
+    image = np.random.default_rng(3).integers(0, 256, (1, *size, 3)).astype(np.float32)
     model = tt.model()
-    crop = resize.resize_bilinear(tf.constant(image), tt.CROP)
-    logits = resize.resize_bilinear(model(crop, training=False), (41, 57))
+    fit_h, fit_w = (int(v) for v in saved_model.fit_size(*size, tt.CROP))
+    fitted = resize.resize_bilinear(tf.constant(image), (fit_h, fit_w))
+    logits = model(saved_model.pad_to_crop(fitted, tt.CROP), training=False)
+    logits = resize.resize_bilinear(logits[:, :fit_h, :fit_w], size)
     expected = np.argmax(logits.numpy(), axis=-1)
-    for variant, least in (("float32", 0.99), ("int8", tt.INT8_AGREEMENT)):
+    for variant, least in (("float32", 0.999), ("int8", tt.INT8_AGREEMENT)):
         runner = litert_runner.Runner(os.path.join(output_dir, f"{variant}.tflite"))
         predictions = runner.predict(image)
-        assert predictions.shape == (1, 41, 57)
+        assert predictions.shape == (1, *size)
         assert np.mean(predictions == expected) >= least, variant
 
 

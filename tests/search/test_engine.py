@@ -440,3 +440,25 @@ def test_a_tensorflow_objective_trains_in_the_worker(tmp_path):
         assert trial.user_attrs["miou"] == trial.values[0]
         assert trial.user_attrs["params"] > 0 and trial.user_attrs["seconds"] > 0
         assert isinstance(trial.user_attrs["loss"], float)  # A tensor, made JSON.
+
+
+def test_each_finished_trial_logs_its_place_and_the_best_so_far(
+    tmp_path, monkeypatch
+):
+    lines = []
+    monkeypatch.setattr(
+        engine.logging, "info", lambda fmt, *args: lines.append(fmt % args)
+    )
+    study = _study(tmp_path)
+    engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=3, poll_seconds=0.01
+    )
+    progress = [line for line in lines if line.startswith("trial ")]
+    assert [line.split(" (")[0] for line in progress] == [
+        "trial 1/3",
+        "trial 2/3",
+        "trial 3/3",
+    ]
+    best = max(t.value for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    assert progress[-1].endswith(f"best miou {best:.4f} so far")
+    assert "ETA" in progress[0] and "ETA" not in progress[-1]

@@ -44,6 +44,16 @@ def test_pareto_front_is_the_non_dominated_set():
     assert [r["madds"] for r in front] == sorted(r["madds"] for r in front)
 
 
+def test_baselines_join_the_pareto_front_and_dominate_trials():
+    records = _records(30)
+    done = report.completed(records)
+    best = max(r["miou"] for r in done)
+    cheapest = min(r["madds"] for r in done)
+    # Better and cheaper than every trial: the front is the baseline alone.
+    aspp = {"name": "ASPP", "miou": best + 0.1, "madds": cheapest - 1}
+    assert report.pareto_front(records, [aspp]) == [aspp]
+
+
 def test_op_counts_count_branches_of_the_top_trials():
     records = _records(10)
     ops, rates, grids = report.op_counts(records, top=3)

@@ -1,0 +1,151 @@
+"""`--help` of every program (content, grouping, speed: no TensorFlow), user
+errors in one line, and the flag modules' values against the library's."""
+
+import ast
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deeplab_dpc.export import tflite
+from deeplab_dpc.flags import cli
+from deeplab_dpc.flags import common_flags
+from deeplab_dpc.flags import speed_flags
+from deeplab_dpc.flags import train_flags
+from deeplab_dpc.models import backbones
+from deeplab_dpc.models import deeplab
+from deeplab_dpc.training import speed
+from deeplab_dpc.training import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = "Model and data set flags"
+# Program -> flags its --help must list (its own and shared ones it uses).
+PROGRAMS = {
+    "deeplab_dpc.train": ["--train_logdir", "--model_variant", "--dataset_dir",
+                          "--base_learning_rate", "--jit_compile"],
+    "deeplab_dpc.eval": ["--eval_logdir", "--checkpoint_dir", "--eval_scales",
+                         "--add_flipped_images", "--model_variant"],
+    "deeplab_dpc.vis": ["--vis_logdir", "--checkpoint_dir", "--eval_scales",
+                        "--add_flipped_images", "--dataset"],
+    "deeplab_dpc.flops": ["--crop_size", "--model_variant", "--head"],
+    "deeplab_dpc.predict": ["--images", "--output_dir", "--saved_model", "--tflite",
+                            "--checkpoint_path", "--crop_size", "--model_variant"],
+    "export/export_model.py": ["--export_path", "--checkpoint_path", "--crop_size",
+                               "--model_variant"],
+    "export/export_tflite.py": ["--output_dir", "--checkpoint_path", "--crop_size",
+                                "--variants", "--dataset_dir"],
+    "export/compare.py": ["--models", "--checkpoint_path", "--variants"],
+    "datasets/build_seg_data.py": ["--image_folder", "--output_dir", "--num_shards"],
+    "datasets/build_synthetic_data.py": ["--output_dir", "--num_train"],
+}
+
+
+def _command(program):
+    if program.endswith(".py"):
+        return [sys.executable, "-X", "importtime", os.path.join(REPO, program)]
+    return [sys.executable, "-X", "importtime", "-m", program]
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_help_lists_the_programs_flags_grouped_without_tensorflow(
+    program, program_env
+):
+    start = time.monotonic()
+    proc = subprocess.run(
+        [*_command(program), "--help"],
+        cwd=REPO,
+        env=program_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for flag in PROGRAMS[program]:
+        assert f"  {flag}" in proc.stdout or f"  --[no]{flag[2:]}" in proc.stdout, (
+            flag
+        )
+    own = "Training flags:" if program == "deeplab_dpc.train" else "Flags of this program:"
+    assert own in proc.stdout
+    if "build_" not in program:
+        assert f"{MODEL} (" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "tensorflow" not in imported, "--help imported TensorFlow"
+    assert elapsed < 3.0, f"--help took {elapsed:.1f} s"
+
+
+def test_help_groups_in_order_with_titles():
+    text = cli.help_text("deeplab_dpc.flags.test_nothing", doc="Doc line.")
+    assert text.startswith("Doc line.")
+    # This process defines common, train, speed and tflite flags (imports).
+    order = [text.index(title) for _, title in cli.GROUPS if title in text]
+    assert order == sorted(order) and len(order) >= 3
+
+
+def test_user_errors_are_one_line_and_usage_errors_exit_2(program_env, tmp_path):
+    missing = tmp_path / "no_cell.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.flops",
+            f"--dense_prediction_cell_json={missing}",
+            "--crop_size=33,33",
+        ],
+        cwd=REPO,
+        env=program_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert str(missing) in proc.stderr and "error: " in proc.stderr
+    assert f"{cli.TRACEBACK_ENV}=1" in proc.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "deeplab_dpc.flops",
+         f"--dense_prediction_cell_json={missing}", "--crop_size=33,33"],
+        cwd=REPO,
+        env=dict(program_env, **{cli.TRACEBACK_ENV: "1"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert shown.returncode == 1 and "Traceback" in shown.stderr
+    usage = subprocess.run(
+        [sys.executable, "-m", "deeplab_dpc.flops", "stray"],
+        cwd=REPO,
+        env=program_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert usage.returncode == 2
+    assert usage.stderr.strip().splitlines()[-1] == "error: Too many arguments: ['stray']"
+
+
+def test_flag_modules_name_the_library_values():
+    # The flag modules name them without importing TensorFlow.
+    assert common_flags.BACKBONE_NAMES == tuple(sorted(backbones.BACKBONES))
+    assert common_flags.OUTPUT_STRIDES == tuple(backbones.OUTPUT_STRIDES)
+    assert (common_flags.HEAD_DPC, common_flags.HEAD_ASPP) == (
+        deeplab.HEAD_DPC,
+        deeplab.HEAD_ASPP,
+    )
+    assert train_flags.LEARNING_POLICIES == tuple(trainer.LEARNING_POLICIES)
+    assert speed_flags.MIXED_PRECISION_VALUES == tuple(speed.MIXED_PRECISION_VALUES)
+    assert speed_flags.MIXED_PRECISION_VALUES[0] == speed.MIXED_PRECISION_NONE
+    assert speed_flags.FLOAT32_MATH_VALUES == tuple(speed.FLOAT32_MATH_VALUES)
+    assert speed_flags.FLOAT32_MATH_VALUES[0] == speed.FLOAT32_MATH_EXACT
+    # tflite_flags and train_flags both define --train_split: read, not import.
+    path = os.path.join(REPO, "deeplab_dpc", "flags", "tflite_flags.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    (names,) = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and node.targets[0].id == "VARIANT_NAMES"
+    ]
+    assert names == tuple(tflite.VARIANTS)
