@@ -13,6 +13,48 @@ from deeplab_dpc.data import tfds_source
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import deeplab
 
+class _CommaMultiFlag(flags.MultiFlag):
+    """A list flag given comma separated or repeated, as DeepLab's users pass
+    its multi-integer flags.
+
+    `--atrous_rates=6 --atrous_rates=12 --atrous_rates=18` (DeepLab's form)
+    and `--atrous_rates=6,12,18` both give ["6", "12", "18"], `--atrous_rates=`
+    gives []. A comma list (or an empty value) replaces what came before, as
+    a list flag does (so a command line overrides a flagfile's
+    `--atrous_rates=6,12,18`); consecutive single values accumulate, as
+    DeepLab's multi-integer flags do (the first of them replaces a list).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last_single = False
+
+    def _parse(self, arguments):
+        return [item for items in super()._parse(arguments) for item in items]
+
+    def parse(self, arguments):
+        if not isinstance(arguments, str):
+            super().parse(arguments)
+            return
+        items = self.parser.parse(arguments)
+        if len(items) == 1 and self.present and self._last_single:
+            self.value = list(self.value) + items
+        else:
+            self.value = items
+        self._last_single = len(items) == 1
+        self.present += 1
+
+
+def define_comma_multi(name, default, help_text, flag_values=flags.FLAGS):
+    """Defines a `_CommaMultiFlag` (values: lists of strings)."""
+    return flags.DEFINE_flag(
+        _CommaMultiFlag(
+            flags.ListParser(), flags.ArgumentSerializer(), name, default, help_text
+        ),
+        flag_values,
+    )
+
+
 MODEL_VARIANT = flags.DEFINE_enum(
     "model_variant", "mobilenet_v2", sorted(backbones.BACKBONES), "Backbone."
 )
@@ -37,11 +79,19 @@ DPC_JSON = flags.DEFINE_string(
     "",
     "A dense prediction cell in DeepLab's JSON format; replaces ASPP.",
 )
-ATROUS_RATES = flags.DEFINE_list(
+ATROUS_RATES = define_comma_multi(
     "atrous_rates",
     [],
-    "ASPP atrous rates, comma separated (e.g. 6,12,18 at "
-    "output stride 16); empty means only the 1x1 and image-level branches.",
+    "ASPP atrous rates, comma separated (e.g. 6,12,18 at output stride 16) "
+    "or repeated as DeepLab's flag (--atrous_rates=6 --atrous_rates=12 "
+    "--atrous_rates=18); none means only the 1x1 and image-level branches.",
+)
+MULTI_GRID = define_comma_multi(
+    "multi_grid",
+    None,
+    "DeepLab's multi-grid of its own networks' last block (ResNet-v1-beta, "
+    "Xception), three ints: --multi_grid=1 --multi_grid=2 --multi_grid=4 or "
+    "--multi_grid=1,2,4; unset: the network's default.",
 )
 ASPP_WITH_SEPARABLE_CONV = flags.DEFINE_boolean(
     "aspp_with_separable_conv", True, "ASPP atrous convs are split separable."
@@ -115,7 +165,12 @@ def parse_size(value, flag_name):
 
 
 def parse_rates(values, flag_name="atrous_rates"):
-    """Parses a list of strings into positive ints, naming the flag on error."""
+    """Parses a list of strings into positive ints, naming the flag on error.
+
+    Items may themselves be comma lists ("6,12,18"), as values set in code
+    are not split by the flag's parser.
+    """
+    values = [p.strip() for v in values for p in str(v).split(",") if p.strip()]
     try:
         rates = tuple(int(v) for v in values)
     except ValueError:
@@ -183,6 +238,19 @@ def dataset_info_from_flags():
         raise flags.ValidationError(f"--dataset_dir: {e}") from e
 
 
+def _multi_grid_from_flag():
+    """`--multi_grid` as three ints, or None when not given."""
+    if not MULTI_GRID.value:
+        return None
+    grid = parse_rates(MULTI_GRID.value, "multi_grid")
+    if len(grid) != 3:
+        raise flags.ValidationError(
+            f"--multi_grid={','.join(map(str, grid))}: DeepLab's multi-grid is "
+            "three ints (one a unit of the last block), e.g. 1,2,4"
+        )
+    return grid
+
+
 def model_options_from_flags(crop_size, **overrides):
     """`deeplab.ModelOptions` from the model flags and a crop size.
 
@@ -206,6 +274,7 @@ def model_options_from_flags(crop_size, **overrides):
         output_stride=int(OUTPUT_STRIDE.value),
         dense_prediction_cell=load_cell_from_flags(),
         atrous_rates=parse_rates(ATROUS_RATES.value),
+        multi_grid=_multi_grid_from_flag(),
         aspp_with_separable_conv=ASPP_WITH_SEPARABLE_CONV.value,
         add_image_level_feature=ADD_IMAGE_LEVEL_FEATURE.value,
         image_pooling_crop_size=pooling_crop,
