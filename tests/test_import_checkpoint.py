@@ -299,14 +299,24 @@ def test_an_existing_output_is_kept_unless_overwrite(imported, tmp_path):
     assert proc.returncode != 0 and "not DeepLab's TF1" in proc.stderr
 
 
-def test_deeplabs_repeated_flags(tmp_path):
-    """ResNet-v1-50-beta with DeepLab's own spelling of its flags: repeated
-    --atrous_rates and --multi_grid, --noaspp_with_separable_conv."""
-    config = json.loads((VARIABLES / "r50beta_aspp.json").read_text())
+@pytest.mark.parametrize(
+    "name,lines",
+    [
+        # Repeated --atrous_rates and --multi_grid, --noaspp_with_separable_conv.
+        ("r50beta_aspp", ("--multi_grid=1", "--multi_grid=4", "--atrous_rates=18",
+                          "--noaspp_with_separable_conv")),
+        # The model zoo's MobileNet-v3 flags (LR-ASPP head and decoder).
+        ("mnv3_small_seg", ("--aspp_with_squeeze_and_excitation",
+                            "--decoder_output_is_logits", "--image_pooling_stride=4,5")),
+    ],
+)
+def test_deeplabs_own_flags(name, lines, tmp_path):
+    """A checkpoint of DeepLab's graph imported with DeepLab's flags verbatim."""
+    config = json.loads((VARIABLES / f"{name}.json").read_text())
     rng = np.random.default_rng(0)
     arrays = {
-        name: rng.normal(0, 0.1, shape).astype(np.float32)
-        for name, shape in config["variables"]
+        n: rng.normal(0, 0.1, shape).astype(np.float32)
+        for n, shape in config["variables"]
     }
     names = sorted(arrays)
     prefix = str(tmp_path / "tf1" / "model.ckpt")
@@ -316,17 +326,16 @@ def test_deeplabs_repeated_flags(tmp_path):
         shape_and_slices=[""] * len(names),
         tensors=[tf.constant(arrays[n]) for n in names],
     )
-    assert "--noaspp_with_separable_conv" in config["deeplab_flags"]
+    crop = "33,33" if config["output_stride"] == 16 else "769,769"
     proc = import_program(
         f"--tf1_checkpoint={tmp_path / 'tf1'}",
         *config["deeplab_flags"],
         f"--num_classes={config['num_classes']}",
-        "--crop_size=33,33",
+        f"--crop_size={crop}",
         f"--output_dir={tmp_path / 'out'}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(rf"^mapped +{len(arrays)} variables", proc.stdout, re.M)
     flags_text = (tmp_path / "out" / "model.flags").read_text()
-    for line in ("--multi_grid=1", "--multi_grid=4", "--atrous_rates=18",
-                 "--noaspp_with_separable_conv"):
+    for line in lines:
         assert line in flags_text.splitlines(), flags_text

@@ -105,7 +105,37 @@ IMAGE_POOLING_CROP_SIZE = flags.DEFINE_string(
     "Crop 'H,W' that fixes the pooling kernels; default: the crop size.",
 )
 DECODER_OUTPUT_STRIDE = flags.DEFINE_integer(
-    "decoder_output_stride", None, "4 adds DeepLab v3+'s decoder; unset means none."
+    "decoder_output_stride",
+    None,
+    "4 adds DeepLab v3+'s decoder (8 the MobileNet-v3 seg variants' LR-ASPP "
+    "decoder); unset means none.",
+)
+# DeepLab's flags of its MobileNet-v3 LR-ASPP head (g3doc/model_zoo.md).
+IMAGE_POOLING_STRIDE = flags.DEFINE_list(
+    "image_pooling_stride", ["1", "1"], "Image pooling stride 'H,W' (LR-ASPP: 4,5)."
+)
+ASPP_WITH_SQUEEZE_AND_EXCITATION = flags.DEFINE_boolean(
+    "aspp_with_squeeze_and_excitation",
+    False,
+    "The image-level feature gates the 1x1 branch (MobileNet-v3's LR-ASPP).",
+)
+ASPP_CONVS_FILTERS = flags.DEFINE_integer(
+    "aspp_convs_filters", 256, "Channels of the ASPP branches."
+)
+ASPP_WITH_CONCAT_PROJECTION = flags.DEFINE_boolean(
+    "aspp_with_concat_projection", True, "ASPP with its concat projection."
+)
+IMAGE_SE_USES_QSIGMOID = flags.DEFINE_boolean(
+    "image_se_uses_qsigmoid", False, "The LR-ASPP gate is the hard sigmoid."
+)
+DECODER_USE_SUM_MERGE = flags.DEFINE_boolean(
+    "decoder_use_sum_merge", False, "The decoder sums (LR-ASPP) instead of concatenating."
+)
+DECODER_FILTERS = flags.DEFINE_integer(
+    "decoder_filters", 256, "Decoder channels (LR-ASPP: the number of classes)."
+)
+DECODER_OUTPUT_IS_LOGITS = flags.DEFINE_boolean(
+    "decoder_output_is_logits", False, "The decoder's output is the logits (LR-ASPP)."
 )
 DATASET = flags.DEFINE_string(
     "dataset",
@@ -279,6 +309,16 @@ def model_options_from_flags(crop_size, **overrides):
         add_image_level_feature=ADD_IMAGE_LEVEL_FEATURE.value,
         image_pooling_crop_size=pooling_crop,
         decoder_output_stride=DECODER_OUTPUT_STRIDE.value,
+        image_pooling_stride=parse_size(
+            ",".join(IMAGE_POOLING_STRIDE.value), "image_pooling_stride"
+        ),
+        aspp_with_squeeze_and_excitation=ASPP_WITH_SQUEEZE_AND_EXCITATION.value,
+        aspp_convs_filters=ASPP_CONVS_FILTERS.value,
+        aspp_with_concat_projection=ASPP_WITH_CONCAT_PROJECTION.value,
+        image_se_uses_qsigmoid=IMAGE_SE_USES_QSIGMOID.value,
+        decoder_use_sum_merge=DECODER_USE_SUM_MERGE.value,
+        decoder_filters=DECODER_FILTERS.value,
+        decoder_output_is_logits=DECODER_OUTPUT_IS_LOGITS.value,
         depth_multiplier=DEPTH_MULTIPLIER.value,
         backbone_weights=None if weights == "none" else weights,
         weight_decay=WEIGHT_DECAY.value,
