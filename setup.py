@@ -49,6 +49,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "deeplab_dpc_flops=deeplab_dpc.flops:run",
+            "deeplab_dpc_import_checkpoint=deeplab_dpc.import_checkpoint:run",
             "deeplab_dpc_train=deeplab_dpc.train:run",
             "deeplab_dpc_eval=deeplab_dpc.eval:run",
             "deeplab_dpc_vis=deeplab_dpc.vis:run",

@@ -17,6 +17,7 @@ PROGRAMS = {
     "deeplab_dpc.vis",
     "deeplab_dpc.flops",
     "deeplab_dpc.predict",
+    "deeplab_dpc.import_checkpoint",
     "deeplab_dpc.demo",
     "deeplab_dpc.search.__main__",
     "deeplab_dpc.search.program",

@@ -176,7 +176,8 @@ def test_scales_and_flips_average_probabilities(setup):
         add_flipped_images=True,
     )
     # DeepLab's predict_labels_multi_scale, written out: a model per scaled
-    # crop with the same weights, logits resized back, softmax averaged.
+    # crop with the same weights, logits resized back (through the logits
+    # size of multi_scale_logits), softmax averaged.
     models = {}
     for scale in scales:
         crop = tuple(int((c - 1) * scale + 1) for c in CROP)
@@ -192,8 +193,12 @@ def test_scales_and_flips_average_probabilities(setup):
             for flip in (False, True):
                 x = tf.reverse(images, [2]) if flip else images
                 x = tf.compat.v1.image.resize_bilinear(x, crop, align_corners=True)
+                # To the crop's logits size (5x5 here), then the image's.
                 logits = tf.compat.v1.image.resize_bilinear(
-                    scaled(x), CROP, align_corners=True
+                    scaled(x), (5, 5), align_corners=True
+                )
+                logits = tf.compat.v1.image.resize_bilinear(
+                    logits, CROP, align_corners=True
                 )
                 p = tf.nn.softmax(logits)
                 total += tf.reverse(p, [2]) if flip else p

@@ -3,7 +3,8 @@
 DeepLab's `predict_labels_multi_scale` runs the model on the image resized
 by each of `eval_scales` (sizes by `scale_dimension`, bilinear with
 align_corners), and on its left-right mirror when `add_flipped_images`,
-resizes every logits map back to the image size, turns it into softmax
+resizes every logits map to the logits size of the crop (`logits_size`)
+and then to the image size, turns it into softmax
 probabilities, averages them all and takes the argmax. A single scale of 1.0
 without flips is plain `argmax(model(images))`.
 
@@ -53,6 +54,20 @@ def scaled_crop(crop_size, scale, output_stride):
             f"output stride {output_stride} cannot serve: {error}"
         ) from None
     return crop
+
+
+def logits_size(options, scale):
+    """The size DeepLab brings a scale's logits to before the image size.
+
+    DeepLab's `multi_scale_logits` with `image_pyramid=[scale]`:
+    `scale_dimension(crop, max(1, scale) / logits_output_stride)` per side,
+    the logits' stride being the decoder's when there is one.
+    """
+    stride = options.decoder_output_stride or options.output_stride
+    return tuple(
+        pyramid_pooling.scale_dimension(d, max(1.0, scale) / stride)
+        for d in options.crop_size
+    )
 
 
 def check_scales(scales):
@@ -121,11 +136,16 @@ class Predictor:
                 (crop, folding.fold_batch_norms(m)) for crop, m in self.models
             ]
 
-    def _probabilities_at(self, model, crop, images):
+    def _probabilities_at(self, model, crop, scale, images):
         if crop != self.crop_size:
             images = resize.resize_bilinear(images, crop)
         logits = model(images, training=False)
         if crop != self.crop_size:
+            # DeepLab's `multi_scale_logits` resizes each scale's logits to
+            # the logits size of the scale-1 crop (of the scaled one above
+            # 1) before they go to the image size: a scale below 1 passes
+            # through that coarser grid, which smooths its logits.
+            logits = resize.resize_bilinear(logits, logits_size(self.options, scale))
             logits = resize.resize_bilinear(logits, self.crop_size)
         return tf.nn.softmax(tf.cast(logits, tf.float32))
 
@@ -133,11 +153,13 @@ class Predictor:
         """Mean softmax probabilities, `[batch, crop_h, crop_w, num_classes]`."""
         images = tf.convert_to_tensor(images, tf.float32)
         total, count = 0.0, 0
-        for crop, model in self.models:
-            total += self._probabilities_at(model, crop, images)
+        for scale, (crop, model) in zip(self.scales, self.models):
+            total += self._probabilities_at(model, crop, scale, images)
             count += 1
             if self.add_flipped_images:
-                flipped = self._probabilities_at(model, crop, tf.reverse(images, [2]))
+                flipped = self._probabilities_at(
+                    model, crop, scale, tf.reverse(images, [2])
+                )
                 total += tf.reverse(flipped, [2])
                 count += 1
         return total / count

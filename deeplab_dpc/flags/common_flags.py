@@ -17,6 +17,8 @@ from deeplab_dpc.data import registry
 BACKBONE_NAMES = (
     "mobilenet_v2",
     "mobilenet_v3_large",
+    "mobilenet_v3_large_seg",
+    "mobilenet_v3_small_seg",
     "resnet101",
     "resnet50",
     "resnet_v1_101_beta",
@@ -29,6 +31,48 @@ BACKBONE_NAMES = (
 OUTPUT_STRIDES = (8, 16, 32)
 HEAD_DPC = "dpc"
 HEAD_ASPP = "aspp"
+
+class _CommaMultiFlag(flags.MultiFlag):
+    """A list flag given comma separated or repeated, as DeepLab's users pass
+    its multi-integer flags.
+
+    `--atrous_rates=6 --atrous_rates=12 --atrous_rates=18` (DeepLab's form)
+    and `--atrous_rates=6,12,18` both give ["6", "12", "18"], `--atrous_rates=`
+    gives []. A comma list (or an empty value) replaces what came before, as
+    a list flag does (so a command line overrides a flagfile's
+    `--atrous_rates=6,12,18`); consecutive single values accumulate, as
+    DeepLab's multi-integer flags do (the first of them replaces a list).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._last_single = False
+
+    def _parse(self, arguments):
+        return [item for items in super()._parse(arguments) for item in items]
+
+    def parse(self, arguments):
+        if not isinstance(arguments, str):
+            super().parse(arguments)
+            return
+        items = self.parser.parse(arguments)
+        if len(items) == 1 and self.present and self._last_single:
+            self.value = list(self.value) + items
+        else:
+            self.value = items
+        self._last_single = len(items) == 1
+        self.present += 1
+
+
+def define_comma_multi(name, default, help_text, flag_values=flags.FLAGS):
+    """Defines a `_CommaMultiFlag` (values: lists of strings)."""
+    return flags.DEFINE_flag(
+        _CommaMultiFlag(
+            flags.ListParser(), flags.ArgumentSerializer(), name, default, help_text
+        ),
+        flag_values,
+    )
+
 
 MODEL_VARIANT = flags.DEFINE_enum(
     "model_variant", "mobilenet_v2", list(BACKBONE_NAMES), "Backbone."
@@ -54,11 +98,19 @@ DPC_JSON = flags.DEFINE_string(
     "",
     "A dense prediction cell in DeepLab's JSON format; replaces ASPP.",
 )
-ATROUS_RATES = flags.DEFINE_list(
+ATROUS_RATES = define_comma_multi(
     "atrous_rates",
     [],
-    "ASPP atrous rates, comma separated (e.g. 6,12,18 at "
-    "output stride 16); empty means only the 1x1 and image-level branches.",
+    "ASPP atrous rates, comma separated (e.g. 6,12,18 at output stride 16) "
+    "or repeated as DeepLab's flag (--atrous_rates=6 --atrous_rates=12 "
+    "--atrous_rates=18); none means only the 1x1 and image-level branches.",
+)
+MULTI_GRID = define_comma_multi(
+    "multi_grid",
+    None,
+    "DeepLab's multi-grid of its own networks' last block (ResNet-v1-beta, "
+    "Xception), three ints: --multi_grid=1 --multi_grid=2 --multi_grid=4 or "
+    "--multi_grid=1,2,4; unset: the network's default.",
 )
 ASPP_WITH_SEPARABLE_CONV = flags.DEFINE_boolean(
     "aspp_with_separable_conv", True, "ASPP atrous convs are split separable."
@@ -72,7 +124,37 @@ IMAGE_POOLING_CROP_SIZE = flags.DEFINE_string(
     "Crop 'H,W' that fixes the pooling kernels; default: the crop size.",
 )
 DECODER_OUTPUT_STRIDE = flags.DEFINE_integer(
-    "decoder_output_stride", None, "4 adds DeepLab v3+'s decoder; unset means none."
+    "decoder_output_stride",
+    None,
+    "4 adds DeepLab v3+'s decoder (8 the MobileNet-v3 seg variants' LR-ASPP "
+    "decoder); unset means none.",
+)
+# DeepLab's flags of its MobileNet-v3 LR-ASPP head (g3doc/model_zoo.md).
+IMAGE_POOLING_STRIDE = flags.DEFINE_list(
+    "image_pooling_stride", ["1", "1"], "Image pooling stride 'H,W' (LR-ASPP: 4,5)."
+)
+ASPP_WITH_SQUEEZE_AND_EXCITATION = flags.DEFINE_boolean(
+    "aspp_with_squeeze_and_excitation",
+    False,
+    "The image-level feature gates the 1x1 branch (MobileNet-v3's LR-ASPP).",
+)
+ASPP_CONVS_FILTERS = flags.DEFINE_integer(
+    "aspp_convs_filters", 256, "Channels of the ASPP branches."
+)
+ASPP_WITH_CONCAT_PROJECTION = flags.DEFINE_boolean(
+    "aspp_with_concat_projection", True, "ASPP with its concat projection."
+)
+IMAGE_SE_USES_QSIGMOID = flags.DEFINE_boolean(
+    "image_se_uses_qsigmoid", False, "The LR-ASPP gate is the hard sigmoid."
+)
+DECODER_USE_SUM_MERGE = flags.DEFINE_boolean(
+    "decoder_use_sum_merge", False, "The decoder sums (LR-ASPP) instead of concatenating."
+)
+DECODER_FILTERS = flags.DEFINE_integer(
+    "decoder_filters", 256, "Decoder channels (LR-ASPP: the number of classes)."
+)
+DECODER_OUTPUT_IS_LOGITS = flags.DEFINE_boolean(
+    "decoder_output_is_logits", False, "The decoder's output is the logits (LR-ASPP)."
 )
 DATASET = flags.DEFINE_string(
     "dataset",
@@ -132,7 +214,12 @@ def parse_size(value, flag_name):
 
 
 def parse_rates(values, flag_name="atrous_rates"):
-    """Parses a list of strings into positive ints, naming the flag on error."""
+    """Parses a list of strings into positive ints, naming the flag on error.
+
+    Items may themselves be comma lists ("6,12,18"), as values set in code
+    are not split by the flag's parser.
+    """
+    values = [p.strip() for v in values for p in str(v).split(",") if p.strip()]
     try:
         rates = tuple(int(v) for v in values)
     except ValueError:
@@ -203,6 +290,19 @@ def dataset_info_from_flags():
         raise flags.ValidationError(f"--dataset_dir: {e}") from e
 
 
+def _multi_grid_from_flag():
+    """`--multi_grid` as three ints, or None when not given."""
+    if not MULTI_GRID.value:
+        return None
+    grid = parse_rates(MULTI_GRID.value, "multi_grid")
+    if len(grid) != 3:
+        raise flags.ValidationError(
+            f"--multi_grid={','.join(map(str, grid))}: DeepLab's multi-grid is "
+            "three ints (one a unit of the last block), e.g. 1,2,4"
+        )
+    return grid
+
+
 def model_options_from_flags(crop_size, **overrides):
     """`deeplab.ModelOptions` from the model flags and a crop size.
 
@@ -228,10 +328,21 @@ def model_options_from_flags(crop_size, **overrides):
         output_stride=int(OUTPUT_STRIDE.value),
         dense_prediction_cell=load_cell_from_flags(),
         atrous_rates=parse_rates(ATROUS_RATES.value),
+        multi_grid=_multi_grid_from_flag(),
         aspp_with_separable_conv=ASPP_WITH_SEPARABLE_CONV.value,
         add_image_level_feature=ADD_IMAGE_LEVEL_FEATURE.value,
         image_pooling_crop_size=pooling_crop,
         decoder_output_stride=DECODER_OUTPUT_STRIDE.value,
+        image_pooling_stride=parse_size(
+            ",".join(IMAGE_POOLING_STRIDE.value), "image_pooling_stride"
+        ),
+        aspp_with_squeeze_and_excitation=ASPP_WITH_SQUEEZE_AND_EXCITATION.value,
+        aspp_convs_filters=ASPP_CONVS_FILTERS.value,
+        aspp_with_concat_projection=ASPP_WITH_CONCAT_PROJECTION.value,
+        image_se_uses_qsigmoid=IMAGE_SE_USES_QSIGMOID.value,
+        decoder_use_sum_merge=DECODER_USE_SUM_MERGE.value,
+        decoder_filters=DECODER_FILTERS.value,
+        decoder_output_is_logits=DECODER_OUTPUT_IS_LOGITS.value,
         depth_multiplier=DEPTH_MULTIPLIER.value,
         backbone_weights=None if weights == "none" else weights,
         weight_decay=WEIGHT_DECAY.value,

@@ -103,7 +103,9 @@ def count(model):
         entry["params"] += layer.count_params()
         if _has_kernel(layer):
             entry["madds"] += layer_madds(layer, _specs(layer.input))
-        if module == "head":
+        if module == "head" and getattr(layer, "concat_projection", None) is None:
+            result["head_branches"] = dict(entry)
+        elif module == "head":
             projection = layer.concat_projection
             h, w = layer.output.shape[1:3]
             spec = tf.TensorSpec([1, h, w, projection.conv.kernel.shape[2]])

@@ -28,6 +28,7 @@ from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import dilated_depthwise
 from deeplab_dpc.layers import fused_batch_norm
 from deeplab_dpc.layers import image_preprocessing
+from deeplab_dpc.models import mobilenet_v3_seg
 from deeplab_dpc.models import resnet_v1_beta
 from deeplab_dpc.models import xception
 
@@ -82,11 +83,14 @@ class NetworkSpec:
       low_level: layer at stride 4 whose output feeds the v3+ decoder
         (DeepLab's `networks_to_feature_maps`).
       preprocessing: `ImagePreprocessing` mode (DeepLab's feature extractor).
+      low_level_stride: int, the stride of `low_level` (the decoder's
+        `--decoder_output_stride`).
     """
 
     network: Callable
     low_level: str
     preprocessing: str
+    low_level_stride: int = 4
 
 
 def _xception(model_variant):
@@ -105,6 +109,19 @@ def _resnet_v1_beta(model_variant):
         ),
         low_level=resnet_v1_beta.LOW_LEVEL,
         preprocessing="tf",
+    )
+
+
+def _mobilenet_v3_seg(model_variant):
+    # DeepLab maps MobileNet-v3's images to [-1, 1]; its LR-ASPP decoder
+    # reads a stride-8 endpoint.
+    return NetworkSpec(
+        network=functools.partial(
+            mobilenet_v3_seg.mobilenet_v3_seg, model_variant=model_variant
+        ),
+        low_level=mobilenet_v3_seg.LOW_LEVEL[model_variant],
+        preprocessing="tf",
+        low_level_stride=mobilenet_v3_seg.LOW_LEVEL_STRIDE,
     )
 
 
@@ -157,7 +174,18 @@ BACKBONES = {
     # DeepLab's ResNet-v1-beta (3x3-conv stem, multi-grid), not Keras' ResNet.
     "resnet_v1_50_beta": _resnet_v1_beta("resnet_v1_50_beta"),
     "resnet_v1_101_beta": _resnet_v1_beta("resnet_v1_101_beta"),
+    # DeepLab's MobileNet-v3 segmentation variants (last block halved), not
+    # Keras' MobileNetV3Large above.
+    "mobilenet_v3_large_seg": _mobilenet_v3_seg("mobilenet_v3_large_seg"),
+    "mobilenet_v3_small_seg": _mobilenet_v3_seg("mobilenet_v3_small_seg"),
 }
+
+
+def low_level_stride(model_variant):
+    """The stride of a backbone's `LOW_LEVEL` endpoint (4, or 8 for the
+    MobileNet-v3 seg variants)."""
+    spec = BACKBONES[model_variant]
+    return spec.low_level_stride if isinstance(spec, NetworkSpec) else 4
 
 
 def check_crop(crop_size, output_stride):

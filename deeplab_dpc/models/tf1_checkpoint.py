@@ -43,8 +43,10 @@ from deeplab_dpc.layers import aspp
 from deeplab_dpc.layers import conv_bn
 from deeplab_dpc.layers import decoder
 from deeplab_dpc.layers import dense_prediction_cell
+from deeplab_dpc.layers import lr_aspp
 from deeplab_dpc.layers import pyramid_pooling
 from deeplab_dpc.layers import split_separable_conv
+from deeplab_dpc.layers import sum_merge_decoder
 from deeplab_dpc.models import deeplab
 
 MODULES = ("backbone", "head", "decoder", "logits")
@@ -224,6 +226,11 @@ def _join(scope, name):
 
 def _head_names(layer):
     """The DPC (under `meta_architecture`) or ASPP (at the top) variables."""
+    if isinstance(layer, lr_aspp.LRASPP):
+        return {
+            **_conv_names(layer.image_pooling, "image_pooling"),
+            **_conv_bn_names(layer.aspp0, "aspp0"),
+        }
     scope = DPC_SCOPE if isinstance(layer, dense_prediction_cell.DensePredictionCell) else ""
     names = {}
     for branch in layer.branch_layers:
@@ -233,6 +240,13 @@ def _head_names(layer):
 
 
 def _decoder_names(layer):
+    if isinstance(layer, sum_merge_decoder.SumMergeDecoder):
+        return {
+            **_conv_names(
+                layer.feature_projection, f"{DECODER_SCOPE}/feature_projection0"
+            ),
+            **_conv_names(layer.decoder_conv, f"{DECODER_SCOPE}/decoder_conv0"),
+        }
     names = _conv_bn_names(
         layer.feature_projection, f"{DECODER_SCOPE}/{layer.feature_projection.name}"
     )
@@ -281,6 +295,8 @@ NETWORK_SCOPES = {
     "xception_71": "xception_71",
     "resnet_v1_50_beta": "resnet_v1_50",
     "resnet_v1_101_beta": "resnet_v1_101",
+    "mobilenet_v3_large_seg": "MobilenetV3",
+    "mobilenet_v3_small_seg": "MobilenetV3",
 }
 
 # model_variant -> function from a backbone layer's name to its DeepLab scope.
@@ -339,9 +355,11 @@ def tf1_variable_names(model, model_variant):
         if not layer.weights:
             continue
         module = deeplab.module_of(layer.name)
-        if isinstance(layer, (dense_prediction_cell.DensePredictionCell, aspp.ASPP)):
+        if isinstance(
+            layer, (dense_prediction_cell.DensePredictionCell, aspp.ASPP, lr_aspp.LRASPP)
+        ):
             layer_names = _head_names(layer)
-        elif isinstance(layer, decoder.Decoder):
+        elif isinstance(layer, (decoder.Decoder, sum_merge_decoder.SumMergeDecoder)):
             layer_names = _decoder_names(layer)
         elif layer.name == deeplab.LOGITS_LAYER:
             layer_names = _conv_names(layer, LOGITS_SCOPE)

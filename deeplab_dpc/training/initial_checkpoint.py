@@ -7,6 +7,12 @@ a model's weights (not an optimizer's, not a step) from a checkpoint that
 the last layers (the logits, or the logits, head and decoder) freshly
 initialised to fine-tune with another number of classes. The eval, vis and
 export programs load trained models the same way.
+
+It also takes DeepLab's own TF1 checkpoints (name-based, no object graph:
+a model-zoo checkpoint or a backbone-only ImageNet one), through
+`models.tf1_checkpoint`: the same last-layer semantics, and a checkpoint
+that holds only a backbone leaves the head, decoder and logits initialised
+(what DeepLab's `ignore_missing_vars` restore does with them).
 """
 
 from absl import logging
@@ -14,6 +20,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from deeplab_dpc.models import deeplab
+from deeplab_dpc.models import tf1_checkpoint
 
 # The modules (`deeplab.MODULES`) that DeepLab's "last layers" cover.
 LOGITS_MODULES = ("logits",)
@@ -31,7 +38,9 @@ def resolve_initial_checkpoint(path):
     """The checkpoint prefix `--tf_initial_checkpoint` names.
 
     Args:
-      path: str, a checkpoint prefix or a directory of checkpoints.
+      path: str, a checkpoint prefix or a directory of checkpoints (its
+        latest), or a folder holding one checkpoint and no `checkpoint`
+        file (the contents of a DeepLab model-zoo tarball).
 
     Returns:
       str, the checkpoint prefix (for a directory, its latest checkpoint).
@@ -42,9 +51,13 @@ def resolve_initial_checkpoint(path):
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
+            indexes = tf.io.gfile.glob(tf.io.gfile.join(path, "*.index"))
+            if len(indexes) == 1:
+                return indexes[0][: -len(".index")]
             raise FileNotFoundError(
                 f"--tf_initial_checkpoint={path!r} is a directory without a "
-                "checkpoint"
+                f"checkpoint (or with {len(indexes)} *.index files and no "
+                "'checkpoint' file naming the latest)"
             )
         return latest
     if not tf.io.gfile.exists(path + ".index"):
@@ -53,6 +66,74 @@ def resolve_initial_checkpoint(path):
             f"directory of checkpoints nor a prefix with {path + '.index'!r})"
         )
     return path
+
+
+def is_tf1_checkpoint(path):
+    """True for a TF1 name-based checkpoint (DeepLab's), False for ours.
+
+    Args:
+      path: str, a checkpoint prefix.
+
+    Returns:
+      bool: the checkpoint has no object graph (TF2's `tf.train.Checkpoint`
+      writes one, TF1's `Saver` does not).
+    """
+    return not tf.train.load_checkpoint(path).has_tensor(_OBJECT_GRAPH_KEY)
+
+
+def tf1_excluded_modules(
+    path, initialize_last_layer=True, last_layers_contain_logits_only=False
+):
+    """The modules a TF1 checkpoint leaves as initialised (DeepLab's flags).
+
+    A checkpoint with only backbone variables (an ImageNet one) leaves the
+    head, decoder and logits initialised whatever the flags say.
+    """
+    names = [
+        n
+        for n in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+        if not tf1_checkpoint.skip_reason(n)
+    ]
+    roots = set(tf1_checkpoint.NETWORK_SCOPES.values())
+    if names and all(n.split("/")[0] in roots for n in names):
+        return tf1_checkpoint.LAST_LAYER_MODULES
+    return tf1_checkpoint.excluded_modules(
+        initialize_last_layer, last_layers_contain_logits_only
+    )
+
+
+def _restore_tf1(model, path, model_variant, exclude_modules):
+    """`restore_initial_checkpoint` for a TF1 checkpoint (DeepLab's names)."""
+    if model_variant is None:
+        raise ValueError(
+            f"--tf_initial_checkpoint={path!r} is a TF1 checkpoint: its variable "
+            "names depend on the backbone, pass model_variant"
+        )
+    try:
+        report = tf1_checkpoint.import_tf1_checkpoint(
+            model, path, model_variant, exclude_modules=exclude_modules
+        )
+    except tf1_checkpoint.CheckpointMismatchError as e:
+        raise ValueError(f"--tf_initial_checkpoint={path!r}: {e}") from e
+    logging.info("Initialised from DeepLab's TF1 checkpoint:\n%s", report.format_table())
+    skipped = [
+        layer.name
+        for layer in model.layers
+        if layer.weights and deeplab.module_of(layer.name) in exclude_modules
+    ]
+    restored = [
+        layer.name
+        for layer in model.layers
+        if layer.weights and deeplab.module_of(layer.name) not in exclude_modules
+    ]
+    return {
+        "checkpoint": report.checkpoint,
+        "restored": restored,
+        "skipped": skipped,
+        "missing": [],
+        "unused": [],
+        "tf1_report": report,
+    }
 
 
 def _checkpoint_model_variables(reader):
@@ -166,8 +247,14 @@ def restore_initial_checkpoint(
     *,
     initialize_last_layer=True,
     last_layers_contain_logits_only=False,
+    model_variant=None,
 ):
     """Initialises `model`'s weights from a checkpoint of the training program.
+
+    Or from DeepLab's TF1 checkpoint (`is_tf1_checkpoint`), mapped by
+    `tf1_checkpoint.import_tf1_checkpoint` (all or nothing: every variable
+    of the restored modules must be there with its shape); a backbone-only
+    one (ImageNet) restores the backbone alone (`tf1_excluded_modules`).
 
     Only the model is restored (not the optimizer nor the step). Variables
     are matched by their Keras path (`variable.path`, e.g. "logits/kernel"),
@@ -187,12 +274,15 @@ def restore_initial_checkpoint(
       last_layers_contain_logits_only: bool; the last layers are the logits
         layer only (True) or the logits, head and decoder (False), the
         modules of `deeplab.MODULES`.
+      model_variant: str, the model's backbone; needed for TF1 checkpoints
+        (DeepLab's variable names depend on it).
 
     Returns:
       dict with "checkpoint" (the path read), "restored" and "skipped"
       (layer names; layers without weights are in neither), "missing"
       (paths of weights of restored layers absent from the checkpoint) and
-      "unused" (checkpoint model variables the model did not take).
+      "unused" (checkpoint model variables the model did not take); for
+      a TF1 checkpoint also "tf1_report" (a `tf1_checkpoint.ImportReport`).
 
     Raises:
       FileNotFoundError: when there is no checkpoint at `path`.
@@ -202,6 +292,11 @@ def restore_initial_checkpoint(
         checkpoint, or a weight of another shape).
     """
     path = resolve_initial_checkpoint(path)
+    if is_tf1_checkpoint(path):
+        exclude = tf1_excluded_modules(
+            path, initialize_last_layer, last_layers_contain_logits_only
+        )
+        return _restore_tf1(model, path, model_variant, exclude)
     reader = tf.train.load_checkpoint(path)
     saved = _checkpoint_model_variables(reader)
     shapes = reader.get_variable_to_shape_map()

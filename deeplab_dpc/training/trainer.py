@@ -463,8 +463,9 @@ class _Checkpoints:
         )
         self.latest = tf.train.latest_checkpoint(train_logdir)
 
-    def restore(self, o):
-        """Resumes from the latest checkpoint, else applies the initial one."""
+    def restore(self, o, model_variant):
+        """Resumes from the latest checkpoint, else applies the initial one
+        (ours or DeepLab's TF1 one, whose names depend on `model_variant`)."""
         if self.latest:
             self._checkpoint.restore(self.latest).assert_existing_objects_matched()
             logging.info(
@@ -481,6 +482,7 @@ class _Checkpoints:
                 o.tf_initial_checkpoint,
                 initialize_last_layer=o.initialize_last_layer,
                 last_layers_contain_logits_only=o.last_layers_contain_logits_only,
+                model_variant=model_variant,
             )
 
     def save(self, step):
@@ -628,7 +630,7 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
         strategy, model_options, o, model_fn
     )
     checkpoints = _Checkpoints(model, optimizer, step_var, train_logdir, strategy, o)
-    checkpoints.restore(o)
+    checkpoints.restore(o, model_options.model_variant)
     train_step = build_train_step(model, optimizer, strategy, o)
 
     @tf.function

@@ -129,3 +129,60 @@ def test_metadata_files_in_dataset_dir(tmp_path):
     assert f"--dataset_dir: {tmp_path / 'class_names.txt'} names 150 classes" in str(
         error.value
     )
+
+
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        # DeepLab's multi-integer form, the comma form, and both.
+        (["--rates=6", "--rates=12", "--rates=18"], ["6", "12", "18"]),
+        (["--rates=6,12,18"], ["6", "12", "18"]),
+        # A comma list (or an empty value) replaces what came before, and
+        # so does a first single value after one: a command line overrides
+        # a flagfile's list.
+        (["--rates=6,12", "--rates=18"], ["18"]),
+        (["--rates=6,12,18", "--rates=12,24,36"], ["12", "24", "36"]),
+        (["--rates=6", "--rates=12", "--rates=3,4"], ["3", "4"]),
+        (["--rates=6,12,18", "--rates="], []),
+        ([], []),
+    ],
+)
+def test_multi_integer_flags_take_deeplabs_and_the_comma_form(argv, want):
+    values = flags.FlagValues()
+    holder = common_flags.define_comma_multi("rates", [], "Rates.", values)
+    values(["program", *argv])
+    assert holder.value == want
+    # Written to a flagfile (train.flags, model.flags) and read back: equal.
+    again = flags.FlagValues()
+    common_flags.define_comma_multi("rates", [], "Rates.", again)
+    serialized = [line for line in values.flags_into_string().splitlines() if line]
+    again(["program", *serialized])
+    assert again["rates"].value == want
+
+
+def test_atrous_rates_and_multi_grid_reach_the_options():
+    FLAGS.unparse_flags()
+    FLAGS(
+        [
+            "program",
+            "--model_variant=resnet_v1_50_beta",
+            "--atrous_rates=6",
+            "--atrous_rates=12",
+            "--atrous_rates=18",
+            "--multi_grid=1",
+            "--multi_grid=2",
+            "--multi_grid=4",
+            "--noaspp_with_separable_conv",
+        ]
+    )
+    options = common_flags.model_options_from_flags((33, 33))
+    assert options.atrous_rates == (6, 12, 18)
+    assert options.multi_grid == (1, 2, 4)
+    assert not options.aspp_with_separable_conv
+    FLAGS.multi_grid = ["1,2"]
+    with pytest.raises(flags.ValidationError, match="--multi_grid=1,2: .*three"):
+        common_flags.model_options_from_flags((33, 33))
+    FLAGS.multi_grid = None
+    FLAGS.atrous_rates = ["6,12,18"]  # Set in code: split too.
+    assert common_flags.model_options_from_flags((33, 33)).atrous_rates == (6, 12, 18)
+    assert common_flags.model_options_from_flags((33, 33)).multi_grid is None

@@ -484,3 +484,20 @@ def test_norm_momentum_reaches_every_backbone_batch_norm():
         for layer in kept.layers
         if isinstance(layer, tf.keras.layers.BatchNormalization)
     } == {0.999}
+
+
+def test_deeplab_variants_preprocess_as_deeplabs_feature_extractor():
+    """DeepLab's feature extractor maps images to [-1, 1] ((2/255) x - 1)
+    for every variant it has checkpoints of here (MobileNet, Xception and
+    the ResNet-v1-beta ones alike), and pads with the mean pixel 127.5,
+    which so maps to 0."""
+    from deeplab_dpc.data import augment  # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.models import tf1_checkpoint  # pylint: disable=import-outside-toplevel
+
+    for variant in tf1_checkpoint.NETWORK_SCOPES:
+        assert backbones.BACKBONES[variant].preprocessing == "tf", variant
+    layer = image_preprocessing.ImagePreprocessing("tf")
+    pixels = tf.constant([[[[0.0, 127.5, 255.0], list(augment.MEAN_PIXEL)]]])
+    np.testing.assert_allclose(
+        layer(pixels).numpy().ravel(), [-1, 0, 1, 0, 0, 0], atol=1e-6
+    )
