@@ -25,6 +25,7 @@ from absl import logging
 from deeplab_dpc.evaluation import evaluator
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import eval_flags
+from deeplab_dpc.flags import program_errors
 from deeplab_dpc.flags import speed_flags
 
 _EVAL_LOGDIR = flags.DEFINE_string(
@@ -109,7 +110,7 @@ def main(argv):
 
 def run():
     flags.mark_flags_as_required(["checkpoint_dir", "eval_logdir"])
-    app.run(main)
+    app.run(program_errors.reported(main))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ writes its resolved flags to `<train_logdir>/train.flags`, then runs
 `--tf_initial_checkpoint` (with `--initialize_last_layer`,
 `--last_layers_contain_logits_only`) initialises a new run's model weights
 from another run's checkpoint, as DeepLab's fine-tuning flags.
-`multi_worker_mirrored` reads the cluster from `TF_CONFIG`. The speed levers
+`multi_worker_mirrored` reads the cluster from `TF_CONFIG`. A run stopped by
+SIGTERM saves a checkpoint and exits with status `trainer.EXIT_TERMINATED`
+(143, 128 + SIGTERM), not 0, so that schedulers restart it. The speed levers
 `--jit_compile`, `--mixed_precision`, `--float32_math` and the thread flags
 come from `deeplab_dpc.flags.speed_flags`.
 """
@@ -23,6 +25,7 @@ from absl import logging
 import tensorflow as tf
 
 from deeplab_dpc import file_io
+from deeplab_dpc.flags import program_errors
 from deeplab_dpc.flags import speed_flags
 from deeplab_dpc.flags import train_flags
 from deeplab_dpc.training import trainer
@@ -31,6 +34,12 @@ from deeplab_dpc.training import trainer
 def make_strategy(name, num_gpus):
     """The `tf.distribute.Strategy` named by --distribution_strategy."""
     if name == "mirrored":
+        found = len(tf.config.list_physical_devices("GPU"))
+        if num_gpus > found:
+            raise app.UsageError(
+                f"--num_gpus={num_gpus} but this machine has {found} GPU(s) "
+                "visible to TensorFlow; pass --num_gpus=0 (all devices) or fewer"
+            )
         devices = [f"/gpu:{i}" for i in range(num_gpus)] if num_gpus else None
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
@@ -76,11 +85,15 @@ def main(argv):
         "SIGTERM" if results["terminated"] else "done",
         results["checkpoint"],
     )
+    if results["terminated"]:
+        # Not 0: a scheduler must tell a stopped run (to restart) from a
+        # finished one.
+        raise SystemExit(trainer.EXIT_TERMINATED)
 
 
 def run():
     flags.mark_flags_as_required(["train_logdir"])
-    app.run(main)
+    app.run(program_errors.reported(main))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from deeplab_dpc.data import ade20k
 from deeplab_dpc.data import pipeline
@@ -39,6 +40,7 @@ from deeplab_dpc.evaluation import inference
 from deeplab_dpc.evaluation import visualizer
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import eval_flags
+from deeplab_dpc.flags import program_errors
 from deeplab_dpc.flags import speed_flags
 
 _VIS_LOGDIR = flags.DEFINE_string("vis_logdir", None, "Where the PNGs are written.")
@@ -122,6 +124,7 @@ def main(argv):
             model_options,
             checkpoint,
             mixed_precision=speed_flags.MIXED_PRECISION.value,
+            checkpoint_flag="--checkpoint_dir",
         )
         predictor = inference.Predictor(
             model,
@@ -140,15 +143,20 @@ def main(argv):
             ignore_label=info.ignore_label,
             tfds_name=eval_flags.tfds_name(),
         )
-        count = visualizer.visualize(
-            predictor,
-            dataset,
-            _VIS_LOGDIR.value,
-            colormap_type=colors,
-            also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
-            cityscapes_label_ids=info.name == "cityscapes",
-            progress=True,
-        )
+        try:
+            count = visualizer.visualize(
+                predictor,
+                dataset,
+                _VIS_LOGDIR.value,
+                colormap_type=colors,
+                also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
+                cityscapes_label_ids=info.name == "cityscapes",
+                progress=True,
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+            raise pipeline.read_error(
+                e, common_flags.DATASET_DIR.value, _VIS_SPLIT.value
+            ) from None
         logging.info(
             "Wrote %d images of %s to %s.", count, checkpoint, _VIS_LOGDIR.value
         )
@@ -156,7 +164,7 @@ def main(argv):
 
 def run():
     flags.mark_flags_as_required(["checkpoint_dir", "vis_logdir"])
-    app.run(main)
+    app.run(program_errors.reported(main))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from deeplab_dpc.data import tfds_source
 from deeplab_dpc.data import tfexample
 from deeplab_dpc.evaluation import inference
 from deeplab_dpc.flags import common_flags
-from deeplab_dpc.training import initial_checkpoint
 
 CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir",
@@ -91,7 +90,7 @@ def checkpoints(max_count):
     """
     path = CHECKPOINT_DIR.value
     if not tf.io.gfile.isdir(path):
-        yield initial_checkpoint.resolve_initial_checkpoint(path)
+        yield inference.resolve_checkpoint(path, "--checkpoint_dir")
         return
     for count, checkpoint in enumerate(
         tf.train.checkpoints_iterator(
