@@ -54,7 +54,7 @@ STORAGE_FILE = "study.db"
 
 
 # `scheme://user:password@`: the password part.
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*:?//[^:/@\s]*:)([^@\s/]+)(@)")
 
 
 def redact(text) -> str:
@@ -218,3 +218,35 @@ def _unusable(where, error):
         f"study storage {redact(where)} cannot be used ({first}); a corrupt "
         "SQLite file can be moved away to start a new study"
     )
+
+
+def without_password(text, storage):
+    """`text` (e.g. recorded flags) with `storage`'s password taken out.
+
+    Args:
+      text: str holding `storage` verbatim.
+      storage: the storage URL or None.
+
+    Returns:
+      (text, env): for a `postgresql` URL with a password, `text` with the
+      URL without it and `{"PGPASSWORD": password}`, the environment in which
+      libpq (hence a worker reading the text) finds it; otherwise `text`
+      unchanged and None (a `mysql` password stays: write such text 0600).
+    """
+    if not storage or "://" not in storage:
+        return text, None
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError:
+        return text, None
+    if url.password is None or url.get_backend_name() != "postgresql":
+        return text, None
+    bare = sqlalchemy.engine.URL.create(
+        url.drivername,
+        username=url.username,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=url.query,
+    ).render_as_string(hide_password=False)
+    return text.replace(storage, bare), {"PGPASSWORD": str(url.password)}
