@@ -484,21 +484,26 @@ def _solid_png(height, width):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+# ru_maxrss would carry the parent's peak across fork and exec: the peak
+# (VmHWM) is reset through /proc/self/clear_refs after a warm-up instead.
 _BUDGET_PROCESS = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     import tensorflow as tf
+    def status(key):
+        with open("/proc/self/status") as f:
+            return [int(l.split()[1]) for l in f if l.startswith(key + ":")][0] / 1024
     directory, small, big = sys.argv[1:4]
     fn = tf.saved_model.load(directory).signatures["predict_images"]
-    def peak_mb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     fn(images=tf.constant([open(small, "rb").read()]))
-    before = peak_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
     try:
         fn(images=tf.constant([open(big, "rb").read()]))
         error = None
     except tf.errors.InvalidArgumentError as e:
         error = e.message
-    print(json.dumps({"error": error, "growth_mb": peak_mb() - before}))
+    print(json.dumps({"error": error, "growth_mb": status("VmHWM") - before}))
     """)
 
 
