@@ -242,7 +242,7 @@ def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path, program_en
     "values, message",
     [
         ({"depth_multiplier": -1.0}, "depth_multiplier"),
-        ({"base_learning_rate": -1.0}, "base_learning_rate must be > 0"),
+        ({"base_learning_rate": -1.0}, "base_learning_rate"),
         ({"weight_decay": -1.0}, "weight_decay"),
     ],
 )

@@ -190,10 +190,16 @@ class TrainOptions:
         for name in ("hard_example_mining_step", "slow_start_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("base_learning_rate", "learning_power"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("end_learning_rate", "slow_start_learning_rate", "momentum"):
+        if not self.learning_power > 0:
+            raise ValueError(f"learning_power must be > 0, got {self.learning_power}")
+        # 0 is allowed here (a step that changes no weight, in tests); the
+        # training program's flag wants > 0.
+        for name in (
+            "base_learning_rate",
+            "end_learning_rate",
+            "slow_start_learning_rate",
+            "momentum",
+        ):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_policy not in LEARNING_POLICIES:
