@@ -14,7 +14,9 @@ checkpoints stops before writing anything, naming the flags.
 `--tf_initial_checkpoint` (with `--initialize_last_layer`,
 `--last_layers_contain_logits_only`) initialises a new run's model weights
 from another run's checkpoint, as DeepLab's fine-tuning flags.
-`multi_worker_mirrored` reads the cluster from `TF_CONFIG`. The speed levers
+`multi_worker_mirrored` reads the cluster from `TF_CONFIG`. A run stopped by
+SIGTERM saves a checkpoint and exits with status `trainer.EXIT_TERMINATED`
+(143, 128 + SIGTERM), not 0, so that schedulers restart it. The speed levers
 `--jit_compile`, `--mixed_precision`, `--float32_math` and the thread flags
 come from `deeplab_dpc.flags.speed_flags`.
 """
@@ -36,6 +38,12 @@ def make_strategy(name, num_gpus):
     import tensorflow as tf
 
     if name == "mirrored":
+        found = len(tf.config.list_physical_devices("GPU"))
+        if num_gpus > found:
+            raise app.UsageError(
+                f"--num_gpus={num_gpus} but this machine has {found} GPU(s) "
+                "visible to TensorFlow; pass --num_gpus=0 (all devices) or fewer"
+            )
         devices = [f"/gpu:{i}" for i in range(num_gpus)] if num_gpus else None
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker_mirrored":
@@ -108,6 +116,10 @@ def main(argv):
         "SIGTERM" if results["terminated"] else "done",
         results["checkpoint"],
     )
+    if results["terminated"]:
+        # Not 0: a scheduler must tell a stopped run (to restart) from a
+        # finished one.
+        raise SystemExit(trainer.EXIT_TERMINATED)
 
 
 def run():

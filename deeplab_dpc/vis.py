@@ -108,6 +108,8 @@ def main(argv):
         colors = label_colors(info)
     except (ValueError, flags.ValidationError) as e:
         raise app.UsageError(str(e)) from e
+    import tensorflow as tf
+
     from deeplab_dpc.data import pipeline
     from deeplab_dpc.evaluation import inference
     from deeplab_dpc.evaluation import visualizer
@@ -125,6 +127,7 @@ def main(argv):
             model_options,
             checkpoint,
             mixed_precision=speed_flags.MIXED_PRECISION.value,
+            checkpoint_flag="--checkpoint_dir",
         )
         predictor = inference.Predictor(
             model,
@@ -143,15 +146,20 @@ def main(argv):
             ignore_label=info.ignore_label,
             tfds_name=eval_flags.tfds_name(),
         )
-        count = visualizer.visualize(
-            predictor,
-            dataset,
-            _VIS_LOGDIR.value,
-            colormap_type=colors,
-            also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
-            cityscapes_label_ids=info.name == "cityscapes",
-            progress=True,
-        )
+        try:
+            count = visualizer.visualize(
+                predictor,
+                dataset,
+                _VIS_LOGDIR.value,
+                colormap_type=colors,
+                also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
+                cityscapes_label_ids=info.name == "cityscapes",
+                progress=True,
+            )
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+            raise pipeline.read_error(
+                e, common_flags.DATASET_DIR.value, _VIS_SPLIT.value
+            ) from None
         logging.info(
             "Wrote %d images of %s to %s.", count, checkpoint, _VIS_LOGDIR.value
         )

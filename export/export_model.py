@@ -16,7 +16,9 @@ its signatures: `serving_default` (uint8 `ImageTensor` of any size) and
 `SemanticPredictions` and `SemanticProbabilities` at the images' size. See
 `deeplab_dpc/export/saved_model.py` for the resizing and padding. The
 served graph has the batch norms folded into the convs (same predictions,
-faster) unless `--nofold_batch_norm`.
+faster) unless `--nofold_batch_norm`. Both signatures refuse an image of
+more than `--max_image_pixels` pixels (default 16 MP) with an error naming
+the limit; `predict_images` reads the size from the image's header first.
 """
 
 from absl import app
@@ -42,6 +44,13 @@ _ADD_FLIPPED_IMAGES = flags.DEFINE_boolean(
 )
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace an existing <export_path>/<model_version>."
+)
+_MAX_IMAGE_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels",
+    saved_model.DEFAULT_MAX_IMAGE_PIXELS,
+    "The signatures refuse images of more pixels (height x width; "
+    "predict_images checks the header before decoding).",
+    lower_bound=1,
 )
 
 
@@ -85,6 +94,7 @@ def main(argv):
             add_flipped_images=_ADD_FLIPPED_IMAGES.value,
             overwrite=_OVERWRITE.value,
             fold_batch_norm=speed_flags.FOLD_BATCH_NORM.value,
+            max_image_pixels=_MAX_IMAGE_PIXELS.value,
         )
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e

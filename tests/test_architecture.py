@@ -27,13 +27,23 @@ FLAGS_ROOM = "flags"
 # package (or the root module's name); anyone may import the package root.
 ALLOWED = {
     "file_io": set(),
+    "processes": set(),
     "cells": {"file_io"},
     "layers": {"cells"},
     "models": {"cells", "layers", "file_io"},
-    "data": {"file_io"},
+    "data": {"file_io", "processes"},
     "training": {"cells", "layers", "models", "data", "file_io"},
     "evaluation": {"cells", "layers", "models", "data", "training", "file_io"},
-    "search": {"cells", "layers", "models", "data", "training", "evaluation", "file_io"},
+    "search": {
+        "cells",
+        "layers",
+        "models",
+        "data",
+        "training",
+        "evaluation",
+        "file_io",
+        "processes",
+    },
     "export": {"cells", "layers", "models", "data", "training", "evaluation", "file_io"},
 }
 _DEFINES_FLAGS = re.compile(r"\bflags\.DEFINE_\w+\(|\bapp\.run\(")

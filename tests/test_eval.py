@@ -247,3 +247,60 @@ def test_checkpoint_that_does_not_fit_is_named(setup):
     )
     with pytest.raises(ValueError, match="another architecture"):
         inference.load_model(aspp, setup[1])
+
+
+def _write_unlabeled_and_empty_splits(data_dir):
+    """`test-*` (one record, no label) and `empty-*` (a shard with no record)."""
+    from deeplab_dpc.data import tfexample  # pylint: disable=g-import-not-at-top
+
+    image = tfexample.encode_png(np.zeros((8, 8, 3), np.uint8))
+    example = tfexample.encode_example(image, "unlabeled", 8, 8, None, "png")
+    with tf.io.TFRecordWriter(
+        os.path.join(data_dir, tfexample.shard_name("test", 0, 1))
+    ) as writer:
+        writer.write(example.SerializeToString())
+    with tf.io.TFRecordWriter(
+        os.path.join(data_dir, tfexample.shard_name("empty", 0, 1))
+    ):
+        pass
+
+
+@pytest.mark.parametrize("split", ["test", "empty"])
+def test_nothing_labelled_to_evaluate_is_an_error(setup, tmp_path, split):
+    # An mIOU of 0.0 over records without labels or an empty shard was the
+    # audit's silent result.
+    data_dir = str(tmp_path / "data")
+    os.makedirs(data_dir)
+    _write_unlabeled_and_empty_splits(data_dir)
+    with pytest.raises(
+        pipeline.DataError, match=f"split '{split}' of .*nothing to evaluate"
+    ):
+        evaluator.evaluate_checkpoint(
+            OPTIONS,
+            setup[1],
+            dataset_dir=data_dir,
+            split=split,
+            batch_size=1,
+            ignore_label=255,
+        )
+
+
+def test_errors_name_checkpoint_dir(setup, tmp_path):
+    missing = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="--checkpoint_dir="):
+        inference.resolve_checkpoint(missing, "--checkpoint_dir")
+    aspp = deeplab.ModelOptions(
+        num_classes=synthetic.NUM_CLASSES, crop_size=CROP, depth_multiplier=0.35
+    )
+    with pytest.raises(ValueError) as raised:
+        inference.load_model(aspp, setup[1], checkpoint_flag="--checkpoint_dir")
+    assert "--tf_initial_checkpoint" not in str(raised.value)
+
+
+def test_program_errors_are_one_line(setup, tmp_path, program_env):
+    missing = str(tmp_path / "nothing")
+    proc = _program(program_env, setup[0], missing, str(tmp_path / "eval"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = [line for line in proc.stderr.splitlines() if line.startswith("error: ")][-1]
+    assert last.startswith(f"error: --checkpoint_dir={missing!r}"), last

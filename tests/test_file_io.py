@@ -2,7 +2,11 @@
 
 import json
 import os
+import socket
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -87,3 +91,35 @@ def test_urls_are_refused_not_written_locally(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="gs://bucket/run/x.json: not a local path"):
         file_io.write_json("gs://bucket/run/x.json", {})
     assert _listing(tmp_path) == []
+
+
+def test_umask_is_read_without_changing_it(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        assert file_io.current_umask() == 0o027
+        assert file_io.plain_mode() == 0o640
+        assert file_io.plain_mode(directory=True) == 0o750
+        file_io.write_text(tmp_path / "secret.flags", "--storage=x\n", private=True)
+        assert (tmp_path / "secret.flags").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)
+
+
+def test_staging_leftovers_of_dead_processes_only_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale = tmp_path / f".tflite-staging-{dead.pid}@{host}-abcdefgh"
+    live = tmp_path / f".tflite-staging-{os.getppid()}@{host}-abcdefgh"
+    other_host = tmp_path / f".tflite-staging-{dead.pid}@elsewhere-abcdefgh"
+    unowned_old = tmp_path / ".tflite-staging-abcdefgh"
+    unowned_new = tmp_path / ".tflite-staging-ijklmnop"
+    for folder in (stale, live, other_host, unowned_old, unowned_new):
+        folder.mkdir()
+    old = time.time() - 2 * 24 * 3600
+    os.utime(unowned_old, (old, old))
+    made = file_io.make_staging_dir(str(tmp_path), ".tflite-staging-")
+    assert not stale.exists() and not unowned_old.exists()
+    assert live.exists() and other_host.exists() and unowned_new.exists()
+    assert os.path.basename(made).startswith(f".tflite-staging-{os.getpid()}@{host}-")
+    assert os.stat(made).st_mode & 0o777 == file_io.plain_mode(directory=True)

@@ -14,6 +14,7 @@ import tensorflow as tf
 from deeplab_dpc.data import synthetic
 from deeplab_dpc.flags import train_flags
 from deeplab_dpc.training import speed
+from deeplab_dpc.training import trainer
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,7 +108,8 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path, program_env):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, rest[-3000:]
+    # Not 0: a scheduler must see a run to restart (README, "Training").
+    assert proc.returncode == trainer.EXIT_TERMINATED == 143, rest[-3000:]
     assert "SIGTERM" in rest
     latest = tf.train.latest_checkpoint(logdir)
     assert latest is not None
@@ -237,3 +239,60 @@ def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path, program_en
     assert proc.returncode != 0
     assert "--train_crop_size='40,40'" in proc.stderr
     assert not os.path.exists(tmp_path / "log" / "train.flags")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"depth_multiplier": -1.0}, "depth_multiplier"),
+        ({"base_learning_rate": -1.0}, "base_learning_rate"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
+)
+def test_numeric_flags_have_ranges(parsed_flags, data_dir, values, message):
+    # The audit's silent runs: a negative width or learning rate trained and
+    # exited 0.
+    _set(dataset="synthetic", dataset_dir=data_dir, train_crop_size="33,33")
+    with pytest.raises(
+        (flags.ValidationError, flags.IllegalFlagValueError), match=message
+    ):
+        _set(**values)
+        train_flags.options_from_flags(1)
+
+
+def test_labels_above_num_classes_and_missing_gpus_stop_the_program(
+    data_dir, tmp_path, program_env
+):
+    # --num_classes=1 (a custom data set) on the 7-class synthetic data: the
+    # first record's labels are out of range, named in one line.
+    args = _program_args(
+        data_dir, str(tmp_path / "log"), "--training_number_of_steps=2"
+    )
+    args = [a for a in args if not a.startswith("--dataset=")] + ["--num_classes=1"]
+    proc = subprocess.run(
+        args, cwd=REPO, env=program_env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    last = errors[-1]
+    assert "train-0000" in last, last
+    assert ": record " in last and ">= num_classes (1)" in last, last
+    assert tf.train.latest_checkpoint(str(tmp_path / "log")) is None
+    # Two GPUs asked for on a machine without any: an error at start-up (it
+    # hung in the audit).
+    proc = subprocess.run(
+        _program_args(
+            data_dir,
+            str(tmp_path / "log2"),
+            "--distribution_strategy=mirrored",
+            "--num_gpus=2",
+        ),
+        cwd=REPO,
+        env=dict(program_env, CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "--num_gpus=2 but this machine has 0 GPU(s)" in proc.stderr

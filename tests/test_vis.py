@@ -226,3 +226,39 @@ def test_colorize_numpy_and_tensor_agree():
         "2007_000033",
         "2007_000033.png",
     )
+
+
+class _ZeroPredictor:
+    """Predicts class 0 everywhere (visualize needs only `predictions`)."""
+
+    def predictions(self, images):
+        return tf.zeros(tf.shape(images)[:3], tf.int32)
+
+
+def _batch(name):
+    from deeplab_dpc.data import pipeline  # pylint: disable=g-import-not-at-top
+
+    return {
+        pipeline.IMAGE: tf.zeros([1, 4, 4, 3]),
+        pipeline.ORIGINAL_HEIGHT: tf.constant([4]),
+        pipeline.ORIGINAL_WIDTH: tf.constant([4]),
+        pipeline.FILENAME: tf.constant([name]),
+    }
+
+
+def test_vis_marks_a_complete_folder_and_a_killed_one_is_not(tmp_path):
+    marker = tmp_path / visualizer.COMPLETE_FILE
+    count = visualizer.visualize(
+        _ZeroPredictor(), [_batch("a"), _batch("b")], str(tmp_path), colormap_type="pascal"
+    )
+    assert count == 2 and json.loads(marker.read_text()) == {"num_images": 2}
+
+    def interrupted():
+        yield _batch("a")
+        raise KeyboardInterrupt  # As a kill in the middle.
+
+    with pytest.raises(KeyboardInterrupt):
+        visualizer.visualize(
+            _ZeroPredictor(), interrupted(), str(tmp_path), colormap_type="pascal"
+        )
+    assert not marker.exists()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import numbers
 import os
+import stat
 from typing import Any, Callable, Iterator
 
 from deeplab_dpc import file_io
@@ -197,6 +198,11 @@ class CellSpec:
         """
         if not self.branches:
             raise ValueError("the cell is empty; it needs at least one branch")
+        if len(self.branches) > MAX_BRANCHES:
+            raise ValueError(
+                f"the cell has {len(self.branches)} branches; at most "
+                f"{MAX_BRANCHES} are accepted (DeepLab's cells have 5)"
+            )
         for i, branch in enumerate(self.branches):
             if not -1 <= branch.input <= i - 1:
                 raise ValueError(
@@ -212,6 +218,13 @@ class CellSpec:
 
     def __getitem__(self, index):
         return self.branches[index]
+
+
+# A sane limit: DeepLab's search space has 5 branches; 1,000 (accepted once)
+# made a 95 M-parameter head.
+MAX_BRANCHES = 32
+# A cell file is a few hundred bytes; this refuses e.g. /dev/zero's like.
+_MAX_JSON_BYTES = 1 << 20
 
 
 def as_cell(cell) -> CellSpec:
@@ -295,6 +308,11 @@ def cell_from_json(obj: Any, *, source: str = "cell") -> CellSpec:
         )
     if not obj:
         raise ValueError(f"{source}: the cell is empty; it needs at least one branch")
+    if len(obj) > MAX_BRANCHES:
+        raise ValueError(
+            f"{source}: the cell has {len(obj)} branches; at most "
+            f"{MAX_BRANCHES} are accepted (DeepLab's cells have 5)"
+        )
     return CellSpec(
         branches=tuple(_branch_from_json(i, b, source) for i, b in enumerate(obj))
     )
@@ -333,15 +351,28 @@ def load_cell(path) -> CellSpec:
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: if the text is not JSON or not a valid cell (the message
+        ValueError: if `path` is not a regular file (a directory or a FIFO,
+            checked before opening, so a FIFO never blocks), is larger than
+            1 MiB, or the text is not JSON or not a valid cell (the message
             names the file, branch and field).
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        status = os.stat(path)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"cell JSON file not found: {path}") from err
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise ValueError(f"{path}: {kind}; expected a cell JSON file")
+    if status.st_size > _MAX_JSON_BYTES:
+        raise ValueError(
+            f"{path}: {status.st_size} bytes, too large for a cell JSON file"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(_MAX_JSON_BYTES + 1)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text: {err}") from err
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:

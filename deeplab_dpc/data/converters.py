@@ -232,14 +232,15 @@ def read_list(path):
 
     Raises:
       FileNotFoundError: the list file does not exist.
-      ValueError: it is empty or a line has more than two fields, naming it.
+      ValueError: it is empty, a line has more than two fields, or a name is
+        listed twice, naming the file and line.
     """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError as e:
         raise FileNotFoundError(f"list file {path} does not exist") from e
-    names = []
+    names, first_line = [], {}
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if len(fields) > 2:
@@ -248,6 +249,13 @@ def read_list(path):
             )
         if len(fields) == 2:
             fields = [os.path.splitext(os.path.basename(fields[0]))[0]]
+        for name in fields:
+            if name in first_line:
+                raise ValueError(
+                    f"{path}:{number}: {name!r} is listed again (first on line "
+                    f"{first_line[name]}); it would be written twice"
+                )
+            first_line[name] = number
         names.extend(fields)
     if not names:
         raise ValueError(f"list file {path} is empty")

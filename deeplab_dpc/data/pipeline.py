@@ -35,6 +35,8 @@ training is free to trade order for speed. Evaluation is always
 deterministic.
 """
 
+import re
+
 import tensorflow as tf
 
 from deeplab_dpc.data import augment
@@ -68,9 +70,9 @@ def _augmented(
     )
     min_scale_factor, max_scale_factor, scale_factor_step_size = scales
 
-    def preprocess(serialized, element_seed):
+    def preprocess(record, element_seed):
         element = augment.preprocess_for_train(
-            decode(serialized),
+            decode(*record),
             element_seed,
             crop_size=crop_size,
             ignore_label=ignore_label,
@@ -89,9 +91,9 @@ def _augmented(
 def _padded(ds, decode, crop_size, ignore_label, mean_pixel):
     """Evaluation elements: padded to `crop_size`, `EVAL_KEYS` only."""
 
-    def preprocess(serialized):
+    def preprocess(*record):
         element = augment.preprocess_for_eval(
-            decode(serialized),
+            decode(*record),
             crop_size=crop_size,
             ignore_label=ignore_label,
             mean_pixel=mean_pixel,
@@ -119,6 +121,7 @@ def make_dataset(
     num_readers=DEFAULT_NUM_READERS,
     shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER_SIZE,
     tfds_name=None,
+    num_classes=None,
 ):
     """A batched `tf.data.Dataset` of one split.
 
@@ -147,6 +150,9 @@ def make_dataset(
       tfds_name: str or None, read `tfds:<name>` (`tfds_source.load`)
         instead of TFRecord shards; its elements are the same, and sharding
         is by element.
+      num_classes: int or None; when given, every label other than
+        `ignore_label` must be below it (checked per record, as the eval's
+        confusion matrix checks it).
 
     Returns:
       A `tf.data.Dataset` of dicts: `TRAIN_KEYS` when training, `EVAL_KEYS`
@@ -159,7 +165,12 @@ def make_dataset(
       ValueError: on bad arguments, or a global batch that the replicas
         cannot share evenly.
       tf.errors.InvalidArgumentError: while iterating, when a training record
-        has no label or an evaluation image is larger than `crop_size`.
+        has no label, an evaluation image is larger than `crop_size`, a
+        record has no image or not an image, or a label is out of range;
+        the message names the shard and record (`read_error` turns it into
+        a one-line `DataError`).
+      tf.errors.DataLossError: while iterating, on a truncated or corrupt
+        shard (`read_error` names it).
     """
     augment.check_crop_size(crop_size)
     _check_positive_int(batch_size, "batch_size")
@@ -170,12 +181,16 @@ def make_dataset(
     scales = (min_scale_factor, max_scale_factor, scale_factor_step_size)
     if is_training:
         augment.scale_factors(*scales)
+    if num_classes is not None:
+        _check_positive_int(num_classes, "num_classes")
     if tfds_name is None:
         files = tfexample.split_files(dataset_dir, split)
-        decode = tfexample.decode_example
+        decode = tfexample.decode_checked_example
     else:
         files = []
         decode = _already_decoded
+    if num_classes is not None:
+        decode = _label_checked(decode, num_classes, ignore_label)
 
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
@@ -189,7 +204,12 @@ def make_dataset(
         drop_remainder = bool(is_training)
 
     if tfds_name is not None:
-        ds = tfds_source.load(tfds_name, split, dataset_dir)
+        source = tf.constant(f"tfds:{tfds_name} {split}")
+        ds = (
+            tfds_source.load(tfds_name, split, dataset_dir)
+            .enumerate()
+            .map(lambda index, element: (element, source, index))
+        )
     else:
         ds = _read_records(
             files,
@@ -226,8 +246,48 @@ def make_dataset(
     return ds.with_options(options)
 
 
-def _already_decoded(element):
+def _already_decoded(element, source, index):
+    del source, index
     return element
+
+
+def _label_checked(decode, num_classes, ignore_label):
+    """`decode` that also checks the labels against `num_classes`."""
+
+    def decode_and_check(serialized, source, index):
+        element = decode(serialized, source, index)
+        label = tf.cast(element[tfexample.LABEL], tf.int32)
+        bad = tf.logical_and(label >= num_classes, label != ignore_label)
+        bad = tf.logical_or(bad, label < 0)
+        worst = tf.reduce_max(tf.where(bad, label, tf.zeros_like(label)))
+        message = tf.strings.join(
+            [
+                tfexample.record_message(
+                    source, index, tf.constant("label ", tf.string)
+                ),
+                tf.strings.as_string(worst),
+                f" >= num_classes ({num_classes}) and not the ignore label "
+                f"({ignore_label}) in ",
+                element[tfexample.FILENAME],
+                ": check --num_classes / --dataset and the converter",
+            ]
+        )
+        with tf.control_dependencies(
+            [tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])]
+        ):
+            element[tfexample.LABEL] = tf.identity(element[tfexample.LABEL])
+        return element
+
+    return decode_and_check
+
+
+def _tagged_records(path):
+    """(serialized, path, index) of every record of one shard."""
+    return (
+        tf.data.TFRecordDataset(path)
+        .enumerate()
+        .map(lambda index, serialized: (serialized, path, index))
+    )
 
 
 def _read_records(
@@ -246,13 +306,13 @@ def _read_records(
     if shard_by_file:
         ds = ds.shard(num_pipelines, pipeline_id)
     if not is_training:
-        return ds.flat_map(tf.data.TFRecordDataset)
+        return ds.flat_map(_tagged_records)
     # Sharding by element keeps every n-th record of one fixed order, so
     # every pipeline must read the files in the same order.
     if not shard_by_element:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return ds.interleave(
-        tf.data.TFRecordDataset,
+        _tagged_records,
         cycle_length=min(num_readers, len(files)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic or shard_by_element,
@@ -299,3 +359,52 @@ def _check_positive_int(value, name):
     """Raises ValueError naming `name` unless `value` is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class DataError(ValueError):
+    """A record or shard of a data set is unusable; one line naming it."""
+
+
+_ASSERTION = re.compile(r"assertion failed: \[(.*?)\]\s*(\[\[|$)", re.S)
+
+
+def read_error(error, dataset_dir, split):
+    """A one-line `DataError` for an error raised while reading a split.
+
+    Args:
+      error: the `tf.errors.OpError` iterating a `make_dataset` dataset
+        raised.
+      dataset_dir, split: what the dataset reads (to find a corrupt shard).
+
+    Returns:
+      `DataError` naming the shard file and record when the error is one of
+      the pipeline's checks or a truncated/corrupt shard; otherwise naming
+      the split and folder, with TensorFlow's first line.
+    """
+    text = error.message or str(error)
+    match = _ASSERTION.search(text)
+    if match:
+        found = re.sub(r"\\(['\"])", r"\1", match.group(1)).replace("] [", " ")
+        return DataError(found.strip())
+    if isinstance(error, (tf.errors.DataLossError, tf.errors.OutOfRangeError)):
+        try:
+            files = tfexample.split_files(dataset_dir, split)
+        except (FileNotFoundError, tf.errors.OpError):
+            files = []
+        found = tfexample.find_unreadable_shard(files)
+        if found:
+            path, count, message = found
+            return DataError(
+                f"{path}: not a valid TFRecord file after {count} record(s) "
+                f"(truncated or corrupt: {_first_line(message)})"
+            )
+    return DataError(
+        f"reading split {split!r} of {dataset_dir}: {_first_line(text)}"
+    )
+
+
+def _first_line(text):
+    """TensorFlow's message without its function-node prefix and op suffix."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = text.split("\n")[0]
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()

@@ -17,6 +17,7 @@ import os
 
 import tqdm
 
+from deeplab_dpc import processes
 from deeplab_dpc.data import tfexample
 
 
@@ -193,8 +194,12 @@ def worker_pool(num_workers):
         yield None
         return
     context = multiprocessing.get_context("spawn")
+    # The workers die with this process, even when it is SIGKILLed.
     with concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=context
+        num_workers,
+        mp_context=context,
+        initializer=processes.die_with_parent,
+        initargs=(os.getpid(),),
     ) as pool:
         yield pool
 

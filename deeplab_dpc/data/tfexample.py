@@ -86,7 +86,65 @@ def decode_example(serialized):
       `[0, 0, 1]` when the record has no label), `FILENAME`, `HEIGHT`,
       `WIDTH` (int32 scalars).
     """
+    return _decode_parsed(tf.io.parse_single_example(serialized, FEATURES))
+
+
+# The first bytes of the image formats `tf.io.decode_image` reads.
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def decode_checked_example(serialized, source, index):
+    """`decode_example` that names the record it cannot decode.
+
+    Args:
+      serialized: scalar string tensor.
+      source: scalar string tensor, the shard file (or data set) it came from.
+      index: int64 scalar tensor, the record's position in `source`.
+
+    Returns:
+      `decode_example`'s dict.
+
+    Raises:
+      tf.errors.InvalidArgumentError: while iterating, when the record has
+        no `image/encoded` or it is not a JPEG, PNG, GIF or BMP image; the
+        message names `source` and the record (`record_message`).
+    """
     parsed = tf.io.parse_single_example(serialized, FEATURES)
+    data = parsed[IMAGE_ENCODED]
+    # An empty one fails the first check, not this one.
+    is_image = tf.reduce_any(
+        [tf.strings.length(data) == 0]
+        + [tf.strings.substr(data, 0, len(s)) == s for s in _IMAGE_SIGNATURES]
+    )
+    checks = [
+        tf.debugging.Assert(
+            tf.strings.length(data) > 0,
+            [record_message(source, index, f"has no '{IMAGE_ENCODED}'")],
+        ),
+        tf.debugging.Assert(
+            is_image,
+            [
+                record_message(
+                    source,
+                    index,
+                    f"'{IMAGE_ENCODED}' is not a JPEG, PNG, GIF or BMP image",
+                )
+            ],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        parsed[IMAGE_ENCODED] = tf.identity(data)
+    return _decode_parsed(parsed)
+
+
+def record_message(source, index, what):
+    """A string tensor `"<source>: record <index>: <what>"` for assertions."""
+    return tf.strings.join(
+        [source, ": record ", tf.strings.as_string(index), ": ", what]
+    )
+
+
+def _decode_parsed(parsed):
     image = tf.io.decode_image(
         parsed[IMAGE_ENCODED], channels=3, expand_animations=False
     )
@@ -140,3 +198,23 @@ def encode_png(array):
 def encode_jpeg(array, quality=95):
     """JPEG bytes of a uint8 `[h, w, 3]` array."""
     return tf.io.encode_jpeg(np.asarray(array, np.uint8), quality=quality).numpy()
+
+
+def find_unreadable_shard(files):
+    """The first shard that is not a valid TFRecord file, for error messages.
+
+    Reads every record of `files` in order (only call it after a read
+    failed: it costs a pass over the files).
+
+    Returns:
+      (path, number of records read before the failure, TensorFlow's
+      message), or None when every file reads to its end.
+    """
+    for path in files:
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                count += 1
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+            return path, count, e.message
+    return None

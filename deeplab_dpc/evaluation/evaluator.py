@@ -21,7 +21,6 @@ from deeplab_dpc import file_io
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.evaluation import inference
 from deeplab_dpc.evaluation import metrics
-from deeplab_dpc.training import initial_checkpoint
 from deeplab_dpc.training import speed
 
 RESULTS_FILE = "eval_results.json"
@@ -65,6 +64,9 @@ def evaluate(
     Returns:
       dict of `metrics.StreamingMeanIoU.result` plus "num_images" and
       "confusion_matrix" (nested lists, rows true, columns predicted).
+
+    Raises:
+      pipeline.DataError: when no pixel had a label to count.
     """
     predict = predictor.predictions_function()
     metric = metrics.StreamingMeanIoU(
@@ -77,6 +79,12 @@ def evaluate(
         predictions = predict(batch[pipeline.IMAGE])
         metric.update(batch[pipeline.LABEL][..., 0], predictions)
         num_images += int(batch[pipeline.IMAGE].shape[0])
+    if not metric.matrix.sum():
+        raise pipeline.DataError(
+            f"nothing to evaluate: {num_images} image(s) and no labelled pixel "
+            "(an empty shard, or records without labels such as a test split; "
+            "an mIOU of them would be meaningless)"
+        )
     result = metric.result(class_names)
     result["num_images"] = num_images
     result["confusion_matrix"] = metric.matrix.tolist()
@@ -99,6 +107,7 @@ def evaluate_checkpoint(
     jit_compile=False,
     mixed_precision=speed.MIXED_PRECISION_NONE,
     fold_batch_norm=False,
+    checkpoint_flag="--checkpoint_dir",
 ):
     """Evaluates one checkpoint of the training program on a split.
 
@@ -115,16 +124,26 @@ def evaluate_checkpoint(
       jit_compile: bool, XLA-compile inference.
       mixed_precision: "none", "bfloat16" or "float16" (see `speed`).
       fold_batch_norm: bool, fold batch norm into the convs for inference.
+      checkpoint_flag: str or None, the flag error messages name for
+        `checkpoint_path`.
+
+    Raises:
+      pipeline.DataError: one line naming the shard and record that cannot
+        be read or has a label out of range, or the split when it has no
+        labelled pixel.
 
     Returns:
       `evaluate`'s dict plus "checkpoint", "step", "eval_scales",
       "add_flipped_images", "split", "jit_compile", "mixed_precision",
       "fold_batch_norm" and "seconds".
     """
-    checkpoint_path = initial_checkpoint.resolve_initial_checkpoint(checkpoint_path)
+    checkpoint_path = inference.resolve_checkpoint(checkpoint_path, checkpoint_flag)
     start = time.time()
     model = inference.load_model(
-        model_options, checkpoint_path, mixed_precision=mixed_precision
+        model_options,
+        checkpoint_path,
+        mixed_precision=mixed_precision,
+        checkpoint_flag=checkpoint_flag,
     )
     predictor = inference.Predictor(
         model,
@@ -142,15 +161,21 @@ def evaluate_checkpoint(
         is_training=False,
         ignore_label=ignore_label,
         tfds_name=tfds_name,
-    )
-    result = evaluate(
-        predictor,
-        dataset,
         num_classes=model_options.num_classes,
-        ignore_label=ignore_label,
-        class_names=class_names,
-        progress=progress,
     )
+    try:
+        result = evaluate(
+            predictor,
+            dataset,
+            num_classes=model_options.num_classes,
+            ignore_label=ignore_label,
+            class_names=class_names,
+            progress=progress,
+        )
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        raise pipeline.read_error(e, dataset_dir, split) from None
+    except pipeline.DataError as e:
+        raise pipeline.DataError(f"split {split!r} of {dataset_dir}: {e}") from None
     result.update(
         checkpoint=checkpoint_path,
         step=checkpoint_step(checkpoint_path),

@@ -177,7 +177,32 @@ class Predictor:
         return tf.function(self.predictions, jit_compile=self.jit_compile)
 
 
-def load_model(options, checkpoint_path, *, mixed_precision=speed.MIXED_PRECISION_NONE):
+def renamed_flag(error, checkpoint_flag):
+    """`error` of the initial-checkpoint code naming `checkpoint_flag` instead.
+
+    `initial_checkpoint` names the training program's
+    `--tf_initial_checkpoint`; eval and vis take `--checkpoint_dir`.
+    """
+    if not checkpoint_flag:
+        return error
+    return type(error)(str(error).replace("--tf_initial_checkpoint", checkpoint_flag))
+
+
+def resolve_checkpoint(path, checkpoint_flag=None):
+    """`initial_checkpoint.resolve_initial_checkpoint` naming `checkpoint_flag`."""
+    try:
+        return initial_checkpoint.resolve_initial_checkpoint(path)
+    except FileNotFoundError as e:
+        raise renamed_flag(e, checkpoint_flag) from None
+
+
+def load_model(
+    options,
+    checkpoint_path,
+    *,
+    mixed_precision=speed.MIXED_PRECISION_NONE,
+    checkpoint_flag=None,
+):
     """Builds the model for `options` and restores a training checkpoint.
 
     Args:
@@ -186,6 +211,8 @@ def load_model(options, checkpoint_path, *, mixed_precision=speed.MIXED_PRECISIO
       checkpoint_path: a checkpoint prefix or a `train_logdir` (its latest).
       mixed_precision: "none", "bfloat16" or "float16", the dtype policy the
         model is built under (`speed.dtype_policy`).
+      checkpoint_flag: str or None, the flag that gave `checkpoint_path`,
+        which the error messages then name (e.g. "--checkpoint_dir").
 
     Returns:
       the Keras model with the checkpoint's weights.
@@ -200,7 +227,10 @@ def load_model(options, checkpoint_path, *, mixed_precision=speed.MIXED_PRECISIO
         model = deeplab.build_deeplab(
             dataclasses.replace(options, backbone_weights=None)
         )
-    result = initial_checkpoint.restore_initial_checkpoint(model, checkpoint_path)
+    try:
+        result = initial_checkpoint.restore_initial_checkpoint(model, checkpoint_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise renamed_flag(e, checkpoint_flag) from None
     if result["missing"] or result["unused"]:
         raise ValueError(
             f"checkpoint {result['checkpoint']!r} does not fit the model "

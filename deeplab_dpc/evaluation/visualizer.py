@@ -8,7 +8,9 @@ official labelIds (trainIds mapped back with `cityscapesscripts`' table) and
 are named `<city>_<seq>_<frame>_gtFine_labelIds.png`, which the official
 evaluator (`cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling`)
 matches to its ground truth. Every PNG is written under a temporary name and
-renamed, so a killed run leaves no half-written file.
+renamed, so a killed run leaves no half-written file; `COMPLETE_FILE`
+(`vis_complete.json`, the number of images) is written when every image is,
+and removed when a run starts, so a folder without it is partial.
 """
 
 import os
@@ -24,6 +26,7 @@ from deeplab_dpc.data import registry
 
 SEGMENTATION_DIR = "segmentation_results"
 RAW_SEGMENTATION_DIR = "raw_segmentation_results"
+COMPLETE_FILE = "vis_complete.json"
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 _CITYSCAPES_PREDICTION_SUFFIX = "_gtFine_labelIds"
 
@@ -83,6 +86,9 @@ def visualize(
     Returns:
       int, the number of images written.
     """
+    marker = os.path.join(vis_logdir, COMPLETE_FILE)
+    if os.path.lexists(marker):
+        os.remove(marker)  # Until this run has written every image.
     seg_dir = os.path.join(vis_logdir, SEGMENTATION_DIR)
     raw_dir = os.path.join(vis_logdir, RAW_SEGMENTATION_DIR)
     os.makedirs(seg_dir, exist_ok=True)
@@ -111,4 +117,5 @@ def visualize(
                     raw = cityscapes.train_ids_to_label_ids(prediction)
                 write_png(os.path.join(raw_dir, raw_name), raw)
             count += 1
+    file_io.write_json(marker, {"num_images": count}, indent=1)
     return count

@@ -206,7 +206,17 @@ class Runner:
         return np.dtype(self._output["dtype"]) == np.int32
 
     def resize(self, height, width):
-        """Resizes a resizable input (`--allow_resize`) and reallocates."""
+        """Resizes a resizable input (`--allow_resize`) and reallocates.
+
+        Raises:
+          ValueError: for a file of a fixed input size, naming it.
+        """
+        if -1 not in self.input_shape[1:3]:
+            raise ValueError(
+                f"the file takes {self.input_shape[1]}x{self.input_shape[2]} "
+                f"images only, not {int(height)}x{int(width)}: it was exported "
+                "without --allow_resize"
+            )
         self.interpreter.resize_tensor_input(
             self._input["index"], [1, int(height), int(width), 3], strict=True
         )
@@ -242,6 +252,16 @@ class Runner:
         self.set_input(image)
         self.interpreter.invoke()
         output = self.interpreter.get_tensor(self._output["index"])
+        size_in = tuple(int(d) for d in self._input["shape"][1:3])
+        if tuple(output.shape[1:3]) != size_in:
+            # A file exported for a fixed crop, resized anyway: its head still
+            # pools and reshapes for the crop (a 33x33 input gave 65x65).
+            raise ValueError(
+                f"the file returned a {output.shape[1]}x{output.shape[2]} output "
+                f"for a {size_in[0]}x{size_in[1]} input: it was exported for a "
+                "fixed crop; export it with --allow_resize, or send images of "
+                "its crop size"
+            )
         if output.dtype in (np.int8, np.uint8):
             scale, zero_point = _quantization(self._output)
             output = (output.astype(np.float32) - zero_point) * scale

@@ -39,12 +39,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import deeplab_dpc
+from deeplab_dpc import file_io
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import augment
 from deeplab_dpc.evaluation import inference
@@ -54,6 +54,11 @@ from deeplab_dpc.layers import resize
 
 EXTRA_DIR = "assets.extra"
 OPTIONS_FILE = "deeplab_options.json"
+# The signatures' pixel budget by default (`--max_image_pixels`): 16 MP, a
+# 4096x4096 image. An 8000x8000 PNG of 198 KB cost 5.1 GiB without one.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+# The staging and replaced-version folders of exports (`file_io`).
+_STAGING = r"\.\d+\.(?:tmp|replaced)-"
 
 
 def fit_size(height, width, crop_size, dtype=tf.int64):
@@ -98,20 +103,75 @@ def pad_to_crop(images, crop_size):
     return padded
 
 
-def _decode(encoded):
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def _decode(encoded, max_pixels):
+    """One image, after its header's size is checked against `max_pixels`."""
+    height, width = _header_size(encoded)
+    check = tf.debugging.assert_less_equal(
+        height * width,
+        tf.constant(max_pixels, tf.int64),
+        message=_over_budget("predict_images", max_pixels),
+    )
+    with tf.control_dependencies([check]):
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
 
-def _decode_batch(encoded):
+def _over_budget(signature, max_pixels):
+    return (
+        f"{signature}: an image has more than {max_pixels} pixels, the "
+        "export's --max_image_pixels (height x width as its header says, "
+        "checked before decoding): send a smaller image"
+    )
+
+
+def _header_size(encoded):
+    """(height, width), int64, from a JPEG, PNG, GIF or BMP header, not decoded.
+
+    Unknown formats give (0, 0): `decode_image` then refuses them.
+    """
+    head = tf.strings.substr(
+        tf.strings.join([tf.strings.substr(encoded, 0, 32), b"\0" * 32]), 0, 32
+    )
+    raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def number(start, size, big_endian):
+        digits = raw[start : start + size]
+        if big_endian:
+            digits = tf.reverse(digits, [0])
+        return tf.reduce_sum(digits * (256 ** tf.range(size, dtype=tf.int64)))
+
+    def starts(signature):
+        return tf.strings.substr(encoded, 0, len(signature)) == signature
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(encoded), tf.int64)
+        return shape[0], shape[1]
+
+    def bmp():
+        height = number(22, 4, False)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # Top-down.
+        return height, number(18, 4, False)
+
+    return tf.case(
+        [
+            (starts(b"\xff\xd8\xff"), jpeg),
+            (starts(b"\x89PNG"), lambda: (number(20, 4, True), number(16, 4, True))),
+            (starts(b"GIF8"), lambda: (number(8, 2, False), number(6, 2, False))),
+            (starts(b"BM"), bmp),
+        ],
+        default=lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+    )
+
+
+def _decode_batch(encoded, max_pixels):
     """Decodes `[batch]` JPEG/PNG strings of one size into uint8 images."""
     check = tf.debugging.assert_positive(
         tf.size(encoded), message="predict_images: the request has no image"
     )
     with tf.control_dependencies([check]):
-        size = tf.shape(_decode(encoded[0]))[:2]
+        size = tf.shape(_decode(encoded[0], max_pixels))[:2]
 
     def decode_checked(data):
-        image = _decode(data)
+        image = _decode(data, max_pixels)
         same = tf.debugging.assert_equal(
             tf.shape(image)[:2],
             size,
@@ -134,10 +194,12 @@ class _ServingGraph:
 
     Args:
       predictor: an `inference.Predictor`.
+      max_pixels: int, the largest height x width a signature accepts.
     """
 
-    def __init__(self, predictor):
+    def __init__(self, predictor, max_pixels=None):
         self._predictor = predictor
+        self._max_pixels = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
 
     def signatures(self):
         """The signature concrete functions, by signature name.
@@ -153,7 +215,7 @@ class _ServingGraph:
             self._segment, input_signature=[image_spec], autograph=False
         )
         segment_encoded = tf.function(
-            lambda encoded: segment(_decode_batch(encoded)),
+            lambda encoded: segment(_decode_batch(encoded, self._max_pixels)),
             input_signature=[encoded_spec],
             autograph=False,
         )
@@ -184,10 +246,17 @@ class _ServingGraph:
         )
         shape = tf.shape(images)
         height, width = shape[1], shape[2]
-        check = tf.debugging.assert_positive(
-            shape[1:3], message="ImageTensor: images need at least 1x1 pixels"
-        )
-        with tf.control_dependencies([check]):
+        checks = [
+            tf.debugging.assert_positive(
+                shape[1:3], message="ImageTensor: images need at least 1x1 pixels"
+            ),
+            tf.debugging.assert_less_equal(
+                tf.cast(height, tf.int64) * tf.cast(width, tf.int64),
+                tf.constant(self._max_pixels, tf.int64),
+                message=_over_budget("ImageTensor", self._max_pixels),
+            ),
+        ]
+        with tf.control_dependencies(checks):
             fit_h, fit_w = fit_size(height, width, self._predictor.crop_size)
         images = resize.resize_bilinear(
             tf.cast(images, tf.float32), tf.stack([fit_h, fit_w])
@@ -309,7 +378,7 @@ def _publish(staging, target, overwrite):
     if not overwrite:
         raise _existing_version_error(target)
     parent, name = os.path.split(target)
-    trash = tempfile.mkdtemp(dir=parent, prefix=f".{name}.replaced-")
+    trash = file_io.make_staging_dir(parent, f".{name}.replaced-", _STAGING)
     old = os.path.join(trash, name)
     os.rename(target, old)
     try:
@@ -331,12 +400,17 @@ def export_saved_model(
     add_flipped_images=False,
     overwrite=False,
     fold_batch_norm=True,
+    max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
 ):
     """Writes a SavedModel for TF Serving to `<export_path>/<model_version>`.
 
-    The export is written to a hidden `.<version>.tmp-*` folder of
-    `export_path` (which TF Serving ignores: not a number) and renamed into
-    place when complete; a failure removes it.
+    The export is written to a hidden `.<version>.tmp-<pid>@<host>-*` folder
+    of `export_path` (which TF Serving ignores: not a number) and renamed into
+    place when complete; a failure removes it, and the next export into
+    `export_path` removes those of killed exports (`file_io.make_staging_dir`).
+    The version folder gets the mode of a plain folder under the umask (its
+    files are readable by whoever may read the folder, e.g. TF Serving
+    running as another user).
 
     Args:
       model: the DeepLab Keras model built for `options.crop_size`, with its
@@ -350,6 +424,10 @@ def export_saved_model(
       fold_batch_norm: bool, serve the model with its batch norms folded
         into the convs (`folding.fold_batch_norms`): the same predictions up
         to float rounding, faster. `model` itself is left as it is.
+      max_image_pixels: int >= 1, the signatures refuse an image of more
+        pixels (height x width) with an error naming the limit;
+        `predict_images` reads the size from the image's header before
+        decoding, so an over-budget image costs no memory.
 
     Returns:
       str, the version folder written.
@@ -361,7 +439,10 @@ def export_saved_model(
     """
     target = version_dir(export_path, model_version, overwrite)
     _check_model(model, options)
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be an int >= 1, got {max_image_pixels!r}")
     description = model_description(options, inference_scales, add_flipped_images)
+    description["max_image_pixels"] = max_image_pixels
     predictor = inference.Predictor(
         model,
         options,
@@ -374,13 +455,15 @@ def export_saved_model(
     # as functions.
     root = tf.Module(name="deeplab")
     root.model_variables = _tf_variables(m for _, m in predictor.models)
-    os.makedirs(export_path, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=export_path, prefix=f".{model_version}.tmp-")
+    # Named after this process; killed exports' leftovers go first.
+    staging = file_io.make_staging_dir(
+        export_path, f".{model_version}.tmp-", _STAGING
+    )
     try:
         # Traced on the portable ops only: the SavedModel must serve on any
         # device, not just on kernels of the machine that exports it.
         with fast_paths.portable():
-            signatures = _ServingGraph(predictor).signatures()
+            signatures = _ServingGraph(predictor, max_image_pixels).signatures()
             tf.saved_model.save(root, staging, signatures=signatures)
         os.makedirs(os.path.join(staging, EXTRA_DIR))
         with open(os.path.join(staging, EXTRA_DIR, OPTIONS_FILE), "w") as f:

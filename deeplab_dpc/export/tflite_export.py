@@ -26,7 +26,6 @@ import gzip
 import json
 import os
 import shutil
-import tempfile
 from typing import Optional
 
 import numpy as np
@@ -231,8 +230,8 @@ def export(
         )
     check_output_dir(output_dir, variants, overwrite)
     created = not os.path.isdir(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=output_dir, prefix=".tflite-staging-")
+    # Named after this process; killed exports' leftovers go first.
+    staging = file_io.make_staging_dir(output_dir, ".tflite-staging-")
     try:
         images = _parity_images(checks, conversion.crop_size, representative)
         reference = (images, model_fn(tf.constant(images)).numpy())

@@ -80,6 +80,9 @@ MODEL_VARIANT = flags.DEFINE_enum(
 DEPTH_MULTIPLIER = flags.DEFINE_float(
     "depth_multiplier", 1.0, "MobileNet-v2's width multiplier (alpha)."
 )
+flags.register_validator(
+    "depth_multiplier", lambda value: value > 0, "must be > 0 (e.g. 0.35, 1.0)"
+)
 OUTPUT_STRIDE = flags.DEFINE_enum(
     "output_stride",
     "16",
@@ -180,7 +183,9 @@ BACKBONE_WEIGHTS = flags.DEFINE_string(
     "none, imagenet (downloaded by tf.keras.applications) or a weights file "
     "of the no-top application.",
 )
-WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's L2 weight decay.")
+WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", 4e-5, "DeepLab's L2 weight decay.", lower_bound=0.0
+)
 BATCH_NORM_DECAY = flags.DEFINE_float(
     "batch_norm_decay",
     0.9997,

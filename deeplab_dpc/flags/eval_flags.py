@@ -92,11 +92,11 @@ def checkpoints(max_count):
     """
     import tensorflow as tf
 
-    from deeplab_dpc.training import initial_checkpoint
+    from deeplab_dpc.evaluation import inference
 
     path = CHECKPOINT_DIR.value
     if not tf.io.gfile.isdir(path):
-        yield initial_checkpoint.resolve_initial_checkpoint(path)
+        yield inference.resolve_checkpoint(path, "--checkpoint_dir")
         return
     for count, checkpoint in enumerate(
         tf.train.checkpoints_iterator(

@@ -31,6 +31,7 @@ TRAINING_NUMBER_OF_STEPS = flags.DEFINE_integer(
 BASE_LEARNING_RATE = flags.DEFINE_float(
     "base_learning_rate", 1e-4, "Initial learning rate."
 )
+flags.register_validator("base_learning_rate", lambda value: value > 0, "must be > 0")
 LEARNING_POLICY = flags.DEFINE_enum(
     "learning_policy", "poly", list(LEARNING_POLICIES), "Learning policy."
 )

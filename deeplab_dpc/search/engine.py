@@ -50,6 +50,7 @@ from absl import logging
 import optuna
 from optuna.trial import TrialState
 
+from deeplab_dpc import processes
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
@@ -75,6 +76,9 @@ STORAGE_FILE = study_storage.STORAGE_FILE
 default_storage = study_storage.default_storage
 open_storage = study_storage.open_storage
 _SETTINGS = ("strategy", "objectives", "num_branches")
+# The study attribute of what else a trial's result depends on (the proxy
+# budget, the crop, ...): `create_or_load_study(trial_settings=)`.
+ATTR_TRIAL_SETTINGS = "trial_settings"
 
 
 def worker_name() -> str:
@@ -100,6 +104,7 @@ def create_or_load_study(
     heartbeat_interval: int = 60,
     grace_period: Optional[int] = None,
     max_retry: int = 3,
+    trial_settings: Optional[dict] = None,
     **sampler_options,
 ) -> optuna.Study:
     """Creates a study, or joins it with the sampler of its strategy.
@@ -116,6 +121,9 @@ def create_or_load_study(
         pruner: an Optuna pruner; None for Optuna's default (median).
         heartbeat_interval, grace_period, max_retry: see `open_storage`
             (unused when `storage` is an `RDBStorage`).
+        trial_settings: dict of JSON values or None: what else the trials'
+            results depend on (e.g. the proxy's steps, the crop); stored in
+            the study, which refuses other values later, naming each one.
         **sampler_options: explore_prob, local_top_k, population_size,
             tournament_size and feasible for `strategies.make_sampler`.
 
@@ -124,7 +132,8 @@ def create_or_load_study(
 
     Raises:
         ValueError: for bad settings, or if the stored study was created with
-            another strategy, objectives or number of branches.
+            another strategy, objectives, number of branches or
+            `trial_settings`.
     """
     sampler = strategies.make_sampler(
         strategy,
@@ -157,10 +166,34 @@ def create_or_load_study(
             study.set_user_attr(name, value)
         elif stored != value:
             raise ValueError(
-                f"study {study_name!r} in {storage.url} was created with "
-                f"{name}={stored!r}, not {value!r}; use another study name"
+                f"study {study_name!r} in {study_storage.redact(storage.url)} was "
+                f"created with {name}={stored!r}, not {value!r}; use another "
+                "study name (--study_name) to start a new study"
             )
+    if trial_settings is not None:
+        _check_trial_settings(study, storage, trial_settings)
     return study
+
+
+def _check_trial_settings(study, storage, trial_settings):
+    """Stores `trial_settings` in a new study; refuses a study's other ones."""
+    settings = json.loads(json.dumps(trial_settings))
+    stored = study.user_attrs.get(ATTR_TRIAL_SETTINGS)
+    if stored is None:
+        study.set_user_attr(ATTR_TRIAL_SETTINGS, settings)
+        return
+    differences = [
+        f"{key}={stored.get(key)!r}, not {settings.get(key)!r}"
+        for key in sorted(set(stored) | set(settings))
+        if stored.get(key) != settings.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"study {study.study_name!r} in {study_storage.redact(storage.url)} "
+            f"was run with {'; '.join(differences)}: its trials would not "
+            "compare with new ones; use those settings, or another study name "
+            "(--study_name) to start a new study"
+        )
 
 
 @dataclasses.dataclass
@@ -559,6 +592,8 @@ def launch_workers(
                 list(argv),
                 env=worker_env,
                 cwd=cwd,
+                # A killed launcher leaves no worker behind.
+                preexec_fn=processes.parent_death_preexec(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )

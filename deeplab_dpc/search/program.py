@@ -66,6 +66,7 @@ from deeplab_dpc.search import proxy
 from deeplab_dpc.search import report as report_lib
 from deeplab_dpc.search import rerank as rerank_lib
 from deeplab_dpc.search import space
+from deeplab_dpc.search import study_storage
 from deeplab_dpc.training import trainer
 
 MODES = ("pretrain", "cache", "search", "rerank", "report", "all")
@@ -77,7 +78,10 @@ FLAGS = flags.FLAGS
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "What to run.")
 _SEARCH_DIR = flags.DEFINE_string("search_dir", None, "The search's folder.")
 _STORAGE = flags.DEFINE_string(
-    "storage", None, "Optuna storage URL (default: sqlite file in --search_dir)."
+    "storage",
+    None,
+    "Optuna storage URL (default: sqlite file in --search_dir). Leave the "
+    "password out of a postgresql:// URL: libpq reads PGPASSWORD or ~/.pgpass.",
 )
 _STUDY_NAME = flags.DEFINE_string(
     "study_name", engine.DEFAULT_STUDY_NAME, "Study shared by the workers."
@@ -265,12 +269,34 @@ def build_cache(allow_pretrain=False):
 
 def _load_cache():
     try:
-        return cache_lib.load_info(_search_dir())
+        cache = cache_lib.load_info(_search_dir())
     except (FileNotFoundError, ValueError) as e:
         raise flags.ValidationError(
             f"--search_dir={_SEARCH_DIR.value!r} has no usable feature cache "
             f"({e}); run --mode=cache first"
         ) from e
+    if tuple(cache.crop_size) != tuple(_train_crop()):
+        raise flags.ValidationError(
+            f"--train_crop_size={FLAGS.train_crop_size!r}, but the feature cache "
+            f"in --search_dir={_SEARCH_DIR.value!r} was made at "
+            f"{','.join(map(str, cache.crop_size))}: use that crop, or "
+            "another --search_dir (a feature cache holds one crop)"
+        )
+    return cache
+
+
+def _trial_settings():
+    """What a trial's result depends on besides its cell: a study keeps one."""
+    budget = {key: value for key, value in _proxy_kwargs().items() if key != "seed"}
+    return {
+        **budget,
+        "train_crop_size": list(_train_crop()),
+        "model_variant": common_flags.MODEL_VARIANT.value,
+        "depth_multiplier": common_flags.DEPTH_MULTIPLIER.value,
+        "output_stride": common_flags.OUTPUT_STRIDE.value,
+        "proxy_eval_every": _PROXY_EVAL_EVERY.value,
+        "val_split": _VAL_SPLIT.value,
+    }
 
 
 def _proxy_kwargs():
@@ -390,10 +416,28 @@ def open_study(feasible=None):
             population_size=_POPULATION_SIZE.value,
             tournament_size=_TOURNAMENT_SIZE.value,
             feasible=feasible,
+            trial_settings=_trial_settings(),
             **_one_shot_options(),
         )
     except ValueError as e:
         raise flags.ValidationError(str(e)) from e
+
+
+def _given_flags():
+    """The flags given (not at their defaults), as flagfile lines.
+
+    What local workers read: a flag written at its default would count as
+    given there (`batch_norm_decay`'s absence changes the proxy's momentum).
+    """
+    seen, lines = set(), []
+    for module_flags in FLAGS.flags_by_module_dict().values():
+        for flag in module_flags:
+            if id(flag) in seen or flag.name == "flagfile":
+                continue
+            seen.add(id(flag))
+            if flag.present or not flag.using_default_value:
+                lines.append(flag.serialize())
+    return "".join(f"{line}\n" for line in sorted(lines))
 
 
 def search():
@@ -403,7 +447,8 @@ def search():
     study = open_study(budget)
     if _NUM_WORKERS.value > 1:
         flagfile = os.path.join(_search_dir(), FLAGS_FILE)
-        file_io.write_text(flagfile, FLAGS.flags_into_string())
+        text, env = study_storage.without_password(_given_flags(), _STORAGE.value)
+        file_io.write_text(flagfile, text, private=bool(_STORAGE.value))
         engine.launch_workers(
             _NUM_WORKERS.value,
             [
@@ -416,6 +461,7 @@ def search():
             ],
             log_dir=os.path.join(_search_dir(), "logs"),
             pin=_PIN_WORKERS.value,
+            env=env,
         )
     else:
         stats = engine.run_worker(

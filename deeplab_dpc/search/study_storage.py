@@ -26,11 +26,19 @@ that relies on `SELECT ... FOR UPDATE`, which SQLite ignores, so two
 processes could both claim one queued trial and train it twice. Every
 transaction on a SQLite storage therefore starts with `BEGIN IMMEDIATE`,
 which takes the database's write lock before the first read.
+
+Secrets: `redact` masks the password of a storage URL
+(`postgresql://user:***@host/db`) wherever the search logs, raises or writes
+one. A URL without a password lets libpq find it (`PGPASSWORD`, `~/.pgpass`).
+A `postgresql://` URL without a driver uses psycopg2 when psycopg (3),
+SQLAlchemy's default, is not installed.
 """
 
 import contextlib
 import functools
+import importlib.util
 import os
+import re
 import sqlite3
 import time
 import warnings
@@ -43,6 +51,23 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 STORAGE_FILE = "study.db"
+
+
+# `scheme://user:password@`: the password part.
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*:?//[^:/@\s]*:)([^@\s/]+)(@)")
+
+
+def redact(text) -> str:
+    """`text` with the password of every URL in it replaced by `***`."""
+    return _PASSWORD.sub(r"\1***\3", str(text))
+
+
+def _with_driver(url):
+    """`postgresql://` made `postgresql+psycopg2://` when psycopg is missing."""
+    if url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return url.set(drivername="postgresql+psycopg2")
+    return url
 
 
 def default_storage(search_dir) -> str:
@@ -145,28 +170,83 @@ def open_storage(
             raise ValueError("give a storage URL or a search_dir for the default")
         os.makedirs(search_dir, exist_ok=True)
         storage = default_storage(search_dir)
-    url = sqlalchemy.engine.make_url(storage) if "://" in storage else None
+    try:
+        url = sqlalchemy.engine.make_url(storage) if "://" in storage else None
+    except sqlalchemy.exc.ArgumentError:
+        url = None
     if url is None or url.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
         raise ValueError(
-            f"storage is {storage!r}; it must be a URL starting with "
+            f"storage is {redact(storage)!r}; it must be a URL starting with "
             "sqlite:///, postgresql:// or mysql://"
         )
+    url = _with_driver(url)
+    storage = url.render_as_string(hide_password=False)
     engine_kwargs = {}
     if url.get_backend_name() != "sqlite":
         engine_kwargs["pool_pre_ping"] = True
     elif url.database and url.database != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
-        with contextlib.closing(_connect_sqlite(url.database)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")  # Persists in the file.
+        try:
+            with contextlib.closing(_connect_sqlite(url.database)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")  # Persists in the file.
+        except sqlite3.DatabaseError as e:
+            raise _unusable(url.database, e) from None
         engine_kwargs["creator"] = functools.partial(_connect_sqlite, url.database)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return StudyStorage(
-            storage,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=(
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            ),
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return StudyStorage(
+                storage,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=(
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=max_retry
+                    )
+                ),
+            )
+    except (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError) as e:
+        where = url.database if url.get_backend_name() == "sqlite" else storage
+        raise _unusable(where, e) from None
+
+
+def _unusable(where, error):
+    """ValueError naming a storage that cannot be opened, password masked."""
+    first = redact(str(error).strip().splitlines()[0] if str(error).strip() else error)
+    return ValueError(
+        f"study storage {redact(where)} cannot be used ({first}); a corrupt "
+        "SQLite file can be moved away to start a new study"
+    )
+
+
+def without_password(text, storage):
+    """`text` (e.g. recorded flags) with `storage`'s password taken out.
+
+    Args:
+      text: str holding `storage` verbatim.
+      storage: the storage URL or None.
+
+    Returns:
+      (text, env): for a `postgresql` URL with a password, `text` with the
+      URL without it and `{"PGPASSWORD": password}`, the environment in which
+      libpq (hence a worker reading the text) finds it; otherwise `text`
+      unchanged and None (a `mysql` password stays: write such text 0600).
+    """
+    if not storage or "://" not in storage:
+        return text, None
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError:
+        return text, None
+    if url.password is None or url.get_backend_name() != "postgresql":
+        return text, None
+    bare = sqlalchemy.engine.URL.create(
+        url.drivername,
+        username=url.username,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=url.query,
+    ).render_as_string(hide_password=False)
+    return text.replace(storage, bare), {"PGPASSWORD": str(url.password)}

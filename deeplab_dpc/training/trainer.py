@@ -190,6 +190,18 @@ class TrainOptions:
         for name in ("hard_example_mining_step", "slow_start_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.learning_power > 0:
+            raise ValueError(f"learning_power must be > 0, got {self.learning_power}")
+        # 0 is allowed here (a step that changes no weight, in tests); the
+        # training program's flag wants > 0.
+        for name in (
+            "base_learning_rate",
+            "end_learning_rate",
+            "slow_start_learning_rate",
+            "momentum",
+        ):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learning_policy not in LEARNING_POLICIES:
             raise ValueError(
                 f"learning_policy must be one of {LEARNING_POLICIES}, got "
@@ -279,6 +291,12 @@ def freeze_batch_norm(model):
     ):  # pylint: disable=protected-access
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             layer.trainable = False
+
+
+# The training program's exit status after a SIGTERM (checkpoint written):
+# 128 + SIGTERM, what a shell reports for a process SIGTERM stopped, so that
+# schedulers see a run to restart, not a finished one (0) or a failure (1).
+EXIT_TERMINATED = 128 + int(signal.SIGTERM)
 
 
 class _TerminationFlag:
@@ -510,6 +528,7 @@ def _training_dataset(strategy, model_options, o):
         crop_size=model_options.crop_size,
         is_training=True,
         ignore_label=o.ignore_label,
+        num_classes=model_options.num_classes,
         min_scale_factor=o.min_scale_factor,
         max_scale_factor=o.max_scale_factor,
         scale_factor_step_size=o.scale_factor_step_size,
@@ -611,6 +630,8 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
       FileNotFoundError: when the split has no shards, or nothing is at
         `tf_initial_checkpoint`.
       FloatingPointError: on a non-finite loss, naming the step.
+      pipeline.DataError: on a record that cannot be trained on (a label
+        >= num_classes, no image, a corrupt shard), naming shard and record.
     """
     strategy = strategy or tf.distribute.get_strategy()
     o = train_options
@@ -658,7 +679,10 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                 step, o.top_k_percent_pixels, o.hard_example_mining_step
             )
             # A tensor, so that the mining ramp does not retrace the step.
-            batch = next(iterator)
+            try:
+                batch = next(iterator)
+            except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+                raise pipeline.read_error(e, o.dataset_dir, o.train_split) from None
             loss = float(train_step(batch, tf.constant(fraction, tf.float32)))
             if not results["losses"]:
                 # The step is traced: which kernels its layers run on.

@@ -433,6 +433,16 @@ def test_list_lines_with_image_and_label_paths(tmp_path):
     assert converters.read_list(str(path)) == ["2007_000032", "2007_000039"]
 
 
+def test_a_name_listed_twice_is_an_error(tmp_path):
+    # The audit's converters wrote such an example twice, silently.
+    path = tmp_path / "train.txt"
+    path.write_text("2007_000032\n2007_000039\n/JPEGImages/2007_000032.jpg x.png\n")
+    with pytest.raises(
+        ValueError, match=f"{path}:3: '2007_000032' is listed again \\(first on line 1\\)"
+    ):
+        converters.read_list(str(path))
+
+
 def test_empty_split_is_an_error(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     _write_ade20k(root, np.random.default_rng(9), counts=(("training", 1),))

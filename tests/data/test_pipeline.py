@@ -422,3 +422,62 @@ def test_tfds_source_gives_the_same_batches_as_records():
         np.testing.assert_array_equal(labels[i, :h, :w], element[tfexample.LABEL])
     assert train_batch[pipeline.IMAGE].shape == (2, 9, 9, 3)
     assert train_batch[pipeline.LABEL].dtype == tf.int32
+
+
+def _write_records(path, examples):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for example in examples:
+            writer.write(
+                example if isinstance(example, bytes) else example.SerializeToString()
+            )
+
+
+def _example(name, label_value=1, image=None):
+    image = np.zeros((H, W, 3), np.uint8) if image is None else image
+    label = tfexample.encode_png(np.full((H, W), label_value))
+    data = image if isinstance(image, bytes) else tfexample.encode_png(image)
+    return tfexample.encode_example(data, name, H, W, label, "png")
+
+
+def _read_error(dataset, directory, split):
+    with pytest.raises(tf.errors.OpError) as raised:
+        for _ in dataset:
+            pass
+    return str(pipeline.read_error(raised.value, str(directory), split))
+
+
+@pytest.mark.parametrize("is_training", [True, False])
+def test_labels_above_num_classes_name_shard_and_record(tmp_path, is_training):
+    # --dataset=custom --num_classes=1 on data with labels 0..6: the silent
+    # case of the audit, now an error naming the shard, record and image.
+    shard = tmp_path / tfexample.shard_name("train", 0, 1)
+    _write_records(shard, [_example("a", 0), _example("b", IGNORE), _example("c", 6)])
+    make = _train if is_training else _eval
+    dataset = make(tmp_path, "train", num_classes=1, **({"seed": 0} if is_training else {}))
+    message = _read_error(dataset, tmp_path, "train")
+    assert f"{shard}: record 2: label 6 >= num_classes (1)" in message
+    assert "in c" in message and "\n" not in message
+    # Labels in range (and the ignore label) pass.
+    next(iter(make(tmp_path, "train", num_classes=7)))
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"\x00" * 40, "not a valid TFRecord file after 0 record(s)"),
+        ("truncated", "not a valid TFRecord file after 1 record(s)"),
+        (tfexample.encode_example(b"not an image", "x", H, W), "record 0: 'image/encoded' is not"),
+        (tf.train.Example(), "record 0: has no 'image/encoded'"),
+    ],
+)
+def test_unreadable_records_name_the_file(tmp_path, content, expected):
+    shard = tmp_path / tfexample.shard_name("val", 0, 1)
+    if content == "truncated":
+        _write_records(shard, [_example("a"), _example("b")])
+        shard.write_bytes(shard.read_bytes()[:-30])
+    elif isinstance(content, bytes):
+        shard.write_bytes(content)
+    else:
+        _write_records(shard, [content])
+    message = _read_error(_eval(tmp_path, "val"), tmp_path, "val")
+    assert str(shard) in message and expected in message, message

@@ -465,3 +465,83 @@ def test_program_bad_checkpoint_path(tmp_path):
     assert f"error: --checkpoint_path='{missing}': no checkpoint there" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "export").exists()
+
+
+def _solid_png(height, width):
+    """A black RGB PNG, written row by row: a few hundred KB, never in memory."""
+    import struct  # pylint: disable=g-import-not-at-top
+    import zlib  # pylint: disable=g-import-not-at-top
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)
+    data = b"".join(compressor.compress(row) for _ in range(height))
+    data += compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+# ru_maxrss would carry the parent's peak across fork and exec: the peak
+# (VmHWM) is reset through /proc/self/clear_refs after a warm-up instead.
+_BUDGET_PROCESS = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    def status(key):
+        with open("/proc/self/status") as f:
+            return [int(l.split()[1]) for l in f if l.startswith(key + ":")][0] / 1024
+    directory, small, big = sys.argv[1:4]
+    fn = tf.saved_model.load(directory).signatures["predict_images"]
+    fn(images=tf.constant([open(small, "rb").read()]))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
+    try:
+        fn(images=tf.constant([open(big, "rb").read()]))
+        error = None
+    except tf.errors.InvalidArgumentError as e:
+        error = e.message
+    print(json.dumps({"error": error, "growth_mb": status("VmHWM") - before}))
+    """)
+
+
+def test_over_budget_image_is_refused_before_decoding(exported, tmp_path):
+    # 5000x5000 = 25 MP > the default 16 MP budget, in about 100 KB of PNG:
+    # decoded it would take 75 MB, and 1.2 GB more as floats at full size.
+    big = tmp_path / "big.png"
+    big.write_bytes(_solid_png(5000, 5000))
+    assert big.stat().st_size < 200_000
+    small = tmp_path / "small.png"
+    Image.fromarray(_image(1, 30, 40)[0]).save(small)
+    proc = _run([sys.executable, "-c", _BUDGET_PROCESS, str(exported["dir"]), str(small), str(big)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["error"] and "more than 16777216 pixels" in report["error"]
+    assert "--max_image_pixels" in report["error"]
+    assert report["growth_mb"] < 40, report
+    options = json.loads((exported["dir"] / saved_model.EXTRA_DIR / saved_model.OPTIONS_FILE).read_text())
+    assert options["max_image_pixels"] == saved_model.DEFAULT_MAX_IMAGE_PIXELS
+
+
+def test_export_cleans_killed_exports_staging_and_is_readable(tmp_path):
+    # A killed export's staging folders (its process gone) are removed by the
+    # next export into the same place; a live process's are kept.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = __import__("socket").gethostname()
+    left = tmp_path / f".1.tmp-{dead.pid}@{host}-abcdefgh"
+    replaced = tmp_path / f".2.replaced-{dead.pid}@{host}-abcdefgh"
+    live = tmp_path / f".1.tmp-{os.getppid()}@{host}-abcdefgh"
+    for folder in (left, replaced, live):
+        (folder / "variables").mkdir(parents=True)
+    model = _pixelwise_model(OPTIONS)
+    path = pathlib.Path(saved_model.export_saved_model(model, OPTIONS, str(tmp_path)))
+    assert not left.exists() and not replaced.exists()
+    assert live.exists()
+    # The version folder is as readable as its files (it was 0700).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (path / "saved_model.pb").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -271,3 +271,14 @@ def test_evaluation_names_images_larger_than_the_crop():
     ious = [v for v in result["per_class_iou"] if v is not None]
     assert ious[0] == pytest.approx(result["pixel_accuracy"]) and ious[0] > 0
     assert result["miou"] == pytest.approx(np.mean(ious)) and len(ious) > 1
+
+
+def test_fixed_crop_file_refuses_another_size(ptq):
+    # A file exported without --allow_resize, given a smaller image: the
+    # audit's 33x33 input came back as a 65x65 output without an error.
+    output_dir, _ = ptq
+    runner = litert_runner.Runner(os.path.join(output_dir, "float32.tflite"))
+    assert runner.input_shape[1:3] == tt.CROP
+    image = np.zeros((1, tt.CROP[0] // 2, tt.CROP[1] // 2, 3), np.float32)
+    with pytest.raises(ValueError, match="33x33 images only, not 16x16: it was exported without --allow_resize"):
+        runner.predict(image)

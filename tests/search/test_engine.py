@@ -91,6 +91,45 @@ def test_a_study_refuses_other_settings(tmp_path, change, message):
         _study(tmp_path, **change)
 
 
+def test_a_study_refuses_other_trial_settings_naming_them(tmp_path):
+    # A rerun with other --proxy_steps or --train_crop_size silently added
+    # trials to the same study in the audit.
+    settings = {"proxy_steps": 6, "train_crop_size": [65, 65]}
+    _study(tmp_path, trial_settings=settings)
+    _study(tmp_path, trial_settings=settings)  # The same: joins.
+    with pytest.raises(ValueError) as raised:
+        _study(tmp_path, trial_settings={"proxy_steps": 8, "train_crop_size": [33, 33]})
+    message = str(raised.value)
+    assert "proxy_steps=6, not 8" in message
+    assert "train_crop_size=[65, 65], not [33, 33]" in message
+    assert "--study_name" in message
+
+
+def test_a_corrupt_study_db_is_named(tmp_path):
+    path = tmp_path / "search" / engine.STORAGE_FILE
+    path.parent.mkdir()
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match=f"study storage {path} cannot be used"):
+        _study(tmp_path)
+
+
+def test_storage_passwords_are_redacted():
+    url = "postgresql://user:s3cret@host:5432/db"
+    assert study_storage.redact(f"in {url}, then") == (
+        "in postgresql://user:***@host:5432/db, then"
+    )
+    text, env = study_storage.without_password(f"--storage={url}\n--x=1\n", url)
+    assert text == "--storage=postgresql://user@host:5432/db\n--x=1\n"
+    assert env == {"PGPASSWORD": "s3cret"}
+    assert study_storage.without_password("--storage=sqlite:///a", "sqlite:///a") == (
+        "--storage=sqlite:///a",
+        None,
+    )
+    with pytest.raises(ValueError) as raised:
+        engine.open_storage("postgresql//user:s3cret@host/db")
+    assert "s3cret" not in str(raised.value)
+
+
 # ------------------------------------------------------- totals and repeats
 
 

@@ -12,8 +12,11 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 
+from cache_testing import CROP
+from cache_testing import shared_search
 import optuna
 import psycopg2
 import pytest
@@ -21,6 +24,7 @@ import pytest
 from deeplab_dpc.search import engine
 import search_testing
 
+REPO = str(pathlib.Path(__file__).resolve().parents[2])
 SETUP = pathlib.Path(__file__).resolve().parents[2] / ".ci" / "postgres_setup.sh"
 
 
@@ -118,3 +122,80 @@ def test_two_workers_share_a_study_only_through_postgres(postgres_url, tmp_path)
     originals = [t for t in counted if engine.ATTR_DUPLICATE not in t.user_attrs]
     assert len(keys) == len(originals)
     assert not list(tmp_path.glob("**/*.db"))  # No local storage was involved.
+
+
+def _search(url, search_dir, data, *extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.search",
+            "--mode=search",
+            f"--storage={url}",
+            "--study_name=secret_study",
+            f"--search_dir={search_dir}",
+            "--dataset=synthetic",
+            f"--dataset_dir={data}",
+            f"--train_crop_size={CROP[0]},{CROP[1]}",
+            "--depth_multiplier=0.35",
+            "--num_trials=2",
+            "--num_branches=2",
+            "--proxy_batch_size=4",
+            "--proxy_eval_every=1",
+            "--seed=1",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_readme_url_works_and_the_password_never_leaks(
+    postgres_url, tmp_path_factory, tmp_path
+):
+    # The README's `postgresql://` (no driver): SQLAlchemy's default driver,
+    # psycopg 3, is not installed; the storage maps it to psycopg2. The
+    # server trusts loopback, so any password connects.
+    password = "Pg-s3cret-25"
+    url = postgres_url.replace(
+        "postgresql+psycopg2://dpc@", f"postgresql://dpc:{password}@"
+    )
+    engine.create_or_load_study(url, "readme_study", "random_local", num_branches=2)
+    with pytest.raises(ValueError) as raised:
+        engine.create_or_load_study(url, "readme_study", "tpe", num_branches=2)
+    assert password not in str(raised.value)
+    assert "postgresql+psycopg2://dpc:***@127.0.0.1" in str(raised.value)
+
+    # The search program with two local workers, then a rerun with another
+    # --proxy_steps (refused, naming it): no file it writes and no line it
+    # logs holds the password.
+    shared_dir, data, _, _ = shared_search(tmp_path_factory)
+    search_dir = tmp_path / "search"
+    shutil.copytree(os.path.join(shared_dir, "cache"), search_dir / "cache")
+    first = _search(url, search_dir, data, "--num_workers=2", "--proxy_steps=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _search(url, search_dir, data, "--num_workers=1", "--proxy_steps=3")
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert (
+        "proxy_steps=2, not 3"
+        in [line for line in second.stderr.splitlines() if line.startswith("error: ")][
+            -1
+        ]
+    )
+    written = [p for p in search_dir.rglob("*") if p.is_file()]
+    assert any(p.name == "search.flags" for p in written)
+    assert any(p.suffix == ".log" for p in written)  # The workers' logs.
+    for path in written:
+        assert password.encode() not in path.read_bytes(), path
+    for proc in (first, second):
+        assert password not in proc.stdout + proc.stderr
+    flagfile = search_dir / "search.flags"
+    assert "--storage=postgresql://dpc@127.0.0.1" in flagfile.read_text()
+    assert flagfile.stat().st_mode & 0o777 == 0o600
+    study = optuna.load_study(study_name="secret_study", storage=postgres_url)
+    assert len(study.get_trials(states=engine.COUNTED_STATES)) == 2

@@ -484,3 +484,19 @@ def test_dump_cell_invalid_cell_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="branch 0"):
         cell_spec.dump_cell([_b(0, cell_spec.OP_CONV1X1)], tmp_path / "bad.json")
     assert os.listdir(tmp_path) == []
+
+
+def test_cell_json_that_is_a_directory_a_fifo_or_huge_is_refused(tmp_path):
+    # A directory was a traceback, a FIFO a hang, 1,000 branches a 95 M-
+    # parameter head: each is now one error naming the file.
+    assert "a directory" in _raised(ValueError, cell_spec.load_cell, tmp_path)
+    fifo = tmp_path / "cell.fifo"
+    os.mkfifo(fifo)
+    assert f"{fifo}: not a regular file" in _raised(
+        ValueError, cell_spec.load_cell, fifo
+    )
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps([{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}] * 1000))
+    message = _raised(ValueError, cell_spec.load_cell, many)
+    assert f"{many}: the cell has 1000 branches" in message and f"at most {cell_spec.MAX_BRANCHES}" in message
+    CellSpec(branches=[BranchSpec(input=-1, op="conv1x1")] * cell_spec.MAX_BRANCHES)
