@@ -45,9 +45,12 @@ _ADD_FLIPPED_IMAGES = flags.DEFINE_boolean(
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace an existing <export_path>/<model_version>."
 )
+# `saved_model.DEFAULT_MAX_IMAGE_PIXELS` (that module imports TensorFlow,
+# which --help does without; tests/flags/test_cli.py checks they agree).
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 _MAX_IMAGE_PIXELS = flags.DEFINE_integer(
     "max_image_pixels",
-    saved_model.DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_IMAGE_PIXELS,
     "The signatures refuse images of more pixels (height x width; "
     "predict_images checks the header before decoding).",
     lower_bound=1,

@@ -23,19 +23,50 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODEL = "Model and data set flags"
 # Program -> flags its --help must list (its own and shared ones it uses).
 PROGRAMS = {
-    "deeplab_dpc.train": ["--train_logdir", "--model_variant", "--dataset_dir",
-                          "--base_learning_rate", "--jit_compile"],
-    "deeplab_dpc.eval": ["--eval_logdir", "--checkpoint_dir", "--eval_scales",
-                         "--add_flipped_images", "--model_variant"],
-    "deeplab_dpc.vis": ["--vis_logdir", "--checkpoint_dir", "--eval_scales",
-                        "--add_flipped_images", "--dataset"],
+    "deeplab_dpc.train": [
+        "--train_logdir",
+        "--model_variant",
+        "--dataset_dir",
+        "--base_learning_rate",
+        "--jit_compile",
+    ],
+    "deeplab_dpc.eval": [
+        "--eval_logdir",
+        "--checkpoint_dir",
+        "--eval_scales",
+        "--add_flipped_images",
+        "--model_variant",
+    ],
+    "deeplab_dpc.vis": [
+        "--vis_logdir",
+        "--checkpoint_dir",
+        "--eval_scales",
+        "--add_flipped_images",
+        "--dataset",
+    ],
     "deeplab_dpc.flops": ["--crop_size", "--model_variant", "--head"],
-    "deeplab_dpc.predict": ["--images", "--output_dir", "--saved_model", "--tflite",
-                            "--checkpoint_path", "--crop_size", "--model_variant"],
-    "export/export_model.py": ["--export_path", "--checkpoint_path", "--crop_size",
-                               "--model_variant"],
-    "export/export_tflite.py": ["--output_dir", "--checkpoint_path", "--crop_size",
-                                "--variants", "--dataset_dir"],
+    "deeplab_dpc.predict": [
+        "--images",
+        "--output_dir",
+        "--saved_model",
+        "--tflite",
+        "--checkpoint_path",
+        "--crop_size",
+        "--model_variant",
+    ],
+    "export/export_model.py": [
+        "--export_path",
+        "--checkpoint_path",
+        "--crop_size",
+        "--model_variant",
+    ],
+    "export/export_tflite.py": [
+        "--output_dir",
+        "--checkpoint_path",
+        "--crop_size",
+        "--variants",
+        "--dataset_dir",
+    ],
     "export/compare.py": ["--models", "--checkpoint_path", "--variants"],
     "datasets/build_seg_data.py": ["--image_folder", "--output_dir", "--num_shards"],
     "datasets/build_synthetic_data.py": ["--output_dir", "--num_train"],
@@ -49,9 +80,7 @@ def _command(program):
 
 
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
-def test_help_lists_the_programs_flags_grouped_without_tensorflow(
-    program, program_env
-):
+def test_help_lists_the_programs_flags_grouped_without_tensorflow(program, program_env):
     start = time.monotonic()
     proc = subprocess.run(
         [*_command(program), "--help"],
@@ -64,10 +93,12 @@ def test_help_lists_the_programs_flags_grouped_without_tensorflow(
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
     for flag in PROGRAMS[program]:
-        assert f"  {flag}" in proc.stdout or f"  --[no]{flag[2:]}" in proc.stdout, (
-            flag
-        )
-    own = "Training flags:" if program == "deeplab_dpc.train" else "Flags of this program:"
+        assert f"  {flag}" in proc.stdout or f"  --[no]{flag[2:]}" in proc.stdout, flag
+    own = (
+        "Training flags:"
+        if program == "deeplab_dpc.train"
+        else "Flags of this program:"
+    )
     assert own in proc.stdout
     if "build_" not in program:
         assert f"{MODEL} (" in proc.stdout
@@ -105,8 +136,13 @@ def test_user_errors_are_one_line_and_usage_errors_exit_2(program_env, tmp_path)
     assert str(missing) in proc.stderr and "error: " in proc.stderr
     assert f"{cli.TRACEBACK_ENV}=1" in proc.stderr
     shown = subprocess.run(
-        [sys.executable, "-m", "deeplab_dpc.flops",
-         f"--dense_prediction_cell_json={missing}", "--crop_size=33,33"],
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.flops",
+            f"--dense_prediction_cell_json={missing}",
+            "--crop_size=33,33",
+        ],
         cwd=REPO,
         env=dict(program_env, **{cli.TRACEBACK_ENV: "1"}),
         capture_output=True,
@@ -123,7 +159,9 @@ def test_user_errors_are_one_line_and_usage_errors_exit_2(program_env, tmp_path)
         timeout=300,
     )
     assert usage.returncode == 2
-    assert usage.stderr.strip().splitlines()[-1] == "error: Too many arguments: ['stray']"
+    assert (
+        usage.stderr.strip().splitlines()[-1] == "error: Too many arguments: ['stray']"
+    )
 
 
 def test_flag_modules_name_the_library_values():
@@ -149,3 +187,26 @@ def test_flag_modules_name_the_library_values():
         if isinstance(node, ast.Assign) and node.targets[0].id == "VARIANT_NAMES"
     ]
     assert names == tuple(tflite.VARIANTS)
+
+
+def test_export_programs_pixel_budget_is_the_libraries():
+    # export_model.py names it without importing TensorFlow; read, not run
+    # (running it would define its flags in this process).
+    from deeplab_dpc.export import (
+        saved_model,
+    )  # pylint: disable=import-outside-toplevel
+
+    path = os.path.join(REPO, "export", "export_model.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    (value,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [t.id for t in node.targets] == ["DEFAULT_MAX_IMAGE_PIXELS"]
+    ]
+    assert eval(
+        compile(ast.Expression(value), path, "eval")
+    ) == (  # pylint: disable=eval-used
+        saved_model.DEFAULT_MAX_IMAGE_PIXELS
+    )

@@ -180,7 +180,7 @@ def test_readme_url_works_and_the_password_never_leaks(
     first = _search(url, search_dir, data, "--num_workers=2", "--proxy_steps=2")
     assert first.returncode == 0, first.stderr[-3000:]
     second = _search(url, search_dir, data, "--num_workers=1", "--proxy_steps=3")
-    assert second.returncode == 1, second.stderr[-3000:]
+    assert second.returncode == 2, second.stderr[-3000:]
     assert (
         "proxy_steps=2, not 3"
         in [line for line in second.stderr.splitlines() if line.startswith("error: ")][
