@@ -99,3 +99,22 @@ def test_parser_sees_a_missing_file(tmp_path):
     ((rule, attrs),) = parse_build(text)
     assert rule == "py_library" and attrs["srcs"] == ["deeplab_dpc/nope.py"]
     assert not (ROOT / attrs["srcs"][0]).exists()
+
+
+def test_deps_name_every_target_a_file_imports(targets):
+    """A target's deps cover the repository files its sources import."""
+    import import_graph  # pylint: disable=import-outside-toplevel
+
+    owner = {}
+    for _, attrs in targets:
+        for src in attrs.get("srcs", []):
+            owner[(ROOT / src).resolve()] = attrs["name"]
+    missing = []
+    for _, attrs in targets:
+        deps = {dep.lstrip(":") for dep in attrs.get("deps", [])}
+        for src in attrs.get("srcs", []):
+            for imported in import_graph.imported_files(ROOT / src):
+                target = owner.get(imported)
+                if target and target != attrs["name"] and target not in deps:
+                    missing.append(f"{attrs['name']} ({src}) needs :{target}")
+    assert not missing, "BUILD deps lack:\n" + "\n".join(sorted(set(missing)))
