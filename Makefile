@@ -18,22 +18,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m deeplab_dpc.demo
 
-# The whole suite under Keras 3, then the model-building tests again under
-# tf_keras (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs
-# (DeepLab's own backbones and the TF1 importer check tf_keras in a
-# subprocess of their own tests, so they are not run twice),
-# then the layer, model, training and export tests with oneDNN flipped from
-# what TensorFlow chose here (TF_ENABLE_ONEDNN_OPTS=0 on an Intel AVX-512
-# machine, =1 on one where it is off), so each machine tests both CPU kinds
-# (docs/portability.md). tests/test_portability.py runs programs under both.
-ONEDNN_TESTS := tests/layers tests/models tests/training/test_trainer.py \
-	tests/test_finetune.py tests/test_eval.py tests/export/test_saved_model.py \
-	tests/export/test_tflite.py
-KERAS3_ONLY := test_xception.py test_resnet_v1_beta.py test_tf1_checkpoint.py
+# The suite under Keras 3 (the benchmarks' own tests, tests/bench, run with
+# `make bench`), then the layer and model-building tests again under tf_keras
+# (TF_USE_LEGACY_KERAS=1), which tensorflow-model-optimization needs (the
+# QAT and pruning tests also run their tf_keras subprocess in the first
+# pass; DeepLab's own backbones check tf_keras in a subprocess of their own
+# tests), then the layers, the model and the training step with oneDNN
+# flipped from what TensorFlow chose here (TF_ENABLE_ONEDNN_OPTS=0 on an
+# Intel AVX-512 machine, =1 on one where it is off), so each machine tests
+# both CPU kinds' kernels (docs/portability.md); tests/test_portability.py
+# runs programs under both. The passes are chosen to keep the suite under 20
+# minutes on 2 cores.
+LEGACY_KERAS_TESTS := tests/layers tests/models/test_deeplab.py
+ONEDNN_TESTS := tests/layers tests/models/test_deeplab.py \
+	tests/training/test_trainer.py
 test: $(STAMP)
-	$(PY) -m pytest -n 2 tests
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 tests/layers tests/models \
-	  $(addprefix --ignore=tests/models/,$(KERAS3_ONLY))
+	$(PY) -m pytest -n 2 tests --ignore=tests/bench
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 $(LEGACY_KERAS_TESTS)
 	flipped=$$($(PY) -c 'from deeplab_dpc.layers import fast_paths; \
 	  print(0 if fast_paths.onednn_enabled() else 1)') && \
 	  echo "Second pass with TF_ENABLE_ONEDNN_OPTS=$$flipped" && \
@@ -44,6 +45,7 @@ test: $(STAMP)
 # writes bench/results.json and bench/results.md. BENCH_FLAGS=--quick for a
 # smoke run, BENCH_FLAGS=--only=inference,train_step for a subset.
 bench: $(STAMP)
+	$(PY) -m pytest -n 2 tests/bench
 	PYTHON=$(PYTHON) bash bench/peers/setup.sh
 	$(PY) bench/run_all.py $(BENCH_FLAGS)
 
