@@ -330,7 +330,7 @@ def part_efficacy(heads, args, budget, work_dir):
     return runs
 
 
-def summarize(fidelity, runs, aspp):
+def summarize(runs, aspp):
     """Per-strategy means, and whether the goals are met."""
     import numpy as np  # pylint: disable=import-outside-toplevel
 
@@ -465,7 +465,7 @@ def main(argv=None):
         cost,
     )
     runs = part_efficacy(heads, args, budget, os.path.join(work_dir, "studies"))
-    table = summarize(fidelity, runs, aspp)
+    table = summarize(runs, aspp)
     plot_path = os.path.join(
         os.path.dirname(args.output_json or work_dir), "search_efficacy.png"
     )

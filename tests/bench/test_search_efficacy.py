@@ -69,7 +69,7 @@ def _runs():
 
 
 def test_summary_compares_the_seed_mean_with_aspp():
-    table = search_efficacy.summarize(None, _runs(), {"e2e_miou": 0.55})
+    table = search_efficacy.summarize(_runs(), {"e2e_miou": 0.55})
     assert table["random"]["e2e_mean"] == pytest.approx(0.51)
     assert table["random"]["beats_aspp_mean"] is False
     assert table["random_local"]["e2e_mean"] == pytest.approx(0.57)
@@ -97,7 +97,7 @@ def test_report_and_plot(tmp_path):
     }
     runs = _runs()
     aspp = fidelity["heads"][0]
-    table = search_efficacy.summarize(fidelity, runs, aspp)
+    table = search_efficacy.summarize(runs, aspp)
     text = search_efficacy.markdown(
         fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}
     )
