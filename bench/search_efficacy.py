@@ -30,10 +30,23 @@ demo) every rate of 9 or more read only padding.
    baselines. The table compares each found cell with ASPP end to end; the
    plot shows the curves' mean and spread over seeds.
 
+4. **One-shot scoring** (`search.one_shot`): a weight-sharing supernet over
+   `ONE_SHOT_OPS` (17 ops spanning every rate and pooling scale; all 81 ops
+   need more memory than the 24 GB machine has) is trained once on the same
+   cache (`--supernet_steps`), then scores `--one_shot_cells` uniform cells
+   of its ops, which are also trained stand-alone on the proxy, and
+   `--score_cells` more; Spearman's rho between its scores and the
+   stand-alone proxy mIOU, and the cells it scores per CPU-hour.
+
 Heads trained end to end are reused by canonical key within a run (a cell
-found twice is trained once). The budget (trials, steps, CPU-hours) is in
-the output. This is a benchmark, not a test: it reports what the numbers
-say, also when the search loses.
+found twice is trained once). Every finished proxy trial, end-to-end run,
+search and one-shot measurement is kept in `<work_dir>/results.json` under
+a key naming its settings, and each search's study in its own SQLite file,
+so a run stopped part way (or killed) resumes where it stopped when started
+again with the same `--work_dir` (a study's interrupted trial is retried
+after the engine's heartbeat grace period). The budget (trials, steps,
+CPU-hours) is in the output. This is a benchmark, not a test: it reports
+what the numbers say, also when the search loses.
 """
 
 import argparse
@@ -59,6 +72,27 @@ DEFAULT_STRATEGIES = (
     "vizier:GAUSSIAN_PROCESS_BANDIT",
 )
 ASPP = "ASPP 6/12/18 + image pooling"
+# Part 4's supernet: every scale of the space's rates (1-21, as pairs of
+# equal and of unequal rates) and pooling grids, 17 of the 81 ops.
+ONE_SHOT_OPS = (
+    "conv1x1",
+    "sep3x3@1x1",
+    "sep3x3@3x3",
+    "sep3x3@6x6",
+    "sep3x3@9x9",
+    "sep3x3@12x12",
+    "sep3x3@15x15",
+    "sep3x3@18x18",
+    "sep3x3@21x21",
+    "sep3x3@1x6",
+    "sep3x3@6x1",
+    "sep3x3@6x21",
+    "sep3x3@21x6",
+    "pool@1x1",
+    "pool@2x2",
+    "pool@4x4",
+    "pool@8x8",
+)
 
 
 def _parse(argv):
@@ -68,14 +102,21 @@ def _parse(argv):
     add("--output_stride", type=int, default=16, help="Backbone output stride.")
     add("--num_train", type=int, default=200, help="Training images.")
     add("--num_val", type=int, default=50, help="Validation images.")
-    add("--pretrain_steps", type=int, default=600, help="Backbone pretraining.")
-    add("--proxy_steps", type=int, default=150, help="Steps of a proxy trial.")
-    add("--e2e_steps", type=int, default=150, help="Steps of an end-to-end run.")
+    # The defaults fit the issue's 3 hours on 2 cores (measured: a proxy
+    # step of a 5-branch cell at batch 8 on 33x33x320 features about 0.35 s,
+    # an end-to-end step at 513 about 1.2 s; 2 + 14 + 18 end-to-end runs and
+    # 14 + 180 proxy trials).
+    add("--pretrain_steps", type=int, default=400, help="Backbone pretraining.")
+    add("--proxy_steps", type=int, default=60, help="Steps of a proxy trial.")
+    add("--e2e_steps", type=int, default=80, help="Steps of an end-to-end run.")
     add("--batch_size", type=int, default=8, help="Proxy and end-to-end batch.")
-    add("--random_cells", type=int, default=8, help="Random cells in part 2.")
+    add("--random_cells", type=int, default=10, help="Random cells in part 2.")
     add("--strategies", default=",".join(DEFAULT_STRATEGIES), help="Part 3.")
     add("--seeds", type=int, default=3, help="Search seeds per strategy.")
-    add("--trials", type=int, default=16, help="Proxy trials per search.")
+    add("--trials", type=int, default=10, help="Proxy trials per search.")
+    add("--supernet_steps", type=int, default=1000, help="Part 4's training.")
+    add("--one_shot_cells", type=int, default=12, help="Part 4's ranked cells.")
+    add("--score_cells", type=int, default=100, help="Part 4's speed sample.")
     add("--max_head_madds", default="1.1xaspp", help="The searches' budget.")
     add("--target_crop", type=int, default=513, help="Crop MAdds are counted at.")
     add("--work_dir", default=None, help="Keep the work here (default: temp).")
@@ -86,6 +127,7 @@ def _parse(argv):
         args.crop, args.num_train, args.num_val = 65, 8, 4
         args.pretrain_steps, args.proxy_steps, args.e2e_steps = 2, 3, 2
         args.batch_size, args.random_cells, args.seeds, args.trials = 2, 8, 1, 3
+        args.supernet_steps, args.score_cells, args.one_shot_cells = 3, 4, 4
         args.target_crop = 129
         args.strategies = f"{RANDOM},random_local"
     args.strategies = [s for s in args.strategies.split(",") if s]
@@ -117,14 +159,16 @@ def prepare(work_dir, args):
     search_dir = os.path.join(work_dir, "search")
     os.makedirs(search_dir, exist_ok=True)
     if not os.path.isdir(data_dir):
+        staging = data_dir + ".partial"  # Renamed when whole: a killed build is redone.
         synthetic.build(
-            data_dir,
+            staging,
             num_train=args.num_train,
             num_val=args.num_val,
             height=args.crop,
             width=args.crop,
             seed=0,
         )
+        os.rename(staging, data_dir)
     _program(
         search_dir,
         data_dir,
@@ -136,10 +180,43 @@ def prepare(work_dir, args):
     return data_dir, search_dir
 
 
+class Store:
+    """Finished measurements in `<work_dir>/results.json`, written atomically.
+
+    A key names what was measured and the settings it depends on, so a rerun
+    with other settings measures again instead of reusing a stale number.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._data = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                try:
+                    self._data = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise SystemExit(
+                        f"error: {path} is not the JSON this benchmark writes "
+                        f"({e}); move it away to start afresh"
+                    ) from e
+
+    def get(self, key):
+        return self._data.get(key)
+
+    def put(self, key, value):
+        self._data[key] = value
+        benchlib.write_text(self.path, json.dumps(self._data, indent=1))
+        return value
+
+
+def _settings_key(args, *names):
+    return ",".join(f"{n}={getattr(args, n)}" for n in names)
+
+
 class Heads:
     """Trains heads on the proxy and end to end; one end-to-end run per cell."""
 
-    def __init__(self, work_dir, data_dir, cache, args):
+    def __init__(self, work_dir, data_dir, cache, args, store):
         # pylint: disable=import-outside-toplevel
         from deeplab_dpc.search import proxy
         from deeplab_dpc.search import rerank
@@ -151,11 +228,19 @@ class Heads:
             cache,
             args,
         )
-        self._e2e = {}
+        os.makedirs(os.path.join(work_dir, "e2e"), exist_ok=True)
+        self.store = store
         self.seconds = {"proxy": 0.0, "e2e": 0.0}
+        self._counted = set()
+
+    def account(self, kind, key, seconds):
+        """Adds a measurement's time to `seconds` once, also when reused."""
+        if key not in self._counted:
+            self._counted.add(key)
+            self.seconds[kind] += seconds
 
     def proxy_trial(self, cell, atrous_rates=(), seed=1, report=None):
-        start = time.time()
+        """`proxy.run_trial`'s result."""
         result = self._proxy.run_trial(
             cell,
             self.cache,
@@ -168,15 +253,18 @@ class Heads:
             eval_every=max(1, self.args.proxy_steps // 3),
             report=report,
         )
-        self.seconds["proxy"] += time.time() - start
         return result
 
     def end_to_end(self, key, cell, atrous_rates=()):
         """Val mIOU after `--e2e_steps` of the training program's library."""
-        if key in self._e2e:
-            return self._e2e[key]
+        key = "e2e:" + _settings_key(self.args, "e2e_steps", "batch_size") + ":" + key
+        done = self.store.get(key)
+        if done is not None:
+            self.account("e2e", key, done["seconds"])
+            return done["miou"]
         start = time.time()
-        workdir = os.path.join(self.work_dir, "e2e", str(len(self._e2e)))
+        # A killed run's folder is left behind; a fresh one per attempt.
+        workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.join(self.work_dir, "e2e"))
         result = self._rerank.train_and_evaluate(
             self._rerank.Candidate(cell, 0.0, atrous_rates=atrous_rates),
             self.cache,
@@ -191,9 +279,10 @@ class Heads:
             ),
             workdir=workdir,
         )
-        self.seconds["e2e"] += time.time() - start
-        self._e2e[key] = float(result["miou"])
-        return self._e2e[key]
+        seconds = time.time() - start
+        self.account("e2e", key, seconds)
+        self.store.put(key, {"miou": float(result["miou"]), "seconds": seconds})
+        return float(result["miou"])
 
 
 def fidelity_cells(args, cost):
@@ -237,16 +326,30 @@ def part_fidelity(heads, args, cost):
     from deeplab_dpc.search import rank_correlation
 
     rows = []
-    for name, cell, rates in fidelity_cells(args, cost):
-        print(f"fidelity: {name}", flush=True)
-        result = heads.proxy_trial(cell, rates)
+    settings = _settings_key(args, "proxy_steps", "batch_size")
+    chosen = fidelity_cells(args, cost)
+    for n, (name, cell, rates) in enumerate(chosen, 1):
+        print(f"fidelity {n}/{len(chosen)}: {name}", flush=True)
+        key = f"proxy:{settings}:{_key(cell, rates)}"
+        proxy_result = heads.store.get(key)
+        if proxy_result is None:
+            result = heads.proxy_trial(cell, rates)
+            proxy_result = heads.store.put(
+                key,
+                {
+                    "miou": result.miou,
+                    "head_madds": result.head_madds,
+                    "seconds": result.wall_seconds,
+                },
+            )
+        heads.account("proxy", key, proxy_result["seconds"])
         rows.append(
             {
                 "name": name,
                 "cell": None if cell is None else cell_spec.cell_to_json(cell),
                 "atrous_rates": list(rates),
-                "head_madds": result.head_madds,
-                "proxy_miou": result.miou,
+                "head_madds": proxy_result["head_madds"],
+                "proxy_miou": proxy_result["miou"],
                 "e2e_miou": heads.end_to_end(_key(cell, rates), cell, rates),
             }
         )
@@ -263,6 +366,7 @@ def _objective(heads, seed):
             "miou": result.miou,
             "madds": result.head_madds,
             "params": result.head_params,
+            "seconds": result.wall_seconds,
         }
 
     return objective
@@ -276,12 +380,26 @@ def part_efficacy(heads, args, budget, work_dir):
     from deeplab_dpc.search import engine
 
     runs = []
+    settings = _settings_key(
+        args, "proxy_steps", "batch_size", "trials", "max_head_madds"
+    )
+    os.makedirs(work_dir, exist_ok=True)
     for strategy in args.strategies:
         for seed in range(args.seeds):
+            done_key = f"search:{settings}:{strategy}:{seed}"
+            done_run = heads.store.get(done_key)
+            if done_run is not None:
+                heads.end_to_end(
+                    _key(cell_spec.cell_from_json(done_run["cell"]), ()), None
+                )  # Only counts its stored time.
+                runs.append(done_run)
+                continue
             print(f"efficacy: {strategy} seed {seed}", flush=True)
             objectives = ("miou", "madds") if strategy == "nsga2" else ("miou",)
             options = {"explore_prob": 1.0} if strategy == RANDOM else {}
-            name = f"{strategy.replace(':', '_')}-{seed}"
+            name = f"{strategy.replace(':', '_')}-{seed}-" + (
+                f"{args.proxy_steps}x{args.batch_size}-{args.trials}"
+            )
             study = engine.create_or_load_study(
                 f"sqlite:///{os.path.join(work_dir, name + '.db')}",
                 name,
@@ -315,19 +433,116 @@ def part_efficacy(heads, args, budget, work_dir):
                 curve.append(best)
             top = max(done, key=lambda t: t.user_attrs["miou"])
             cell = cell_spec.cell_from_json(top.user_attrs[engine.ATTR_CELL])
-            runs.append(
-                {
-                    "strategy": strategy,
-                    "seed": seed,
-                    "curve": curve,
-                    "best_proxy_miou": top.user_attrs["miou"],
-                    "head_madds": top.user_attrs["madds"],
-                    "cell": cell_spec.cell_to_json(cell),
-                    "e2e_miou": heads.end_to_end(_key(cell, ()), cell),
-                    "infeasible": sum(t.state.name == "FAIL" for t in study.trials),
-                }
-            )
+            run = {
+                "strategy": strategy,
+                "seed": seed,
+                "curve": curve,
+                "best_proxy_miou": top.user_attrs["miou"],
+                "head_madds": top.user_attrs["madds"],
+                "cell": cell_spec.cell_to_json(cell),
+                "e2e_miou": heads.end_to_end(_key(cell, ()), cell),
+                "infeasible": sum(
+                    bool(t.user_attrs.get("infeasible")) for t in study.trials
+                ),
+                "proxy_seconds": sum(t.user_attrs.get("seconds", 0.0) for t in done),
+            }
+            runs.append(heads.store.put(done_key, run))
+    for run in runs:
+        heads.account(
+            "proxy", f"search:{run['strategy']}:{run['seed']}", run["proxy_seconds"]
+        )
     return runs
+
+
+def part_one_shot(heads, args, store):
+    """Supernet scores of `--one_shot_cells` cells against stand-alone trials.
+
+    The supernet holds `ONE_SHOT_OPS`, not all 81 ops: over all 81 ops and 5
+    branches building it took more than 12 GB (killed by the kernel on the
+    24 GB machine, even at the quick settings), so the cells compared are
+    drawn uniformly from the ops it holds.
+    """
+    # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.cells import cell_spec
+    from deeplab_dpc.search import one_shot
+    from deeplab_dpc.search import rank_correlation
+    from deeplab_dpc.search import supernet
+
+    settings = one_shot.OneShotSettings(
+        ops=ONE_SHOT_OPS,
+        steps=args.supernet_steps,
+        batch_size=args.batch_size,
+        base_learning_rate=0.05,
+        seed=0,
+    )
+    cells = one_shot.sample_cells(
+        args.one_shot_cells + args.score_cells,
+        random.Random("one-shot cells"),
+        supernet.normalize_ops(settings.ops),
+        settings.num_branches,
+    )
+    chosen, uniform = cells[: args.one_shot_cells], cells[args.one_shot_cells :]
+    settings_key = _settings_key(args, "proxy_steps", "batch_size")
+    standalone = []
+    for n, cell in enumerate(chosen, 1):
+        key = f"proxy:{settings_key}:{_key(cell, ())}"
+        result = store.get(key)
+        if result is None:
+            print(f"one-shot: stand-alone trial {n}/{len(chosen)}", flush=True)
+            trial = heads.proxy_trial(cell)
+            result = store.put(
+                key,
+                {"miou": trial.miou, "head_madds": trial.head_madds,
+                 "seconds": trial.wall_seconds},
+            )
+        heads.account("proxy", key, result["seconds"])
+        standalone.append(result["miou"])
+    key = (
+        "one_shot:"
+        + json.dumps(settings.to_dict(), sort_keys=True)
+        + ":"
+        + _settings_key(args, "one_shot_cells", "score_cells")
+    )
+    done = store.get(key)
+    if done is None:
+        print(f"one-shot: building the supernet over {len(settings.ops)} ops", flush=True)
+        start = time.perf_counter()
+        net = one_shot.build_supernet(heads.cache, settings)
+        build_seconds = time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        one_shot.train_supernet(net, heads.cache, settings, log=print)
+        train = (time.perf_counter() - start, time.process_time() - cpu)
+        scorer = one_shot.Scorer(
+            net, heads.cache, calibration_batches=settings.calibration_batches,
+            batch_size=args.batch_size, seed=0,
+        )
+        start = time.perf_counter()
+        scorer.score(chosen[0])  # Traces.
+        score_trace = time.perf_counter() - start
+        scores = [scorer.score(cell) for cell in chosen]
+        start, cpu = time.perf_counter(), time.process_time()
+        for n, cell in enumerate(uniform, 1):
+            scorer.score(cell)
+            if n % 25 == 0 or n == len(uniform):
+                print(f"one-shot: scored {n}/{len(uniform)} cells", flush=True)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        done = store.put(
+            key,
+            {
+                "ops": list(settings.ops),
+                "cells": [cell_spec.cell_to_json(c) for c in chosen],
+                "scores": scores,
+                "build_seconds": build_seconds,
+                "train_seconds": train[0],
+                "train_cpu_seconds": train[1],
+                "score_trace_seconds": score_trace,
+                "cells_per_cpu_hour": len(uniform) / max(cpu, 1e-9) * 3600,
+                "cells_per_wall_hour": len(uniform) / max(wall, 1e-9) * 3600,
+            },
+        )
+    rho, low, high = rank_correlation.spearman_interval(done["scores"], standalone)
+    return {**done, "proxy_mious": standalone,
+            "rho": rho, "rho_low": low, "rho_high": high}
 
 
 def summarize(runs, aspp):
@@ -377,7 +592,13 @@ def plot_curves(runs, path):
     plt.close(fig)
 
 
-def markdown(fidelity, runs, table, aspp, args, seconds):
+def _interval(rho, low, high):
+    if rho is None:
+        return "undefined (every score alike)"
+    return f"{rho:.3f}, 90% bootstrap interval [{low:.3f}, {high:.3f}]"
+
+
+def markdown(fidelity, runs, table, aspp, args, seconds, shot):
     lines = [
         "## Search efficacy (bench/search_efficacy.py)",
         "",
@@ -386,16 +607,12 @@ def markdown(fidelity, runs, table, aspp, args, seconds):
         f"{(args.crop - 1) // args.output_stride + 1} features); proxy "
         f"{args.proxy_steps} steps, end to end {args.e2e_steps} steps, batch "
         f"{args.batch_size}; MAdds at {args.target_crop}x{args.target_crop}. "
-        f"CPU time: proxy {seconds['proxy'] / 3600:.2f} h, end to end "
+        f"Wall time on {os.cpu_count()} cores: proxy trials "
+        f"{seconds['proxy'] / 3600:.2f} h, end-to-end runs "
         f"{seconds['e2e'] / 3600:.2f} h.",
         "",
         f"Proxy fidelity over {len(fidelity['heads'])} heads: Spearman's rho "
-        + (
-            "undefined"
-            if fidelity["rho"] is None
-            else f"{fidelity['rho']:.3f}, 90% bootstrap interval "
-            f"[{fidelity['rho_low']:.3f}, {fidelity['rho_high']:.3f}]"
-        )
+        + _interval(fidelity["rho"], fidelity["rho_low"], fidelity["rho_high"])
         + " (goal >= 0.6; the paper: 0.47).",
         "",
         "| head | head MAdds | proxy mIOU | end-to-end mIOU |",
@@ -432,7 +649,41 @@ def markdown(fidelity, runs, table, aspp, args, seconds):
             f"| {strategy} | {s['e2e_mean']:.4f} [{s['e2e_min']:.4f}, "
             f"{s['e2e_max']:.4f}] | {'yes' if s['beats_aspp_mean'] else 'no'} |"
         )
-    lines += ["", "![anytime curves](search_efficacy.png)", ""]
+    proxy_trials = (
+        len(fidelity["heads"])
+        + sum(len(r["curve"]) for r in runs)
+        + len(shot["scores"])
+    )
+    default, uniform = table.get("random_local"), table.get(RANDOM)
+    if default and uniform:
+        lines += [
+            "",
+            f"The default strategy (random_local) found cells scoring "
+            f"{default['e2e_mean']:.4f} end to end in the mean over seeds, "
+            f"{'above' if default['beats_aspp_mean'] else 'not above'} {ASPP} "
+            f"({aspp['e2e_miou']:.4f}), and "
+            f"{'above' if default['e2e_mean'] > uniform['e2e_mean'] else 'not above'}"
+            f" uniform random sampling ({uniform['e2e_mean']:.4f}) at "
+            f"{args.trials} trials each.",
+        ]
+    lines += [
+        "",
+        "![anytime curves](search_efficacy.png)",
+        "",
+        f"One-shot scoring: a supernet over {len(shot['ops'])} ops "
+        f"(`ONE_SHOT_OPS`) and 5 branches, "
+        f"{args.supernet_steps} steps (built in {shot['build_seconds']:.0f} s, "
+        f"trained in {shot['train_seconds'] / 60:.1f} min, "
+        f"{shot['train_cpu_seconds'] / 3600:.2f} CPU-h); it scores "
+        f"{shot['cells_per_cpu_hour']:.0f} cells per CPU-hour "
+        f"({shot['cells_per_wall_hour']:.0f} per hour on {os.cpu_count()} cores; "
+        f"the first cell's tracing {shot['score_trace_seconds']:.0f} s apart), "
+        f"against {proxy_trials / max(seconds['proxy'], 1e-9) * 3600:.0f}"
+        f" stand-alone proxy trials per hour. Its scores of the "
+        f"{len(shot['scores'])} uniform cells of those ops against their stand-alone proxy "
+        f"mIOU: Spearman's rho {_interval(shot['rho'], shot['rho_low'], shot['rho_high'])}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -455,7 +706,8 @@ def main(argv=None):
         options = proxy.model_options(cache, cell, atrous_rates=rates)
         return proxy.head_cost(options, channels, target)[1]
 
-    heads = Heads(work_dir, data_dir, cache, args)
+    store = Store(os.path.join(work_dir, "results.json"))
+    heads = Heads(work_dir, data_dir, cache, args, store)
     fidelity = part_fidelity(heads, args, cost)
     aspp = next(h for h in fidelity["heads"] if h["name"] == ASPP)
     budget = constraints.HeadBudget(
@@ -466,11 +718,12 @@ def main(argv=None):
     )
     runs = part_efficacy(heads, args, budget, os.path.join(work_dir, "studies"))
     table = summarize(runs, aspp)
+    shot = part_one_shot(heads, args, store)
     plot_path = os.path.join(
         os.path.dirname(args.output_json or work_dir), "search_efficacy.png"
     )
     plot_curves(runs, plot_path)
-    text = markdown(fidelity, runs, table, aspp, args, heads.seconds)
+    text = markdown(fidelity, runs, table, aspp, args, heads.seconds, shot)
     benchlib.write_text(os.path.join(work_dir, "search_efficacy.md"), text)
     print(text, flush=True)
 
@@ -503,14 +756,26 @@ def main(argv=None):
             "uniform, seed mean",
         ),
         benchlib.figure(
-            "hours", (time.time() - started) / 3600, "h", "wall, whole benchmark"
+            "one_shot_rho", value(shot["rho"]), "",
+            f"supernet score vs stand-alone proxy, {len(shot['scores'])} cells",
+        ),
+        benchlib.figure(
+            "one_shot_cells_per_cpu_hour", shot["cells_per_cpu_hour"], "cells/CPU-h",
+            f"{args.score_cells} uniform cells",
+        ),
+        benchlib.figure(
+            "hours", (time.time() - started) / 3600, "h",
+            "wall, this invocation (earlier parts of a resumed run not counted)",
         ),
     ]
     benchlib.report("search_efficacy", figures, args.output_json)
     if args.output_json:
         benchlib.write_text(
             os.path.splitext(args.output_json)[0] + "_details.json",
-            json.dumps({"fidelity": fidelity, "runs": runs, "table": table}, indent=1),
+            json.dumps(
+                {"fidelity": fidelity, "runs": runs, "table": table, "one_shot": shot},
+                indent=1,
+            ),
         )
     if fidelity["rho"] is None and not args.quick:
         # Every head scored alike: the budgets were too small to rank anything.

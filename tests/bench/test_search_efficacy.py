@@ -98,13 +98,47 @@ def test_report_and_plot(tmp_path):
     runs = _runs()
     aspp = fidelity["heads"][0]
     table = search_efficacy.summarize(runs, aspp)
+    shot = {
+        "ops": list(search_efficacy.ONE_SHOT_OPS),
+        "scores": [0.1, 0.2, 0.3],
+        "build_seconds": 5.0,
+        "train_seconds": 600.0,
+        "train_cpu_seconds": 1080.0,
+        "score_trace_seconds": 30.0,
+        "cells_per_cpu_hour": 1234.4,
+        "cells_per_wall_hour": 2000.0,
+        "rho": None,
+        "rho_low": None,
+        "rho_high": None,
+    }
     text = search_efficacy.markdown(
-        fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}
+        fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}, shot
     )
     assert "rho 0.700, 90% bootstrap interval [0.300, 0.900]" in text
     assert "| random_local | 0.5700 [0.5600, 0.5800] | yes |" in text
     assert "| random | 2 | 0.4000 | 600 M | 0.5200 | -0.0300 |" in text
-    assert "proxy 1.00 h, end to end 2.00 h" in text
+    assert "proxy trials 1.00 h, end-to-end runs 2.00 h" in text
+    # Seed means: random_local 0.57 > ASPP 0.55 > random 0.51.
+    assert (
+        "random_local) found cells scoring 0.5700 end to end in the mean over "
+        "seeds, above ASPP 6/12/18 + image pooling (0.5500), and above uniform "
+        "random sampling (0.5100)" in text
+    )
+    # 1 + 14 + 3 proxy trials (fidelity, searches, one-shot) in one hour.
+    assert "17 ops" in text and "1234 cells per CPU-hour" in text
+    assert "against 18 stand-alone proxy trials per hour" in text
+    assert "rho undefined (every score alike)" in text
     path = tmp_path / "curves.png"
     search_efficacy.plot_curves(runs, str(path))
     assert path.stat().st_size > 1000
+
+
+def test_store_keeps_results_across_instances_and_refuses_garbage(tmp_path):
+    path = str(tmp_path / "results.json")
+    store = search_efficacy.Store(path)
+    assert store.get("e2e:x") is None
+    store.put("e2e:x", {"miou": 0.5, "seconds": 3.0})
+    assert search_efficacy.Store(path).get("e2e:x") == {"miou": 0.5, "seconds": 3.0}
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="results.json is not the JSON"):
+        search_efficacy.Store(path)
