@@ -49,7 +49,11 @@ CROP_SIZE = (1025, 2049)
 OUTPUT_STRIDE = 16
 NUM_CLASSES = 19
 VARIANTS = ("mobilenet_v2", "xception")
-DEMO_CROP = (129, 129)
+# The demo's images and crops: 513x513 at output stride 16 gives 33x33
+# features, where the cell space's rates (1-21) and pooling grids (1-8) reach
+# different context (at 129 every rate of 9 or more read only padding).
+DEMO_CROP = (513, 513)
+_CROP_FLAG = f"{DEMO_CROP[0]},{DEMO_CROP[1]}"
 
 _DEMO_DIR = flags.DEFINE_string(
     "demo_dir", "demo_output", "Where the demo writes its data set."
@@ -60,18 +64,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(REPO, "configs", "synthetic_mobilenetv2_dpc.flags")
 # A search that fits in minutes on 2 CPU cores (see the README's figures).
 SEARCH_FLAGS = (
-    "--train_crop_size=129,129",
-    "--train_batch_size=8",
+    f"--train_crop_size={_CROP_FLAG}",
+    "--train_batch_size=4",
     "--base_learning_rate=0.02",
-    "--pretrain_steps=600",
+    "--pretrain_steps=300",
+    "--cache_copies=1",
     "--num_trials=12",
     "--num_workers=2",
-    "--proxy_steps=100",
+    "--proxy_steps=40",
     "--proxy_batch_size=8",
     "--proxy_learning_rate=0.05",
-    "--top_k=3",
-    "--rerank_steps=150",
+    "--top_k=2",
+    "--rerank_steps=60",
     "--target_crop_size=513,513",
+    "--max_head_madds=1.1xaspp",
     "--seed=1",
 )
 
@@ -120,20 +126,47 @@ def compare(variants, crop_size, output_stride, num_classes):
     return rows
 
 
-def prepare_data(data_dir):
-    """Writes the synthetic data set unless its shards are there; describes it."""
+def _image_size(shard):
+    """(height, width) of a shard's first example."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    record = next(iter(tf.data.TFRecordDataset(shard).take(1)))
+    example = tfexample.decode_example(record)
+    return int(example[tfexample.HEIGHT]), int(example[tfexample.WIDTH])
+
+
+def prepare_data(data_dir, crop=DEMO_CROP, num_train=200, num_val=50):
+    """Writes the synthetic data set unless its shards are there; describes it.
+
+    Its images are `crop`-sized; shards of another size (an earlier demo's)
+    are refused, not mixed.
+    """
     try:
-        tfexample.split_files(data_dir, "train")
-        written = "reused"
+        files = tfexample.split_files(data_dir, "train")
     except FileNotFoundError:
-        synthetic.build(data_dir)
+        synthetic.build(
+            data_dir,
+            num_train=num_train,
+            num_val=num_val,
+            height=crop[0],
+            width=crop[1],
+        )
         written = "wrote"
+    else:
+        size = _image_size(files[0])
+        if size != tuple(crop):
+            raise app.UsageError(
+                f"{data_dir} holds {size[0]}x{size[1]} images (an earlier demo's); "
+                f"this demo uses {crop[0]}x{crop[1]}: remove {data_dir} "
+                "or pass another --demo_dir"
+            )
+        written = "reused"
     batch = next(
         iter(
             pipeline.make_dataset(
                 data_dir,
                 "train",
-                crop_size=DEMO_CROP,
+                crop_size=crop,
                 batch_size=8,
                 is_training=True,
                 ignore_label=synthetic.IGNORE_LABEL,
@@ -227,7 +260,7 @@ def export(data_dir, search_dir, export_dir, best):
     common = [
         f"--flagfile={PRESET}",
         f"--dataset_dir={data_dir}",
-        "--crop_size=129,129",
+        f"--crop_size={_CROP_FLAG}",
         "--overwrite",
     ]
     run_program(
@@ -246,9 +279,11 @@ def export(data_dir, search_dir, export_dir, best):
             f"--output_dir={os.path.join(export_dir, 'compare')}",
             f"--models=searched:{best_dir}:{cell_json},"
             f"aspp:{os.path.join(search_dir, 'pretrain')}:aspp",
-            "--qat_steps=100",
-            "--pruning_steps=100",
-            "--calibration_steps=20",
+            "--qat_steps=30",
+            "--pruning_steps=30",
+            "--fine_tune_batch_size=2",
+            "--calibration_steps=10",
+            "--max_eval_images=10",
         ]
     )
 

@@ -1,5 +1,8 @@
 """The demo's DPC-vs-ASPP table."""
 
+from absl import app
+import pytest
+
 from deeplab_dpc import demo
 
 
@@ -21,12 +24,29 @@ def test_report_compares_dpc_and_aspp_per_backbone():
 
 def test_prepare_data_writes_then_reuses_the_synthetic_set(tmp_path):
     data_dir = str(tmp_path / "synthetic")
-    first = demo.prepare_data(data_dir)
-    assert first.startswith("wrote") and "images (8, 129, 129, 3)" in first
+    small = {"crop": (65, 65), "num_train": 8, "num_val": 4}
+    first = demo.prepare_data(data_dir, **small)
+    assert first.startswith("wrote") and "images (8, 65, 65, 3)" in first
     shards = sorted(p.name for p in (tmp_path / "synthetic").iterdir())
     assert "train-00000-of-00004.tfrecord" in shards
-    assert demo.prepare_data(data_dir).startswith("reused")
+    assert demo.prepare_data(data_dir, **small).startswith("reused")
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == shards
+    # An earlier demo's images of another size are refused, not mixed in.
+    with pytest.raises(app.UsageError, match=r"holds 65x65 images .*uses 513x513"):
+        demo.prepare_data(data_dir)
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == shards
+
+
+def test_the_search_runs_where_the_cell_space_means_something():
+    """33x33 features or more: crop 513 at output stride 16 (issue 22)."""
+    flags = dict(f.lstrip("-").split("=", 1) for f in demo.SEARCH_FLAGS)
+    crop = [int(v) for v in flags["train_crop_size"].split(",")]
+    with open(demo.PRESET) as f:
+        stride = int(
+            next(l for l in f if l.startswith("--output_stride=")).split("=")[1]
+        )
+    assert all((c - 1) // stride + 1 >= 33 for c in crop)
+    assert flags["max_head_madds"] == "1.1xaspp"
 
 
 def test_stages_have_headings_and_times_and_commands_name_the_interpreter(capsys):
