@@ -38,6 +38,27 @@ The generative rules (all sizes in pixels of the image, `S = min(h, w)`):
 * Background pixels are class 0. `IGNORE_LABEL` (255) never occurs in a
   generated label: it is the value the input pipeline pads labels with.
 
+What each scale of context decides, at the demo's and the search
+benchmark's geometry (513x513 images, output stride 16: 33x33 features, a
+feature 16 pixels; a 3x3 atrous conv at rate r spans 2r + 1 features, a
+pooling grid of g averages cells of about 33 / g features):
+
+* the **texture** (stripes or checker, 6-pixel period) lives inside one
+  feature's receptive field: the backbone alone, a 1x1 conv or rate 1;
+* the **size** needs the region's extent. Small boxes are 0.09-0.15 S
+  (46-77 pixels, 3-5 features), medium 0.20-0.28 S (103-144 pixels, 6-9
+  features), large 0.36-0.50 S (185-257 pixels, 12-16 features): telling
+  small from medium takes rates of about 3-6 or grid 8 (4-feature cells),
+  medium from large rates of about 6-12 or grid 4, a large region's far
+  edge rates up to 15-21 or grid 2;
+* the **tint** is in the background, which a pixel deep inside a large
+  region sees only beyond its edge, 6-8 or more features away: large rates
+  or image pooling (grid 1).
+
+So no single rate or grid decides every class, which is what a cell of
+several branches at different scales is for; at 129x129 (9x9 features)
+every rate of 9 or more reads only padding.
+
 Images are uint8 RGB stored as PNG (lossless), labels single-channel PNG, in
 DeepLab's tf.Example format (`tfexample`). The registry lists it as
 "synthetic" (`--dataset=synthetic`).
