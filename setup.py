@@ -8,7 +8,8 @@ import setuptools
 # installed inside the package, as `deeplab_dpc.datasets.<program>` and
 # `deeplab_dpc.export_programs.<program>` (`deeplab_dpc.export` is the
 # export library), never as top-level `datasets`/`export` packages, whose
-# names others own (Hugging Face's `datasets`).
+# names others own (Hugging Face's `datasets`). deeplab_dpc/__init__.py maps
+# the same folders in a checkout and an editable install (tested equal).
 PROGRAM_FOLDERS = {
     "deeplab_dpc.datasets": "datasets",
     "deeplab_dpc.export_programs": "export",

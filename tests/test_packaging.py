@@ -17,6 +17,8 @@ import zipfile
 
 import pytest
 
+import deeplab_dpc
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The repository's program folders and the packages they install as.
 FOLDERS = {"datasets": "deeplab_dpc.datasets", "export": "deeplab_dpc.export_programs"}
@@ -33,14 +35,19 @@ PACKAGE_PROGRAMS = (
 
 
 def _setup_programs():
-    """setup.py's PROGRAMS: {console script: module}, read, not run."""
+    """setup.py's PROGRAMS: {console script: module}."""
+    return _setup_value("PROGRAMS")
+
+
+def _setup_value(name):
+    """A literal assignment of setup.py, read, not run."""
     with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     (value,) = [
         node.value
         for node in tree.body
         if isinstance(node, ast.Assign)
-        and [getattr(t, "id", None) for t in node.targets] == ["PROGRAMS"]
+        and [getattr(t, "id", None) for t in node.targets] == [name]
     ]
     return ast.literal_eval(value)
 
@@ -61,6 +68,30 @@ def test_setup_names_every_program():
     for script, module in programs.items():
         name = module.replace(".search.program", ".search").rsplit(".", 1)[-1]
         assert script == f"deeplab_dpc_{name}", script
+
+
+def test_the_package_maps_the_folders_as_setup_does():
+    # deeplab_dpc/__init__.py serves checkouts and editable installs.
+    assert _setup_value("PROGRAM_FOLDERS") == {
+        f"deeplab_dpc.{name}": folder
+        for name, folder in deeplab_dpc.PROGRAM_FOLDERS.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "module", ["deeplab_dpc.datasets.build_synthetic_data", "deeplab_dpc.export_programs.compare"]
+)
+def test_installed_module_names_work_in_a_checkout(module, program_env, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=tmp_path,
+        env=program_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Flags of this program:" in proc.stdout
 
 
 @pytest.fixture(name="wheel", scope="module")
