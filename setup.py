@@ -2,6 +2,41 @@
 
 import setuptools
 
+# The programs of the top-level folders `datasets/` (the data set converters)
+# and `export/` (SavedModel, TFLite, their comparison, the serving client)
+# stay there in the repository (`python datasets/build_seg_data.py`) and are
+# installed inside the package, as `deeplab_dpc.datasets.<program>` and
+# `deeplab_dpc.export_programs.<program>` (`deeplab_dpc.export` is the
+# export library), never as top-level `datasets`/`export` packages, whose
+# names others own (Hugging Face's `datasets`). deeplab_dpc/__init__.py maps
+# the same folders in a checkout and an editable install (tested equal).
+PROGRAM_FOLDERS = {
+    "deeplab_dpc.datasets": "datasets",
+    "deeplab_dpc.export_programs": "export",
+    # The flagfile presets (the installed demo reads one).
+    "deeplab_dpc.configs": "configs",
+}
+# Console script -> the installed module whose `run()` it calls.
+PROGRAMS = {
+    "deeplab_dpc_flops": "deeplab_dpc.flops",
+    "deeplab_dpc_import_checkpoint": "deeplab_dpc.import_checkpoint",
+    "deeplab_dpc_train": "deeplab_dpc.train",
+    "deeplab_dpc_eval": "deeplab_dpc.eval",
+    "deeplab_dpc_vis": "deeplab_dpc.vis",
+    "deeplab_dpc_search": "deeplab_dpc.search.program",
+    "deeplab_dpc_demo": "deeplab_dpc.demo",
+    "deeplab_dpc_predict": "deeplab_dpc.predict",
+    "deeplab_dpc_build_seg_data": "deeplab_dpc.datasets.build_seg_data",
+    "deeplab_dpc_build_synthetic_data": "deeplab_dpc.datasets.build_synthetic_data",
+    "deeplab_dpc_build_voc2012_data": "deeplab_dpc.datasets.build_voc2012_data",
+    "deeplab_dpc_build_cityscapes_data": "deeplab_dpc.datasets.build_cityscapes_data",
+    "deeplab_dpc_build_ade20k_data": "deeplab_dpc.datasets.build_ade20k_data",
+    "deeplab_dpc_export_model": "deeplab_dpc.export_programs.export_model",
+    "deeplab_dpc_export_tflite": "deeplab_dpc.export_programs.export_tflite",
+    "deeplab_dpc_compare": "deeplab_dpc.export_programs.compare",
+    "deeplab_dpc_serving_client": "deeplab_dpc.export_programs.serving_client",
+}
+
 setuptools.setup(
     name="deeplab_dpc",
     version="0.1.0",
@@ -9,8 +44,10 @@ setuptools.setup(
         "DeepLab with the Dense Prediction Cell and its architecture "
         "search, in TensorFlow 2 and Keras"
     ),
-    packages=setuptools.find_packages(include=["deeplab_dpc", "deeplab_dpc.*"]),
-    package_data={"deeplab_dpc": ["cells/*.json"]},
+    packages=setuptools.find_packages(include=["deeplab_dpc", "deeplab_dpc.*"])
+    + sorted(PROGRAM_FOLDERS),
+    package_dir=PROGRAM_FOLDERS,
+    package_data={"deeplab_dpc": ["cells/*.json"], "deeplab_dpc.configs": ["*.flags"]},
     python_requires=">=3.10",
     # Pinned to what is tested. The plain `tensorflow` wheel runs on the CPU
     # and pulls no CUDA; nothing here pulls PyTorch.
@@ -48,14 +85,7 @@ setuptools.setup(
     },
     entry_points={
         "console_scripts": [
-            "deeplab_dpc_flops=deeplab_dpc.flops:run",
-            "deeplab_dpc_import_checkpoint=deeplab_dpc.import_checkpoint:run",
-            "deeplab_dpc_train=deeplab_dpc.train:run",
-            "deeplab_dpc_eval=deeplab_dpc.eval:run",
-            "deeplab_dpc_vis=deeplab_dpc.vis:run",
-            "deeplab_dpc_search=deeplab_dpc.search.program:run",
-            "deeplab_dpc_demo=deeplab_dpc.demo:run",
-            "deeplab_dpc_predict=deeplab_dpc.predict:run",
+            f"{script}={module}:run" for script, module in PROGRAMS.items()
         ],
     },
 )

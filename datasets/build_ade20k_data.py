@@ -49,5 +49,9 @@ def main(argv):
         converter_flags.write_flagfile(_WRITE.output_dir.value, "build_ade20k_data")
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main, __name__, required=["ade20k_root", "output_dir"])
+
+
+if __name__ == "__main__":
+    run()

@@ -43,5 +43,9 @@ def main(argv):
         converter_flags.write_flagfile(_WRITE.output_dir.value, "build_cityscapes_data")
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main, __name__, required=["cityscapes_root", "output_dir"])
+
+
+if __name__ == "__main__":
+    run()

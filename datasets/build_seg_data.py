@@ -92,7 +92,7 @@ def main(argv):
         converter_flags.write_flagfile(_WRITE.output_dir.value, "build_seg_data")
 
 
-if __name__ == "__main__":
+def run():
     cli.run(
         main,
         __name__,
@@ -103,3 +103,7 @@ if __name__ == "__main__":
             "output_dir",
         ],
     )
+
+
+if __name__ == "__main__":
+    run()

@@ -62,5 +62,9 @@ def main(argv):
         )
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main, __name__, required=["output_dir"])
+
+
+if __name__ == "__main__":
+    run()

@@ -41,5 +41,9 @@ def main(argv):
         converter_flags.write_flagfile(_WRITE.output_dir.value, "build_voc2012_data")
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main, __name__, required=["voc_root", "output_dir"])
+
+
+if __name__ == "__main__":
+    run()

@@ -21,7 +21,9 @@
    pretrained ASPP model (`export/compare.py`).
 
 Stages 3 and 4 run the project's programs as subprocesses, with the presets
-of `configs/synthetic_mobilenetv2_dpc.flags`.
+of `configs/synthetic_mobilenetv2_dpc.flags`: from a checkout its files
+(`export/compare.py`), installed (`deeplab_dpc_demo`) the installed modules
+(`deeplab_dpc.export_programs.compare`) and the installed preset.
 """
 
 import contextlib
@@ -34,15 +36,13 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from deeplab_dpc.cells import cell_spec
-from deeplab_dpc.data import pipeline
-from deeplab_dpc.data import synthetic
-from deeplab_dpc.data import tfexample
 from deeplab_dpc.flags import cli
-from deeplab_dpc.models import accounting
-from deeplab_dpc.models import deeplab
+
+# The library (TensorFlow) is imported inside the stages, after the flags are
+# parsed: `--help` is quick.
+# pylint: disable=import-outside-toplevel
 
 # The paper's Cityscapes setting: full 1025x2049 images, output stride 16.
 CROP_SIZE = (1025, 2049)
@@ -61,7 +61,32 @@ _DEMO_DIR = flags.DEFINE_string(
 STAGES = ("data", "heads", "search", "export")
 _STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, of {STAGES}.")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRESET = os.path.join(REPO, "configs", "synthetic_mobilenetv2_dpc.flags")
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+PRESET_NAME = "synthetic_mobilenetv2_dpc.flags"
+# The installed package of the repository's export/ folder (setup.py).
+INSTALLED_EXPORT = "deeplab_dpc.export_programs"
+
+
+def in_checkout(repo=REPO):
+    """Whether the demo runs from a checkout (else from an installed wheel)."""
+    return os.path.isfile(os.path.join(repo, "export", "export_model.py"))
+
+
+def preset(repo=REPO, package=PACKAGE):
+    """The preset flagfile: configs/ of a checkout, or its installed copy."""
+    if in_checkout(repo):
+        return os.path.join(repo, "configs", PRESET_NAME)
+    return os.path.join(package, "configs", PRESET_NAME)
+
+
+def export_program(name, repo=REPO):
+    """The arguments of Python that run the export program `name`."""
+    if in_checkout(repo):
+        return [f"export/{name}.py"]
+    return ["-m", f"{INSTALLED_EXPORT}.{name}"]
+
+
+PRESET = preset()
 # A search that fits in minutes on 2 CPU cores (see the README's figures).
 SEARCH_FLAGS = (
     f"--train_crop_size={_CROP_FLAG}",
@@ -95,6 +120,9 @@ _COLUMNS = [
 
 def compare(variants, crop_size, output_stride, num_classes):
     """Rows of the DPC-vs-ASPP table, one per (backbone, head)."""
+    from deeplab_dpc.models import accounting
+    from deeplab_dpc.models import deeplab
+
     rows = []
     rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
     heads = [
@@ -130,6 +158,8 @@ def _image_size(shard):
     """(height, width) of a shard's first example."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    from deeplab_dpc.data import tfexample
+
     record = next(iter(tf.data.TFRecordDataset(shard).take(1)))
     example = tfexample.decode_example(record)
     return int(example[tfexample.HEIGHT]), int(example[tfexample.WIDTH])
@@ -141,6 +171,12 @@ def prepare_data(data_dir, crop=DEMO_CROP, num_train=200, num_val=50):
     Its images are `crop`-sized; shards of another size (an earlier demo's)
     are refused, not mixed.
     """
+    import numpy as np
+
+    from deeplab_dpc.data import pipeline
+    from deeplab_dpc.data import synthetic
+    from deeplab_dpc.data import tfexample
+
     try:
         files = tfexample.split_files(data_dir, "train")
     except FileNotFoundError:
@@ -226,8 +262,12 @@ def run_program(args):
     """Runs one of the project's programs, its output going to the console."""
     print("$ " + shlex.join([interpreter(), *args]), flush=True)
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    subprocess.run([sys.executable, *args], check=True, cwd=REPO, env=env)
+    if in_checkout():
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        cwd = REPO
+    else:
+        cwd = None  # Installed: the programs are modules of the package.
+    subprocess.run([sys.executable, *args], check=True, cwd=cwd, env=env)
 
 
 def search(data_dir, search_dir):
@@ -265,7 +305,7 @@ def export(data_dir, search_dir, export_dir, best):
     ]
     run_program(
         [
-            "export/export_model.py",
+            *export_program("export_model"),
             *common,
             f"--checkpoint_path={best_dir}",
             f"--dense_prediction_cell_json={cell_json}",
@@ -274,7 +314,7 @@ def export(data_dir, search_dir, export_dir, best):
     )
     run_program(
         [
-            "export/compare.py",
+            *export_program("compare"),
             *common,
             f"--output_dir={os.path.join(export_dir, 'compare')}",
             f"--models=searched:{best_dir}:{cell_json},"
@@ -319,6 +359,8 @@ def main(argv):
 
 def report(variants, crop_size, output_stride, num_classes):
     """The demo's text: the table and the DPC/ASPP ratios per backbone."""
+    from deeplab_dpc.models import accounting
+
     rows = compare(variants, crop_size, output_stride, num_classes)
     lines = [
         f"DeepLab heads at {crop_size[0]}x{crop_size[1]}, output stride "

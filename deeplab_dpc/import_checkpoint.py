@@ -33,9 +33,8 @@ from absl import app
 from absl import flags
 
 from deeplab_dpc import file_io
+from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import common_flags
-from deeplab_dpc.models import tf1_checkpoint
-from deeplab_dpc.training import tf1_import
 
 MODEL_FLAGS_FILE = "model.flags"
 
@@ -82,6 +81,12 @@ def main(argv):
         )
     except flags.ValidationError as e:
         raise app.UsageError(str(e)) from e
+    # After the flags: the library imports TensorFlow (`--help` stays quick).
+    # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.models import tf1_checkpoint
+    from deeplab_dpc.training import tf1_import
+
+    # pylint: enable=import-outside-toplevel
     try:
         written, report = tf1_import.import_to_checkpoint(
             options,
@@ -101,8 +106,7 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["tf1_checkpoint", "output_dir"])
-    app.run(main)
+    cli.run(main, __name__, required=["tf1_checkpoint", "output_dir"])
 
 
 if __name__ == "__main__":

@@ -87,5 +87,9 @@ def main(argv):
     print(f"Wrote {', '.join(compare.output_files(_OUTPUT_DIR.value))}")
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main, __name__, required=["output_dir"])
+
+
+if __name__ == "__main__":
+    run()

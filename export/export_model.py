@@ -105,5 +105,9 @@ def main(argv):
     print(saved_model.describe(path))
 
 
-if __name__ == "__main__":
+def run():
     cli.run(main, __name__, required=["checkpoint_path", "export_path"])
+
+
+if __name__ == "__main__":
+    run()

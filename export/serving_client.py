@@ -23,10 +23,18 @@ import os
 
 from absl import app
 from absl import flags
-import grpc
 
 from deeplab_dpc.data import registry
-from deeplab_dpc.export import serving
+from deeplab_dpc.flags import cli
+
+# The library's serving module (deeplab_dpc.export.serving) imports
+# TensorFlow and gRPC: `main` imports it, after the flags are parsed, so that
+# `--help` is quick. Its names, spelled here (tests/flags/test_cli.py checks
+# them against the library's).
+PREDICT_IMAGES = "predict_images"
+SIGNATURES = ("serving_default", "predict_images")
+GRPC_PORT = 8500
+REST_PORT = 8501
 
 _IMAGES = flags.DEFINE_list(
     "images", None, "Image files or glob patterns, comma separated."
@@ -43,7 +51,7 @@ _MODEL_VERSION = flags.DEFINE_integer(
     "model_version", None, "Version to call; default the latest served.", lower_bound=0
 )
 _SIGNATURE_NAME = flags.DEFINE_enum(
-    "signature_name", serving.PREDICT_IMAGES, list(serving.SIGNATURES), "Signature."
+    "signature_name", PREDICT_IMAGES, list(SIGNATURES), "Signature."
 )
 _COLORMAP = flags.DEFINE_enum(
     "colormap", None, list(registry.COLORMAPS), "Also write coloured labels."
@@ -72,6 +80,8 @@ def expand_images(patterns):
 
 def check_outputs(paths):
     """Raises app.UsageError when two images share outputs or outputs exist."""
+    from deeplab_dpc.export import serving  # pylint: disable=import-outside-toplevel
+
     seen = {}
     for path in paths:
         for output in serving.prediction_paths(
@@ -88,7 +98,9 @@ def check_outputs(paths):
 
 def predict(images):
     """Calls the server on a batch of images; returns its outputs."""
-    default_port = serving.GRPC_PORT if _PROTOCOL.value == "grpc" else serving.REST_PORT
+    from deeplab_dpc.export import serving  # pylint: disable=import-outside-toplevel
+
+    default_port = GRPC_PORT if _PROTOCOL.value == "grpc" else REST_PORT
     server = _SERVER.value or f"localhost:{default_port}"
     if _PROTOCOL.value == "grpc":
         return serving.grpc_predict(
@@ -111,6 +123,12 @@ def predict(images):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
+    # pylint: disable=import-outside-toplevel
+    import grpc
+
+    from deeplab_dpc.export import serving
+
+    # pylint: enable=import-outside-toplevel
     paths = expand_images(_IMAGES.value)
     check_outputs(paths)
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
@@ -133,6 +151,9 @@ def main(argv):
         print(f"{path} -> {', '.join(written)}")
 
 
+def run():
+    cli.run(main, __name__, required=["images", "output_dir"])
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["images", "output_dir"])
-    app.run(main)
+    run()

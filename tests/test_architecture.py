@@ -28,6 +28,7 @@ FLAGS_ROOM = "flags"
 ALLOWED = {
     "file_io": set(),
     "processes": set(),
+    "progress": set(),
     "cells": {"file_io"},
     "layers": {"cells"},
     "models": {"cells", "layers", "file_io"},
@@ -43,8 +44,18 @@ ALLOWED = {
         "evaluation",
         "file_io",
         "processes",
+        "progress",
     },
-    "export": {"cells", "layers", "models", "data", "training", "evaluation", "file_io"},
+    "export": {
+        "cells",
+        "layers",
+        "models",
+        "data",
+        "training",
+        "evaluation",
+        "file_io",
+        "progress",
+    },
 }
 _DEFINES_FLAGS = re.compile(r"\bflags\.DEFINE_\w+\(|\bapp\.run\(")
 

@@ -1,4 +1,6 @@
-"""The demo's DPC-vs-ASPP table."""
+"""The demo: its DPC-vs-ASPP table, stages and programs."""
+
+import os
 
 from absl import app
 import pytest
@@ -57,3 +59,22 @@ def test_stages_have_headings_and_times_and_commands_name_the_interpreter(capsys
     assert out[1].startswith("$ ") and out[1].endswith("python -c pass")
     assert out[1].split()[1].endswith("python") and out[1].split()[1] != "-c"
     assert out[2].startswith("== Stage 3/4 done in 0 min ")
+
+
+def test_programs_and_preset_from_a_checkout_or_installed(tmp_path):
+    assert demo.in_checkout()
+    assert demo.export_program("compare") == ["export/compare.py"]
+    assert demo.PRESET == os.path.join(demo.REPO, "configs", demo.PRESET_NAME)
+    assert os.path.isfile(demo.PRESET)
+    # Installed (site-packages holds no export/ folder): the modules the
+    # wheel installs and its copy of the preset (tests/test_packaging.py).
+    site = str(tmp_path)
+    assert not demo.in_checkout(site)
+    assert demo.export_program("compare", site) == [
+        "-m",
+        "deeplab_dpc.export_programs.compare",
+    ]
+    package = os.path.join(site, "deeplab_dpc")
+    assert demo.preset(site, package) == os.path.join(
+        package, "configs", "synthetic_mobilenetv2_dpc.flags"
+    )

@@ -194,12 +194,13 @@ def worker_pool(num_workers):
         yield None
         return
     context = multiprocessing.get_context("spawn")
-    # The workers die with this process, even when it is SIGKILLed.
+    # The workers die with this process, even when it is SIGKILLed, and
+    # import TensorFlow as quietly as it does.
     with concurrent.futures.ProcessPoolExecutor(
         num_workers,
         mp_context=context,
-        initializer=processes.die_with_parent,
-        initargs=(os.getpid(),),
+        initializer=processes.start_worker,
+        initargs=(os.getpid(), processes.wants_quiet_native_logs()),
     ) as pool:
         yield pool
 

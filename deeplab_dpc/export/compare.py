@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from deeplab_dpc import file_io
+from deeplab_dpc import progress
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.evaluation import inference
 from deeplab_dpc.export import litert_runner
@@ -210,7 +211,11 @@ def compare(
         raise FileExistsError(f"{', '.join(existing)} already exist: pass --overwrite")
     variants = tflite.parse_variants(variants)
     rows, models = [], {}
-    for spec in specs:
+    models_done = progress.Progress("model", len(specs))
+    for i, spec in enumerate(specs, start=1):
+        progress.emit(
+            f"model {i}/{len(specs)} ({spec.name}): exporting {', '.join(variants)}"
+        )
         model = inference.load_model(spec.options, spec.checkpoint_path)
         counts = accounting.count(model)
         crop = spec.options.crop_size
@@ -244,6 +249,7 @@ def compare(
             row = _measure(entry, checks.num_threads, latency_runs, warmup_runs)
             row.update(_row(spec, variant, entry, counts, evaluation.get(variant, {})))
             rows.append(row)
+        models_done.advance(spec.name, "exported, evaluated and timed")
     settings = {
         "num_threads": checks.num_threads,
         "latency_runs": latency_runs,

@@ -29,6 +29,10 @@ WORK_DIR`) started by `run` from the Keras 3 process:
    keeps its FakeQuant ops), their outputs on the parity images
    (`outputs.npz`) and `result.json` (losses, sparsity, tensor names).
    The calling process converts the graphs to TFLite like every variant.
+
+The subprocess reports its calibration and fine-tuning steps as progress
+lines (`deeplab_dpc.progress`) on its standard error; `run` passes them on
+to its own as they come and keeps the rest for its error message.
 """
 
 import dataclasses
@@ -36,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Optional
 
 import numpy as np
@@ -44,6 +49,7 @@ from tensorflow.python.framework import (
     convert_to_constants,
 )  # pylint: disable=g-direct-tensorflow-import
 
+from deeplab_dpc import progress
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.export import keras_paths
@@ -177,18 +183,14 @@ def run(
         json.dump(request, f, indent=2)
     env = dict(os.environ, **{LEGACY_KERAS_ENV: "1"})
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run(
-        [sys.executable, "-m", __name__, work_dir],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
+    progress.emit(f"fine-tuning {', '.join(variants)} in a tf_keras process")
+    returncode, errors = _run_passing_progress(
+        [sys.executable, "-m", __name__, work_dir], env, timeout
     )
-    if proc.returncode != 0:
+    if returncode != 0:
         raise RuntimeError(
             f"the tf_keras subprocess for {list(variants)} failed "
-            f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+            f"(exit {returncode}):\n{errors[-4000:]}"
         )
     with open(os.path.join(work_dir, RESULT_FILE)) as f:
         result = json.load(f)
@@ -197,7 +199,49 @@ def run(
     return result
 
 
-def fine_tune_model(model, batches, steps, learning_rate, options, hooks=None):
+def _run_passing_progress(command, env, timeout):
+    """Runs `command`; passes its progress lines on to this process's
+    standard error as they come.
+
+    Returns:
+      (exit status, the rest of its standard error).
+
+    Raises:
+      subprocess.TimeoutExpired: after `timeout` seconds (it is killed).
+    """
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    errors = []
+
+    def read():
+        for line in proc.stderr:
+            if progress.is_progress_line(line):
+                progress.emit(line.rstrip("\n"))
+            else:
+                errors.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join()
+        proc.stderr.close()
+    return returncode, "".join(errors)
+
+
+def fine_tune_model(
+    model, batches, steps, learning_rate, options, hooks=None, what=None
+):
     """Fine-tunes a tf_keras model with DeepLab's loss (SGD with momentum).
 
     Args:
@@ -207,6 +251,8 @@ def fine_tune_model(model, batches, steps, learning_rate, options, hooks=None):
       learning_rate: float.
       options: `FineTuneOptions` (momentum, ignore label, eagerness).
       hooks: object with `begin()` and `end()` called around the steps.
+      what: str or None; when given, a progress line "<what> fine-tuning
+        step n/N: loss ..." every tenth of the steps.
 
     Returns:
       list of the steps' losses.
@@ -229,6 +275,7 @@ def fine_tune_model(model, batches, steps, learning_rate, options, hooks=None):
     if not options.run_eagerly:
         step = tf.function(step)
     losses = []
+    steps_done = progress.Progress(f"{what} fine-tuning step", steps) if what else None
     if hooks is not None:
         hooks.begin()
     for i in range(steps):
@@ -237,6 +284,8 @@ def fine_tune_model(model, batches, steps, learning_rate, options, hooks=None):
         if not np.isfinite(loss):
             raise FloatingPointError(f"non-finite fine-tuning loss at step {i}")
         losses.append(loss)
+        if steps_done is not None:
+            steps_done.advance(detail=f"loss {loss:.4f}")
     if hooks is not None:
         hooks.end()
     return losses
@@ -273,9 +322,17 @@ def _make_variant(variant, model, options, batches, work_dir):
         images = (
             next(batches)[pipeline.IMAGE] for _ in range(options.calibration_steps)
         )
-        ranges = qat.calibrate(tuned, images)
+        calibration = progress.Progress(
+            f"{variant} calibration batch", options.calibration_steps
+        )
+        ranges = qat.calibrate(tuned, calibration.track(images))
         losses = fine_tune_model(
-            tuned, batches, options.qat_steps, options.qat_learning_rate, options
+            tuned,
+            batches,
+            options.qat_steps,
+            options.qat_learning_rate,
+            options,
+            what=variant,
         )
         result = {"losses": losses, "calibrated_ranges": ranges}
     else:
@@ -290,6 +347,7 @@ def _make_variant(variant, model, options, batches, work_dir):
             options.pruning_learning_rate,
             options,
             hooks,
+            what=variant,
         )
         tuned = pruning.strip(wrapped)
         result = {"losses": losses, **pruning.sparsity(tuned)}

@@ -32,7 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab_dpc import file_io
+from deeplab_dpc import progress
 from deeplab_dpc.data import pipeline
+from deeplab_dpc.data import tfexample
 from deeplab_dpc.evaluation import metrics
 from deeplab_dpc.export import legacy_keras
 from deeplab_dpc.export import litert_runner
@@ -296,6 +298,7 @@ def _check_variants(staging, functions, conversion, checks, representative, refe
     images, logits = reference
     report = {"conversion": dataclasses.asdict(conversion), "variants": {}}
     failures = []
+    variants_done = progress.Progress("variant", len(functions))
     for variant, (function, info) in functions.items():
         content = tflite.convert(function, variant, conversion, representative)
         model_info = _check_file(content, variant, conversion)
@@ -312,6 +315,7 @@ def _check_variants(staging, functions, conversion, checks, representative, refe
         if model_info.unsupported_ops:
             # Only with allow_flex: LiteRT's Python package has no Flex
             # delegate, so such a file cannot be run here.
+            variants_done.advance(variant, "converted (Flex ops: not run here)")
             continue
         runner = litert_runner.Runner(content, checks.num_threads)
         entry["input_dtype"] = runner.input_dtype.name
@@ -331,6 +335,9 @@ def _check_variants(staging, functions, conversion, checks, representative, refe
             tuned = entry.get("fine_tuned_parity")
             against = f" (against its fine-tuned model: {tuned})" if tuned else ""
             failures.append(f"{variant}: {entry['parity']}{against}")
+        variants_done.advance(
+            variant, "converted and checked" if entry["passed"] else "FAILED its check"
+        )
     if failures:
         raise ParityError(
             "files that do not reproduce the model within the checks' "
@@ -363,6 +370,19 @@ def _evaluate(model_fn, staging, report, conversion, checks):
     for result in results.values():
         result["miou_drop"] = results["float"]["miou"] - result["miou"]
     return results
+
+
+def _count_records(dataset_dir, split, limit=0):
+    """The number of examples of a split, at most `limit` (0: all; 0 when
+    the split has no shard)."""
+    try:
+        files = tfexample.split_files(dataset_dir, split)
+    except FileNotFoundError:
+        return 0
+    records = tf.data.TFRecordDataset(files)
+    if limit:
+        records = records.take(limit)
+    return sum(1 for _ in records)
 
 
 def evaluate(
@@ -425,6 +445,8 @@ def evaluate(
     }
     same = {name: 0 for name in predictors}
     total, count = 0, 0
+    num_images = _count_records(dataset_dir, split, max_images)
+    images_done = progress.Progress("evaluation image", num_images)
     batches = iter(dataset)
     while not max_images or count < max_images:
         try:
@@ -452,6 +474,7 @@ def evaluate(
                 same[name] += int(np.sum(predictions == outputs[reference]))
         total += height * width
         count += 1
+        images_done.advance(detail=f"{len(predictors)} models")
     results = {}
     for name, stream in streams.items():
         result = stream.result()

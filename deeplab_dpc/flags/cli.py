@@ -13,7 +13,8 @@ Programs call `cli.run(main, __name__)` where they called `app.run(main)`:
   (CUDA stubs, oneDNN's note, "All log messages before
   absl::InitializeLog()...") sent to /dev/null and `TF_CPP_MIN_LOG_LEVEL=2`,
   unless `--verbosity` >= 1 (or `TF_CPP_MIN_LOG_LEVEL=0` is set) asks for
-  them.
+  them; spawned worker processes (a converter's writers) import it as
+  quietly (`processes.start_worker` reads `TF_CPP_MIN_LOG_LEVEL`).
 * `app.UsageError` and `flags.ValidationError` end the program with
   `error: <message>` and exit status 2; `OSError`, `ValueError`,
   `RuntimeError` and TensorFlow's op errors with the message's first line
@@ -21,13 +22,14 @@ Programs call `cli.run(main, __name__)` where they called `app.run(main)`:
   traceback instead.
 """
 
-import contextlib
 import os
 import re
 import sys
 
 from absl import app
 from absl import flags
+
+from deeplab_dpc import processes
 
 TRACEBACK_ENV = "DEEPLAB_DPC_TRACEBACK"
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
@@ -110,35 +112,6 @@ def wants_native_logs():
     return verbosity >= 1 or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 
 
-@contextlib.contextmanager
-def native_logs_silenced():
-    """Sends what native code writes to file descriptor 2 to /dev/null,
-    unless `--verbosity` >= 1 is on the command line (for a program that
-    imports TensorFlow before its flags are parsed)."""
-    if _verbose(sys.argv) or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-        yield
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_silenced():
-        yield
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Sends what native code writes to file descriptor 2 to /dev/null."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def import_tensorflow():
     """Imports TensorFlow, without its C++ start-up lines unless asked.
 
@@ -150,12 +123,8 @@ def import_tensorflow():
 
         return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_silenced():
-        import tensorflow as tf
-
-        # Initialises the devices now, when their lines (cuInit...) go too.
-        tf.config.list_physical_devices()
-    return tf
+    # Initialises the devices too, when their lines (cuInit...) go as well.
+    return processes.import_tensorflow_quietly()
 
 
 def _first_line(error):

@@ -1,11 +1,6 @@
 """`python -m deeplab_dpc.search`: the architecture search program."""
 
-from deeplab_dpc.flags import cli
-
-# The search program imports TensorFlow with its flags: without its C++
-# start-up lines unless --verbosity asks.
-with cli.native_logs_silenced():
-    from deeplab_dpc.search import program
+from deeplab_dpc.search import program
 
 if __name__ == "__main__":
     program.run()

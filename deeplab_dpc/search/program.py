@@ -46,9 +46,9 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import optuna
 
 from deeplab_dpc import file_io
+from deeplab_dpc import progress
 from deeplab_dpc.cells import cell_spec
 
 # The training program's flags (--train_crop_size, --train_split, ...) are
@@ -57,23 +57,21 @@ from deeplab_dpc.flags import cli
 from deeplab_dpc.flags import common_flags
 from deeplab_dpc.flags import speed_flags
 from deeplab_dpc.flags import train_flags  # pylint: disable=unused-import  # noqa: F401
-from deeplab_dpc.search import cache as cache_lib
 from deeplab_dpc.search import constraints
-from deeplab_dpc.search import engine
-from deeplab_dpc.search import one_shot
-from deeplab_dpc.search import optuna_space
-from deeplab_dpc.search import proxy
-from deeplab_dpc.search import report as report_lib
-from deeplab_dpc.search import rerank as rerank_lib
 from deeplab_dpc.search import space
-from deeplab_dpc.search import study_storage
-from deeplab_dpc.training import trainer
+
+# The search's library (TensorFlow, Optuna, Matplotlib) is imported inside
+# the functions that use it, after the flags are parsed: `--help` is quick.
+# pylint: disable=import-outside-toplevel
 
 MODES = ("pretrain", "cache", "search", "rerank", "report", "all")
 PRETRAIN_DIR = "pretrain"
 BASELINES_FILE = "baselines.json"
 FLAGS_FILE = "search.flags"
 FLAGS = flags.FLAGS
+# `engine.DEFAULT_STUDY_NAME`, spelled here (tests/flags/test_cli.py
+# checks it): the engine imports Optuna.
+DEFAULT_STUDY_NAME = "dpc_search"
 
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "What to run.")
 _SEARCH_DIR = flags.DEFINE_string("search_dir", None, "The search's folder.")
@@ -84,7 +82,7 @@ _STORAGE = flags.DEFINE_string(
     "password out of a postgresql:// URL: libpq reads PGPASSWORD or ~/.pgpass.",
 )
 _STUDY_NAME = flags.DEFINE_string(
-    "study_name", engine.DEFAULT_STUDY_NAME, "Study shared by the workers."
+    "study_name", DEFAULT_STUDY_NAME, "Study shared by the workers."
 )
 _STRATEGY = flags.DEFINE_string(
     "strategy",
@@ -191,11 +189,15 @@ def batch_norm_decay(steps):
     flag = FLAGS["batch_norm_decay"]
     if flag.present or not flag.using_default_value:  # Parsed, or set in code.
         return common_flags.BATCH_NORM_DECAY.value
+    from deeplab_dpc.search import proxy
+
     return proxy.proxy_norm_momentum(steps)
 
 
 def pretrain():
     """Trains the proxy backbone with an ASPP head; returns its checkpoint."""
+    from deeplab_dpc.training import trainer
+
     logdir = os.path.join(_search_dir(), PRETRAIN_DIR)
     info = _dataset()
     options = common_flags.model_options_from_flags(
@@ -240,6 +242,8 @@ def backbone_checkpoint(allow_pretrain):
 
 
 def build_cache(allow_pretrain=False):
+    from deeplab_dpc.search import cache as cache_lib
+
     info = _dataset()
     checkpoint = backbone_checkpoint(allow_pretrain)
     options = common_flags.model_options_from_flags(
@@ -268,6 +272,8 @@ def build_cache(allow_pretrain=False):
 
 
 def _load_cache():
+    from deeplab_dpc.search import cache as cache_lib
+
     try:
         cache = cache_lib.load_info(_search_dir())
     except (FileNotFoundError, ValueError) as e:
@@ -315,6 +321,9 @@ def _proxy_kwargs():
 
 def head_budget(cache):
     """The `constraints.HeadBudget` of --max_head_madds, or None."""
+    from deeplab_dpc.search import cache as cache_lib
+    from deeplab_dpc.search import proxy
+
     if not _MAX_HEAD_MADDS.value:
         return None
     info = cache_lib.load_info(cache)
@@ -343,6 +352,8 @@ def head_budget(cache):
 
 def make_objective(cache):
     """`objective(cell, report)` for the engine: one proxy trial."""
+    from deeplab_dpc.search import proxy
+
     kwargs = _proxy_kwargs()
     eval_every = _PROXY_EVAL_EVERY.value or max(1, _PROXY_STEPS.value // 4)
 
@@ -370,6 +381,8 @@ def make_objective(cache):
 
 def _one_shot_options():
     """The `one_shot` strategy's ranking (trained or read in search_dir/one_shot)."""
+    from deeplab_dpc.search import one_shot
+
     if _STRATEGY.value != "one_shot":
         return {}
     settings = one_shot.OneShotSettings(
@@ -388,6 +401,11 @@ def _one_shot_options():
 
 
 def open_study(feasible=None):
+    import optuna
+
+    from deeplab_dpc.search import engine
+    from deeplab_dpc.search import optuna_space
+
     objectives = tuple(_OBJECTIVES.value)
     unknown = sorted(set(objectives) - set(optuna_space.OBJECTIVES))
     if unknown:
@@ -442,6 +460,9 @@ def _given_flags():
 
 def search():
     """Runs this process's worker, or `--num_workers` local worker processes."""
+    from deeplab_dpc.search import engine
+    from deeplab_dpc.search import study_storage
+
     cache = _load_cache()
     budget = head_budget(cache)
     study = open_study(budget)
@@ -476,6 +497,8 @@ def search():
 
 def trial_records(study):
     """The study's trials as `report.TRIAL_FIELDS` dicts."""
+    from deeplab_dpc.search import engine
+
     records = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
@@ -496,6 +519,9 @@ def trial_records(study):
 
 def top_candidates(records, k):
     """The best `k` distinct cells by proxy mIOU."""
+    from deeplab_dpc.search import report as report_lib
+    from deeplab_dpc.search import rerank as rerank_lib
+
     seen, candidates = set(), []
     for record in report_lib.completed(records):
         cell = cell_spec.cell_from_json(record["cell"])
@@ -511,6 +537,8 @@ def top_candidates(records, k):
 
 
 def _rerank_options():
+    from deeplab_dpc.search import rerank as rerank_lib
+
     return rerank_lib.RerankOptions(
         rerank_steps=_RERANK_STEPS.value,
         train_batch_size=FLAGS.train_batch_size,
@@ -522,6 +550,8 @@ def _rerank_options():
 
 
 def run_rerank(study):
+    from deeplab_dpc.search import rerank as rerank_lib
+
     cache = _load_cache()
     return rerank_lib.rerank(
         top_candidates(trial_records(study), _TOP_K.value),
@@ -536,6 +566,8 @@ def run_rerank(study):
 
 def baseline_heads(output_stride):
     """(name, cell, atrous_rates) of the heads a search is measured against."""
+    from deeplab_dpc.search import report as report_lib
+
     conv1x1 = cell_spec.cell_from_json(
         [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
     )
@@ -554,6 +586,10 @@ def baselines(cache):
     End to end is the re-rank's budget (`--rerank_steps`), so the baselines
     and the re-ranked cells compare alike.
     """
+    from deeplab_dpc.search import cache as cache_lib
+    from deeplab_dpc.search import proxy
+    from deeplab_dpc.search import rerank as rerank_lib
+
     kwargs = _proxy_kwargs()
     options = _rerank_options()
     path = os.path.join(_search_dir(), BASELINES_FILE)
@@ -566,7 +602,9 @@ def baselines(cache):
             return stored["baselines"]
     info = cache_lib.load_info(cache)
     rows = []
-    for name, cell, rates in baseline_heads(info.output_stride):
+    heads = baseline_heads(info.output_stride)
+    heads_done = progress.Progress("baseline", len(heads), log=logging.info)
+    for name, cell, rates in heads:
         logging.info("Baseline %s on the proxy budget and end to end.", name)
         result = proxy.run_trial(cell, cache, atrous_rates=rates, **kwargs)
         full = rerank_lib.train_and_evaluate(
@@ -593,11 +631,17 @@ def baselines(cache):
                 "atrous_rates": list(rates),
             }
         )
+        heads_done.advance(
+            name, f"proxy mIOU {result.miou:.4f}, full mIOU {float(full['miou']):.4f}"
+        )
     file_io.write_json(path, {"budget": budget, "baselines": rows}, indent=1)
     return rows
 
 
 def write_report(study):
+    from deeplab_dpc.search import report as report_lib
+    from deeplab_dpc.search import rerank as rerank_lib
+
     cache = _load_cache()
     rerank_path = os.path.join(_search_dir(), rerank_lib.RESULTS_FILE)
     rerank_summary = None
@@ -627,6 +671,8 @@ def write_report(study):
 
 
 def main(argv):
+    from deeplab_dpc.search import cache as cache_lib
+
     if len(argv) > 1:
         raise app.UsageError(f"Too many arguments: {argv[1:]}")
     mode = _MODE.value

@@ -16,8 +16,14 @@ from deeplab_dpc.data import tfexample
 _DATASETS = pathlib.Path(__file__).resolve().parents[2] / "datasets"
 
 
-def _run(program, *args):
+# TensorFlow's C++ start-up lines (this machine has no GPU: cuInit fails).
+NATIVE_NOISE = ("cuInit", "oneDNN custom operations", "cudart_stub", "InitializeLog")
+
+
+def _run(program, *args, quiet_env=True):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if not quiet_env:  # As a user runs it: the program keeps them quiet.
+        del env["TF_CPP_MIN_LOG_LEVEL"]
     return subprocess.run(
         [sys.executable, str(_DATASETS / program), *args],
         capture_output=True,
@@ -65,8 +71,13 @@ def test_cityscapes_with_worker_processes(tmp_path):
         f"--output_dir={tmp_path / 'out'}",
         "--splits=train_fine",
         "--num_shards=2",
+        quiet_env=False,
     )  # default --num_workers=2: spawned workers re-import this program
     assert proc.returncode == 0, proc.stderr
+    # Neither this process nor its writer processes (each imports
+    # TensorFlow) print TensorFlow's start-up lines.
+    noise = [x for x in proc.stderr.splitlines() if any(n in x for n in NATIVE_NOISE)]
+    assert not noise, proc.stderr
     assert "train_fine: wrote 3 examples to 2 shard(s)" in proc.stdout
     assert sorted(os.listdir(tmp_path / "out")) == [
         "build_cityscapes_data.flags",

@@ -13,6 +13,8 @@ from tests.export import tflite_testing as tt
 
 VARIANTS = ("float32", "int8")
 PNG = b"\x89PNG\r\n\x1a\n"
+# The compare program's standard error (its progress lines).
+_STDERR = {}
 
 
 @pytest.fixture(name="comparison", scope="module")
@@ -34,6 +36,7 @@ def _comparison(tmp_path_factory):
         *tt.MODEL_FLAGS,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _STDERR["compare"] = proc.stderr
     with open(output_dir / compare.JSON_FILE) as f:
         return output_dir, json.load(f), proc.stdout
 
@@ -58,6 +61,28 @@ def test_numbers_are_sane(comparison):
         assert int8["size_bytes"] < 0.4 * float32["size_bytes"]
     assert by["dpc", "float32"]["madds"] > by["aspp", "float32"]["madds"]
     assert result["settings"]["latency_runs"] == 3
+
+
+def test_progress_of_models_variants_and_evaluations(comparison):
+    del comparison  # Run for its standard error.
+    lines = _STDERR["compare"].splitlines()
+    for model, number in (("dpc", 1), ("aspp", 2)):
+        assert f"model {number}/2 ({model}): exporting float32, int8" in lines
+        (done,) = [x for x in lines if x.startswith(f"model {number}/2 ({model}): exported")]
+        assert ", ETA " in done if number == 1 else done.endswith(", done")
+    variants = [x for x in lines if x.startswith("variant ")]
+    assert [x.split(":")[0] for x in variants] == [
+        "variant 1/2 (float32)",
+        "variant 2/2 (int8)",
+    ] * 2
+    assert ": converted and checked in " in variants[0] and ", ETA " in variants[0]
+    images = [x for x in lines if x.startswith("evaluation image ")]
+    # --max_eval_images=3, once per model: the float model and both files.
+    assert [x.split(":")[0] for x in images] == [
+        f"evaluation image {n}/3" for n in (1, 2, 3)
+    ] * 2
+    assert images[0].startswith("evaluation image 1/3: 3 models in ")
+    assert ", ETA " in images[0] and images[2].endswith(", done")
 
 
 def test_markdown_table_and_plots_are_written(comparison):

@@ -1,5 +1,7 @@
 """Magnitude-pruned TFLite files (pruning, under tf_keras)."""
 
+import contextlib
+import io
 import os
 
 from ai_edge_litert import schema_py_generated as schema
@@ -12,19 +14,23 @@ from deeplab_dpc.export import litert_runner
 from tests.export import tflite_testing as tt
 
 TARGET = 0.5
+# The export's standard error (its progress lines).
+_STDERR = {}
 
 
 @pytest.fixture(name="pruned", scope="module")
 def _pruned(tmp_path_factory):
     """The pruned variant made once (a tf_keras subprocess fine-tunes)."""
     output_dir = str(tmp_path_factory.mktemp("pruned"))
-    report = tt.fine_tuned_export(
-        output_dir,
-        "pruned",
-        tt.checks(dataset_dir=None),
-        target_sparsity=TARGET,
-        pruning_steps=2,
-    )
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        report = tt.fine_tuned_export(
+            output_dir,
+            "pruned",
+            tt.checks(dataset_dir=None),
+            target_sparsity=TARGET,
+            pruning_steps=2,
+        )
+    _STDERR["pruned"] = err.getvalue()
     return os.path.join(output_dir, "pruned.tflite"), report["variants"]["pruned"]
 
 
@@ -62,6 +68,17 @@ def test_pruned_kernels_reach_the_target_sparsity(pruned):
     assert entry["num_kernels"] == len(kernels) > 30
     # In the file itself: batch norm is folded into the filters, zeros stay.
     assert _conv_filter_sparsity(path) >= TARGET - 0.02
+
+
+def test_progress_of_fine_tuning(pruned):
+    del pruned  # Made for its standard error.
+    lines = _STDERR["pruned"].splitlines()
+    steps = [x for x in lines if x.startswith("pruned fine-tuning step")]
+    assert [x.split(":")[0] for x in steps] == [
+        "pruned fine-tuning step 1/2",
+        "pruned fine-tuning step 2/2",
+    ]
+    assert ", ETA " in steps[0] and steps[1].endswith(", done")
 
 
 def test_compressed_size_beside_the_raw_size(pruned):

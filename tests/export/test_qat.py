@@ -1,7 +1,9 @@
 """Quantization-aware int8 under tf_keras (legacy_keras, qat) and the weight
 transfer from the Keras 3 model."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 
@@ -15,20 +17,24 @@ from deeplab_dpc.export import litert_runner
 from tests.export import tflite_testing as tt
 
 QAT_STEPS = 2
+# The export's standard error (its progress lines).
+_STDERR = {}
 
 
 @pytest.fixture(name="qat", scope="module")
 def _qat(tmp_path_factory):
     """qat_int8 made once: a tf_keras subprocess fine-tunes, then conversion."""
     output_dir = str(tmp_path_factory.mktemp("qat"))
-    report = tt.fine_tuned_export(
-        output_dir,
-        "qat_int8",
-        tt.checks(),
-        representative=tt.representative(),
-        qat_steps=QAT_STEPS,
-        calibration_steps=2,
-    )
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        report = tt.fine_tuned_export(
+            output_dir,
+            "qat_int8",
+            tt.checks(),
+            representative=tt.representative(),
+            qat_steps=QAT_STEPS,
+            calibration_steps=2,
+        )
+    _STDERR["qat"] = err.getvalue()
     return output_dir, report["variants"]["qat_int8"], report
 
 
@@ -76,6 +82,27 @@ def test_qat_file_is_full_integer_and_agrees_with_the_models(qat):
     # Against the fake-quantized tf_keras model it was converted from.
     assert entry["fine_tuned_parity"]["agreement"] >= tt.INT8_AGREEMENT
     assert report["evaluation"]["qat_int8"]["agreement"] >= tt.INT8_AGREEMENT
+
+
+def test_progress_of_calibration_and_fine_tuning(qat):
+    del qat  # Made for its standard error.
+    lines = _STDERR["qat"].splitlines()
+    started = lines.index("fine-tuning qat_int8 in a tf_keras process")
+    # From the tf_keras subprocess, passed on as they came.
+    calibration = [x for x in lines if x.startswith("qat_int8 calibration")]
+    assert [x.split(";")[0] for x in calibration] == [
+        "qat_int8 calibration batch 1/2",
+        "qat_int8 calibration batch 2/2",
+    ]
+    assert lines.index(calibration[0]) > started
+    steps = [x for x in lines if x.startswith("qat_int8 fine-tuning step")]
+    assert [x.split(":")[0] for x in steps] == [
+        f"qat_int8 fine-tuning step {n}/{QAT_STEPS}" for n in range(1, QAT_STEPS + 1)
+    ]
+    assert ": loss " in steps[0] and ", ETA " in steps[0] and steps[-1].endswith("done")
+    (variant,) = [x for x in lines if x.startswith("variant ")]
+    assert variant.startswith("variant 1/1 (qat_int8): converted and checked in ")
+    assert lines.index(variant) > lines.index(steps[-1])
 
 
 def test_qat_ranges_calibrated_then_fine_tuned(qat):

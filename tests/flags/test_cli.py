@@ -3,6 +3,7 @@ errors in one line, and the flag modules' values against the library's."""
 
 import ast
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -70,7 +71,57 @@ PROGRAMS = {
     "export/compare.py": ["--models", "--checkpoint_path", "--variants"],
     "datasets/build_seg_data.py": ["--image_folder", "--output_dir", "--num_shards"],
     "datasets/build_synthetic_data.py": ["--output_dir", "--num_train"],
+    "datasets/build_voc2012_data.py": ["--voc_root", "--output_dir", "--num_shards"],
+    "datasets/build_cityscapes_data.py": ["--cityscapes_root", "--output_dir"],
+    "datasets/build_ade20k_data.py": ["--ade20k_root", "--output_dir"],
+    "deeplab_dpc.import_checkpoint": [
+        "--tf1_checkpoint",
+        "--output_dir",
+        "--model_variant",
+    ],
+    "deeplab_dpc.demo": ["--demo_dir", "--stages"],
+    "deeplab_dpc.search": [
+        "--search_dir",
+        "--mode",
+        "--strategy",
+        "--train_crop_size",
+        "--model_variant",
+    ],
+    "export/serving_client.py": ["--images", "--output_dir", "--protocol"],
 }
+# Programs without the model and data set flags.
+NO_MODEL_FLAGS = {
+    "datasets/build_seg_data.py",
+    "datasets/build_synthetic_data.py",
+    "datasets/build_voc2012_data.py",
+    "datasets/build_cityscapes_data.py",
+    "datasets/build_ade20k_data.py",
+    "deeplab_dpc.demo",
+    "export/serving_client.py",
+}
+# What `--help` must not import: each takes seconds.
+HEAVY_MODULES = ("tensorflow", "keras", "optuna", "grpc", "matplotlib", "jax")
+# `--help` takes well under this much CPU time (user + system of the
+# program: on a loaded machine its wall time stretches, its CPU time not).
+HELP_CPU_SECONDS = 3.0
+# A generous wall-time bound, for a machine busy with other tests.
+HELP_WALL_SECONDS = 15.0
+
+
+def test_every_program_is_covered():
+    """Every program of the package, datasets/ and export/ is in PROGRAMS."""
+    programs = {
+        f"{folder}/{name}"
+        for folder in ("datasets", "export")
+        for name in os.listdir(os.path.join(REPO, folder))
+        if name.endswith(".py")
+    }
+    for name in os.listdir(os.path.join(REPO, "deeplab_dpc")):
+        path = os.path.join(REPO, "deeplab_dpc", name)
+        if name.endswith(".py") and "cli.run(" in open(path, encoding="utf-8").read():
+            programs.add(f"deeplab_dpc.{name[:-3]}")
+    programs.add("deeplab_dpc.search")
+    assert programs == set(PROGRAMS)
 
 
 def _command(program):
@@ -82,6 +133,7 @@ def _command(program):
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_help_lists_the_programs_flags_grouped_without_tensorflow(program, program_env):
     start = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [*_command(program), "--help"],
         cwd=REPO,
@@ -91,6 +143,8 @@ def test_help_lists_the_programs_flags_grouped_without_tensorflow(program, progr
         timeout=60,
     )
     elapsed = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for flag in PROGRAMS[program]:
         assert f"  {flag}" in proc.stdout or f"  --[no]{flag[2:]}" in proc.stdout, flag
@@ -100,11 +154,13 @@ def test_help_lists_the_programs_flags_grouped_without_tensorflow(program, progr
         else "Flags of this program:"
     )
     assert own in proc.stdout
-    if "build_" not in program:
+    if program not in NO_MODEL_FLAGS:
         assert f"{MODEL} (" in proc.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
-    assert "tensorflow" not in imported, "--help imported TensorFlow"
-    assert elapsed < 3.0, f"--help took {elapsed:.1f} s"
+    heavy = sorted(set(HEAVY_MODULES) & imported)
+    assert not heavy, f"--help imported {heavy}"
+    assert cpu < HELP_CPU_SECONDS, f"--help took {cpu:.1f} s of CPU time"
+    assert elapsed < HELP_WALL_SECONDS, f"--help took {elapsed:.1f} s"
 
 
 def test_help_groups_in_order_with_titles():
@@ -210,3 +266,89 @@ def test_export_programs_pixel_budget_is_the_libraries():
     ) == (  # pylint: disable=eval-used
         saved_model.DEFAULT_MAX_IMAGE_PIXELS
     )
+
+
+def _literal_assignments(relative_path):
+    """{name: value} of a program's module-level literal assignments, read
+    without running it (running it would define its flags here)."""
+    path = os.path.join(REPO, relative_path)
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            values[node.targets[0].id] = value
+    return values
+
+
+def test_serving_client_names_the_libraries_values():
+    # The client imports the serving library (TensorFlow, gRPC) in main only.
+    from deeplab_dpc.export import serving  # pylint: disable=import-outside-toplevel
+
+    values = _literal_assignments("export/serving_client.py")
+    assert values["PREDICT_IMAGES"] == serving.PREDICT_IMAGES
+    assert values["SIGNATURES"] == serving.SIGNATURES
+    assert values["GRPC_PORT"] == serving.GRPC_PORT
+    assert values["REST_PORT"] == serving.REST_PORT
+
+
+def test_search_program_names_the_engines_study_name():
+    from deeplab_dpc.search import engine  # pylint: disable=import-outside-toplevel
+
+    values = _literal_assignments("deeplab_dpc/search/program.py")
+    assert values["DEFAULT_STUDY_NAME"] == engine.DEFAULT_STUDY_NAME
+
+
+# TensorFlow's C++ start-up lines (this machine has no GPU: cuInit fails).
+NATIVE_NOISE = (
+    "cuInit",
+    "oneDNN custom operations",
+    "cudart_stub",
+    "absl::InitializeLog()",
+)
+
+
+def _quiet_env(program_env):
+    """A user's environment: nothing asks TensorFlow to be quiet."""
+    env = dict(program_env)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+def _noise(stderr):
+    return [line for line in stderr.splitlines() if any(n in line for n in NATIVE_NOISE)]
+
+
+# A converter's writer processes: tests/datasets/test_build_programs.py.
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        # Imports TensorFlow (and gRPC, TF Serving's protos) in main, then
+        # refuses the image pattern.
+        [
+            os.path.join(REPO, "export/serving_client.py"),
+            "--images=/nonexistent/*.png",
+            "--output_dir=/nonexistent/out",
+        ],
+        # Imports TensorFlow before main, which refuses the stage.
+        ["-m", "deeplab_dpc.demo", "--stages=nothing"],
+    ],
+    ids=["serving_client", "demo"],
+)
+def test_programs_keep_tensorflows_start_up_lines_quiet(program, program_env):
+    proc = subprocess.run(
+        [sys.executable, *program],
+        cwd=REPO,
+        env=_quiet_env(program_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not _noise(proc.stderr), proc.stderr

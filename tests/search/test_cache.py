@@ -193,3 +193,29 @@ def test_failed_rebuild_keeps_the_old_cache_and_leaves_no_partial_files(
     with open(os.path.join(info.cache_dir, cache.MANIFEST), "rb") as f:
         assert f.read() == manifest
     cache.verify(cache.load_info(copy))
+
+
+def test_writing_a_split_shows_its_progress(tmp_path, capsys):
+    # Three crops in batches of two, two crops a shard: a bar counting the
+    # crops to their total, with its rate and ETA (tqdm's).
+    batches = [
+        {
+            pipeline.IMAGE: tf.zeros([n, 4, 4, 3]),
+            pipeline.LABEL: tf.zeros([n, 4, 4, 1], tf.int32),
+        }
+        for n in (2, 2)
+    ]
+    entry = cache._write_split(  # pylint: disable=protected-access
+        str(tmp_path),
+        "val",
+        batches,
+        3,
+        lambda images: tf.ones([images.shape[0], 2, 2, 5]),
+        2,
+        lambda labels, features, stored: labels.astype(np.uint8),
+        True,
+    )
+    assert entry["count"] == 3 and len(entry["shards"]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "cache val: 100%" in err and "3/3 [" in err
+    assert "<" in err.split("3/3 [")[-1]  # [elapsed<remaining, rate]
