@@ -263,7 +263,7 @@ def command_line(argv=None):
     return shlex.join([python, *argv])
 
 
-def write_result(path, benchmark, figures, argv=None):
+def write_result(path, benchmark, figures, argv=None, details=None):
     """Writes a result JSON object atomically (temporary name, then rename).
 
     Args:
@@ -271,6 +271,8 @@ def write_result(path, benchmark, figures, argv=None):
       benchmark: str, the script's name (e.g. "inference").
       figures: list of `figure` dicts.
       argv: the script's argv; default `sys.argv`.
+      details: str or None, Markdown (tables, a plot) that `run_all` puts in
+        results.md below the figures.
 
     Returns:
       the dict written.
@@ -281,20 +283,22 @@ def write_result(path, benchmark, figures, argv=None):
         "machine": machine(),
         "figures": list(figures),
     }
+    if details:
+        result["details"] = details
     write_text(path, json.dumps(result, indent=1) + "\n")
     return result
 
 
-def report(benchmark, figures, output_json=None, argv=None):
+def report(benchmark, figures, output_json=None, argv=None, details=None):
     """Prints the figures as a table, then writes them to `output_json` if set.
 
     Args:
-      benchmark, figures, argv: as `write_result`.
+      benchmark, figures, argv, details: as `write_result`.
       output_json: str or None, the script's `--output_json`.
     """
     print(format_figures(figures))
     if output_json:
-        write_result(output_json, benchmark, figures, argv)
+        write_result(output_json, benchmark, figures, argv, details)
 
 
 def write_text(path, text):

@@ -150,6 +150,8 @@ def markdown(results, machine, started):
             lines.append(
                 f"| {fig['name']} | {shown} | {fig['unit']} | {fig['detail']} |"
             )
+        if result.get("details"):
+            lines += ["", result["details"].strip()]
     return "\n".join(lines) + "\n"
 
 

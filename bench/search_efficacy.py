@@ -122,6 +122,11 @@ def _parse(argv):
     add("--work_dir", default=None, help="Keep the work here (default: temp).")
     add("--quick", action="store_true", help="Tiny smoke run.")
     add("--output_json", default=None, help="Result file.")
+    add(
+        "--plot",
+        default=os.path.join(_BENCH, "search_efficacy.png"),
+        help="The anytime curves (results.md shows bench/search_efficacy.png).",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.crop, args.num_train, args.num_val = 65, 8, 4
@@ -719,10 +724,9 @@ def main(argv=None):
     runs = part_efficacy(heads, args, budget, os.path.join(work_dir, "studies"))
     table = summarize(runs, aspp)
     shot = part_one_shot(heads, args, store)
-    plot_path = os.path.join(
-        os.path.dirname(args.output_json or work_dir), "search_efficacy.png"
-    )
-    plot_curves(runs, plot_path)
+    plot_curves(runs, os.path.join(work_dir, "search_efficacy.png"))
+    if not args.quick:  # A smoke run leaves the real run's plot alone.
+        plot_curves(runs, args.plot)
     text = markdown(fidelity, runs, table, aspp, args, heads.seconds, shot)
     benchlib.write_text(os.path.join(work_dir, "search_efficacy.md"), text)
     print(text, flush=True)
@@ -768,7 +772,14 @@ def main(argv=None):
             "wall, this invocation (earlier parts of a resumed run not counted)",
         ),
     ]
-    benchlib.report("search_efficacy", figures, args.output_json)
+    # The section of results.md: the text below the figures, without its
+    # own heading (run_all heads the section).
+    benchlib.report(
+        "search_efficacy",
+        figures,
+        args.output_json,
+        details=text.split("\n", 2)[2],
+    )
     if args.output_json:
         benchlib.write_text(
             os.path.splitext(args.output_json)[0] + "_details.json",

@@ -111,3 +111,13 @@ def test_onednn_state_follows_the_variable(monkeypatch, value, state):
     assert got == f"{state} (TF_ENABLE_ONEDNN_OPTS={value})" or (
         value == "1" and got.startswith("off")  # a TensorFlow without oneDNN
     )
+
+
+def test_markdown_shows_a_benchmarks_details_below_its_figures():
+    detailed = dict(_result("search_efficacy", 1.0), details="| head |\n|---|\n| a |\n")
+    text = run_all.markdown(
+        [detailed, _result("inference", 2.0)], {"cpu": "c", "cores": 2}, "t"
+    )
+    section = text.split("## search_efficacy")[1].split("## inference")[0]
+    assert section.index("| x | 1 | ms | d |") < section.index("| head |\n|---|\n| a |")
+    assert "| head |" not in text.split("## inference")[1]
