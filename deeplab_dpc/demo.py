@@ -36,6 +36,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from deeplab_dpc import processes
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.data import synthetic
@@ -194,7 +195,10 @@ def run_program(args):
     print("$ " + shlex.join([interpreter(), *args]), flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    subprocess.run([sys.executable, *args], check=True, cwd=REPO, env=env)
+    # A stopped or killed demo leaves no program running.
+    subprocess.run(
+        [sys.executable, *args], check=True, cwd=REPO, **processes.child_kwargs(env)
+    )
 
 
 def search(data_dir, search_dir):

@@ -32,7 +32,7 @@ ALLOWED = {
     "layers": {"cells"},
     "models": {"cells", "layers", "file_io"},
     "data": {"file_io", "processes"},
-    "training": {"cells", "layers", "models", "data", "file_io"},
+    "training": {"cells", "layers", "models", "data", "file_io", "processes"},
     "evaluation": {"cells", "layers", "models", "data", "training", "file_io"},
     "search": {
         "cells",
@@ -44,7 +44,16 @@ ALLOWED = {
         "file_io",
         "processes",
     },
-    "export": {"cells", "layers", "models", "data", "training", "evaluation", "file_io"},
+    "export": {
+        "cells",
+        "layers",
+        "models",
+        "data",
+        "training",
+        "evaluation",
+        "file_io",
+        "processes",
+    },
 }
 _DEFINES_FLAGS = re.compile(r"\bflags\.DEFINE_\w+\(|\bapp\.run\(")
 

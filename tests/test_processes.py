@@ -27,12 +27,16 @@ _CONVERTER = textwrap.dedent("""
             time.sleep(120)
     """)
 
-_LAUNCHER = textwrap.dedent("""
+# The workers are what the search's are, as far as dying goes: programs
+# whose `cli.run` calls `die_with_parent_from_env` first thing.
+_WORKER = (
+    "from deeplab_dpc import processes; import time; "
+    "print('up', processes.die_with_parent_from_env(), flush=True); time.sleep(120)"
+)
+_LAUNCHER = textwrap.dedent(f"""
     import sys
     from deeplab_dpc.search import engine
-    engine.launch_workers(
-        2, [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120)"],
-        echo=True, pin=False)
+    engine.launch_workers(2, [sys.executable, "-c", {_WORKER!r}], echo=True, pin=False)
     """)
 
 
@@ -73,14 +77,32 @@ def _kill_parent_and_wait(parent, children):
     assert not survivors, f"workers {survivors} outlived their SIGKILLed parent"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def _descendants(pid):
+    """Pids of `pid`'s children, their children and so on (from /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        children = _children(todo.pop())
+        found += children
+        todo += children
+    return found
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc to find the workers"
+)
+@pytest.mark.parametrize("mode", [processes.PRCTL, processes.WATCHDOG])
 @pytest.mark.parametrize("script", ["converter", "launcher"])
-def test_workers_die_with_their_sigkilled_parent(program_env, script):
+def test_workers_die_with_their_sigkilled_parent(program_env, script, mode):
+    # "watchdog": the fallback where prctl is missing (macOS, the BSDs),
+    # forced here by DEEPLAB_DPC_NO_PRCTL.
     source = _CONVERTER if script == "converter" else _LAUNCHER
+    env = dict(program_env)
+    if mode == processes.WATCHDOG:
+        env[processes.NO_PRCTL_ENV] = "1"
     parent = subprocess.Popen(
         [sys.executable, "-c", source],
         cwd=REPO,
-        env=program_env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -92,9 +114,12 @@ def test_workers_die_with_their_sigkilled_parent(program_env, script):
                 line = parent.stdout.readline()  # TensorFlow's log lines.
             children = [int(p) for p in line.split()]
         else:
+            children = []
             for _ in range(2):
-                assert "up" in parent.stdout.readline()
-            children = _children(parent.pid)
+                line = parent.stdout.readline()
+                assert line.split()[-2:] == ["up", mode], line
+        # Also the converter's resource tracker, and any grandchild.
+        children = sorted(set(children) | set(_descendants(parent.pid)))
         assert len(children) >= 2, children
         _kill_parent_and_wait(parent, children)
     finally:
@@ -122,3 +147,32 @@ def test_die_with_parent_kills_a_child_whose_parent_is_already_gone():
     assert proc.returncode == -signal.SIGKILL
     assert "survived" not in proc.stdout
     assert callable(processes.parent_death_preexec())
+
+
+def test_the_watchdog_kills_a_child_whose_parent_is_already_gone():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from deeplab_dpc import processes; import os, time; "
+            "processes.die_with_parent(os.getppid() + 1000000); print('survived')",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO, **{processes.NO_PRCTL_ENV: "1"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert "survived" not in proc.stdout
+
+
+def test_the_parent_pid_is_not_passed_on_to_grandchildren(monkeypatch):
+    monkeypatch.setenv(processes.PARENT_ENV, str(os.getppid()))
+    monkeypatch.setenv(processes.NO_PRCTL_ENV, "1")
+    assert processes.die_with_parent_from_env() == processes.WATCHDOG
+    assert processes.PARENT_ENV not in os.environ
+    assert processes.die_with_parent_from_env() is None
+    kwargs = processes.child_kwargs({"A": "1"})
+    assert kwargs["env"] == {"A": "1", processes.PARENT_ENV: str(os.getpid())}
+    assert callable(kwargs["preexec_fn"])

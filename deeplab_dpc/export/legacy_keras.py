@@ -44,6 +44,7 @@ from tensorflow.python.framework import (
     convert_to_constants,
 )  # pylint: disable=g-direct-tensorflow-import
 
+from deeplab_dpc import processes
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
 from deeplab_dpc.export import keras_paths
@@ -181,7 +182,7 @@ def run(
         [sys.executable, "-m", __name__, work_dir],
         capture_output=True,
         text=True,
-        env=env,
+        **processes.child_kwargs(env),  # A killed export leaves no child.
         timeout=timeout,
         check=False,
     )
@@ -342,6 +343,7 @@ def main(work_dir):
 
 
 if __name__ == "__main__":
+    processes.die_with_parent_from_env()
     if len(sys.argv) != 2:
         raise SystemExit(f"usage: {LEGACY_KERAS_ENV}=1 python -m {__name__} WORK_DIR")
     main(sys.argv[1])

@@ -29,6 +29,8 @@ import sys
 from absl import app
 from absl import flags
 
+from deeplab_dpc import processes
+
 TRACEBACK_ENV = "DEEPLAB_DPC_TRACEBACK"
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 FLAGS_PACKAGE = "deeplab_dpc.flags."
@@ -210,6 +212,8 @@ def run(main, module_name, *, required=(), doc=None):
       required: names of flags that must be given (checked after `--help`).
       doc: the `--help` description (default: the module's docstring).
     """
+    # Started by another program with `processes.child_kwargs`: die with it.
+    processes.die_with_parent_from_env()
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
         sys.stdout.write(help_text(module_name, doc))
         sys.exit(0)
