@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import process_testing
 import pytest
 
 from deeplab_dpc import processes
@@ -40,51 +41,17 @@ _LAUNCHER = textwrap.dedent(f"""
     """)
 
 
-def _children(pid):
-    """Pids whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _kill_parent_and_wait(parent, children):
     assert children, "no worker started"
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(map(_alive, children)):
+    while time.monotonic() < deadline and any(map(process_testing.alive, children)):
         time.sleep(0.1)
-    survivors = [pid for pid in children if _alive(pid)]
+    survivors = [pid for pid in children if process_testing.alive(pid)]
     for pid in survivors:  # Do not leave them to the next tests.
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"workers {survivors} outlived their SIGKILLed parent"
-
-
-def _descendants(pid):
-    """Pids of `pid`'s children, their children and so on (from /proc)."""
-    found, todo = [], [pid]
-    while todo:
-        children = _children(todo.pop())
-        found += children
-        todo += children
-    return found
 
 
 @pytest.mark.skipif(
@@ -119,7 +86,7 @@ def test_workers_die_with_their_sigkilled_parent(program_env, script, mode):
                 line = parent.stdout.readline()
                 assert line.split()[-2:] == ["up", mode], line
         # Also the converter's resource tracker, and any grandchild.
-        children = sorted(set(children) | set(_descendants(parent.pid)))
+        children = sorted(set(children) | set(process_testing.descendants(parent.pid)))
         assert len(children) >= 2, children
         _kill_parent_and_wait(parent, children)
     finally:

@@ -204,7 +204,7 @@ def pretrain():
         norm_momentum=batch_norm_decay(_PRETRAIN_STEPS.value),
     )
     logging.info("Pretraining the proxy backbone for %d steps.", _PRETRAIN_STEPS.value)
-    trainer.run(
+    results = trainer.run(
         options,
         trainer.TrainOptions(
             train_batch_size=FLAGS.train_batch_size,
@@ -218,6 +218,7 @@ def pretrain():
         ),
         logdir,
     )
+    trainer.stop_if_terminated(results)  # Saved; not a backbone to cache.
     return logdir
 
 

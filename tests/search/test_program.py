@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +157,33 @@ def test_a_bad_max_head_madds_is_named(parsed_flags, tmp_path_factory):
     FLAGS.max_head_madds = "cheap"
     with pytest.raises(flags.ValidationError, match="--max_head_madds='cheap'"):
         program.head_budget(info)
+
+
+def _snapshot(folder):
+    """Every file and folder under `folder`: its size, mtime and bytes."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        content = path.read_bytes() if path.is_file() else None
+        found[str(path.relative_to(folder))] = (stat.st_size, stat.st_mtime_ns, content)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["cache", "search"])
+def test_another_crop_is_refused_and_changes_nothing(tmp_path_factory, mode):
+    # The audit: a rerun with another --train_crop_size silently reused the
+    # cache of the first crop. The cache here was made at CROP (65x65).
+    shared_dir, data, pretrained, _ = shared_search(tmp_path_factory)
+    search_dir = tmp_path_factory.mktemp("other_crop")
+    shutil.copytree(os.path.join(shared_dir, "cache"), search_dir / "cache")
+    before = _snapshot(search_dir)
+    proc = _run(search_dir, data, pretrained, f"--mode={mode}", "--train_crop_size=33,33")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if mode == "cache":  # The cache's own check names each differing setting.
+        assert "crop_size: cached" in errors[0] and "65" in errors[0], errors
+    else:  # The search checks the cache's crop against the flag's.
+        assert "--train_crop_size='33,33'" in errors[0], errors
+        assert "made at 65,65" in errors[0], errors
+    assert _snapshot(search_dir) == before
