@@ -15,6 +15,7 @@ import pytest
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import program
 from deeplab_dpc.search import proxy
+from deeplab_dpc.search import study_storage
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,3 +188,67 @@ def test_another_crop_is_refused_and_changes_nothing(tmp_path_factory, mode):
         assert "--train_crop_size='33,33'" in errors[0], errors
         assert "made at 65,65" in errors[0], errors
     assert _snapshot(search_dir) == before
+
+
+MYSQL_PASSWORD = "My-s3cret-25"
+
+
+def test_local_workers_get_a_mysql_password_by_environment(
+    parsed_flags, tmp_path, monkeypatch
+):
+    # As PostgreSQL's (tests/search/test_postgres.py, against a real server):
+    # search.flags holds the URL without its password, mode 0600, and the
+    # workers find it in their environment. No MySQL server or driver here.
+    FLAGS.search_dir = str(tmp_path)
+    FLAGS.storage = f"mysql+pymysql://dpc:{MYSQL_PASSWORD}@db.example:3306/search"
+    FLAGS.num_workers = 2
+    monkeypatch.setattr(program, "_load_cache", lambda: None)
+    monkeypatch.setattr(program, "head_budget", lambda cache: None)
+    monkeypatch.setattr(program, "open_study", lambda feasible=None: "the study")
+    launched = {}
+
+    def launch(num_workers, argv, **kwargs):
+        launched.update(kwargs, num_workers=num_workers, argv=argv)
+
+    monkeypatch.setattr(program.engine, "launch_workers", launch)
+    assert program.search() == "the study"
+    flagfile = tmp_path / program.FLAGS_FILE
+    text = flagfile.read_text()
+    assert "--storage=mysql+pymysql://dpc@db.example:3306/search\n" in text
+    assert MYSQL_PASSWORD not in text
+    assert flagfile.stat().st_mode & 0o777 == 0o600
+    assert launched["env"] == {study_storage.PASSWORD_ENV: MYSQL_PASSWORD}
+    assert launched["num_workers"] == 2
+
+
+def test_a_mysql_storage_that_cannot_open_is_one_masked_line(tmp_path):
+    # The driver is not installed here: the error names the storage with
+    # its password masked, and nothing written holds the password.
+    search_dir = tmp_path / "search"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.search",
+            "--mode=report",
+            f"--search_dir={search_dir}",
+            f"--storage=mysql://dpc:{MYSQL_PASSWORD}@127.0.0.1:1/db",
+        ],
+        cwd=REPO,
+        env=dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "mysql://dpc:***@127.0.0.1:1/db" in errors[0], errors
+    assert MYSQL_PASSWORD not in proc.stdout + proc.stderr
+    for path in search_dir.rglob("*"):
+        if path.is_file():
+            assert MYSQL_PASSWORD.encode() not in path.read_bytes(), path
