@@ -35,7 +35,7 @@ _SAVED_MODEL = flags.DEFINE_string(
 )
 _TFLITE = flags.DEFINE_string("tflite", None, "An export_tflite .tflite file.")
 _IMAGES = flags.DEFINE_list(
-    "images", [], "Image files: globs or folders, comma separated ('photos/*.jpg')."
+    "images", None, "Image files: globs or folders, comma separated ('photos/*.jpg')."
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the PNGs go.")
 _COLORMAP_TYPE = flags.DEFINE_enum(

@@ -14,8 +14,9 @@ Programs call `cli.run(main, __name__)` where they called `app.run(main)`:
   absl::InitializeLog()...") sent to /dev/null and `TF_CPP_MIN_LOG_LEVEL=2`,
   unless `--verbosity` >= 1 (or `TF_CPP_MIN_LOG_LEVEL=0` is set) asks for
   them.
-* `app.UsageError` and `flags.ValidationError` end the program with
-  `error: <message>` and exit status 2; `OSError`, `ValueError`,
+* A flag value its definition refuses (a bound, an enum, a validator, a
+  missing required flag), `app.UsageError` and `flags.ValidationError` end
+  the program with `error: <message>` and exit status 2; `OSError`, `ValueError`,
   `RuntimeError` and TensorFlow's op errors with the message's first line
   and exit status 1. `--verbosity=1` or `DEEPLAB_DPC_TRACEBACK=1` shows the
   traceback instead.
@@ -203,6 +204,19 @@ def _guarded(main):
     return run_main
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a bad value as one `error:` line (exit 2).
+
+    absl's own parser prints "FATAL Flags parsing error: ..." and a second
+    line, and exits 1: the status of a failure, not of a usage error.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(main, module_name, *, required=(), doc=None):
     """Runs a program's `main` as `app.run` does (see the module docstring).
 
@@ -221,4 +235,4 @@ def run(main, module_name, *, required=(), doc=None):
         flags.mark_flags_as_required(list(required))
     if not _verbose(sys.argv) and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_guarded(main))
+    app.run(_guarded(main), flags_parser=parse_flags)

@@ -94,7 +94,9 @@ _STRATEGY = flags.DEFINE_string(
 )
 _NUM_BRANCHES = flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).")
 _NUM_TRIALS = flags.DEFINE_integer("num_trials", 50, "The study's total trials.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Local worker processes.")
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 1, "Local worker processes.", lower_bound=1
+)
 _PIN_WORKERS = flags.DEFINE_boolean(
     "pin_workers",
     True,
