@@ -339,13 +339,15 @@ class _TerminationFlag:
         except ValueError:  # Not the main thread: no handler.
             self._previous = None
             return self
+        read_fd, write_fd = os.pipe()
         try:
-            read_fd, write_fd = os.pipe()
             os.set_blocking(write_fd, False)
             self._previous_fd = signal.set_wakeup_fd(
                 write_fd, warn_on_full_buffer=False
             )
         except (OSError, ValueError):
+            os.close(read_fd)
+            os.close(write_fd)
             return self
         self._pipe = (read_fd, write_fd)
         self._done = threading.Event()
