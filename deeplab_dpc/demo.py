@@ -38,12 +38,20 @@ import numpy as np
 
 from deeplab_dpc import processes
 from deeplab_dpc.cells import cell_spec
-from deeplab_dpc.data import pipeline
-from deeplab_dpc.data import synthetic
-from deeplab_dpc.data import tfexample
 from deeplab_dpc.flags import cli
-from deeplab_dpc.models import accounting
-from deeplab_dpc.models import deeplab
+
+# TensorFlow comes with these imports: without its C++ start-up lines (and
+# the devices' cuInit ones) unless --verbosity asks.
+with cli.native_logs_silenced():
+    import tensorflow as tf
+
+    from deeplab_dpc.data import pipeline
+    from deeplab_dpc.data import synthetic
+    from deeplab_dpc.data import tfexample
+    from deeplab_dpc.models import accounting
+    from deeplab_dpc.models import deeplab
+
+    tf.config.list_physical_devices()
 
 # The paper's Cityscapes setting: full 1025x2049 images, output stride 16.
 CROP_SIZE = (1025, 2049)
