@@ -148,7 +148,8 @@ def _mutate_bytes(rng, data):
     if kind == 3:  # Not UTF-8.
         return rng.choice((b"\xff\xfe", b"\x80", b"\xc3\x28")) + data
     if kind == 4:  # A byte-order mark, or UTF-16.
-        return rng.choice((b"\xef\xbb\xbf" + data, data.decode("utf-8", "replace").encode("utf-16")))
+        utf16 = data.decode("utf-8", "replace").encode("utf-16")
+        return rng.choice((b"\xef\xbb\xbf" + data, utf16))
     if kind == 5:  # Nested deeper than the parser's recursion.
         depth = rng.choice((100, 10000, 200000))
         return b"[" * depth + b"]" * depth

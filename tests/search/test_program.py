@@ -178,7 +178,9 @@ def test_another_crop_is_refused_and_changes_nothing(tmp_path_factory, mode):
     search_dir = tmp_path_factory.mktemp("other_crop")
     shutil.copytree(os.path.join(shared_dir, "cache"), search_dir / "cache")
     before = _snapshot(search_dir)
-    proc = _run(search_dir, data, pretrained, f"--mode={mode}", "--train_crop_size=33,33")
+    proc = _run(
+        search_dir, data, pretrained, f"--mode={mode}", "--train_crop_size=33,33"
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -254,3 +256,26 @@ def test_a_mysql_storage_that_cannot_open_is_one_masked_line(tmp_path):
     for path in search_dir.rglob("*"):
         if path.is_file():
             assert MYSQL_PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "num_trials",
+        "num_branches",
+        "proxy_steps",
+        "proxy_batch_size",
+        "proxy_eval_every",
+        "cache_copies",
+        "top_k",
+        "rerank_steps",
+        "pretrain_steps",
+        "num_workers",
+        "heartbeat_interval",
+    ],
+)
+def test_counts_refuse_zero(parsed_flags, name):
+    # The re-audit: --proxy_steps=0 was a ZeroDivisionError traceback,
+    # --num_workers=0 ran as 1. Refused when the flags are parsed instead.
+    with pytest.raises(flags.IllegalFlagValueError, match="=0: 0 is not a"):
+        setattr(FLAGS, name, 0)
