@@ -37,6 +37,7 @@ import time
 from absl import app
 from absl import flags
 
+from deeplab_dpc import processes
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.flags import cli
 
@@ -267,7 +268,10 @@ def run_program(args):
         cwd = REPO
     else:
         cwd = None  # Installed: the programs are modules of the package.
-    subprocess.run([sys.executable, *args], check=True, cwd=cwd, env=env)
+    # A stopped or killed demo leaves no program running.
+    subprocess.run(
+        [sys.executable, *args], check=True, cwd=cwd, **processes.child_kwargs(env)
+    )
 
 
 def search(data_dir, search_dir):

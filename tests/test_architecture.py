@@ -33,7 +33,7 @@ ALLOWED = {
     "layers": {"cells"},
     "models": {"cells", "layers", "file_io"},
     "data": {"file_io", "processes"},
-    "training": {"cells", "layers", "models", "data", "file_io"},
+    "training": {"cells", "layers", "models", "data", "file_io", "processes"},
     "evaluation": {"cells", "layers", "models", "data", "training", "file_io"},
     "search": {
         "cells",
@@ -54,6 +54,7 @@ ALLOWED = {
         "training",
         "evaluation",
         "file_io",
+        "processes",
         "progress",
     },
 }

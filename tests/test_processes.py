@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import process_testing
 import pytest
 
 from deeplab_dpc import processes
@@ -27,37 +28,17 @@ _CONVERTER = textwrap.dedent("""
             time.sleep(120)
     """)
 
-_LAUNCHER = textwrap.dedent("""
+# The workers are what the search's are, as far as dying goes: programs
+# whose `cli.run` calls `die_with_parent_from_env` first thing.
+_WORKER = (
+    "from deeplab_dpc import processes; import time; "
+    "print('up', processes.die_with_parent_from_env(), flush=True); time.sleep(120)"
+)
+_LAUNCHER = textwrap.dedent(f"""
     import sys
     from deeplab_dpc.search import engine
-    engine.launch_workers(
-        2, [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120)"],
-        echo=True, pin=False)
+    engine.launch_workers(2, [sys.executable, "-c", {_WORKER!r}], echo=True, pin=False)
     """)
-
-
-def _children(pid):
-    """Pids whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _kill_parent_and_wait(parent, children):
@@ -65,22 +46,30 @@ def _kill_parent_and_wait(parent, children):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(map(_alive, children)):
+    while time.monotonic() < deadline and any(map(process_testing.alive, children)):
         time.sleep(0.1)
-    survivors = [pid for pid in children if _alive(pid)]
+    survivors = [pid for pid in children if process_testing.alive(pid)]
     for pid in survivors:  # Do not leave them to the next tests.
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"workers {survivors} outlived their SIGKILLed parent"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc to find the workers"
+)
+@pytest.mark.parametrize("mode", [processes.PRCTL, processes.WATCHDOG])
 @pytest.mark.parametrize("script", ["converter", "launcher"])
-def test_workers_die_with_their_sigkilled_parent(program_env, script):
+def test_workers_die_with_their_sigkilled_parent(program_env, script, mode):
+    # "watchdog": the fallback where prctl is missing (macOS, the BSDs),
+    # forced here by DEEPLAB_DPC_NO_PRCTL.
     source = _CONVERTER if script == "converter" else _LAUNCHER
+    env = dict(program_env)
+    if mode == processes.WATCHDOG:
+        env[processes.NO_PRCTL_ENV] = "1"
     parent = subprocess.Popen(
         [sys.executable, "-c", source],
         cwd=REPO,
-        env=program_env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -92,9 +81,12 @@ def test_workers_die_with_their_sigkilled_parent(program_env, script):
                 line = parent.stdout.readline()  # TensorFlow's log lines.
             children = [int(p) for p in line.split()]
         else:
+            children = []
             for _ in range(2):
-                assert "up" in parent.stdout.readline()
-            children = _children(parent.pid)
+                line = parent.stdout.readline()
+                assert line.split()[-2:] == ["up", mode], line
+        # Also the converter's resource tracker, and any grandchild.
+        children = sorted(set(children) | set(process_testing.descendants(parent.pid)))
         assert len(children) >= 2, children
         _kill_parent_and_wait(parent, children)
     finally:
@@ -122,3 +114,32 @@ def test_die_with_parent_kills_a_child_whose_parent_is_already_gone():
     assert proc.returncode == -signal.SIGKILL
     assert "survived" not in proc.stdout
     assert callable(processes.parent_death_preexec())
+
+
+def test_the_watchdog_kills_a_child_whose_parent_is_already_gone():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from deeplab_dpc import processes; import os, time; "
+            "processes.die_with_parent(os.getppid() + 1000000); print('survived')",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO, **{processes.NO_PRCTL_ENV: "1"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert "survived" not in proc.stdout
+
+
+def test_the_parent_pid_is_not_passed_on_to_grandchildren(monkeypatch):
+    monkeypatch.setenv(processes.PARENT_ENV, str(os.getppid()))
+    monkeypatch.setenv(processes.NO_PRCTL_ENV, "1")
+    assert processes.die_with_parent_from_env() == processes.WATCHDOG
+    assert processes.PARENT_ENV not in os.environ
+    assert processes.die_with_parent_from_env() is None
+    kwargs = processes.child_kwargs({"A": "1"})
+    assert kwargs["env"] == {"A": "1", processes.PARENT_ENV: str(os.getpid())}
+    assert callable(kwargs["preexec_fn"])

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 from absl import flags
 import pytest
@@ -102,12 +103,18 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path, program_env):
             seen.append(line)
             if "step 1/100000" in line:
                 proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
                 break
         assert any("step 1/100000" in line for line in seen), "".join(seen)[-3000:]
         rest = proc.communicate(timeout=TIMEOUT)[1]
+        elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
+    # Within seconds, saved (tests/test_sigterm.py tries every program; its
+    # bound for a stop that saves, SAVE_STOP_SECONDS, allows for a loaded
+    # machine).
+    assert elapsed < 30, f"{elapsed:.1f} s from SIGTERM to the end"
     # Not 0: a scheduler must see a run to restart (README, "Training").
     assert proc.returncode == trainer.EXIT_TERMINATED == 143, rest[-3000:]
     assert "SIGTERM" in rest

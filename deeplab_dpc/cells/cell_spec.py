@@ -353,8 +353,9 @@ def load_cell(path) -> CellSpec:
         FileNotFoundError: if `path` does not exist.
         ValueError: if `path` is not a regular file (a directory or a FIFO,
             checked before opening, so a FIFO never blocks), is larger than
-            1 MiB, or the text is not JSON or not a valid cell (the message
-            names the file, branch and field).
+            1 MiB, or the text is not JSON (also nested deeper than the
+            parser's recursion) or not a valid cell (the message names the
+            file, branch and field).
     """
     path = os.fspath(path)
     try:
@@ -377,6 +378,10 @@ def load_cell(path) -> CellSpec:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
+    except RecursionError as err:  # "[[[[...": deeper than the parser goes.
+        raise ValueError(
+            f"{path}: JSON nested too deeply; a cell is a list of branch objects"
+        ) from err
     return cell_from_json(obj, source=path)
 
 

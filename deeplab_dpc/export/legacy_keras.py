@@ -49,6 +49,7 @@ from tensorflow.python.framework import (
     convert_to_constants,
 )  # pylint: disable=g-direct-tensorflow-import
 
+from deeplab_dpc import processes
 from deeplab_dpc import progress
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.data import pipeline
@@ -214,7 +215,7 @@ def _run_passing_progress(command, env, timeout):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        **processes.child_kwargs(env),  # A killed export leaves no child.
     )
     errors = []
 
@@ -400,6 +401,7 @@ def main(work_dir):
 
 
 if __name__ == "__main__":
+    processes.die_with_parent_from_env()
     if len(sys.argv) != 2:
         raise SystemExit(f"usage: {LEGACY_KERAS_ENV}=1 python -m {__name__} WORK_DIR")
     main(sys.argv[1])

@@ -28,6 +28,8 @@ from ai_edge_litert import interpreter as litert
 from ai_edge_litert import schema_py_generated as schema
 import numpy as np
 
+from deeplab_dpc import processes
+
 _OP_NAMES = {
     value: name
     for name, value in vars(schema.BuiltinOperator).items()
@@ -362,7 +364,7 @@ def peak_memory(path, num_threads=1, timeout=300):
         text=True,
         timeout=timeout,
         check=False,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        **processes.child_kwargs(dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"LiteRT could not run {path}: {proc.stderr[-2000:]}")

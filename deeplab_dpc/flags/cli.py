@@ -15,8 +15,9 @@ Programs call `cli.run(main, __name__)` where they called `app.run(main)`:
   unless `--verbosity` >= 1 (or `TF_CPP_MIN_LOG_LEVEL=0` is set) asks for
   them; spawned worker processes (a converter's writers) import it as
   quietly (`processes.start_worker` reads `TF_CPP_MIN_LOG_LEVEL`).
-* `app.UsageError` and `flags.ValidationError` end the program with
-  `error: <message>` and exit status 2; `OSError`, `ValueError`,
+* A flag value its definition refuses (a bound, an enum, a validator, a
+  missing required flag), `app.UsageError` and `flags.ValidationError` end
+  the program with `error: <message>` and exit status 2; `OSError`, `ValueError`,
   `RuntimeError` and TensorFlow's op errors with the message's first line
   and exit status 1. `--verbosity=1` or `DEEPLAB_DPC_TRACEBACK=1` shows the
   traceback instead.
@@ -170,6 +171,19 @@ def _guarded(main):
     return run_main
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a bad value as one `error:` line (exit 2).
+
+    absl's own parser prints "FATAL Flags parsing error: ..." and a second
+    line, and exits 1: the status of a failure, not of a usage error.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(main, module_name, *, required=(), doc=None):
     """Runs a program's `main` as `app.run` does (see the module docstring).
 
@@ -179,6 +193,8 @@ def run(main, module_name, *, required=(), doc=None):
       required: names of flags that must be given (checked after `--help`).
       doc: the `--help` description (default: the module's docstring).
     """
+    # Started by another program with `processes.child_kwargs`: die with it.
+    processes.die_with_parent_from_env()
     if any(arg in HELP_ARGS for arg in sys.argv[1:]):
         sys.stdout.write(help_text(module_name, doc))
         sys.exit(0)
@@ -186,4 +202,4 @@ def run(main, module_name, *, required=(), doc=None):
         flags.mark_flags_as_required(list(required))
     if not _verbose(sys.argv) and os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "0":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_guarded(main))
+    app.run(_guarded(main), flags_parser=parse_flags)

@@ -246,7 +246,12 @@ def load_cell_from_flags():
                 "--head=aspp conflicts with --dense_prediction_cell_json (a DPC "
                 "replaces ASPP); drop one of them"
             )
-        return cell_spec.load_cell(DPC_JSON.value)
+        try:
+            return cell_spec.load_cell(DPC_JSON.value)
+        except FileNotFoundError:
+            raise
+        except ValueError as e:  # Named here, not as the crop flag's fault.
+            raise flags.ValidationError(f"--dense_prediction_cell_json: {e}") from e
     if head == HEAD_DPC:
         return cell_spec.published_cell()
     return None

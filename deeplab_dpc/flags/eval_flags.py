@@ -22,12 +22,16 @@ ADD_FLIPPED_IMAGES = flags.DEFINE_boolean(
     "add_flipped_images", False, "Also infer on left-right flipped images."
 )
 EVAL_INTERVAL_SECS = flags.DEFINE_float(
-    "eval_interval_secs", 300.0, "Seconds between looks for a new checkpoint."
+    "eval_interval_secs",
+    300.0,
+    "Seconds between looks for a new checkpoint.",
+    lower_bound=0,
 )
 EVAL_TIMEOUT_SECS = flags.DEFINE_float(
     "eval_timeout_secs",
     None,
     "Stop when no new checkpoint comes for this long (default: wait forever).",
+    lower_bound=0,
 )
 
 

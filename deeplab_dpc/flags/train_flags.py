@@ -62,7 +62,10 @@ TOP_K_PERCENT_PIXELS = flags.DEFINE_float(
 )
 LOG_STEPS = flags.DEFINE_integer("log_steps", 10, "Steps between log lines.")
 SAVE_INTERVAL_SECS = flags.DEFINE_float(
-    "save_interval_secs", 1200, "Seconds between checkpoints."
+    "save_interval_secs",
+    1200,
+    "Seconds between checkpoints (0: only at the end and on SIGTERM).",
+    lower_bound=0,
 )
 MAX_TO_KEEP = flags.DEFINE_integer("max_to_keep", 5, "Checkpoints kept.")
 SEED = flags.DEFINE_integer("seed", None, "Seed of weights and input pipeline.")

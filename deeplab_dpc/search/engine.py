@@ -590,10 +590,9 @@ def launch_workers(
             worker_env[WORKER_INDEX_ENV] = str(index)
             proc = subprocess.Popen(  # pylint: disable=consider-using-with
                 list(argv),
-                env=worker_env,
                 cwd=cwd,
                 # A killed launcher leaves no worker behind.
-                preexec_fn=processes.parent_death_preexec(),
+                **processes.child_kwargs(worker_env),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )

@@ -90,9 +90,19 @@ _STRATEGY = flags.DEFINE_string(
     "random_local | regularized_evolution | tpe | nsga2 | one_shot | "
     "vizier:<ALGORITHM>.",
 )
-_NUM_BRANCHES = flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).")
-_NUM_TRIALS = flags.DEFINE_integer("num_trials", 50, "The study's total trials.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Local worker processes.")
+_NUM_BRANCHES = flags.DEFINE_integer(
+    "num_branches",
+    5,
+    "Branches per cell (B).",
+    lower_bound=1,
+    upper_bound=cell_spec.MAX_BRANCHES,
+)
+_NUM_TRIALS = flags.DEFINE_integer(
+    "num_trials", 50, "The study's total trials.", lower_bound=1
+)
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 1, "Local worker processes.", lower_bound=1
+)
 _PIN_WORKERS = flags.DEFINE_boolean(
     "pin_workers",
     True,
@@ -100,16 +110,23 @@ _PIN_WORKERS = flags.DEFINE_boolean(
     "cores (Linux CPU affinity); off for machines shared with other jobs.",
 )
 _EXPLORE_PROB = flags.DEFINE_float(
-    "explore_prob", 0.5, "random_local: chance of a uniform sample."
+    "explore_prob",
+    0.5,
+    "random_local: chance of a uniform sample.",
+    lower_bound=0.0,
+    upper_bound=1.0,
 )
 _LOCAL_TOP_K = flags.DEFINE_integer(
-    "local_top_k", 5, "random_local: neighbours of one of the best k cells."
+    "local_top_k",
+    5,
+    "random_local: neighbours of one of the best k cells.",
+    lower_bound=1,
 )
 _POPULATION_SIZE = flags.DEFINE_integer(
-    "population_size", 20, "regularized_evolution: population."
+    "population_size", 20, "regularized_evolution: population.", lower_bound=1
 )
 _TOURNAMENT_SIZE = flags.DEFINE_integer(
-    "tournament_size", 5, "regularized_evolution: tournament."
+    "tournament_size", 5, "regularized_evolution: tournament.", lower_bound=1
 )
 _OBJECTIVES = flags.DEFINE_list(
     "objectives", ["miou"], "miou, or miou,madds for a Pareto front (nsga2)."
@@ -117,16 +134,29 @@ _OBJECTIVES = flags.DEFINE_list(
 _PRUNER = flags.DEFINE_enum(
     "pruner", "median", ["median", "none"], "Stops weak trials early."
 )
-_PROXY_STEPS = flags.DEFINE_integer("proxy_steps", 1000, "Proxy training steps.")
-_PROXY_BATCH_SIZE = flags.DEFINE_integer("proxy_batch_size", 8, "Proxy batch.")
+_PROXY_STEPS = flags.DEFINE_integer(
+    "proxy_steps", 1000, "Proxy training steps.", lower_bound=1
+)
+_PROXY_BATCH_SIZE = flags.DEFINE_integer(
+    "proxy_batch_size", 8, "Proxy batch.", lower_bound=1
+)
 _PROXY_LEARNING_RATE = flags.DEFINE_float(
-    "proxy_learning_rate", 0.01, "Proxy poly schedule start (the paper: 0.01)."
+    "proxy_learning_rate",
+    0.01,
+    "Proxy poly schedule start (the paper: 0.01).",
+    lower_bound=0.0,
 )
 _PROXY_EVAL_EVERY = flags.DEFINE_integer(
-    "proxy_eval_every", None, "Steps between intermediate mIOUs (pruning)."
+    "proxy_eval_every",
+    None,
+    "Steps between intermediate mIOUs (pruning).",
+    lower_bound=1,
 )
 _CACHE_COPIES = flags.DEFINE_integer(
-    "cache_copies", 2, "Augmented copies cached per training image."
+    "cache_copies",
+    2,
+    "Augmented copies cached per training image.",
+    lower_bound=1,
 )
 _VAL_SPLIT = flags.DEFINE_string("val_split", "val", "Split the proxy evaluates on.")
 _TARGET_CROP_SIZE = flags.DEFINE_string(
@@ -139,21 +169,35 @@ _MAX_HEAD_MADDS = flags.DEFINE_string(
     "at --target_crop_size exceed it. A number (8e8) or a multiple of "
     "DeepLab's ASPP head, rates 6/12/18 + image pooling (1.1xaspp).",
 )
-_TOP_K = flags.DEFINE_integer("top_k", 5, "Proxy cells re-ranked end to end.")
-_RERANK_STEPS = flags.DEFINE_integer("rerank_steps", 500, "Re-rank training steps.")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", 5, "Proxy cells re-ranked end to end.", lower_bound=1
+)
+_RERANK_STEPS = flags.DEFINE_integer(
+    "rerank_steps", 500, "Re-rank training steps.", lower_bound=1
+)
 _PRETRAIN_STEPS = flags.DEFINE_integer(
-    "pretrain_steps", 1000, "Backbone pretraining steps of --mode=all."
+    "pretrain_steps",
+    1000,
+    "Backbone pretraining steps of --mode=all.",
+    lower_bound=1,
 )
 _ONE_SHOT_CELLS = flags.DEFINE_integer(
     "one_shot_cells",
     2000,
     "one_shot: cells the supernet scores; the best get the --num_trials trials.",
+    lower_bound=1,
 )
 _ONE_SHOT_STEPS = flags.DEFINE_integer(
-    "one_shot_steps", 5000, "one_shot: supernet training steps (once per study)."
+    "one_shot_steps",
+    5000,
+    "one_shot: supernet training steps (once per study).",
+    lower_bound=1,
 )
 _HEARTBEAT_INTERVAL = flags.DEFINE_integer(
-    "heartbeat_interval", 30, "Seconds between a worker's heartbeats."
+    "heartbeat_interval",
+    30,
+    "Seconds between a worker's heartbeats.",
+    lower_bound=1,
 )
 
 
@@ -206,7 +250,7 @@ def pretrain():
         norm_momentum=batch_norm_decay(_PRETRAIN_STEPS.value),
     )
     logging.info("Pretraining the proxy backbone for %d steps.", _PRETRAIN_STEPS.value)
-    trainer.run(
+    results = trainer.run(
         options,
         trainer.TrainOptions(
             train_batch_size=FLAGS.train_batch_size,
@@ -220,6 +264,7 @@ def pretrain():
         ),
         logdir,
     )
+    trainer.stop_if_terminated(results)  # Saved; not a backbone to cache.
     return logdir
 
 

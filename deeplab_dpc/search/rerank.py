@@ -134,7 +134,8 @@ def train_and_evaluate(
         save_interval_secs=600.0,
         seed=options.seed,
     )
-    trainer.run(model_options, train_options, workdir)
+    # SIGTERM: the run saved its checkpoint; evaluate nothing more.
+    trainer.stop_if_terminated(trainer.run(model_options, train_options, workdir))
     result = evaluator.evaluate_checkpoint(
         model_options,
         workdir,

@@ -28,8 +28,11 @@ transaction on a SQLite storage therefore starts with `BEGIN IMMEDIATE`,
 which takes the database's write lock before the first read.
 
 Secrets: `redact` masks the password of a storage URL
-(`postgresql://user:***@host/db`) wherever the search logs, raises or writes
-one. A URL without a password lets libpq find it (`PGPASSWORD`, `~/.pgpass`).
+(`postgresql://user:***@host/db`, `mysql+pymysql://user:***@host/db`)
+wherever the search logs, raises or writes one. A `postgresql` URL without a
+password lets libpq find it (`PGPASSWORD`, `~/.pgpass`); a `mysql` one takes
+it from `DEEPLAB_DPC_STORAGE_PASSWORD` (`PASSWORD_ENV`), which is how local
+workers get it (`without_password`).
 A `postgresql://` URL without a driver uses psycopg2 when psycopg (3),
 SQLAlchemy's default, is not installed.
 """
@@ -51,6 +54,10 @@ from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
 STORAGE_FILE = "study.db"
+# The password of a `mysql` storage URL given without one (what local
+# workers get instead of a password in their flag file; PostgreSQL's
+# libpq reads PGPASSWORD by itself).
+PASSWORD_ENV = "DEEPLAB_DPC_STORAGE_PASSWORD"
 
 
 # `scheme://user:password@`: the password part.
@@ -67,6 +74,14 @@ def _with_driver(url):
     if url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
         if importlib.util.find_spec("psycopg2") is not None:
             return url.set(drivername="postgresql+psycopg2")
+    return url
+
+
+def _with_password_from_env(url):
+    """A `mysql` URL without a password gets `PASSWORD_ENV`'s, if set."""
+    password = os.environ.get(PASSWORD_ENV)
+    if url.get_backend_name() == "mysql" and url.password is None and password:
+        return url.set(password=password)
     return url
 
 
@@ -179,7 +194,7 @@ def open_storage(
             f"storage is {redact(storage)!r}; it must be a URL starting with "
             "sqlite:///, postgresql:// or mysql://"
         )
-    url = _with_driver(url)
+    url = _with_password_from_env(_with_driver(url))
     storage = url.render_as_string(hide_password=False)
     engine_kwargs = {}
     if url.get_backend_name() != "sqlite":
@@ -209,6 +224,22 @@ def open_storage(
     except (sqlalchemy.exc.SQLAlchemyError, sqlite3.DatabaseError) as e:
         where = url.database if url.get_backend_name() == "sqlite" else storage
         raise _unusable(where, e) from None
+    except ImportError as e:  # Optuna's "Failed to import DB access module".
+        raise ValueError(
+            f"study storage {redact(storage)} cannot be used: its database "
+            f"driver {url.get_driver_name()!r} is not installed (e.g. pip install "
+            f"{_DRIVER_PACKAGES.get(url.get_driver_name(), url.get_driver_name())})"
+        ) from None
+
+
+# SQLAlchemy driver name -> the pip package that provides it.
+_DRIVER_PACKAGES = {
+    "mysqldb": "mysqlclient",
+    "pymysql": "pymysql",
+    "mysqlconnector": "mysql-connector-python",
+    "psycopg2": "psycopg2-binary",
+    "psycopg": "psycopg",
+}
 
 
 def _unusable(where, error):
@@ -228,10 +259,11 @@ def without_password(text, storage):
       storage: the storage URL or None.
 
     Returns:
-      (text, env): for a `postgresql` URL with a password, `text` with the
-      URL without it and `{"PGPASSWORD": password}`, the environment in which
-      libpq (hence a worker reading the text) finds it; otherwise `text`
-      unchanged and None (a `mysql` password stays: write such text 0600).
+      (text, env): for a `postgresql` or `mysql` URL with a password, `text`
+      with the URL without it, and the environment in which a worker reading
+      the text finds it: `{"PGPASSWORD": password}` (libpq reads it) or
+      `{PASSWORD_ENV: password}` (`open_storage` reads it); otherwise `text`
+      unchanged and None.
     """
     if not storage or "://" not in storage:
         return text, None
@@ -239,7 +271,8 @@ def without_password(text, storage):
         url = sqlalchemy.engine.make_url(storage)
     except sqlalchemy.exc.ArgumentError:
         return text, None
-    if url.password is None or url.get_backend_name() != "postgresql":
+    backend = url.get_backend_name()
+    if url.password is None or backend not in ("postgresql", "mysql"):
         return text, None
     bare = sqlalchemy.engine.URL.create(
         url.drivername,
@@ -249,4 +282,5 @@ def without_password(text, storage):
         database=url.database,
         query=url.query,
     ).render_as_string(hide_password=False)
-    return text.replace(storage, bare), {"PGPASSWORD": str(url.password)}
+    variable = "PGPASSWORD" if backend == "postgresql" else PASSWORD_ENV
+    return text.replace(storage, bare), {variable: str(url.password)}

@@ -42,6 +42,7 @@ import sys
 from absl import logging
 import tensorflow as tf
 
+from deeplab_dpc import processes
 from deeplab_dpc.layers import fast_paths
 
 MIXED_PRECISION_NONE = "none"
@@ -150,7 +151,7 @@ def fresh_process_computes_bfloat16():
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _FRESH_PROBE],
-            env=env,
+            **processes.child_kwargs(env),
             capture_output=True,
             text=True,
             timeout=300,

@@ -23,7 +23,8 @@ the optimizer update stay outside XLA, where every strategy supports them.
 Checkpoints: `tf.train.Checkpoint(model, optimizer, step)` in the log dir,
 every `save_interval_secs` and at the end, `max_to_keep` kept; a new `run`
 restores the latest one and continues to `training_number_of_steps`. SIGTERM
-makes the loop save and return. A non-finite loss raises `FloatingPointError`
+makes the loop save and return (at once when there is nothing to save;
+see `_TerminationFlag`). A non-finite loss raises `FloatingPointError`
 naming the step, and no checkpoint is ever written from non-finite weights.
 
 Fine-tuning (DeepLab's `tf_initial_checkpoint`, `initialize_last_layer`,
@@ -41,6 +42,7 @@ import functools
 import os
 import shutil
 import signal
+import threading
 import time
 from typing import Optional
 
@@ -299,29 +301,129 @@ def freeze_batch_norm(model):
 EXIT_TERMINATED = 128 + int(signal.SIGTERM)
 
 
-class _TerminationFlag:
-    """Set by SIGTERM; the loop then saves and returns."""
+# After a SIGTERM with steps to save, the loop has this long (plus twice its
+# slowest step and save so far) to save and return; then the process ends
+# with EXIT_TERMINATED whatever its main thread is doing (a hung step).
+TERMINATION_GRACE_SECS = 20.0
 
-    def __init__(self):
+
+class _TerminationFlag:
+    """Set by SIGTERM; the loop then saves and returns.
+
+    With nothing to save (before the first step of this run ends, or right
+    after a checkpoint), a single-worker run ends at once with
+    `EXIT_TERMINATED`: the handler raises `SystemExit` when the main thread
+    runs Python (e.g. tracing the step), and a watchdog thread ends the
+    process when it runs a long op. With steps to save, the watchdog waits
+    `TERMINATION_GRACE_SECS` plus twice the slowest step and save for the
+    loop to save and return, then ends the process: the handler of Python
+    runs only between bytecodes, so a main thread stuck in TensorFlow's
+    C++ (a collective that waits forever) would otherwise never stop. The
+    watchdog learns of the signal through `signal.set_wakeup_fd`, which the
+    interpreter writes to from the signal itself.
+    """
+
+    def __init__(self, exit_at_once=True):
         self.requested = False
+        self.unsaved = False  # Steps done since the last checkpoint.
+        self.slowest = 0.0  # Seconds of the slowest step or save so far.
+        self._exit_at_once = exit_at_once
         self._previous = None
+        self._previous_fd = None
+        self._done = None
+        self._pipe = None
 
     def __enter__(self):
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # Not the main thread: no handler.
             self._previous = None
+            return self
+        read_fd, write_fd = os.pipe()
+        try:
+            os.set_blocking(write_fd, False)
+            self._previous_fd = signal.set_wakeup_fd(
+                write_fd, warn_on_full_buffer=False
+            )
+        except (OSError, ValueError):
+            os.close(read_fd)
+            os.close(write_fd)
+            return self
+        self._pipe = (read_fd, write_fd)
+        self._done = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(read_fd,), name="sigterm_watchdog", daemon=True
+        ).start()
         return self
 
     def _handle(self, signum, frame):
         del signum, frame
-        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
         self.requested = True
+        if self._exit_at_once and not self.unsaved:
+            logging.warning("SIGTERM received: no step to save; stopping.")
+            raise Terminated()
+        logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+
+    def _watch(self, read_fd):
+        try:
+            self._wait_and_end(read_fd)
+        finally:
+            os.close(read_fd)
+
+    def _wait_and_end(self, read_fd):
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data or self._done.is_set():
+                return
+            if int(signal.SIGTERM) in data:
+                break
+        wait = 2.0 if self._exit_at_once and not self.unsaved else (
+            TERMINATION_GRACE_SECS + 2 * self.slowest
+        )
+        if self._done.wait(wait):
+            return
+        os.write(
+            2,
+            f"SIGTERM: the training loop did not stop within {wait:.0f} s; "
+            f"ending the process (exit status {EXIT_TERMINATED}).\n".encode(),
+        )
+        os._exit(EXIT_TERMINATED)  # pylint: disable=protected-access
 
     def __exit__(self, *exc):
+        if self._pipe is not None:
+            self._done.set()
+            try:
+                signal.set_wakeup_fd(self._previous_fd)
+            except ValueError:
+                pass
+            try:
+                os.write(self._pipe[1], b"\0")  # Wakes the watchdog to end.
+            except OSError:
+                pass
+            os.close(self._pipe[1])  # Its read end closes with the thread.
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
         return False
+
+
+class Terminated(SystemExit):
+    """Ends the process with `EXIT_TERMINATED`: `run` stopped on SIGTERM.
+
+    Raised by `stop_if_terminated`, for callers of `run` that must not go on
+    (the search's pretraining and re-rank) once it returned early.
+    """
+
+    def __init__(self):
+        super().__init__(EXIT_TERMINATED)
+
+
+def stop_if_terminated(results):
+    """Raises `Terminated` when `results` (of `run`) says SIGTERM stopped it."""
+    if results["terminated"]:
+        raise Terminated()
 
 
 def _all_finite(variables):
@@ -673,8 +775,13 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
     progress = _Progress(o, schedule, step, chief)
     last_save = time.time()
     saved_step = step if checkpoints.latest else None
-    with _TerminationFlag() as termination, writer.as_default():
+    # A multi-worker run stops only where every worker agrees to.
+    with _TerminationFlag(exit_at_once=not multi_worker) as termination, (
+        writer.as_default()
+    ):
+        logging.info("Training from step %d to %d.", step, total)
         while step < total:
+            started = time.monotonic()
             fraction = losses.top_k_fraction(
                 step, o.top_k_percent_pixels, o.hard_example_mining_step
             )
@@ -691,6 +798,7 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
             _check_finite(loss, step, schedule, checkpoints.latest)
             step += 1
             step_var.assign(step)
+            termination.unsaved = True
             results["losses"].append(loss)
             results["loss"] = loss
             images = functools.partial(
@@ -709,6 +817,11 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
                 checkpoints.save(step)
                 saved_step = step
                 last_save = time.time()
+                termination.unsaved = False
+            if len(results["losses"]) > 1:  # The first one traced the step.
+                termination.slowest = max(
+                    termination.slowest, time.monotonic() - started
+                )
             if stop:
                 results["terminated"] = True
                 break

@@ -55,6 +55,19 @@ def test_conflicts_and_bad_values_name_the_flag(tmp_path):
     assert common_flags.parse_rates(["6", "12", "18"]) == (6, 12, 18)
 
 
+def test_a_bad_cell_file_names_its_flag_not_the_crops(tmp_path):
+    # The re-audit: a bad --dense_prediction_cell_json was reported as
+    # "--train_crop_size='33,33' (--output_stride=16): <path>: ...".
+    path = tmp_path / "cell.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    FLAGS.dense_prediction_cell_json = str(path)
+    with pytest.raises(flags.ValidationError) as raised:
+        common_flags.model_options_for_crop_flag("train_crop_size", "33,33")
+    message = str(raised.value)
+    assert message.startswith(f"--dense_prediction_cell_json: {path}: JSON nested")
+    assert "crop" not in message
+
+
 def test_overrides_and_crop_check():
     FLAGS.atrous_rates = ["12", "24", "36"]
     FLAGS.output_stride = "8"

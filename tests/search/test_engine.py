@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 import pytest
 import search_testing
+import sqlalchemy
 import tensorflow as tf
 
 from deeplab_dpc.cells import cell_spec
@@ -128,6 +129,43 @@ def test_storage_passwords_are_redacted():
     with pytest.raises(ValueError) as raised:
         engine.open_storage("postgresql//user:s3cret@host/db")
     assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize("scheme", ["mysql", "mysql+pymysql"])
+def test_mysql_passwords_are_redacted_and_kept_out_of_flag_files(
+    scheme, monkeypatch
+):
+    url = f"{scheme}://user:My-s3cret@host:3306/db"
+    assert study_storage.redact(f"in {url}, then") == (
+        f"in {scheme}://user:***@host:3306/db, then"
+    )
+    text, env = study_storage.without_password(f"--storage={url}\n--x=1\n", url)
+    assert text == f"--storage={scheme}://user@host:3306/db\n--x=1\n"
+    assert env == {study_storage.PASSWORD_ENV: "My-s3cret"}
+    # The worker's side: the URL without a password gets the variable's.
+    bare = sqlalchemy.engine.make_url(f"{scheme}://user@host:3306/db")
+    monkeypatch.setenv(study_storage.PASSWORD_ENV, "My-s3cret")
+    assert study_storage._with_password_from_env(bare).password == "My-s3cret"
+    # Opening it here fails (no driver, or no server): the error is masked.
+    with pytest.raises(ValueError) as raised:
+        engine.open_storage(url)
+    assert "My-s3cret" not in str(raised.value)
+    assert f"{scheme}://user:***@host:3306/db" in str(raised.value)
+
+
+def test_a_refused_connection_is_named_without_its_password(monkeypatch):
+    # What a MySQL or PostgreSQL server that refuses the connection raises,
+    # with the URL in the driver's message (no server in this test).
+    url = "mysql+pymysql://user:My-s3cret@host/db"
+
+    def refuse(self, storage, **kwargs):
+        raise sqlalchemy.exc.OperationalError(f"connect to {storage}", None, None)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "__init__", refuse)
+    with pytest.raises(ValueError) as raised:
+        engine.open_storage(url)
+    message = str(raised.value)
+    assert "My-s3cret" not in message and "user:***@host" in message, message
 
 
 # ------------------------------------------------------- totals and repeats

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import program
 from deeplab_dpc.search import proxy
+from deeplab_dpc.search import study_storage
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -156,3 +158,124 @@ def test_a_bad_max_head_madds_is_named(parsed_flags, tmp_path_factory):
     FLAGS.max_head_madds = "cheap"
     with pytest.raises(flags.ValidationError, match="--max_head_madds='cheap'"):
         program.head_budget(info)
+
+
+def _snapshot(folder):
+    """Every file and folder under `folder`: its size, mtime and bytes."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        content = path.read_bytes() if path.is_file() else None
+        found[str(path.relative_to(folder))] = (stat.st_size, stat.st_mtime_ns, content)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["cache", "search"])
+def test_another_crop_is_refused_and_changes_nothing(tmp_path_factory, mode):
+    # The audit: a rerun with another --train_crop_size silently reused the
+    # cache of the first crop. The cache here was made at CROP (65x65).
+    shared_dir, data, pretrained, _ = shared_search(tmp_path_factory)
+    search_dir = tmp_path_factory.mktemp("other_crop")
+    shutil.copytree(os.path.join(shared_dir, "cache"), search_dir / "cache")
+    before = _snapshot(search_dir)
+    proc = _run(
+        search_dir, data, pretrained, f"--mode={mode}", "--train_crop_size=33,33"
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if mode == "cache":  # The cache's own check names each differing setting.
+        assert "crop_size: cached" in errors[0] and "65" in errors[0], errors
+    else:  # The search checks the cache's crop against the flag's.
+        assert "--train_crop_size='33,33'" in errors[0], errors
+        assert "made at 65,65" in errors[0], errors
+    assert _snapshot(search_dir) == before
+
+
+MYSQL_PASSWORD = "My-s3cret-25"
+
+
+def test_local_workers_get_a_mysql_password_by_environment(
+    parsed_flags, tmp_path, monkeypatch
+):
+    # As PostgreSQL's (tests/search/test_postgres.py, against a real server):
+    # search.flags holds the URL without its password, mode 0600, and the
+    # workers find it in their environment. No MySQL server or driver here.
+    FLAGS.search_dir = str(tmp_path)
+    FLAGS.storage = f"mysql+pymysql://dpc:{MYSQL_PASSWORD}@db.example:3306/search"
+    FLAGS.num_workers = 2
+    monkeypatch.setattr(program, "_load_cache", lambda: None)
+    monkeypatch.setattr(program, "head_budget", lambda cache: None)
+    monkeypatch.setattr(program, "open_study", lambda feasible=None: "the study")
+    launched = {}
+
+    def launch(num_workers, argv, **kwargs):
+        launched.update(kwargs, num_workers=num_workers, argv=argv)
+
+    monkeypatch.setattr(program.engine, "launch_workers", launch)
+    assert program.search() == "the study"
+    flagfile = tmp_path / program.FLAGS_FILE
+    text = flagfile.read_text()
+    assert "--storage=mysql+pymysql://dpc@db.example:3306/search\n" in text
+    assert MYSQL_PASSWORD not in text
+    assert flagfile.stat().st_mode & 0o777 == 0o600
+    assert launched["env"] == {study_storage.PASSWORD_ENV: MYSQL_PASSWORD}
+    assert launched["num_workers"] == 2
+
+
+def test_a_mysql_storage_that_cannot_open_is_one_masked_line(tmp_path):
+    # The driver is not installed here: the error names the storage with
+    # its password masked, and nothing written holds the password.
+    search_dir = tmp_path / "search"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deeplab_dpc.search",
+            "--mode=report",
+            f"--search_dir={search_dir}",
+            f"--storage=mysql://dpc:{MYSQL_PASSWORD}@127.0.0.1:1/db",
+        ],
+        cwd=REPO,
+        env=dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "mysql://dpc:***@127.0.0.1:1/db" in errors[0], errors
+    # TensorFlow's C++ lines stay silent, also the devices' (cuInit).
+    assert not [line for line in proc.stderr.splitlines() if "0000 " in line[:6]]
+    assert MYSQL_PASSWORD not in proc.stdout + proc.stderr
+    for path in search_dir.rglob("*"):
+        if path.is_file():
+            assert MYSQL_PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "num_trials",
+        "num_branches",
+        "proxy_steps",
+        "proxy_batch_size",
+        "proxy_eval_every",
+        "cache_copies",
+        "top_k",
+        "rerank_steps",
+        "pretrain_steps",
+        "num_workers",
+        "heartbeat_interval",
+    ],
+)
+def test_counts_refuse_zero(parsed_flags, name):
+    # The re-audit: --proxy_steps=0 was a ZeroDivisionError traceback,
+    # --num_workers=0 ran as 1. Refused when the flags are parsed instead.
+    with pytest.raises(flags.IllegalFlagValueError, match="=0: 0 is not a"):
+        setattr(FLAGS, name, 0)

@@ -1,6 +1,10 @@
 """trainer and losses: learning rate, loss, training, resume and NaN handling."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -277,3 +281,44 @@ def test_released_custom_gradients_frees_the_graphs_that_trained():
     # Gradients traced afterwards still work.
     with trainer.released_custom_gradients():
         train_once()
+
+
+_STUCK_LOOP = """
+import sys, time
+from deeplab_dpc.training import trainer
+trainer.TERMINATION_GRACE_SECS = 1.0
+with trainer._TerminationFlag() as flag:
+    flag.unsaved = True  # A step done since the last checkpoint.
+    print("ready", flush=True)
+    time.sleep(60)  # A loop that never looks at the flag (a hung step).
+print("survived", flush=True)
+"""
+
+
+def test_sigterm_ends_a_stuck_loop():
+    # With steps to save the loop gets TERMINATION_GRACE_SECS to save them; a
+    # loop that never comes back (an op that hangs) is ended by the watchdog
+    # all the same. (Nothing to save: tests/test_sigterm.py, the training
+    # program's first step.)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_LOOP],
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == trainer.EXIT_TERMINATED, err
+    assert "survived" not in out
+    assert time.monotonic() - start < 10
+    assert "did not stop within 1 s" in err, err
