@@ -1,11 +1,13 @@
 """Test-wide settings and shared fixtures.
 
 Every test: quiet TensorFlow logs, seeded randomness, a fresh Keras
-session. On request: parsed absl flags (`parsed_flags`), the environment
+session (and a garbage collection after each test module). On request: parsed absl flags (`parsed_flags`), the environment
 of a program run in a subprocess (`program_env`), and the built-in
 synthetic data set (`synthetic_data`).
 """
 
+import gc
+import inspect
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,11 +22,27 @@ from deeplab_dpc.data import synthetic  # pylint: disable=g-import-not-at-top
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Keras 3's clear_session also runs a full garbage collection, which takes
+# seconds once the test process holds large (cached) models: after each test
+# Keras' state is reset, and the collection runs once per test module.
+_CLEAR_SESSION_KWARGS = (
+    {"free_memory": False}
+    if "free_memory" in inspect.signature(tf.keras.backend.clear_session).parameters
+    else {}
+)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     tf.keras.utils.set_random_seed(0)
     yield
-    tf.keras.backend.clear_session()
+    tf.keras.backend.clear_session(**_CLEAR_SESSION_KWARGS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage():
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -214,14 +214,36 @@ _FRESH_PROCESS = textwrap.dedent("""
         except Exception as e:  # What a user sees, whatever it is.
             errors[name] = f"{type(e).__name__}: {e}"
     np.savez(config["results"], **results)
+
+    # An image over the pixel budget, after a warm-up call: its error, and
+    # the growth of the peak memory. ru_maxrss would carry the parent's peak
+    # across fork and exec: the peak (VmHWM) is reset through
+    # /proc/self/clear_refs instead.
+    def status(key):
+        with open("/proc/self/status") as f:
+            return [int(l.split()[1]) for l in f if l.startswith(key + ":")][0] / 1024
+    predict_images(images=tf.constant([open(config["budget_small"], "rb").read()]))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
+    try:
+        predict_images(images=tf.constant([open(config["budget_big"], "rb").read()]))
+        budget_error = None
+    except tf.errors.InvalidArgumentError as e:
+        budget_error = e.message
+    budget = {"error": budget_error, "growth_mb": status("VmHWM") - before}
+
     modules = sorted(m for m in sys.modules if m.split(".")[0] == "deeplab_dpc")
-    print(json.dumps({"errors": errors, "deeplab_dpc_modules": modules}))
+    print(json.dumps(
+        {"errors": errors, "budget": budget, "deeplab_dpc_modules": modules}))
     """)
 
 
 @pytest.fixture(name="fresh", scope="module")
 def _fresh(exported, tmp_path_factory):
-    """Runs the SavedModel in a process that never imports deeplab_dpc."""
+    """Runs the SavedModel in a process that never imports deeplab_dpc: the
+    images of the tests below, bad inputs, and an image over the pixel
+    budget."""
     root = tmp_path_factory.mktemp("fresh")
     arrays = {
         "crop": _image(2, 65, 65),
@@ -237,19 +259,25 @@ def _fresh(exported, tmp_path_factory):
     Image.fromarray(pixels[0]).save(root / "image.png")
     Image.fromarray(pixels[0]).save(root / "image.jpg", quality=90)
     Image.fromarray(_image(8, 20, 20)[0]).save(root / "other.png")
+    # 5000x5000 = 25 MP > the default 16 MP budget, in about 100 KB of PNG:
+    # decoded it would take 75 MB, and 1.2 GB more as floats at full size.
+    (root / "big.png").write_bytes(_solid_png(5000, 5000))
+    Image.fromarray(_image(1, 30, 40)[0]).save(root / "small.png")
     config = {
         "dir": str(exported["dir"]),
         "arrays": {name: str(root / f"{name}.npy") for name in arrays},
         "encoded": {"png": str(root / "image.png"), "jpeg": str(root / "image.jpg")},
         "two_sizes": [str(root / "image.png"), str(root / "other.png")],
         "results": str(root / "results.npz"),
+        "budget_small": str(root / "small.png"),
+        "budget_big": str(root / "big.png"),
     }
     (root / "config.json").write_text(json.dumps(config))
     proc = _run([sys.executable, "-c", _FRESH_PROCESS, str(root / "config.json")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     results = dict(np.load(root / "results.npz"))
-    return {"arrays": arrays, "results": results, **report}
+    return {"arrays": arrays, "results": results, "root": root, **report}
 
 
 def test_fresh_process_never_imports_the_package(fresh):
@@ -484,40 +512,10 @@ def _solid_png(height, width):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-# ru_maxrss would carry the parent's peak across fork and exec: the peak
-# (VmHWM) is reset through /proc/self/clear_refs after a warm-up instead.
-_BUDGET_PROCESS = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
-    def status(key):
-        with open("/proc/self/status") as f:
-            return [int(l.split()[1]) for l in f if l.startswith(key + ":")][0] / 1024
-    directory, small, big = sys.argv[1:4]
-    fn = tf.saved_model.load(directory).signatures["predict_images"]
-    fn(images=tf.constant([open(small, "rb").read()]))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status("VmRSS")
-    try:
-        fn(images=tf.constant([open(big, "rb").read()]))
-        error = None
-    except tf.errors.InvalidArgumentError as e:
-        error = e.message
-    print(json.dumps({"error": error, "growth_mb": status("VmHWM") - before}))
-    """)
-
-
-def test_over_budget_image_is_refused_before_decoding(exported, tmp_path):
-    # 5000x5000 = 25 MP > the default 16 MP budget, in about 100 KB of PNG:
-    # decoded it would take 75 MB, and 1.2 GB more as floats at full size.
-    big = tmp_path / "big.png"
-    big.write_bytes(_solid_png(5000, 5000))
-    assert big.stat().st_size < 200_000
-    small = tmp_path / "small.png"
-    Image.fromarray(_image(1, 30, 40)[0]).save(small)
-    proc = _run([sys.executable, "-c", _BUDGET_PROCESS, str(exported["dir"]), str(small), str(big)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_over_budget_image_is_refused_before_decoding(exported, fresh):
+    # The fresh process's 5000x5000 PNG (see `_fresh`).
+    assert (fresh["root"] / "big.png").stat().st_size < 200_000
+    report = fresh["budget"]
     assert report["error"] and "more than 16777216 pixels" in report["error"]
     assert "--max_image_pixels" in report["error"]
     assert report["growth_mb"] < 40, report

@@ -305,19 +305,22 @@ def test_resnet50_dilation_config_output_stride_16():
 # ------------------------------------------------------------ weights file
 
 
-def _weights_file(tmp_path, seed=0):
-    """A no-top MobileNetV2 (alpha 0.35) weights file with random weights."""
+@pytest.fixture(name="weights_file", scope="module")
+def _weights_file(tmp_path_factory):
+    """A no-top MobileNetV2 (alpha 0.35) weights file with random weights:
+    (the application, the file's path). Tests must not change either."""
     app = tf.keras.applications.MobileNetV2(
         input_shape=(65, 65, 3), alpha=ALPHA, include_top=False, weights=None
     )
-    _randomize(app, seed=seed)
-    path = tmp_path / "w.weights.h5"  # Loads under Keras 3 and tf_keras.
+    _randomize(app, seed=0)
+    # Loads under Keras 3 and tf_keras.
+    path = tmp_path_factory.mktemp("weights_file") / "w.weights.h5"
     app.save_weights(str(path))
     return app, str(path)
 
 
-def test_weights_file_is_loaded(tmp_path):
-    app, path = _weights_file(tmp_path)
+def test_weights_file_is_loaded(weights_file):
+    app, path = weights_file
     model = backbones.build_backbone("mobilenet_v2", (65, 65), 16, ALPHA, weights=path)
     for name in ("Conv1", "block_16_depthwise", "block_16_project_BN"):
         for got, want in zip(
@@ -342,9 +345,9 @@ def test_weights_file_is_loaded(tmp_path):
     ) == (1, 1)
 
 
-def test_weights_file_at_other_crop_and_output_stride(tmp_path):
+def test_weights_file_at_other_crop_and_output_stride(weights_file):
     # The file of a 65x65 application loads into a 33x33, OS-8 backbone.
-    app, path = _weights_file(tmp_path, seed=3)
+    app, path = weights_file
     model = backbones.build_backbone("mobilenet_v2", (33, 33), 8, ALPHA, weights=path)
     np.testing.assert_array_equal(
         model.get_layer("block_16_depthwise").get_weights()[0],
@@ -389,8 +392,8 @@ def test_missing_weights_file(tmp_path):
         backbones.build_backbone("mobilenet_v2", (65, 65), 16, ALPHA, weights=path)
 
 
-def test_weights_file_of_another_architecture(tmp_path):
-    _, path = _weights_file(tmp_path)
+def test_weights_file_of_another_architecture(weights_file):
+    _, path = weights_file
     with pytest.raises(ValueError, match="w.weights.h5"):
         backbones.build_backbone("xception", (81, 81), 16, weights=path)
     with pytest.raises(ValueError, match="w.weights.h5"):  # Other alpha.
@@ -449,7 +452,7 @@ def test_backbone_takes_images_in_0_255():
 def test_weight_decay_on_backbone_kernels_not_depthwise(variant):
     crop = (33, 33) if variant == "mobilenet_v2" else (81, 81)
     multiplier = 0.35 if variant == "mobilenet_v2" else 1.0
-    plain = backbones.build_backbone(variant, crop, 16, multiplier)
+    plain = _cached(variant, 65 if variant == "mobilenet_v2" else 97, 16)
     decayed = backbones.build_backbone(variant, crop, 16, multiplier, weight_decay=4e-5)
     assert not plain.losses
     kernels = [
@@ -478,7 +481,7 @@ def test_norm_momentum_reaches_every_backbone_batch_norm():
     ]
     assert len(norms) > 40
     assert {layer.momentum for layer in norms} == {0.9}
-    kept = backbones.build_backbone("mobilenet_v2", (33, 33), 16, depth_multiplier=0.35)
+    kept = _cached("mobilenet_v2", 65, 16)
     assert {
         layer.momentum
         for layer in kept.layers

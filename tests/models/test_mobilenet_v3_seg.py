@@ -10,15 +10,11 @@ also checks the names the TF1 importer gives the layers;
 model-zoo flags.
 """
 
-import copy
 import functools
 import json
 import pathlib
-import subprocess
-import sys
-import textwrap
 
-import numpy as np
+import backbone_testing as bt
 import pytest
 import tensorflow as tf
 
@@ -87,39 +83,25 @@ def lr_aspp_options(variant, crop=(257, 513), num_classes=19, output_stride=32, 
 
 
 @functools.lru_cache(maxsize=None)
-def backbone(variant, crop, output_stride):
+def lr_aspp_model(variant):
+    """The model zoo's LR-ASPP model at its crop (257, 513), built once;
+    tests that change its weights set all of them."""
     tf.keras.utils.set_random_seed(0)
-    return backbones.build_backbone(variant, (crop, crop), output_stride)
+    return deeplab.build_deeplab(lr_aspp_options(variant))
 
 
-def images(crop, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = (1, *crop, 3) if isinstance(crop, tuple) else (1, crop, crop, 3)
-    return rng.uniform(0.0, 255.0, shape).astype(np.float32)
+# The backbones' crop: one build per variant and output stride, shared by
+# the module's tests.
+CROP = 65
+
+
+def backbone(variant, output_stride):
+    return bt.backbone(variant, CROP, output_stride)
 
 
 def randomize(model, seed=0):
     """He-normal kernels, BN statistics near 1 / 0: a live signal throughout."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        kind = variable.name.split("/")[-1].split(":")[0]
-        if kind in ("gamma", "moving_variance"):
-            value = rng.uniform(0.8, 1.2, shape)
-        elif len(shape) == 1:
-            value = rng.normal(0.0, 0.2, shape)
-        else:
-            fan_in = np.prod(shape[:2]) * (1 if shape[-1] == 1 else shape[2])
-            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        variable.assign(value.astype(np.float32))
-    return model
-
-
-def deeplab_weights(model, variant):
-    return {
-        name: variable.numpy()
-        for name, (variable, _) in tf1_checkpoint.tf1_variable_names(model, variant).items()
-    }
+    return bt.randomize(model, seed, bias_std=0.2)
 
 
 def _divisible(v, d=8):
@@ -222,21 +204,15 @@ def reference_lr_aspp(images_, weights, options):
     return tf.compat.v1.image.resize_bilinear(logits, options.crop_size, align_corners=True)
 
 
-def close(want, got, rtol=1e-4):
-    scale = np.abs(want).max()
-    assert scale > 0
-    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
-
-
 # ------------------------------------------------------------------ shapes
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("output_stride", backbones.OUTPUT_STRIDES)
 def test_endpoint_shapes(variant, output_stride):
-    model = backbone(variant, 65, output_stride)
+    model = backbone(variant, output_stride)
     _, last, _, low_depth = SPECS[variant]
-    fs = 64 // output_stride + 1
+    fs = (CROP - 1) // output_stride + 1
     assert tuple(model.output[backbones.FEATURES].shape) == (None, fs, fs, last)
     assert tuple(model.output[backbones.LOW_LEVEL].shape) == (None, 9, 9, low_depth)
     assert backbones.low_level_stride(variant) == 8
@@ -250,28 +226,25 @@ def test_endpoint_shapes(variant, output_stride):
     [(v, s) for v in VARIANTS for s in (32, 16)] + [("mobilenet_v3_small_seg", 8)],
 )
 def test_matches_deeplabs_network_written_in_tf_nn(variant, output_stride):
-    model = randomize(backbone(variant, 65, output_stride), seed=1)
-    x = images(65, seed=2)
-    out = model(x, training=False)
+    model = randomize(backbone(variant, output_stride), seed=1)
+    x = bt.images(CROP, seed=2)
     want_features, want_low = reference_network(
-        x, deeplab_weights(model, variant), variant, output_stride
+        x, bt.deeplab_weights(model, variant), variant, output_stride
     )
-    close(want_features.numpy(), out[backbones.FEATURES].numpy())
-    close(want_low.numpy(), out[backbones.LOW_LEVEL].numpy())
+    bt.check_matches_reference(model, x, want_features, want_low, low_is_linear=False)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lr_aspp_model_matches_deeplabs_graph_written_in_tf_nn(variant):
     options = lr_aspp_options(variant)
-    tf.keras.utils.set_random_seed(0)
-    model = randomize(deeplab.build_deeplab(options), seed=3)
+    model = randomize(lr_aspp_model(variant), seed=3)
     names = [layer.name for layer in model.layers]
     assert deeplab.LOGITS_LAYER not in names  # The decoder gives the logits.
-    x = images((257, 513), seed=4)
-    want = reference_lr_aspp(x, deeplab_weights(model, variant), options)
+    x = bt.images((257, 513), seed=4)
+    want = reference_lr_aspp(x, bt.deeplab_weights(model, variant), options)
     got = model(x, training=False).numpy()
     assert got.shape == (1, 257, 513, 19)
-    close(want.numpy(), got)
+    bt.close(want.numpy(), got)
     # The gate is not constant over the image: the pooled grid is 2 x 4.
     assert model.get_layer(deeplab.ASPP_LAYER).pool_size == (5, 5)
 
@@ -293,23 +266,16 @@ def test_atrous_consistency_with_constant_gates(variant, fine, coarse):
     with live gates the two differ (as in DeepLab). Not small's 16 vs 32:
     its last strided block keeps its depth (48), so at stride 1 slim adds
     its input back, a residual the stride-32 network has not."""
-    crop = 65
-    m_fine = randomize(backbone(variant, crop, fine), seed=4)
+    m_fine = randomize(backbone(variant, fine), seed=4)
     for layer in m_fine.layers:
         if layer.name.endswith("squeeze_excite.Conv_1"):
             layer.kernel.assign(tf.zeros_like(layer.kernel))
             layer.bias.assign(tf.fill(layer.bias.shape, 3.0))
-    m_coarse = backbone(variant, crop, coarse)
-    m_coarse.set_weights(m_fine.get_weights())
-    x = images(crop)
-    f_fine = m_fine(x, training=False)[backbones.FEATURES].numpy()
-    f_coarse = m_coarse(x, training=False)[backbones.FEATURES].numpy()
-    close(f_coarse, f_fine[:, ::2, ::2])
-    assert not np.allclose(f_fine[:, 1::2, 1::2], f_fine[:, :-1:2, :-1:2])
+    bt.check_atrous_consistency(m_fine, backbone(variant, coarse), bt.images(CROP))
 
 
 def test_dilation_config_output_stride_8():
-    model = backbone("mobilenet_v3_large_seg", 65, 8)
+    model = backbone("mobilenet_v3_large_seg", 8)
 
     def cfg(name):
         c = model.get_layer(f"{name}.depthwise").get_config()
@@ -322,11 +288,11 @@ def test_dilation_config_output_stride_8():
     assert cfg("expanded_conv_13") == ((1, 1), (4, 4))
     # A strided block turned to stride 1 adds its input back when the depths
     # match (slim's rule): small's expanded_conv_8 (48 -> 48) at stride 16.
-    small = backbone("mobilenet_v3_small_seg", 65, 16)
+    small = backbone("mobilenet_v3_small_seg", 16)
     names = {layer.name for layer in small.layers}
     assert "expanded_conv_8.add" in names
     assert "expanded_conv_8.add" not in {
-        layer.name for layer in backbone("mobilenet_v3_small_seg", 65, 32).layers
+        layer.name for layer in backbone("mobilenet_v3_small_seg", 32).layers
     }
 
 
@@ -338,7 +304,7 @@ def test_batch_norm_and_weight_decay():
     assert {l.epsilon for l in norms} == {1e-3} and {l.momentum for l in norms} == {0.9}
     kernels = [l.kernel for l in model.layers if type(l) is tf.keras.layers.Conv2D]
     assert len(model.losses) == len(kernels) > 0  # Not the depthwise kernels.
-    default = backbone("mobilenet_v3_small_seg", 65, 32)
+    default = backbone("mobilenet_v3_small_seg", 32)
     assert {
         l.momentum for l in default.layers if isinstance(l, tf.keras.layers.BatchNormalization)
     } == {0.997}
@@ -362,7 +328,8 @@ def test_variables_map_one_to_one_with_deeplabs_graph(variant):
         "--decoder_output_stride=8", "--output_stride=32",
     ):
         assert flag in flags, flag
-    model = deeplab.build_deeplab(lr_aspp_options(variant, crop=(257, 257)))
+    # The variables do not depend on the crop: the shared (257, 513) build.
+    model = lr_aspp_model(variant)
     names = tf1_checkpoint.tf1_variable_names(model, variant)
     got = {n: tuple(v.shape) for n, (v, _) in names.items()}
     want = {n: tuple(s) for n, s in config["variables"]}
@@ -374,7 +341,7 @@ def test_variables_map_one_to_one_with_deeplabs_graph(variant):
 
 
 def test_accounting():
-    model = deeplab.build_deeplab(lr_aspp_options("mobilenet_v3_small_seg"))
+    model = lr_aspp_model("mobilenet_v3_small_seg")
     counts = accounting.count(model)
     assert counts["logits"] == {"params": 0, "madds": 0}
     assert counts["head_branches"] == counts["head"]
@@ -404,50 +371,10 @@ def test_bad_options():
 def test_config_round_trip_and_keras_file(tmp_path):
     options = lr_aspp_options("mobilenet_v3_small_seg", crop=(129, 129))
     model = randomize(deeplab.build_deeplab(options), seed=5)
-    config = model.get_config()
-    clone = tf.keras.Model.from_config(copy.deepcopy(config))
-    assert json.dumps(clone.get_config(), sort_keys=True, default=str) == json.dumps(
-        config, sort_keys=True, default=str
-    )
-    path = str(tmp_path / "mnv3.keras")
-    model.save(path)
-    loaded = tf.keras.models.load_model(path)
-    x = images(129)
-    np.testing.assert_allclose(
-        loaded(x, training=False).numpy(), model(x, training=False).numpy(),
-        rtol=1e-5, atol=1e-5,
+    bt.check_config_round_trip_and_keras_file(
+        model, bt.images(129), str(tmp_path / "mnv3.keras")
     )
 
 
-def test_builds_and_maps_under_tf_keras(program_env):
-    """tensorflow-model-optimization needs tf_keras (Keras 2) models."""
-    script = textwrap.dedent(
-        """
-        import numpy as np, tensorflow as tf
-        assert tf.keras.Model.__module__.startswith("tf_keras")
-        from deeplab_dpc.models import deeplab, tf1_checkpoint
-        options = deeplab.ModelOptions(
-            model_variant="mobilenet_v3_small_seg", num_classes=19,
-            crop_size=(129, 129), output_stride=32,
-            image_pooling_crop_size=(65, 65), image_pooling_stride=(1, 1),
-            aspp_with_squeeze_and_excitation=True, aspp_convs_filters=128,
-            aspp_with_concat_projection=False, image_se_uses_qsigmoid=True,
-            decoder_output_stride=8, decoder_use_sum_merge=True,
-            decoder_filters=19, decoder_output_is_logits=True)
-        model = deeplab.build_deeplab(options)
-        out = model(np.zeros((1, 129, 129, 3), np.float32), training=False)
-        print(tuple(out.shape))
-        names = tf1_checkpoint.tf1_variable_names(model, "mobilenet_v3_small_seg")
-        print(len(names), len(model.weights))
-        """
-    )
-    env = dict(program_env, TF_USE_LEGACY_KERAS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    shape, counts = result.stdout.strip().splitlines()[-2:]
-    assert shape == "(1, 129, 129, 19)"
-    n, total = counts.split()
-    assert n == total == "217"
+# test_tf_keras_backbones.py builds its LR-ASPP model under tf_keras (one
+# process for the three backbone files).

@@ -8,20 +8,12 @@ epsilon 1e-5, multi-grid on block4, `stack_blocks_dense`) and reads the
 weights by their DeepLab names.
 """
 
-import copy
-import functools
-import json
-import subprocess
-import sys
-import textwrap
-
-import numpy as np
+import backbone_testing as bt
 import pytest
 import tensorflow as tf
 
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import resnet_v1_beta
-from deeplab_dpc.models import tf1_checkpoint
 
 VARIANTS = ("resnet_v1_50_beta", "resnet_v1_101_beta")
 SCOPES = {"resnet_v1_50_beta": "resnet_v1_50", "resnet_v1_101_beta": "resnet_v1_101"}
@@ -29,34 +21,19 @@ UNITS = {"resnet_v1_50_beta": (3, 4, 6, 3), "resnet_v1_101_beta": (3, 4, 23, 3)}
 EPSILON = 1e-5
 
 
-@functools.lru_cache(maxsize=None)
-def backbone(variant, crop, output_stride, multi_grid=None):
-    tf.keras.utils.set_random_seed(0)
-    return backbones.build_backbone(
-        variant, (crop, crop), output_stride, multi_grid=multi_grid
-    )
+# Every test reads backbones of this crop: one build per variant, output
+# stride and multi-grid, shared by the module's tests.
+CROP = 65
 
 
-def images(crop, batch=1, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.0, 255.0, (batch, crop, crop, 3)).astype(np.float32)
+def backbone(variant, output_stride, multi_grid=None):
+    return bt.backbone(variant, CROP, output_stride, multi_grid)
 
 
 def randomize(model, seed=0):
     """He-normal kernels (scaled down: 16-33 residual units add up), BN
     statistics near 1 / 0."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        kind = variable.name.split("/")[-1].split(":")[0]
-        if kind in ("gamma", "moving_variance"):
-            value = rng.uniform(0.8, 1.2, shape)
-        elif len(shape) == 1:
-            value = rng.normal(0.0, 0.05, shape)
-        else:
-            value = rng.normal(0.0, 0.5 * np.sqrt(2.0 / np.prod(shape[:-1])), shape)
-        variable.assign(value.astype(np.float32))
-    return model
+    return bt.randomize(model, seed, kernel_gain=0.5)
 
 
 def reference_resnet(x, weights, variant, output_stride, multi_grid=(1, 1, 1)):
@@ -112,20 +89,14 @@ def reference_resnet(x, weights, variant, output_stride, multi_grid=(1, 1, 1)):
     return x, low
 
 
-def close(want, got, rtol=1e-4):
-    scale = np.abs(want).max()
-    assert scale > 0
-    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("output_stride", backbones.OUTPUT_STRIDES)
 def test_endpoint_shapes(variant, output_stride):
-    model = backbone(variant, 33, output_stride)
-    fs = 32 // output_stride + 1
+    model = backbone(variant, output_stride, (1, 2, 4))
+    fs = (CROP - 1) // output_stride + 1
     assert tuple(model.output[backbones.FEATURES].shape) == (None, fs, fs, 2048)
-    assert tuple(model.output[backbones.LOW_LEVEL].shape) == (None, 9, 9, 256)
-    out = model(images(33), training=False)
+    assert tuple(model.output[backbones.LOW_LEVEL].shape) == (None, 17, 17, 256)
+    out = model(bt.images(CROP), training=False)
     assert tuple(out[backbones.FEATURES].shape) == (1, fs, fs, 2048)
 
 
@@ -139,41 +110,28 @@ def test_endpoint_shapes(variant, output_stride):
     ],
 )
 def test_matches_deeplabs_graph_written_in_tf_nn(variant, output_stride, multi_grid):
-    crop = 65
-    model = randomize(backbone(variant, crop, output_stride, multi_grid), seed=1)
-    weights = {
-        name: variable.numpy()
-        for name, (variable, _) in tf1_checkpoint.tf1_variable_names(
-            model, variant
-        ).items()
-    }
-    x = images(crop, seed=2)
-    out = model(x, training=False)
+    model = randomize(backbone(variant, output_stride, multi_grid), seed=1)
+    x = bt.images(CROP, seed=2)
     want, want_low = reference_resnet(
-        x, weights, variant, output_stride, multi_grid or (1, 1, 1)
+        x, bt.deeplab_weights(model, variant), variant, output_stride,
+        multi_grid or (1, 1, 1),
     )
-    close(want.numpy(), out[backbones.FEATURES].numpy())
-    close(want_low.numpy(), out[backbones.LOW_LEVEL].numpy())
-    assert want_low.numpy().min() < 0  # No activation at the endpoint.
+    # No activation at the endpoint.
+    bt.check_matches_reference(model, x, want, want_low, low_is_linear=True)
 
 
 @pytest.mark.parametrize("fine,coarse", [(8, 16), (16, 32)])
 def test_atrous_consistency(fine, coarse):
-    crop = 65
-    m_fine = randomize(backbone("resnet_v1_50_beta", crop, fine, (1, 2, 4)), seed=4)
-    m_coarse = backbone("resnet_v1_50_beta", crop, coarse, (1, 2, 4))
-    m_coarse.set_weights(m_fine.get_weights())
-    x = images(crop)
-    f_fine = m_fine(x, training=False)[backbones.FEATURES].numpy()
-    f_coarse = m_coarse(x, training=False)[backbones.FEATURES].numpy()
-    close(f_coarse, f_fine[:, ::2, ::2])
-    other = m_coarse(images(crop, seed=1), training=False)[backbones.FEATURES].numpy()
-    assert np.abs(other - f_coarse).max() > 1e-2 * np.abs(f_coarse).max()
-    assert not np.allclose(f_fine[:, 1::2, 1::2], f_fine[:, :-1:2, :-1:2])
+    bt.check_atrous_consistency(
+        randomize(backbone("resnet_v1_50_beta", fine, (1, 2, 4)), seed=4),
+        backbone("resnet_v1_50_beta", coarse, (1, 2, 4)),
+        bt.images(CROP),
+        other=bt.images(CROP, seed=1),
+    )
 
 
 def test_dilation_config_output_stride_16():
-    model = backbone("resnet_v1_50_beta", 65, 16, (1, 2, 4))
+    model = backbone("resnet_v1_50_beta", 16, (1, 2, 4))
 
     def cfg(name):
         c = model.get_layer(f"{name}.conv2").get_config()
@@ -207,47 +165,15 @@ def test_batch_norm_settings_and_weight_decay():
 
 
 def test_config_round_trip_and_keras_file(tmp_path):
-    model = randomize(backbone("resnet_v1_50_beta", 33, 8, (1, 2, 4)), seed=5)
-    config = model.get_config()
-    clone = tf.keras.Model.from_config(copy.deepcopy(config))
-    assert json.dumps(clone.get_config(), sort_keys=True, default=str) == json.dumps(
-        config, sort_keys=True, default=str
+    # The shared stride-8 build (atrous, multi-grid).
+    model = randomize(backbone("resnet_v1_50_beta", 8, (1, 2, 4)), seed=5)
+    bt.check_config_round_trip_and_keras_file(
+        model, bt.images(CROP), str(tmp_path / "resnet.keras")
     )
-    path = str(tmp_path / "resnet.keras")
-    model.save(path)
-    loaded = tf.keras.models.load_model(path)
-    x = images(33)
-    want, got = model(x, training=False), loaded(x, training=False)
-    for key in (backbones.FEATURES, backbones.LOW_LEVEL):
-        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_builds_and_maps_under_tf_keras(program_env):
-    script = textwrap.dedent(
-        """
-        import numpy as np, tensorflow as tf
-        assert tf.keras.Model.__module__.startswith("tf_keras")
-        from deeplab_dpc.models import backbones, tf1_checkpoint
-        model = backbones.build_backbone(
-            "resnet_v1_50_beta", (33, 33), 16, multi_grid=(1, 2, 4))
-        out = model(np.zeros((1, 33, 33, 3), np.float32), training=False)
-        print(tuple(out["features"].shape), tuple(out["low_level"].shape))
-        names = tf1_checkpoint.tf1_variable_names(model, "resnet_v1_50_beta")
-        print(len(names), len(model.weights))
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=dict(program_env, TF_USE_LEGACY_KERAS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    shapes, counts = result.stdout.strip().splitlines()[-2:]
-    assert shapes == "(1, 3, 3, 2048) (1, 9, 9, 256)"
-    n, total = counts.split()
-    assert n == total == "275"  # DeepLab's resnet_v1_50_beta_imagenet list.
+# test_tf_keras_backbones.py builds this backbone under tf_keras (one process
+# for the three backbone files).
 
 
 def test_bad_arguments():

@@ -87,12 +87,28 @@ def mnv2_v3_options():
     )
 
 
+@pytest.fixture(name="mnv2_v3_model", scope="module")
+def _mnv2_v3_model():
+    """One model of `mnv2_v3_options()` for the module's tests: each test
+    that imports into it assigns every variable it then checks, and a failed
+    import assigns nothing."""
+    return build(mnv2_v3_options())
+
+
+@pytest.fixture(name="parity_import", scope="module")
+def _parity_import():
+    """The parity fixture's checkpoint imported into its model: (model,
+    report)."""
+    model = build(parity_options())
+    report = tf1_checkpoint.import_tf1_checkpoint(model, str(PARITY), "mobilenet_v2")
+    return model, report
+
+
 # ------------------------------------------------------------------ parity
 
 
-def test_mobilenet_v2_dpc_reproduces_deeplabs_logits():
-    model = build(parity_options())
-    report = tf1_checkpoint.import_tf1_checkpoint(model, str(PARITY), "mobilenet_v2")
+def test_mobilenet_v2_dpc_reproduces_deeplabs_logits(parity_import):
+    model, report = parity_import
     assert len(report.mapped) == len(model.weights)
     assert report.excluded == ()
     reasons = dict(report.skipped)
@@ -120,9 +136,8 @@ def test_mobilenet_v2_dpc_reproduces_deeplabs_logits():
     assert agreement >= 0.999, agreement
 
 
-def test_report_table_counts():
-    model = build(parity_options())
-    report = tf1_checkpoint.import_tf1_checkpoint(model, str(PARITY), "mobilenet_v2")
+def test_report_table_counts(parity_import):
+    _, report = parity_import
     table = report.format_table()
     assert re.search(rf"^mapped +{len(report.mapped)} variables", table, re.M)
     assert re.search(r"^excluded +0 model variables", table, re.M)
@@ -133,10 +148,10 @@ def test_report_table_counts():
 # ---------------------------------------------------------------- mapping
 
 
-def test_mobilenet_v2_mapping_matches_deeplabs_variable_list(tmp_path):
+def test_mobilenet_v2_mapping_matches_deeplabs_variable_list(tmp_path, mnv2_v3_model):
     config, shapes = variable_list("mnv2_v3")
     assert config["num_classes"] == 21
-    model = build(mnv2_v3_options())
+    model = mnv2_v3_model
     names = tf1_checkpoint.tf1_variable_names(model, "mobilenet_v2")
     assert {n: tuple(v.shape) for n, (v, _) in names.items()} == shapes
 
@@ -156,8 +171,8 @@ def test_mobilenet_v2_mapping_matches_deeplabs_variable_list(tmp_path):
         np.testing.assert_array_equal(variable.numpy(), arrays[name], err_msg=name)
 
 
-def test_modules_of_the_mapping():
-    model = build(mnv2_v3_options())
+def test_modules_of_the_mapping(mnv2_v3_model):
+    model = mnv2_v3_model
     names = tf1_checkpoint.tf1_variable_names(model, "mobilenet_v2")
     modules = {name: module for name, (_, module) in names.items()}
     assert modules["MobilenetV2/Conv/weights"] == "backbone"
@@ -166,13 +181,13 @@ def test_modules_of_the_mapping():
     assert modules["logits/semantic/biases"] == "logits"
 
 
-def test_folder_of_a_model_zoo_tarball(tmp_path):
+def test_folder_of_a_model_zoo_tarball(tmp_path, mnv2_v3_model):
     _, shapes = variable_list("mnv2_v3")
     write_tf1_checkpoint(tmp_path / "model.ckpt", random_arrays(shapes))
     assert tf1_checkpoint.resolve_tf1_checkpoint(str(tmp_path)) == str(
         tmp_path / "model.ckpt"
     )
-    model = build(mnv2_v3_options())
+    model = mnv2_v3_model
     report = tf1_checkpoint.import_tf1_checkpoint(model, str(tmp_path), "mobilenet_v2")
     assert len(report.mapped) == len(shapes)
 
@@ -396,7 +411,7 @@ def test_aspp_checkpoint_into_a_dpc_model(tmp_path):
         tf1_checkpoint.import_tf1_checkpoint(model, prefix, "mobilenet_v2")
 
 
-def test_shape_mismatch_missing_and_unused_are_all_listed(tmp_path):
+def test_shape_mismatch_missing_and_unused_are_all_listed(tmp_path, mnv2_v3_model):
     _, shapes = variable_list("mnv2_v3")
     arrays = random_arrays(shapes)
     arrays["MobilenetV2/expanded_conv_3/expand/weights"] = np.zeros(
@@ -407,7 +422,7 @@ def test_shape_mismatch_missing_and_unused_are_all_listed(tmp_path):
         (1, 1, 8, 8), np.float32
     )
     prefix = write_tf1_checkpoint(tmp_path / "model.ckpt", arrays)
-    model = build(mnv2_v3_options())
+    model = mnv2_v3_model
     before = _weights(model)
     with pytest.raises(tf1_checkpoint.CheckpointMismatchError) as info:
         tf1_checkpoint.import_tf1_checkpoint(model, prefix, "mobilenet_v2")
@@ -423,7 +438,7 @@ def test_shape_mismatch_missing_and_unused_are_all_listed(tmp_path):
     assert _unchanged(model, before)
 
 
-def test_backbone_only_checkpoint(tmp_path):
+def test_backbone_only_checkpoint(tmp_path, mnv2_v3_model):
     _, shapes = variable_list("mnv2_v3")
     backbone = {n: s for n, s in shapes.items() if n.startswith("MobilenetV2/")}
     arrays = random_arrays(backbone)
@@ -433,7 +448,7 @@ def test_backbone_only_checkpoint(tmp_path):
     )
     arrays["MobilenetV2/Conv_1/weights"] = np.zeros((1, 1, 320, 1280), np.float32)
     prefix = write_tf1_checkpoint(tmp_path / "model.ckpt", arrays)
-    model = build(mnv2_v3_options())
+    model = mnv2_v3_model
     with pytest.raises(tf1_checkpoint.CheckpointMismatchError) as info:
         tf1_checkpoint.import_tf1_checkpoint(model, prefix, "mobilenet_v2")
     assert "holds only a backbone" in str(info.value)
@@ -445,12 +460,12 @@ def test_backbone_only_checkpoint(tmp_path):
     assert len(report.skipped) == 2
 
 
-def test_checkpoint_of_another_backbone(tmp_path):
+def test_checkpoint_of_another_backbone(tmp_path, mnv2_v3_model):
     _, shapes = variable_list("x41_aspp_dec4")
     # Small stand-ins of the right names: the names alone give the backbone.
     arrays = {n: np.zeros([1] * len(s), np.float32) for n, s in shapes.items()}
     prefix = write_tf1_checkpoint(tmp_path / "model.ckpt", arrays)
-    model = build(mnv2_v3_options())
+    model = mnv2_v3_model
     with pytest.raises(tf1_checkpoint.CheckpointMismatchError) as info:
         tf1_checkpoint.import_tf1_checkpoint(model, prefix, "mobilenet_v2")
     message = str(info.value)
@@ -459,8 +474,8 @@ def test_checkpoint_of_another_backbone(tmp_path):
     assert "pass --decoder_output_stride=4" in message
 
 
-def test_unknown_variant_and_module():
-    model = build(mnv2_v3_options())
+def test_unknown_variant_and_module(mnv2_v3_model):
+    model = mnv2_v3_model
     with pytest.raises(ValueError, match="xception_65"):
         tf1_checkpoint.tf1_variable_names(model, "resnet50")
     with pytest.raises(ValueError, match="unknown modules"):

@@ -8,14 +8,10 @@ reads the weights by their DeepLab names, so it also checks the names the
 TF1 importer gives the layers.
 """
 
-import copy
-import functools
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
+import backbone_testing as bt
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,7 +20,6 @@ import model_testing
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import backbones
 from deeplab_dpc.models import deeplab
-from deeplab_dpc.models import tf1_checkpoint
 from deeplab_dpc.models import xception
 
 VARIANTS = ("xception_41", "xception_65", "xception_71")
@@ -66,47 +61,6 @@ LOW_LEVEL_SCOPE = {
     "xception_65": "entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise",
     "xception_71": "entry_flow/block3/unit_1/xception_module/separable_conv2_pointwise",
 }
-
-
-@functools.lru_cache(maxsize=None)
-def backbone(variant, crop, output_stride, multi_grid=None):
-    """A backbone shared by tests; tests that change weights set all of them."""
-    tf.keras.utils.set_random_seed(0)
-    return backbones.build_backbone(
-        variant, (crop, crop), output_stride, multi_grid=multi_grid
-    )
-
-
-def images(crop, batch=1, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.0, 255.0, (batch, crop, crop, 3)).astype(np.float32)
-
-
-def randomize(model, seed=0):
-    """He-normal kernels, BN statistics near 1 / 0: a live signal throughout."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        kind = variable.name.split("/")[-1].split(":")[0]
-        if kind in ("gamma", "moving_variance"):
-            value = rng.uniform(0.8, 1.2, shape)
-        elif len(shape) == 1:
-            value = rng.normal(0.0, 0.05, shape)
-        else:
-            fan_in = np.prod(shape[:2]) * (1 if shape[-1] == 1 else shape[2])
-            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        variable.assign(value.astype(np.float32))
-    return model
-
-
-def deeplab_weights(model, variant):
-    """{DeepLab name: value} of a backbone's variables."""
-    return {
-        name: variable.numpy()
-        for name, (variable, _) in tf1_checkpoint.tf1_variable_names(
-            model, variant
-        ).items()
-    }
 
 
 def reference_xception(x, weights, variant, output_stride, multi_grid=(1, 1, 1)):
@@ -185,10 +139,13 @@ def reference_xception(x, weights, variant, output_stride, multi_grid=(1, 1, 1))
     return x, low
 
 
-def close(want, got, rtol=1e-4):
-    scale = np.abs(want).max()
-    assert scale > 0
-    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
+# Every test reads backbones of this crop: one build per variant, output
+# stride and multi-grid, shared by the module's tests.
+CROP = 65
+
+
+def backbone(variant, output_stride, multi_grid=None):
+    return bt.backbone(variant, CROP, output_stride, multi_grid)
 
 
 # ------------------------------------------------------------------ shapes
@@ -197,11 +154,11 @@ def close(want, got, rtol=1e-4):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("output_stride", backbones.OUTPUT_STRIDES)
 def test_endpoint_shapes(variant, output_stride):
-    model = backbone(variant, 33, output_stride)
-    fs = 32 // output_stride + 1
+    model = backbone(variant, output_stride)
+    fs = (CROP - 1) // output_stride + 1
     assert tuple(model.output[backbones.FEATURES].shape) == (None, fs, fs, 2048)
-    assert tuple(model.output[backbones.LOW_LEVEL].shape) == (None, 9, 9, 256)
-    out = model(images(33), training=False)
+    assert tuple(model.output[backbones.LOW_LEVEL].shape) == (None, 17, 17, 256)
+    out = model(bt.images(CROP), training=False)
     assert tuple(out[backbones.FEATURES].shape) == (1, fs, fs, 2048)
 
 
@@ -226,23 +183,20 @@ def test_non_square_crop():
     ],
 )
 def test_matches_deeplabs_graph_written_in_tf_nn(variant, output_stride, multi_grid):
-    crop = 65
-    model = randomize(backbone(variant, crop, output_stride, multi_grid), seed=1)
-    x = images(crop, seed=2)
-    out = model(x, training=False)
+    model = bt.randomize(backbone(variant, output_stride, multi_grid), seed=1)
+    x = bt.images(CROP, seed=2)
     want_features, want_low = reference_xception(
-        x, deeplab_weights(model, variant), variant, output_stride, multi_grid or (1, 1, 1)
+        x, bt.deeplab_weights(model, variant), variant, output_stride,
+        multi_grid or (1, 1, 1),
     )
-    close(want_features.numpy(), out[backbones.FEATURES].numpy())
-    close(want_low.numpy(), out[backbones.LOW_LEVEL].numpy())
     # The endpoint has no activation (it is the batch norm's output).
-    assert want_low.numpy().min() < 0
+    bt.check_matches_reference(model, x, want_features, want_low, low_is_linear=True)
 
 
 def test_multi_grid_changes_the_features():
-    crop, x = 65, images(65)
-    plain = randomize(backbone("xception_65", crop, 16), seed=3)
-    grid = backbone("xception_65", crop, 16, (1, 2, 4))
+    x = bt.images(CROP)
+    plain = bt.randomize(backbone("xception_65", 16), seed=3)
+    grid = backbone("xception_65", 16, (1, 2, 4))
     grid.set_weights(plain.get_weights())
     a = plain(x, training=False)[backbones.FEATURES].numpy()
     b = grid(x, training=False)[backbones.FEATURES].numpy()
@@ -255,22 +209,16 @@ def test_multi_grid_changes_the_features():
 )
 def test_atrous_consistency(variant, fine, coarse):
     """Same weights: the finer features subsampled by 2 are the coarser."""
-    crop = 65
-    m_fine = randomize(backbone(variant, crop, fine), seed=4)
-    m_coarse = backbone(variant, crop, coarse)
-    m_coarse.set_weights(m_fine.get_weights())
-    x = images(crop)
-    f_fine = m_fine(x, training=False)[backbones.FEATURES].numpy()
-    out_coarse = m_coarse(x, training=False)
-    f_coarse = out_coarse[backbones.FEATURES].numpy()
-    close(f_coarse, f_fine[:, ::2, ::2])
-    other = m_coarse(images(crop, seed=1), training=False)[backbones.FEATURES].numpy()
-    assert np.abs(other - f_coarse).max() > 1e-2 * np.abs(f_coarse).max()
-    assert not np.allclose(f_fine[:, 1::2, 1::2], f_fine[:, :-1:2, :-1:2])
+    bt.check_atrous_consistency(
+        bt.randomize(backbone(variant, fine), seed=4),
+        backbone(variant, coarse),
+        bt.images(CROP),
+        other=bt.images(CROP, seed=1),
+    )
 
 
 def test_dilation_config_output_stride_8():
-    model = backbone("xception_65", 65, 8, (1, 2, 4))
+    model = backbone("xception_65", 8, (1, 2, 4))
 
     def cfg(name):
         c = model.get_layer(name).get_config()
@@ -298,8 +246,11 @@ def test_dilation_config_output_stride_8():
         assert cfg(unit.format("exit_flow.block2", 1, i)) == ((1, 1), (r, r), "same")
 
 
-def test_batch_norm_settings():
-    model = backbones.build_backbone("xception_41", (33, 33), 16, norm_momentum=0.9)
+def test_batch_norm_settings_and_weight_decay_on_conv_kernels_not_depthwise():
+    # One build with both settings given; the defaults on a shared build.
+    model = backbones.build_backbone(
+        "xception_41", (33, 33), 16, weight_decay=4e-5, norm_momentum=0.9
+    )
     norms = [
         l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)
     ]
@@ -307,7 +258,12 @@ def test_batch_norm_settings():
     assert len(norms) == 2 + 13 * 6 + 4
     assert {l.epsilon for l in norms} == {1e-3}
     assert {l.momentum for l in norms} == {0.9}
-    default = backbone("xception_41", 33, 16)
+    kernels = [l.kernel for l in model.layers if type(l) is tf.keras.layers.Conv2D]
+    assert len(model.losses) == len(kernels) > 0
+    expected = sum(2e-5 * float(tf.reduce_sum(tf.square(k))) for k in kernels)
+    assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-4)
+    default = backbone("xception_41", 16)
+    assert not default.losses
     assert {
         l.momentum
         for l in default.layers
@@ -315,62 +271,18 @@ def test_batch_norm_settings():
     } == {0.9997}
 
 
-def test_weight_decay_on_conv_kernels_not_depthwise():
-    plain = backbone("xception_41", 33, 16)
-    assert not plain.losses
-    decayed = backbones.build_backbone("xception_41", (33, 33), 16, weight_decay=4e-5)
-    kernels = [
-        l.kernel for l in decayed.layers if type(l) is tf.keras.layers.Conv2D
-    ]
-    assert len(decayed.losses) == len(kernels) > 0
-    expected = sum(2e-5 * float(tf.reduce_sum(tf.square(k))) for k in kernels)
-    assert float(tf.add_n(decayed.losses)) == pytest.approx(expected, rel=1e-4)
-
-
 # ---------------------------------------------------------- serialization
 
 
 def test_config_round_trip_and_keras_file(tmp_path):
-    model = randomize(backbone("xception_41", 33, 8, (1, 2, 4)), seed=5)
-    config = model.get_config()
-    clone = tf.keras.Model.from_config(copy.deepcopy(config))
-    assert json.dumps(clone.get_config(), sort_keys=True, default=str) == json.dumps(
-        config, sort_keys=True, default=str
+    model = bt.randomize(bt.backbone("xception_41", 33, 8, (1, 2, 4)), seed=5)
+    bt.check_config_round_trip_and_keras_file(
+        model, bt.images(33), str(tmp_path / "xception.keras")
     )
-    path = str(tmp_path / "xception.keras")
-    model.save(path)
-    loaded = tf.keras.models.load_model(path)
-    x = images(33)
-    want = model(x, training=False)
-    got = loaded(x, training=False)
-    for key in (backbones.FEATURES, backbones.LOW_LEVEL):
-        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_builds_and_maps_under_tf_keras(program_env):
-    """tensorflow-model-optimization needs tf_keras (Keras 2) models."""
-    script = textwrap.dedent(
-        """
-        import numpy as np, tensorflow as tf
-        assert tf.keras.Model.__module__.startswith("tf_keras")
-        from deeplab_dpc.models import backbones, tf1_checkpoint
-        model = backbones.build_backbone("xception_41", (33, 33), 8, multi_grid=(1, 2, 4))
-        out = model(np.zeros((1, 33, 33, 3), np.float32), training=False)
-        print(tuple(out["features"].shape), tuple(out["low_level"].shape))
-        names = tf1_checkpoint.tf1_variable_names(model, "xception_41")
-        print(len(names), len(model.weights))
-        """
-    )
-    env = dict(program_env, TF_USE_LEGACY_KERAS="1")
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    shapes, counts = result.stdout.strip().splitlines()[-2:]
-    assert shapes == "(1, 5, 5, 2048) (1, 9, 9, 256)"
-    n, total = counts.split()
-    assert n == total and int(n) > 400
+# test_tf_keras_backbones.py builds this backbone under tf_keras (one process
+# for the three backbone files).
 
 
 # -------------------------------------------------------------- accounting
@@ -459,7 +371,7 @@ def test_params_are_deeplabs(variant):
         pytest.skip(f"issue 23: the shared fixtures are not at {path}")
     with open(path) as f:
         shapes = [s for _, s in json.load(f)["variables"]]
-    assert backbone(variant, 33, 16).count_params() == sum(
+    assert backbone(variant, 16).count_params() == sum(
         int(np.prod(s)) for s in shapes
     )
 
