@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.search import engine
 from deeplab_dpc.search import program
 from deeplab_dpc.search import proxy
 from deeplab_dpc.search import study_storage
@@ -212,7 +213,8 @@ def test_local_workers_get_a_mysql_password_by_environment(
     def launch(num_workers, argv, **kwargs):
         launched.update(kwargs, num_workers=num_workers, argv=argv)
 
-    monkeypatch.setattr(program.engine, "launch_workers", launch)
+    # The program imports the engine (and Optuna) when it runs, not at start.
+    monkeypatch.setattr(engine, "launch_workers", launch)
     assert program.search() == "the study"
     flagfile = tmp_path / program.FLAGS_FILE
     text = flagfile.read_text()
