@@ -30,7 +30,7 @@ demo: $(STAMP)
 # runs training, export, resume and serving under both. The passes are chosen to keep the suite under 20
 # minutes on 2 cores.
 LEGACY_KERAS_TESTS := tests/layers tests/models/test_deeplab.py
-ONEDNN_TESTS := tests/layers tests/models/test_deeplab.py
+ONEDNN_TESTS := tests/layers tests/models/test_deeplab.py tests/training/test_trainer.py
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests --ignore=tests/bench
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 $(LEGACY_KERAS_TESTS)
