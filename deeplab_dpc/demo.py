@@ -232,8 +232,8 @@ def prepare_data(data_dir, crop=DEMO_CROP, num_train=200, num_val=50):
 STAGE_HEADINGS = {
     "data": ("the built-in data set, read through the pipeline", "under a minute"),
     "heads": ("the published DPC against ASPP (params, MAdds)", "under a minute"),
-    "search": ("a small architecture search", "about 10 min"),
-    "export": ("SavedModel and TFLite variants, compared in LiteRT", "about 6 min"),
+    "search": ("a small architecture search", "about 9 min"),
+    "export": ("SavedModel and TFLite variants, compared in LiteRT", "about 3 min"),
 }
 
 

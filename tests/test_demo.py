@@ -55,7 +55,7 @@ def test_stages_have_headings_and_times_and_commands_name_the_interpreter(capsys
     with demo.stage("search", 3, 4):
         demo.run_program(["-c", "pass"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "== Stage 3/4: a small architecture search (about 10 min here) =="
+    assert out[0] == "== Stage 3/4: a small architecture search (about 9 min here) =="
     assert out[1].startswith("$ ") and out[1].endswith("python -c pass")
     assert out[1].split()[1].endswith("python") and out[1].split()[1] != "-c"
     assert out[2].startswith("== Stage 3/4 done in 0 min ")
