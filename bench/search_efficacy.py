@@ -260,9 +260,18 @@ class Heads:
         )
         return result
 
+    def _e2e_key(self, key):
+        return "e2e:" + _settings_key(self.args, "e2e_steps", "batch_size") + ":" + key
+
+    def account_stored_e2e(self, key):
+        """Counts the time of an end-to-end run a resumed search reuses."""
+        done = self.store.get(self._e2e_key(key))
+        if done is not None:
+            self.account("e2e", self._e2e_key(key), done["seconds"])
+
     def end_to_end(self, key, cell, atrous_rates=()):
         """Val mIOU after `--e2e_steps` of the training program's library."""
-        key = "e2e:" + _settings_key(self.args, "e2e_steps", "batch_size") + ":" + key
+        key = self._e2e_key(key)
         done = self.store.get(key)
         if done is not None:
             self.account("e2e", key, done["seconds"])
@@ -394,9 +403,9 @@ def part_efficacy(heads, args, budget, work_dir):
             done_key = f"search:{settings}:{strategy}:{seed}"
             done_run = heads.store.get(done_key)
             if done_run is not None:
-                heads.end_to_end(
-                    _key(cell_spec.cell_from_json(done_run["cell"]), ()), None
-                )  # Only counts its stored time.
+                heads.account_stored_e2e(
+                    _key(cell_spec.cell_from_json(done_run["cell"]), ())
+                )
                 runs.append(done_run)
                 continue
             print(f"efficacy: {strategy} seed {seed}", flush=True)
