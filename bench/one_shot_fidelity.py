@@ -92,27 +92,12 @@ def build_cache(work_dir):
     return cache_testing.build(os.path.join(work_dir, "search"), data, pretrained)
 
 
-def bootstrap_rho(x, y, rng, resamples=2000):
-    """Spearman's rho of (x, y) and its 90% percentile bootstrap interval."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    from scipy import stats  # pylint: disable=import-outside-toplevel
-
-    x, y = np.asarray(x), np.asarray(y)
-    rho = float(stats.spearmanr(x, y).statistic)
-    values = []
-    for _ in range(resamples):
-        index = rng.integers(0, len(x), len(x))
-        if len(set(x[index])) > 1 and len(set(y[index])) > 1:
-            values.append(stats.spearmanr(x[index], y[index]).statistic)
-    low, high = np.nanpercentile(values, [5, 95])
-    return rho, float(low), float(high)
-
-
 def main(argv=None):
     args = _parse(argv)
     import numpy as np  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import one_shot  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import proxy  # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.search import rank_correlation  # pylint: disable=import-outside-toplevel
 
     figures = []
     with tempfile.TemporaryDirectory() as work_dir:
@@ -202,9 +187,14 @@ def main(argv=None):
                 f"stand-alone {result.miou:.4f} ({result.wall_seconds:.1f} s)",
                 flush=True,
             )
-        rho, low, high = bootstrap_rho(
-            [scores[i] for i in chosen], standalone, np.random.default_rng(args.seed)
+        rho, low, high = rank_correlation.spearman_interval(
+            [scores[i] for i in chosen], standalone, seed=args.seed
         )
+        if rho is None:
+            raise SystemExit(
+                "error: the stand-alone or supernet scores are all equal; "
+                "Spearman's rho is undefined (train longer)"
+            )
         figures.append(
             benchlib.figure(
                 "spearman_rho", rho, "",
