@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -233,7 +234,13 @@ class Heads:
             cache,
             args,
         )
-        os.makedirs(os.path.join(work_dir, "e2e"), exist_ok=True)
+        runs = os.path.join(work_dir, "e2e")
+        os.makedirs(runs, exist_ok=True)
+        # A finished run's folder is removed once its result is stored, so a
+        # `run-*` folder left here is a killed run's: nothing reads it again.
+        for name in os.listdir(runs):
+            if name.startswith("run-"):
+                shutil.rmtree(os.path.join(runs, name), ignore_errors=True)
         self.store = store
         self.seconds = {"proxy": 0.0, "e2e": 0.0}
         self._counted = set()
@@ -277,7 +284,7 @@ class Heads:
             self.account("e2e", key, done["seconds"])
             return done["miou"]
         start = time.time()
-        # A killed run's folder is left behind; a fresh one per attempt.
+        # A fresh folder per attempt (a killed run's is removed at the next start).
         workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.join(self.work_dir, "e2e"))
         result = self._rerank.train_and_evaluate(
             self._rerank.Candidate(cell, 0.0, atrous_rates=atrous_rates),
@@ -296,6 +303,7 @@ class Heads:
         seconds = time.time() - start
         self.account("e2e", key, seconds)
         self.store.put(key, {"miou": float(result["miou"]), "seconds": seconds})
+        shutil.rmtree(workdir, ignore_errors=True)
         return float(result["miou"])
 
 

@@ -142,3 +142,39 @@ def test_store_keeps_results_across_instances_and_refuses_garbage(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(SystemExit, match="results.json is not the JSON"):
         search_efficacy.Store(path)
+
+
+def test_end_to_end_runs_leave_no_folders_behind(tmp_path):
+    # A killed run's folder (run-*) goes at the next start; other files stay.
+    (tmp_path / "e2e" / "run-killed").mkdir(parents=True)
+    (tmp_path / "e2e" / "run-killed" / "ckpt-1.index").write_text("x")
+    (tmp_path / "e2e" / "notes.txt").write_text("kept")
+    args = search_efficacy._parse([])
+    store = search_efficacy.Store(str(tmp_path / "results.json"))
+    heads = search_efficacy.Heads(str(tmp_path), "data", None, args, store)
+    assert sorted(os.listdir(tmp_path / "e2e")) == ["notes.txt"]
+    folders = []
+
+    class FakeRerank:
+        RerankOptions = dict
+
+        @staticmethod
+        def Candidate(cell, miou, atrous_rates=()):
+            return (cell, miou, atrous_rates)
+
+        @staticmethod
+        def train_and_evaluate(candidate, cache, workdir, **kwargs):
+            del candidate, cache, kwargs
+            folders.append(workdir)
+            with open(os.path.join(workdir, "ckpt-80.index"), "w") as f:
+                f.write("x")
+            return {"miou": 0.4}
+
+    heads._rerank = FakeRerank
+    assert heads.end_to_end("ASPP()", None) == pytest.approx(0.4)
+    # The finished run's folder is gone once its result is stored ...
+    assert len(folders) == 1 and not os.path.exists(folders[0])
+    assert sorted(os.listdir(tmp_path / "e2e")) == ["notes.txt"]
+    # ... and the stored result is reused, with no second run.
+    assert heads.end_to_end("ASPP()", None) == pytest.approx(0.4)
+    assert len(folders) == 1
