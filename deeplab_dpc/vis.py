@@ -111,6 +111,7 @@ def main(argv):
     import tensorflow as tf
 
     from deeplab_dpc.data import pipeline
+    from deeplab_dpc.data import tfexample
     from deeplab_dpc.evaluation import inference
     from deeplab_dpc.evaluation import visualizer
 
@@ -122,6 +123,11 @@ def main(argv):
             "choose another folder"
         )
     os.makedirs(_VIS_LOGDIR.value, exist_ok=True)
+    num_images = None  # A TFDS split's size is not counted here.
+    if not eval_flags.tfds_name():
+        num_images = tfexample.count_records(
+            common_flags.DATASET_DIR.value, _VIS_SPLIT.value
+        )
     for checkpoint in eval_flags.checkpoints(_MAX_NUMBER_OF_ITERATIONS.value):
         model = inference.load_model(
             model_options,
@@ -155,6 +161,7 @@ def main(argv):
                 also_save_raw_predictions=_ALSO_SAVE_RAW_PREDICTIONS.value,
                 cityscapes_label_ids=info.name == "cityscapes",
                 progress=True,
+                num_images=num_images,
             )
         except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
             raise pipeline.read_error(

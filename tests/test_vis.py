@@ -111,6 +111,8 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(
     logdir = tmp_path / "vis"
     proc = _vis(program_env, data_dir, ckpt_dir, str(logdir))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The progress bar counts images against the split's size.
+    assert f"| {len(NAMES)}/{len(NAMES)} [" in proc.stderr, proc.stderr[-3000:]
 
     seg = logdir / visualizer.SEGMENTATION_DIR
     raw = logdir / visualizer.RAW_SEGMENTATION_DIR

@@ -187,6 +187,18 @@ def split_files(dataset_dir, split):
     return files
 
 
+def count_records(dataset_dir, split, limit=0):
+    """The number of examples in a split's shards, at most `limit` (0: all).
+
+    Raises:
+      FileNotFoundError: as `split_files`, when the split has no shard.
+    """
+    records = tf.data.TFRecordDataset(split_files(dataset_dir, split))
+    if limit:
+        records = records.take(limit)
+    return int(records.reduce(np.int64(0), lambda n, _: n + 1))
+
+
 def encode_png(array):
     """PNG bytes of a uint8 `[h, w]` or `[h, w, c]` array."""
     array = np.asarray(array, np.uint8)

@@ -69,6 +69,7 @@ def visualize(
     also_save_raw_predictions=False,
     cityscapes_label_ids=False,
     progress=False,
+    num_images=None,
 ):
     """Predicts every image of `dataset` and writes DeepLab's vis outputs.
 
@@ -82,6 +83,7 @@ def visualize(
       cityscapes_label_ids: bool, raw maps hold Cityscapes labelIds and are
         named for the official evaluator.
       progress: bool, show a progress bar.
+      num_images: int or None, the images `dataset` holds (the bar's total).
 
     Returns:
       int, the number of images written.
@@ -96,7 +98,8 @@ def visualize(
         os.makedirs(raw_dir, exist_ok=True)
     predict = tf.function(predictor.predictions)
     count = 0
-    for batch in tqdm.tqdm(dataset, disable=not progress, unit="batch", desc="vis"):
+    bar = tqdm.tqdm(total=num_images, disable=not progress, unit="image", desc="vis")
+    for batch in dataset:
         predictions = predict(batch[pipeline.IMAGE]).numpy()
         images = batch[pipeline.IMAGE].numpy()
         for i in range(predictions.shape[0]):
@@ -117,5 +120,7 @@ def visualize(
                     raw = cityscapes.train_ids_to_label_ids(prediction)
                 write_png(os.path.join(raw_dir, raw_name), raw)
             count += 1
+        bar.update(predictions.shape[0])
+    bar.close()
     file_io.write_json(marker, {"num_images": count}, indent=1)
     return count

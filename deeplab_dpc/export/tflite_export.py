@@ -372,19 +372,6 @@ def _evaluate(model_fn, staging, report, conversion, checks):
     return results
 
 
-def _count_records(dataset_dir, split, limit=0):
-    """The number of examples of a split, at most `limit` (0: all; 0 when
-    the split has no shard)."""
-    try:
-        files = tfexample.split_files(dataset_dir, split)
-    except FileNotFoundError:
-        return 0
-    records = tf.data.TFRecordDataset(files)
-    if limit:
-        records = records.take(limit)
-    return sum(1 for _ in records)
-
-
 def evaluate(
     predictors,
     dataset_dir,
@@ -445,7 +432,10 @@ def evaluate(
     }
     same = {name: 0 for name in predictors}
     total, count = 0, 0
-    num_images = _count_records(dataset_dir, split, max_images)
+    try:
+        num_images = tfexample.count_records(dataset_dir, split, max_images)
+    except FileNotFoundError:
+        num_images = 0  # Unknown: the progress lines then show no total.
     images_done = progress.Progress("evaluation image", num_images)
     batches = iter(dataset)
     while not max_images or count < max_images:

@@ -105,11 +105,6 @@ def _differences(old, new):
     ]
 
 
-def _count_records(dataset_dir, split):
-    files = tfexample.split_files(dataset_dir, split)
-    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda n, _: n + 1))
-
-
 def _example(features, label):
     feature = {
         key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[a.tobytes()]))
@@ -209,8 +204,8 @@ def _write_cache(
         batch_size=batch_size,
         ignore_label=s["ignore_label"],
     )
-    num_train = _count_records(s["dataset_dir"], s["train_split"])
-    num_val = _count_records(s["dataset_dir"], s["val_split"])
+    num_train = tfexample.count_records(s["dataset_dir"], s["train_split"])
+    num_val = tfexample.count_records(s["dataset_dir"], s["val_split"])
     train = pipeline.make_dataset(
         s["dataset_dir"], s["train_split"], is_training=True, seed=s["seed"], **common
     )

@@ -53,6 +53,17 @@ def test_overwrite_replaces_and_removes_stale_shards(tmp_path):
     assert _records(tmp_path, "val") == [b"record 0"]
 
 
+def test_count_records_counts_every_shard_of_a_split(tmp_path):
+    shard_writer.write_split(_record, 7, str(tmp_path), "train", 3, num_workers=1)
+    shard_writer.write_split(_record, 2, str(tmp_path), "val", 1, num_workers=1)
+    assert tfexample.count_records(str(tmp_path), "train") == 7
+    assert tfexample.count_records(str(tmp_path), "train", limit=4) == 4
+    assert tfexample.count_records(str(tmp_path), "train", limit=10) == 7
+    assert tfexample.count_records(str(tmp_path), "val") == 2
+    with pytest.raises(FileNotFoundError, match="test-"):
+        tfexample.count_records(str(tmp_path), "test")
+
+
 def test_contiguous_sharding_and_skip_count(tmp_path):
     def make(i):
         if i in (2, 5):
