@@ -263,7 +263,7 @@ def command_line(argv=None):
     return shlex.join([python, *argv])
 
 
-def write_result(path, benchmark, figures, argv=None, details=None):
+def write_result(path, benchmark, figures, argv=None, details=None, onednn=None):
     """Writes a result JSON object atomically (temporary name, then rename).
 
     Args:
@@ -273,6 +273,8 @@ def write_result(path, benchmark, figures, argv=None, details=None):
       argv: the script's argv; default `sys.argv`.
       details: str or None, Markdown (tables, a plot) that `run_all` puts in
         results.md below the figures.
+      onednn: str or None, `onednn_state()` of the run, recorded when given
+        (run_all records it itself for the benchmarks it runs).
 
     Returns:
       the dict written.
@@ -285,20 +287,24 @@ def write_result(path, benchmark, figures, argv=None, details=None):
     }
     if details:
         result["details"] = details
+    if onednn:
+        result["onednn"] = onednn
     write_text(path, json.dumps(result, indent=1) + "\n")
     return result
 
 
-def report(benchmark, figures, output_json=None, argv=None, details=None):
+def report(
+    benchmark, figures, output_json=None, argv=None, details=None, onednn=None
+):
     """Prints the figures as a table, then writes them to `output_json` if set.
 
     Args:
-      benchmark, figures, argv, details: as `write_result`.
+      benchmark, figures, argv, details, onednn: as `write_result`.
       output_json: str or None, the script's `--output_json`.
     """
     print(format_figures(figures))
     if output_json:
-        write_result(output_json, benchmark, figures, argv, details)
+        write_result(output_json, benchmark, figures, argv, details, onednn)
 
 
 def write_text(path, text):

@@ -1,6 +1,7 @@
 r"""Runs every benchmark of bench/ and writes bench/results.json and results.md.
 
   .venv/bin/python bench/run_all.py [--quick] [--only=a,b] [--output_dir=bench]
+      [--reuse=NAME=JSON ...]
 
 `make bench` calls this after setting up the peers' virtual environment
 (bench/peers/setup.sh). Each benchmark runs as its own process, one after
@@ -10,7 +11,11 @@ and makes the exit status non-zero, and the others still run. Both files
 are written under temporary names and renamed. `--only=a,b` reruns those
 benchmarks and keeps the others' results already in `--output_dir` (when
 they were run with the same `--quick`), so one figure can be remeasured
-without the whole suite; each section says when it ran.
+without the whole suite; each section says when it ran. `--reuse=NAME=JSON`
+takes a benchmark's result from the `--output_json` of a run made by hand
+instead of running it (search_efficacy takes up to 3 hours and resumes in
+its own `--work_dir`, so it is often run on its own, then put in here with
+`--only=search_efficacy --reuse=search_efficacy=<its JSON>`).
 """
 
 import argparse
@@ -48,12 +53,52 @@ def _parse(argv):
     parser.add_argument("--quick", action="store_true", help="Smoke-test sizes.")
     parser.add_argument("--only", default="", help="Comma-separated benchmarks.")
     parser.add_argument("--output_dir", default=_BENCH, help="Where results go.")
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="Take NAME's result from JSON, the --output_json of a run made by "
+        "hand (e.g. a long benchmark resumed in its own --work_dir), instead of "
+        "running it. Repeatable.",
+    )
     args = parser.parse_args(argv)
     args.only = [name for name in args.only.split(",") if name]
     unknown = sorted(set(args.only) - set(BENCHMARKS))
     if unknown:
         parser.error(f"--only: unknown {unknown}; choose from {list(BENCHMARKS)}")
+    reuse = {}
+    for item in args.reuse:
+        name, sep, path = item.partition("=")
+        if not sep or not path or name not in BENCHMARKS:
+            parser.error(
+                f"--reuse={item}: expected NAME=JSON with NAME one of "
+                f"{list(BENCHMARKS)}"
+            )
+        reuse[name] = path
+    args.reuse = reuse
     return args
+
+
+def load_reused(name, path):
+    """`name`'s result dict from `path`, a benchmark's --output_json file.
+
+    Raises:
+      SystemExit: naming the file, when it is missing, is not JSON or holds
+        another benchmark's result or no figures.
+    """
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: --reuse={name}={path}: cannot read it ({e})")
+    if not isinstance(result, dict) or result.get("benchmark") != name:
+        got = result.get("benchmark") if isinstance(result, dict) else None
+        sys.exit(f"error: --reuse={name}={path}: it holds {got!r}'s result")
+    if not isinstance(result.get("figures"), list) or not result["figures"]:
+        sys.exit(f"error: --reuse={name}={path}: it has no figures")
+    result["reused_from"] = path
+    return result
 
 
 def run_one(name, work_dir, quick, onednn="unknown"):
@@ -134,7 +179,13 @@ def markdown(results, machine, started):
     ]
     for result in results:
         lines += ["", f"## {result['benchmark']}", "", f"`{result['command']}`", ""]
-        if "started" in result:
+        if "reused_from" in result:
+            lines += [
+                "Run by hand with the command above (run_all took its result "
+                f"file); oneDNN {result.get('onednn', 'not recorded')}.",
+                "",
+            ]
+        elif "started" in result:
             lines += [
                 f"Run {result['started']}, {result['seconds']:.0f} s, "
                 f"oneDNN {result.get('onednn', 'not recorded')}.",
@@ -158,14 +209,18 @@ def markdown(results, machine, started):
 def main(argv=None):
     args = _parse(sys.argv[1:] if argv is None else argv)
     names = args.only or list(BENCHMARKS)
+    reused = [load_reused(name, path) for name, path in args.reuse.items()]
+    names = [name for name in names if name not in args.reuse]
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    previous = _previous(args.output_dir) if args.only else None
+    partial = bool(args.only) or bool(args.reuse)
+    previous = _previous(args.output_dir) if partial else None
     onednn = benchlib.onednn_state()
     print(f"oneDNN {onednn} (every benchmark process inherits it)", flush=True)
     with tempfile.TemporaryDirectory() as work_dir:
         results = [run_one(name, work_dir, args.quick, onednn) for name in names]
     failed = [r["benchmark"] for r in results if "error" in r]
-    if args.only:
+    results += reused
+    if partial:
         results = merge(previous, results, args.quick)
         if previous is not None and previous.get("quick") == args.quick:
             started = previous.get("started", started)

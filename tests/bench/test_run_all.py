@@ -121,3 +121,54 @@ def test_markdown_shows_a_benchmarks_details_below_its_figures():
     section = text.split("## search_efficacy")[1].split("## inference")[0]
     assert section.index("| x | 1 | ms | d |") < section.index("| head |\n|---|\n| a |")
     assert "| head |" not in text.split("## inference")[1]
+
+
+def test_reuse_puts_a_result_run_by_hand_beside_the_earlier_ones(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = {
+        "started": "2026-01-01T00:00:00",
+        "quick": False,
+        "machine": {"cpu": "c", "cores": 2},
+        "benchmarks": [_result("inference", 1.0)],
+    }
+    (out / "results.json").write_text(json.dumps(previous))
+    by_hand = dict(
+        _result("search_efficacy", 0.6), details="![curves](search_efficacy.png)"
+    )
+    by_hand.pop("started")
+    path = tmp_path / "se.json"
+    path.write_text(json.dumps(by_hand))
+    run_all.main(
+        [
+            "--only=search_efficacy",
+            f"--reuse=search_efficacy={path}",
+            f"--output_dir={out}",
+        ]
+    )
+    summary = json.loads((out / "results.json").read_text())
+    assert [r["benchmark"] for r in summary["benchmarks"]] == [
+        "inference",
+        "search_efficacy",
+    ]
+    assert summary["benchmarks"][0] == _result("inference", 1.0)
+    assert summary["benchmarks"][1]["reused_from"] == str(path)
+    text = (out / "results.md").read_text()
+    section = text.split("## search_efficacy")[1]
+    assert "Run by hand with the command above" in section
+    assert "![curves](search_efficacy.png)" in section
+
+
+def test_reuse_names_a_wrong_or_missing_file(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_result("inference", 1.0)))
+    with pytest.raises(SystemExit, match="other.json: it holds 'inference'"):
+        run_all.load_reused("search_efficacy", str(other))
+    with pytest.raises(SystemExit, match="missing.json: cannot read it"):
+        run_all.load_reused("search_efficacy", str(tmp_path / "missing.json"))
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(dict(_result("search_efficacy", 1.0), figures=[])))
+    with pytest.raises(SystemExit, match="empty.json: it has no figures"):
+        run_all.load_reused("search_efficacy", str(empty))
+    with pytest.raises(SystemExit):  # argparse: exit status 2
+        run_all._parse(["--reuse=nope=x.json"])
