@@ -18,8 +18,7 @@ import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from deeplab_dpc.data import synthetic  # pylint: disable=g-import-not-at-top
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import program_testing  # pylint: disable=g-import-not-at-top
 
 
 # Keras 3's clear_session also runs a full garbage collection, which takes
@@ -59,11 +58,9 @@ def program_env():
     """A fresh environment for a program in a subprocess.
 
     TensorFlow's logs quiet, and the repository first on PYTHONPATH, as
-    `python -m deeplab_dpc.<program>` from a checkout.
+    `python -m deeplab_dpc.<program>` from a checkout (tests/program_testing.py).
     """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return program_testing.environment()
 
 
 @pytest.fixture(scope="session")

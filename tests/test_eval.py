@@ -2,11 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from absl import flags
 import numpy as np
+import program_testing
 import pytest
 import tensorflow as tf
 
@@ -20,7 +19,6 @@ from deeplab_dpc.layers import resize
 from deeplab_dpc.models import deeplab
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (65, 65)
 OPTIONS = deeplab.ModelOptions(
     num_classes=synthetic.NUM_CLASSES,
@@ -103,25 +101,17 @@ def _reference(data_dir, probabilities_fn):
 
 
 def _program(env, data_dir, ckpt_dir, logdir, *extra):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.eval",
-            f"--checkpoint_dir={ckpt_dir}",
-            f"--eval_logdir={logdir}",
-            "--dataset=synthetic",
-            f"--dataset_dir={data_dir}",
-            "--eval_crop_size=65,65",
-            "--depth_multiplier=0.35",
-            "--head=dpc",
-            *extra,
-        ],
-        cwd=REPO,
+    return program_testing.run_module(
+        "deeplab_dpc.eval",
+        f"--checkpoint_dir={ckpt_dir}",
+        f"--eval_logdir={logdir}",
+        "--dataset=synthetic",
+        f"--dataset_dir={data_dir}",
+        "--eval_crop_size=65,65",
+        "--depth_multiplier=0.35",
+        "--head=dpc",
+        *extra,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
 
 

@@ -8,18 +8,16 @@ define the same names.
 """
 
 import json
-import os
 import pathlib
 import re
 import shlex
-import subprocess
 import sys
 import textwrap
 
+import program_testing
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "model_zoo.md"
+DOC = pathlib.Path(program_testing.REPO) / "docs" / "model_zoo.md"
 COMMAND = re.compile(r"python -m deeplab_dpc\.import_checkpoint (.*?)\n```", re.S)
 
 _PARSE = textwrap.dedent(
@@ -57,16 +55,10 @@ def commands():
 
 @pytest.fixture(name="parsed", scope="module")
 def _parsed():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
+    proc = program_testing.run(
         [sys.executable, "-c", _PARSE],
+        program_testing.environment(),
         input=json.dumps(commands()),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]

@@ -15,13 +15,10 @@ published DPC (atrous rates up to 21) with the decoder.
 """
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 300
+import program_testing
 
 _STEP = textwrap.dedent("""
     import json, os, sys
@@ -85,18 +82,10 @@ _STEP = textwrap.dedent("""
 
 
 def _step(onednn, data_dir, logdir, export_path, serve, steps, export):
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2")
+    env = program_testing.environment(TF_ENABLE_ONEDNN_OPTS=onednn)
     env.pop("DEEPLAB_DPC_FAST_PATHS", None)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     args = [data_dir, logdir, export_path, str(serve), str(steps), str(export)]
-    proc = subprocess.run(
-        [sys.executable, "-c", _STEP, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    proc = program_testing.run([sys.executable, "-c", _STEP, *args], env)
     assert proc.returncode == 0, (onednn, args, proc.stderr[-3000:])
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT ") :])

@@ -10,11 +10,11 @@ import textwrap
 import time
 
 import process_testing
+import program_testing
 import pytest
 
 from deeplab_dpc import processes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CONVERTER = textwrap.dedent("""
     import multiprocessing, time
@@ -68,7 +68,7 @@ def test_workers_die_with_their_sigkilled_parent(program_env, script, mode):
         env[processes.NO_PRCTL_ENV] = "1"
     parent = subprocess.Popen(
         [sys.executable, "-c", source],
-        cwd=REPO,
+        cwd=program_testing.REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -98,17 +98,14 @@ def test_workers_die_with_their_sigkilled_parent(program_env, script, mode):
 
 def test_die_with_parent_kills_a_child_whose_parent_is_already_gone():
     # The race: the parent died before the child set its parent-death signal.
-    proc = subprocess.run(
+    proc = program_testing.run(
         [
             sys.executable,
             "-c",
             "from deeplab_dpc import processes; import os; "
             "processes.die_with_parent(os.getppid() + 1000000); print('survived')",
         ],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO),
-        capture_output=True,
-        text=True,
+        dict(os.environ, PYTHONPATH=program_testing.REPO),
         timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL
@@ -117,17 +114,16 @@ def test_die_with_parent_kills_a_child_whose_parent_is_already_gone():
 
 
 def test_the_watchdog_kills_a_child_whose_parent_is_already_gone():
-    proc = subprocess.run(
+    proc = program_testing.run(
         [
             sys.executable,
             "-c",
             "from deeplab_dpc import processes; import os, time; "
             "processes.die_with_parent(os.getppid() + 1000000); print('survived')",
         ],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=REPO, **{processes.NO_PRCTL_ENV: "1"}),
-        capture_output=True,
-        text=True,
+        dict(
+            os.environ, PYTHONPATH=program_testing.REPO, **{processes.NO_PRCTL_ENV: "1"}
+        ),
         timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL

@@ -10,37 +10,28 @@ by the tests of this module; they run in file order.
 
 import os
 import re
-import subprocess
 import sys
 
 import numpy as np
 from PIL import Image
+import program_testing
 import pytest
 
 from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.export import image_predictor
 from deeplab_dpc.models import deeplab
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 600
 # The synthetic images are 48x48: eval, vis and the exports use the crop 49.
 CROP = "--crop_size=49,49"
 
 
 def _run(program_env, *args):
     if args[0].endswith(".py"):
-        command = [sys.executable, os.path.join(REPO, args[0]), *args[1:]]
+        program = os.path.join(program_testing.REPO, args[0])
+        command = [sys.executable, program, *args[1:]]
     else:
         command = [sys.executable, "-m", *args]
-    proc = subprocess.run(
-        command,
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    return proc
+    return program_testing.run(command, program_env, timeout=600)
 
 
 @pytest.fixture(name="run", scope="module")
@@ -48,8 +39,7 @@ def _trained(synthetic_data, tmp_path_factory):
     """The folders of one training run: data, logdir, and a scratch dir."""
     data_dir = synthetic_data(num_train=16, num_val=2, height=48, width=48)
     root = tmp_path_factory.mktemp("chain")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env = program_testing.environment()
     logdir = str(root / "train")
     proc = _run(
         env,
@@ -203,7 +193,7 @@ def test_three_model_forms_predict_the_same_pixels(run, chain):
 
 
 def test_readme_python_api_example_runs(run):
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(program_testing.REPO, "README.md")) as f:
         readme = f.read()
     section = readme.split("## Python API", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]

@@ -9,6 +9,7 @@ import textwrap
 import time
 
 from absl import flags
+import program_testing
 import pytest
 import tensorflow as tf
 
@@ -18,8 +19,6 @@ from deeplab_dpc.training import speed
 from deeplab_dpc.training import trainer
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def _program_args(data_dir, logdir, *extra):
 
 def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program_env):
     logdir = str(tmp_path / "log")
-    proc = subprocess.run(
+    proc = program_testing.run(
         _program_args(
             data_dir,
             logdir,
@@ -55,11 +54,7 @@ def test_program_trains_writes_flags_and_checkpoints(data_dir, tmp_path, program
             "--save_summaries_images",
             "--float32_math=bfloat16",
         ),
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+        program_env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 3/3 loss" in proc.stderr
@@ -91,7 +86,7 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path, program_env):
         _program_args(
             data_dir, logdir, "--training_number_of_steps=100000", "--log_steps=1"
         ),
-        cwd=REPO,
+        cwd=program_testing.REPO,
         env=program_env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -106,7 +101,7 @@ def test_sigterm_saves_and_exits(data_dir, tmp_path, program_env):
                 sent = time.monotonic()
                 break
         assert any("step 1/100000" in line for line in seen), "".join(seen)[-3000:]
-        rest = proc.communicate(timeout=TIMEOUT)[1]
+        rest = proc.communicate(timeout=program_testing.TIMEOUT)[1]
         elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:
@@ -170,13 +165,8 @@ def test_mirrored_two_replicas_match_the_default_strategy(
     # dropout mask, so the losses legitimately differ. Everything else (the
     # loss over the global batch's valid pixels, the summed gradients, the
     # same examples in the same order) must agree up to float round-off.
-    proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_SCRIPT, data_dir, str(tmp_path)],
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    proc = program_testing.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT, data_dir, str(tmp_path)], program_env
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -225,23 +215,15 @@ def test_missing_dataset_dir_or_shards(parsed_flags, tmp_path):
 
 
 def test_program_reports_bad_flags_and_stray_args(data_dir, tmp_path, program_env):
-    proc = subprocess.run(
+    proc = program_testing.run(
         _program_args(data_dir, str(tmp_path / "log"), "--train_crop_size=40,40", "x"),
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+        program_env,
     )
     assert proc.returncode != 0
     assert "Too many arguments" in proc.stderr
-    proc = subprocess.run(
+    proc = program_testing.run(
         _program_args(data_dir, str(tmp_path / "log"), "--train_crop_size=40,40"),
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+        program_env,
     )
     assert proc.returncode != 0
     assert "--train_crop_size='40,40'" in proc.stderr
@@ -276,9 +258,7 @@ def test_labels_above_num_classes_and_missing_gpus_stop_the_program(
         data_dir, str(tmp_path / "log"), "--training_number_of_steps=2"
     )
     args = [a for a in args if not a.startswith("--dataset=")] + ["--num_classes=1"]
-    proc = subprocess.run(
-        args, cwd=REPO, env=program_env, capture_output=True, text=True, timeout=TIMEOUT
-    )
+    proc = program_testing.run(args, program_env)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -288,17 +268,14 @@ def test_labels_above_num_classes_and_missing_gpus_stop_the_program(
     assert tf.train.latest_checkpoint(str(tmp_path / "log")) is None
     # Two GPUs asked for on a machine without any: an error at start-up (it
     # hung in the audit).
-    proc = subprocess.run(
+    proc = program_testing.run(
         _program_args(
             data_dir,
             str(tmp_path / "log2"),
             "--distribution_strategy=mirrored",
             "--num_gpus=2",
         ),
-        cwd=REPO,
-        env=dict(program_env, CUDA_VISIBLE_DEVICES=""),
-        capture_output=True,
-        text=True,
+        dict(program_env, CUDA_VISIBLE_DEVICES=""),
         timeout=60,
     )
     assert proc.returncode != 0

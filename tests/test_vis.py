@@ -4,11 +4,10 @@ the official `cityscapesscripts` evaluator reads and scores as eval does;
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
+import program_testing
 import pytest
 import tensorflow as tf
 
@@ -21,7 +20,6 @@ from deeplab_dpc.evaluation import metrics
 from deeplab_dpc.evaluation import visualizer
 from deeplab_dpc.models import deeplab
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (33, 49)
 OPTIONS = deeplab.ModelOptions(
     num_classes=cityscapes.NUM_CLASSES, crop_size=CROP, depth_multiplier=0.35
@@ -81,26 +79,18 @@ def setup(tmp_path_factory):
 
 
 def _vis(env, data_dir, ckpt_dir, logdir, *extra):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.vis",
-            f"--checkpoint_dir={ckpt_dir}",
-            f"--vis_logdir={logdir}",
-            "--dataset=cityscapes",
-            f"--dataset_dir={data_dir}",
-            "--vis_split=val_fine",
-            "--vis_crop_size=33,49",
-            "--depth_multiplier=0.35",
-            "--also_save_raw_predictions",
-            *extra,
-        ],
-        cwd=REPO,
+    return program_testing.run_module(
+        "deeplab_dpc.vis",
+        f"--checkpoint_dir={ckpt_dir}",
+        f"--vis_logdir={logdir}",
+        "--dataset=cityscapes",
+        f"--dataset_dir={data_dir}",
+        "--vis_split=val_fine",
+        "--vis_crop_size=33,49",
+        "--depth_multiplier=0.35",
+        "--also_save_raw_predictions",
+        *extra,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
 
 
@@ -144,21 +134,14 @@ def test_vis_writes_pngs_the_official_evaluator_scores_as_eval(
     # The official evaluator finds the predictions by name and scores them.
     export = tmp_path / "official"
     export.mkdir()
-    official = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
-        ],
+    official = program_testing.run_module(
+        "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
         env=dict(
             program_env,
             CITYSCAPES_DATASET=str(tree),
             CITYSCAPES_RESULTS=str(raw),
             CITYSCAPES_EXPORT_DIR=str(export),
         ),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert official.returncode == 0, official.stdout[-3000:] + official.stderr[-3000:]
     with open(export / "resultPixelLevelSemanticLabeling.json") as f:

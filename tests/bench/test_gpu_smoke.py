@@ -8,15 +8,13 @@ Xception takes (it needs 71x71).
 
 import json
 import os
-import subprocess
 import sys
 
+import program_testing
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROGRAM = os.path.join(REPO, "bench", "gpu_smoke.py")
+PROGRAM = os.path.join(program_testing.REPO, "bench", "gpu_smoke.py")
 MODELS = ("mobilenet_v2_dpc", "xception_aspp_decoder")
-TIMEOUT = 600
 NO_GPU = "No GPU visible: running on the CPU"
 
 
@@ -26,14 +24,7 @@ def _cpu_env(program_env):
 
 
 def _run(env, *flags):
-    return subprocess.run(
-        [sys.executable, PROGRAM, *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    return program_testing.run([sys.executable, PROGRAM, *flags], env, timeout=600)
 
 
 def test_both_models_train_in_float16_and_export_on_the_cpu(cpu_env, tmp_path):

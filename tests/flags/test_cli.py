@@ -4,10 +4,11 @@ errors in one line, and the flag modules' values against the library's."""
 import ast
 import os
 import resource
-import subprocess
 import sys
 import time
 
+import program_testing
+from program_testing import REPO
 import pytest
 
 from deeplab_dpc.export import tflite
@@ -20,7 +21,6 @@ from deeplab_dpc.models import deeplab
 from deeplab_dpc.training import speed
 from deeplab_dpc.training import trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = "Model and data set flags"
 # Program -> flags its --help must list (its own and shared ones it uses).
 PROGRAMS = {
@@ -134,14 +134,7 @@ def _command(program):
 def test_help_lists_the_programs_flags_grouped_without_tensorflow(program, program_env):
     start = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(
-        [*_command(program), "--help"],
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = program_testing.run([*_command(program), "--help"], program_env, timeout=60)
     elapsed = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -173,47 +166,24 @@ def test_help_groups_in_order_with_titles():
 
 def test_user_errors_are_one_line_and_usage_errors_exit_2(program_env, tmp_path):
     missing = tmp_path / "no_cell.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.flops",
-            f"--dense_prediction_cell_json={missing}",
-            "--crop_size=33,33",
-        ],
-        cwd=REPO,
+    proc = program_testing.run_module(
+        "deeplab_dpc.flops",
+        f"--dense_prediction_cell_json={missing}",
+        "--crop_size=33,33",
         env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert str(missing) in proc.stderr and "error: " in proc.stderr
     assert f"{cli.TRACEBACK_ENV}=1" in proc.stderr
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.flops",
-            f"--dense_prediction_cell_json={missing}",
-            "--crop_size=33,33",
-        ],
-        cwd=REPO,
+    shown = program_testing.run_module(
+        "deeplab_dpc.flops",
+        f"--dense_prediction_cell_json={missing}",
+        "--crop_size=33,33",
         env=dict(program_env, **{cli.TRACEBACK_ENV: "1"}),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert shown.returncode == 1 and "Traceback" in shown.stderr
-    usage = subprocess.run(
-        [sys.executable, "-m", "deeplab_dpc.flops", "stray"],
-        cwd=REPO,
-        env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    usage = program_testing.run_module("deeplab_dpc.flops", "stray", env=program_env)
     assert usage.returncode == 2
     assert (
         usage.stderr.strip().splitlines()[-1] == "error: Too many arguments: ['stray']"
@@ -228,13 +198,8 @@ def test_bad_flag_values_are_one_error_line_and_exit_2(program, program_env):
         ("--no_such_flag=1", "error: Unknown command line flag 'no_such_flag'"),
         ("--verbosity=loud", "error: flag --verbosity=loud: "),
     ):
-        proc = subprocess.run(
-            [*_command(program)[:1], *_command(program)[3:], flag],
-            cwd=REPO,
-            env=program_env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        proc = program_testing.run(
+            [*_command(program)[:1], *_command(program)[3:], flag], program_env
         )
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
@@ -362,13 +327,8 @@ def _noise(stderr):
     ids=["serving_client", "demo"],
 )
 def test_programs_keep_tensorflows_start_up_lines_quiet(program, program_env):
-    proc = subprocess.run(
-        [sys.executable, *program],
-        cwd=REPO,
-        env=_quiet_env(program_env),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = program_testing.run(
+        [sys.executable, *program], _quiet_env(program_env), timeout=120
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

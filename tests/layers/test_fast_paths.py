@@ -8,15 +8,14 @@ values and gradients wherever the fast one is taken.
 
 import contextlib
 import json
-import os
 import platform
-import subprocess
 import sys
 import textwrap
 
 import layer_testing
 import model_testing
 import numpy as np
+import program_testing
 import pytest
 import tensorflow as tf
 
@@ -30,7 +29,6 @@ from deeplab_dpc.layers import resize
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.training import losses
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
 # Every atrous rate a model of this package meets: the search space's rates
@@ -265,16 +263,9 @@ _PROBE_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_probe_decides_by_the_kernels_of_the_process(onednn):
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="2")
+    env = program_testing.environment(TF_ENABLE_ONEDNN_OPTS=onednn)
     env.pop(fast_paths.ENV, None)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = program_testing.run([sys.executable, "-c", _PROBE_SCRIPT], env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     got = json.loads(line[len("RESULT ") :])

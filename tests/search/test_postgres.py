@@ -12,19 +12,18 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 
 from cache_testing import CROP
 from cache_testing import shared_search
 import optuna
+import program_testing
 import psycopg2
 import pytest
 
 from deeplab_dpc.search import engine
 import search_testing
 
-REPO = str(pathlib.Path(__file__).resolve().parents[2])
 SETUP = pathlib.Path(__file__).resolve().parents[2] / ".ci" / "postgres_setup.sh"
 
 
@@ -125,32 +124,23 @@ def test_two_workers_share_a_study_only_through_postgres(postgres_url, tmp_path)
 
 
 def _search(url, search_dir, data, *extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.search",
-            "--mode=search",
-            f"--storage={url}",
-            "--study_name=secret_study",
-            f"--search_dir={search_dir}",
-            "--dataset=synthetic",
-            f"--dataset_dir={data}",
-            f"--train_crop_size={CROP[0]},{CROP[1]}",
-            "--depth_multiplier=0.35",
-            "--num_trials=2",
-            "--num_branches=2",
-            "--proxy_batch_size=4",
-            "--proxy_eval_every=1",
-            "--seed=1",
-            *extra,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    return program_testing.run_module(
+        "deeplab_dpc.search",
+        "--mode=search",
+        f"--storage={url}",
+        "--study_name=secret_study",
+        f"--search_dir={search_dir}",
+        "--dataset=synthetic",
+        f"--dataset_dir={data}",
+        f"--train_crop_size={CROP[0]},{CROP[1]}",
+        "--depth_multiplier=0.35",
+        "--num_trials=2",
+        "--num_branches=2",
+        "--proxy_batch_size=4",
+        "--proxy_eval_every=1",
+        "--seed=1",
+        *extra,
+        env=program_testing.environment(),
         timeout=600,
     )
 

@@ -3,13 +3,12 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 from absl import flags
 from cache_testing import CROP
 from cache_testing import shared_search
 import optuna
+import program_testing
 import pytest
 
 from deeplab_dpc.cells import cell_spec
@@ -19,40 +18,30 @@ from deeplab_dpc.search import proxy
 from deeplab_dpc.search import study_storage
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(search_dir, data, checkpoint, *extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.search",
-            f"--search_dir={search_dir}",
-            "--dataset=synthetic",
-            f"--dataset_dir={data}",
-            f"--train_crop_size={CROP[0]},{CROP[1]}",
-            "--depth_multiplier=0.35",
-            f"--tf_initial_checkpoint={checkpoint}",
-            "--cache_copies=1",
-            "--num_trials=2",
-            "--num_branches=2",
-            "--proxy_steps=6",
-            "--proxy_batch_size=4",
-            "--proxy_eval_every=3",
-            "--top_k=1",
-            "--rerank_steps=2",
-            "--train_batch_size=2",
-            "--target_crop_size=129,129",
-            "--seed=1",
-            *extra,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    return program_testing.run_module(
+        "deeplab_dpc.search",
+        f"--search_dir={search_dir}",
+        "--dataset=synthetic",
+        f"--dataset_dir={data}",
+        f"--train_crop_size={CROP[0]},{CROP[1]}",
+        "--depth_multiplier=0.35",
+        f"--tf_initial_checkpoint={checkpoint}",
+        "--cache_copies=1",
+        "--num_trials=2",
+        "--num_branches=2",
+        "--proxy_steps=6",
+        "--proxy_batch_size=4",
+        "--proxy_eval_every=3",
+        "--top_k=1",
+        "--rerank_steps=2",
+        "--train_batch_size=2",
+        "--target_crop_size=129,129",
+        "--seed=1",
+        *extra,
+        env=program_testing.environment(),
         timeout=600,
     )
 
@@ -229,24 +218,12 @@ def test_a_mysql_storage_that_cannot_open_is_one_masked_line(tmp_path):
     # The driver is not installed here: the error names the storage with
     # its password masked, and nothing written holds the password.
     search_dir = tmp_path / "search"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.search",
-            "--mode=report",
-            f"--search_dir={search_dir}",
-            f"--storage=mysql://dpc:{MYSQL_PASSWORD}@127.0.0.1:1/db",
-        ],
-        cwd=REPO,
-        env=dict(
-            os.environ,
-            TF_CPP_MIN_LOG_LEVEL="2",
-            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = program_testing.run_module(
+        "deeplab_dpc.search",
+        "--mode=report",
+        f"--search_dir={search_dir}",
+        f"--storage=mysql://dpc:{MYSQL_PASSWORD}@127.0.0.1:1/db",
+        env=program_testing.environment(),
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

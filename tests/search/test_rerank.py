@@ -2,11 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 from cache_testing import shared_search
 import numpy as np
+import program_testing
 import pytest
 from scipy import stats
 
@@ -14,7 +13,6 @@ from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import rank_correlation
 from deeplab_dpc.search import rerank
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CELLS = (
     cell_spec.cell_from_json(
         [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}]
@@ -94,25 +92,17 @@ def test_rerun_reuses_finished_candidates(reranked):
 
 def test_best_cell_trains_with_the_training_program(reranked, tmp_path, program_env):
     out, data, _, _, _ = reranked
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deeplab_dpc.train",
-            f"--train_logdir={tmp_path / 'train'}",
-            "--dataset=synthetic",
-            f"--dataset_dir={data}",
-            "--train_crop_size=65,65",
-            "--depth_multiplier=0.35",
-            "--train_batch_size=2",
-            "--training_number_of_steps=1",
-            f"--dense_prediction_cell_json={os.path.join(out, rerank.BEST_CELL_FILE)}",
-        ],
-        cwd=REPO,
+    proc = program_testing.run_module(
+        "deeplab_dpc.train",
+        f"--train_logdir={tmp_path / 'train'}",
+        "--dataset=synthetic",
+        f"--dataset_dir={data}",
+        "--train_crop_size=65,65",
+        "--depth_multiplier=0.35",
+        "--train_batch_size=2",
+        "--training_number_of_steps=1",
+        f"--dense_prediction_cell_json={os.path.join(out, rerank.BEST_CELL_FILE)}",
         env=program_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 1/1 loss" in proc.stderr
