@@ -2,6 +2,7 @@
 
 import os
 import sys
+import types
 
 import pytest
 
@@ -116,7 +117,12 @@ def test_report_and_plot(tmp_path):
     )
     assert "rho 0.700, 90% bootstrap interval [0.300, 0.900]" in text
     assert "| random_local | 0.5700 [0.5600, 0.5800] | yes |" in text
-    assert "| random | 2 | 0.4000 | 600 M | 0.5200 | -0.0300 |" in text
+    assert "| random | 2 | 0.4000 | 0.4000 | 600 M | 0.5200 | -0.0300 |" in text
+    assert "the re-rank trains the top 3 distinct cells by proxy mIOU" in text
+    top_1 = search_efficacy._parse(["--quick", "--rerank_top_k=1"])
+    assert "the found cell is the best proxy cell" in search_efficacy.markdown(
+        fidelity, runs, table, aspp, top_1, {"proxy": 3600.0, "e2e": 7200.0}, shot
+    )
     assert "proxy trials 1.00 h, end-to-end runs 2.00 h" in text
     # Seed means: random_local 0.57 > ASPP 0.55 > random 0.51.
     assert (
@@ -178,3 +184,78 @@ def test_end_to_end_runs_leave_no_folders_behind(tmp_path):
     # ... and the stored result is reused, with no second run.
     assert heads.end_to_end("ASPP()", None) == pytest.approx(0.4)
     assert len(folders) == 1
+
+
+class _FakeHeads:
+    """Proxy scores from a cell's cost; end to end, the cell trained second
+    (the re-rank trains in proxy order) wins."""
+
+    def __init__(self, store):
+        self.store = store
+        self.end_to_end_keys = []
+
+    def proxy_trial(self, cell, seed=1, report=None):
+        del seed, report
+        return types.SimpleNamespace(
+            miou=_cost(cell) / 100,
+            head_madds=_cost(cell),
+            head_params=1,
+            wall_seconds=0.5,
+        )
+
+    def end_to_end(self, key, cell):
+        del cell
+        self.end_to_end_keys.append(key)
+        return {1: 0.5, 2: 0.9}.get(len(self.end_to_end_keys), 0.1)
+
+    def account(self, kind, key, seconds):
+        pass
+
+    def account_stored_e2e(self, key):
+        pass
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_search_rerank_trains_the_top_k_distinct_cells_end_to_end(tmp_path, top_k):
+    args = search_efficacy._parse(
+        ["--strategies=random", "--seeds=1", "--trials=6", f"--rerank_top_k={top_k}"]
+    )
+    heads = _FakeHeads(search_efficacy.Store(str(tmp_path / "results.json")))
+    (run,) = search_efficacy.part_efficacy(
+        heads, args, lambda cell: True, str(tmp_path / "studies")
+    )
+    assert len(run["reranked"]) == len(heads.end_to_end_keys) == top_k
+    assert len(set(heads.end_to_end_keys)) == top_k  # Distinct cells.
+    ranked = [r["proxy_miou"] for r in run["reranked"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert run["best_proxy_miou"] == ranked[0] == max(run["curve"])
+    assert run["top_proxy_e2e_miou"] == 0.5
+    if top_k == 1:
+        assert (run["found_proxy_miou"], run["e2e_miou"]) == (ranked[0], 0.5)
+    else:
+        # The re-rank prefers the second proxy cell, the better end to end.
+        assert (run["found_proxy_miou"], run["e2e_miou"]) == (ranked[1], 0.9)
+        assert run["cell"] == run["reranked"][1]["cell"]
+    # Stored: a rerun trains nothing and gives the same run.
+    heads.end_to_end_keys.clear()
+    (again,) = search_efficacy.part_efficacy(
+        heads, args, lambda cell: True, str(tmp_path / "studies")
+    )
+    assert again == run and heads.end_to_end_keys == []
+
+
+def test_top_trials_skips_a_cell_trained_twice():
+    from deeplab_dpc.cells import cell_spec  # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.search import engine  # pylint: disable=import-outside-toplevel
+
+    one = cell_spec.CellSpec([cell_spec.BranchSpec(input=-1, op="conv1x1")])
+    two = cell_spec.published_cell()
+
+    def trial(number, cell, miou):
+        attrs = {"miou": miou, engine.ATTR_CELL: cell_spec.cell_to_json(cell)}
+        return types.SimpleNamespace(number=number, user_attrs=attrs)
+
+    trials = [trial(0, one, 0.5), trial(1, two, 0.4), trial(2, one, 0.6)]
+    top = search_efficacy.top_trials(trials, 2)
+    assert [t.number for t in top] == [2, 1]
+    assert [t.number for t in search_efficacy.top_trials(trials, 5)] == [2, 1]
