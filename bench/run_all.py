@@ -179,6 +179,14 @@ def markdown(results, machine, started):
     ]
     for result in results:
         lines += ["", f"## {result['benchmark']}", "", f"`{result['command']}`", ""]
+        own = result.get("machine") or {}
+        if own.get("cpu") and own["cpu"] != machine["cpu"]:
+            # A section rerun (or run by hand) on another machine says so.
+            lines += [
+                f"On {own['cpu']} ({own.get('cores', '?')} cores), not the "
+                "machine named above.",
+                "",
+            ]
         if "reused_from" in result:
             lines += [
                 "Run by hand with the command above (run_all took its result "
@@ -222,9 +230,11 @@ def main(argv=None):
     results += reused
     if partial:
         results = merge(previous, results, args.quick)
-        if previous is not None and previous.get("quick") == args.quick:
-            started = previous.get("started", started)
     machine = benchlib.machine()
+    if partial and previous is not None and previous.get("quick") == args.quick:
+        # The header keeps the full run's date and machine.
+        started = previous.get("started", started)
+        machine = previous.get("machine", machine)
     os.makedirs(args.output_dir, exist_ok=True)
     summary = {
         "started": started,

@@ -137,6 +137,7 @@ def test_reuse_puts_a_result_run_by_hand_beside_the_earlier_ones(tmp_path):
         _result("search_efficacy", 0.6), details="![curves](search_efficacy.png)"
     )
     by_hand.pop("started")
+    by_hand["machine"] = {"cpu": "other cpu", "cores": 8}
     path = tmp_path / "se.json"
     path.write_text(json.dumps(by_hand))
     run_all.main(
@@ -153,8 +154,14 @@ def test_reuse_puts_a_result_run_by_hand_beside_the_earlier_ones(tmp_path):
     ]
     assert summary["benchmarks"][0] == _result("inference", 1.0)
     assert summary["benchmarks"][1]["reused_from"] == str(path)
+    # The header keeps the full run's date and machine; the section run on
+    # another machine names its own.
+    assert summary["machine"] == {"cpu": "c", "cores": 2}
     text = (out / "results.md").read_text()
+    assert text.splitlines()[2].startswith("2026-01-01T00:00:00 on c (2 cores")
     section = text.split("## search_efficacy")[1]
+    assert "On other cpu (8 cores), not the machine named above." in section
+    assert "not the machine" not in text.split("## search_efficacy")[0]
     assert "Run by hand with the command above" in section
     assert "![curves](search_efficacy.png)" in section
 
