@@ -334,9 +334,10 @@ def make_sampler(
             whatever the history).
         feasible: callable `CellSpec -> bool` or None: the user's hard
             constraints (`constraints.HeadBudget`). The cell samplers draw
-            until their proposal meets them; the other samplers' proposals
-            are checked by the engine, which fails an infeasible one without
-            training it (they do not learn from it).
+            until their proposal meets them, and so do the Vizier designers
+            (each suggestion that breaks them handed back as infeasible); the
+            Optuna samplers' proposals are checked by the engine, which fails
+            an infeasible one without training it (they do not learn from it).
 
     Returns:
         An `optuna.samplers.BaseSampler`.
@@ -401,6 +402,7 @@ def make_sampler(
             num_branches=num_branches,
             objectives=objectives,
             seed=stream_seed,
+            feasible=feasible,
         )
     raise ValueError(
         f"strategy {strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}"

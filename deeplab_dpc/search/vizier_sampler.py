@@ -11,6 +11,14 @@ so every worker of a study works from the same history. A pruned trial
 reaches the designer as Vizier's service records an early-stopped one: its
 last intermediate value is its final measurement (see `designer_trials`).
 
+Constraints (`feasible`, e.g. `constraints.HeadBudget`): a suggestion that
+breaks them goes back to the designer as an infeasible trial and another is
+asked for, as do trials the engine failed as infeasible. (Without this the
+Gaussian-process bandit, which learns nothing from a failed trial, proposed
+the same over-budget cell 200 times in a row and the engine gave up.) After
+`MAX_INFEASIBLE_SUGGESTIONS` in a row for one trial, the trial takes a
+uniformly drawn feasible cell and says so in a warning.
+
 Vizier is an optional extra: `pip install .[vizier]`.
 """
 
@@ -18,6 +26,7 @@ import math
 import random
 import types
 from typing import Optional, Sequence
+import warnings
 import zlib
 
 import optuna
@@ -25,8 +34,15 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from deeplab_dpc.search import optuna_space
+from deeplab_dpc.search import strategies
 
 ALGORITHMS = ("RANDOM_SEARCH", "EAGLE_STRATEGY", "GAUSSIAN_PROCESS_BANDIT")
+# The user attribute the engine sets on a trial it failed for breaking the
+# constraints (`engine.ATTR_INFEASIBLE`; the engine imports this package).
+INFEASIBLE_ATTR = "infeasible"
+# Suggestions asked of one designer for one trial while they break the
+# constraints; then a uniform feasible cell is drawn instead.
+MAX_INFEASIBLE_SUGGESTIONS = 20
 # Trial system attribute holding the suggestion's Vizier metadata.
 METADATA_ATTR = "vizier_metadata"
 
@@ -69,6 +85,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
         objectives: objective names of the study (`optuna_space.OBJECTIVES`),
             in the study's order.
         seed: int or None; the designer of trial n is seeded by (seed, n).
+        feasible: callable `CellSpec -> bool`, or None (no constraint).
 
     Raises:
         ValueError: for an unknown algorithm, or one that cannot optimise
@@ -83,6 +100,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
         num_branches: int = 5,
         objectives: Sequence[str] = ("miou",),
         seed: Optional[int] = None,
+        feasible=None,
     ):
         if algorithm not in ALGORITHMS:
             raise ValueError(
@@ -95,6 +113,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
         self._num_branches = num_branches
         self._objectives = tuple(objectives)
         self._seed = seed
+        self._feasible = feasible
         self._independent = optuna.samplers.RandomSampler(seed=seed)
         self._problem = self._make_problem(optuna_space.directions(objectives))
         try:
@@ -155,8 +174,9 @@ class VizierSampler(optuna.samplers.BaseSampler):
         completed as Vizier's service completes an early-stopped trial: with
         their intermediate values as measurements and the last one as the
         final measurement (the pruner judged the cell on it), or infeasible
-        if they reported none. RUNNING trials are active. FAIL trials, and
-        trials without every parameter, are left out.
+        if they reported none. RUNNING trials are active. FAIL trials the
+        engine failed for breaking the constraints are completed infeasible;
+        other FAIL trials, and trials without every parameter, are left out.
 
         Args:
             study: an `optuna.Study` of this sampler's cells.
@@ -169,13 +189,27 @@ class VizierSampler(optuna.samplers.BaseSampler):
         completed, active = [], []
         for past in study.get_trials(
             deepcopy=False,
-            states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
+            states=(
+                TrialState.COMPLETE,
+                TrialState.PRUNED,
+                TrialState.RUNNING,
+                TrialState.FAIL,
+            ),
         ):
             if past.number == exclude or not all(
                 name in past.params for name in self._space
             ):
                 continue
+            infeasible = past.user_attrs.get(INFEASIBLE_ATTR)
+            if past.state == TrialState.FAIL and not infeasible:
+                continue
             converted = self._to_vizier(past)
+            if past.state == TrialState.FAIL:
+                completed.append(converted)
+                converted.complete(
+                    self._vizier.vz.Measurement(), infeasibility_reason=str(infeasible)
+                )
+                continue
             if past.state == TrialState.RUNNING:
                 active.append(converted)
                 continue
@@ -216,7 +250,15 @@ class VizierSampler(optuna.samplers.BaseSampler):
         completed, active = self.designer_trials(study, exclude=trial.number)
         designer = self._new_designer(trial.number)
         designer.update(vza.CompletedTrials(completed), vza.ActiveTrials(active))
-        suggestion = designer.suggest(1)[0]
+        suggestion = self._feasible_suggestion(designer, study, trial, active)
+        if suggestion is None:
+            warnings.warn(
+                f"trial {trial.number}: vizier:{self._algorithm} suggested "
+                f"{MAX_INFEASIBLE_SUGGESTIONS} cells in a row that break the "
+                "constraints; this trial takes a uniformly drawn feasible cell",
+                stacklevel=2,
+            )
+            return self._uniform_feasible(trial)
         metadata = [
             [namespace.encode(), key, value]
             for namespace, key, value in suggestion.metadata.all_items()
@@ -226,6 +268,9 @@ class VizierSampler(optuna.samplers.BaseSampler):
         study._storage.set_trial_system_attr(  # pylint: disable=protected-access
             trial._trial_id, METADATA_ATTR, metadata  # pylint: disable=protected-access
         )
+        return self._params(suggestion)
+
+    def _params(self, suggestion) -> dict:
         params = {}
         for name, dist in self._space.items():
             if len(dist.choices) == 1:
@@ -235,6 +280,48 @@ class VizierSampler(optuna.samplers.BaseSampler):
             else:
                 params[name] = str(suggestion.parameters[name].value)
         return params
+
+    def _is_feasible(self, params) -> bool:
+        if self._feasible is None:
+            return True
+        return bool(
+            self._feasible(optuna_space.params_to_cell(params, self._num_branches))
+        )
+
+    def _feasible_suggestion(self, designer, study, trial, active):
+        """The designer's first suggestion meeting the constraints, or None.
+
+        Each one breaking them is completed as infeasible and handed back to
+        the designer (with an id past every trial of the study) before it is
+        asked again.
+        """
+        vza, vz = self._vizier.vza, self._vizier.vz
+        next_id = len(study.get_trials(deepcopy=False)) + trial.number + 2
+        for attempt in range(MAX_INFEASIBLE_SUGGESTIONS):
+            suggestion = designer.suggest(1)[0]
+            if self._is_feasible(self._params(suggestion)):
+                return suggestion
+            rejected = suggestion.to_trial(next_id + attempt)
+            rejected.complete(
+                vz.Measurement(), infeasibility_reason="breaks the constraints"
+            )
+            designer.update(vza.CompletedTrials([rejected]), vza.ActiveTrials(active))
+        return None
+
+    def _uniform_feasible(self, trial) -> dict:
+        seed = None if self._seed is None else f"{self._seed}:{trial.number}:uniform"
+        rng = random.Random(seed)
+        for _ in range(strategies.MAX_INFEASIBLE_PROPOSALS):
+            params = {
+                name: rng.choice(dist.choices) for name, dist in self._space.items()
+            }
+            if self._is_feasible(params):
+                return params
+        raise strategies.InfeasibleConstraints(
+            f"vizier:{self._algorithm}: no feasible cell in "
+            f"{strategies.MAX_INFEASIBLE_PROPOSALS} uniform draws ({self._feasible!r}); "
+            "relax the constraints"
+        )
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(

@@ -407,3 +407,88 @@ def test_vizier_rejects_what_it_cannot_run():
         strategies.make_sampler("vizier:GRID")
     with pytest.raises(ValueError, match="EAGLE_STRATEGY cannot optimise objectives"):
         strategies.make_sampler("vizier:EAGLE_STRATEGY", objectives=("miou", "madds"))
+
+
+def _first_op_is_pool(cell):
+    return cell[0].op == "pool"
+
+
+def test_vizier_hands_infeasible_suggestions_back_and_proposes_feasible_cells(
+    tmp_path,
+):
+    # About 1 cell in 5 is feasible. The engine fails any infeasible
+    # proposal; the sampler never makes one, whatever the designer suggests.
+    study = engine.create_or_load_study(
+        search_dir=tmp_path,
+        strategy="vizier:EAGLE_STRATEGY",
+        num_branches=2,
+        seed=0,
+        pruner=optuna.pruners.NopPruner(),
+        feasible=_first_op_is_pool,
+    )
+    stats = engine.run_worker(
+        study,
+        search_testing.make_objective(),
+        num_trials_total=4,
+        poll_seconds=0.01,
+        feasible=_first_op_is_pool,
+    )
+    assert stats.infeasible == 0
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    for trial in trials:
+        assert _first_op_is_pool(optuna_space.params_to_cell(trial.params, 2))
+
+
+def test_vizier_designers_see_the_engines_infeasible_trials(tmp_path):
+    # A sampler that does not know the constraints: the engine fails its
+    # infeasible proposals, and the next designer gets them as infeasible.
+    study = engine.create_or_load_study(
+        search_dir=tmp_path,
+        strategy="vizier:RANDOM_SEARCH",
+        num_branches=2,
+        seed=0,
+        pruner=optuna.pruners.NopPruner(),
+    )
+    sampler = study.sampler
+    engine.run_worker(
+        study,
+        search_testing.make_objective(),
+        num_trials_total=3,
+        poll_seconds=0.01,
+        feasible=_first_op_is_pool,
+    )
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs[engine.ATTR_INFEASIBLE] for t in failed)
+    completed, _ = sampler.designer_trials(study)
+    by_id = {converted.id: converted for converted in completed}
+    for trial in failed:
+        assert by_id[trial.number + 1].infeasible
+    assert sum(not c.infeasible for c in completed) == 3
+
+
+def test_vizier_falls_back_to_a_uniform_feasible_cell(tmp_path, monkeypatch):
+    from deeplab_dpc.search import vizier_sampler  # pylint: disable=import-outside-toplevel
+
+    assert vizier_sampler.INFEASIBLE_ATTR == engine.ATTR_INFEASIBLE
+    # No suggestion asked of the designer: every trial takes the fallback.
+    monkeypatch.setattr(vizier_sampler, "MAX_INFEASIBLE_SUGGESTIONS", 0)
+    study = engine.create_or_load_study(
+        search_dir=tmp_path,
+        strategy="vizier:RANDOM_SEARCH",
+        num_branches=2,
+        seed=0,
+        pruner=optuna.pruners.NopPruner(),
+        feasible=_first_op_is_pool,
+    )
+    with pytest.warns(UserWarning, match="takes a uniformly drawn feasible cell"):
+        engine.run_worker(
+            study,
+            search_testing.make_objective(),
+            num_trials_total=2,
+            poll_seconds=0.01,
+            feasible=_first_op_is_pool,
+        )
+    for trial in study.get_trials():
+        assert trial.state == TrialState.COMPLETE
+        assert _first_op_is_pool(optuna_space.params_to_cell(trial.params, 2))
