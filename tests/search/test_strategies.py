@@ -413,54 +413,54 @@ def _first_op_is_pool(cell):
     return cell[0].op == "pool"
 
 
-def test_vizier_hands_infeasible_suggestions_back_and_proposes_feasible_cells(
-    tmp_path,
-):
-    # About 1 cell in 5 is feasible. The engine fails any infeasible
-    # proposal; the sampler never makes one, whatever the designer suggests.
+def _constrained_vizier_study(path, algorithm, total, sampler_knows=True):
+    """A 2-branch Vizier study run by the engine under `_first_op_is_pool`
+    (about 1 cell in 5 is feasible); the sampler is told the constraint only
+    when `sampler_knows`. Returns (study, the engine's stats)."""
     study = engine.create_or_load_study(
-        search_dir=tmp_path,
-        strategy="vizier:EAGLE_STRATEGY",
+        search_dir=path,
+        strategy="vizier:" + algorithm,
         num_branches=2,
         seed=0,
         pruner=optuna.pruners.NopPruner(),
-        feasible=_first_op_is_pool,
+        feasible=_first_op_is_pool if sampler_knows else None,
     )
     stats = engine.run_worker(
         study,
         search_testing.make_objective(),
-        num_trials_total=4,
+        num_trials_total=total,
         poll_seconds=0.01,
         feasible=_first_op_is_pool,
     )
-    assert stats.infeasible == 0
+    return study, stats
+
+
+def _assert_all_complete_and_feasible(study, total):
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * total
     for trial in trials:
         assert _first_op_is_pool(optuna_space.params_to_cell(trial.params, 2))
+
+
+def test_vizier_hands_infeasible_suggestions_back_and_proposes_feasible_cells(
+    tmp_path,
+):
+    # The engine fails any infeasible proposal; the sampler never makes one,
+    # whatever the designer suggests.
+    study, stats = _constrained_vizier_study(tmp_path, "EAGLE_STRATEGY", 4)
+    assert stats.infeasible == 0
+    _assert_all_complete_and_feasible(study, 4)
 
 
 def test_vizier_designers_see_the_engines_infeasible_trials(tmp_path):
     # A sampler that does not know the constraints: the engine fails its
     # infeasible proposals, and the next designer gets them as infeasible.
-    study = engine.create_or_load_study(
-        search_dir=tmp_path,
-        strategy="vizier:RANDOM_SEARCH",
-        num_branches=2,
-        seed=0,
-        pruner=optuna.pruners.NopPruner(),
-    )
-    sampler = study.sampler
-    engine.run_worker(
-        study,
-        search_testing.make_objective(),
-        num_trials_total=3,
-        poll_seconds=0.01,
-        feasible=_first_op_is_pool,
+    study, _ = _constrained_vizier_study(
+        tmp_path, "RANDOM_SEARCH", 3, sampler_knows=False
     )
     failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs[engine.ATTR_INFEASIBLE] for t in failed)
-    completed, _ = sampler.designer_trials(study)
+    completed, _ = study.sampler.designer_trials(study)
     by_id = {converted.id: converted for converted in completed}
     for trial in failed:
         assert by_id[trial.number + 1].infeasible
@@ -473,22 +473,6 @@ def test_vizier_falls_back_to_a_uniform_feasible_cell(tmp_path, monkeypatch):
     assert vizier_sampler.INFEASIBLE_ATTR == engine.ATTR_INFEASIBLE
     # No suggestion asked of the designer: every trial takes the fallback.
     monkeypatch.setattr(vizier_sampler, "MAX_INFEASIBLE_SUGGESTIONS", 0)
-    study = engine.create_or_load_study(
-        search_dir=tmp_path,
-        strategy="vizier:RANDOM_SEARCH",
-        num_branches=2,
-        seed=0,
-        pruner=optuna.pruners.NopPruner(),
-        feasible=_first_op_is_pool,
-    )
     with pytest.warns(UserWarning, match="takes a uniformly drawn feasible cell"):
-        engine.run_worker(
-            study,
-            search_testing.make_objective(),
-            num_trials_total=2,
-            poll_seconds=0.01,
-            feasible=_first_op_is_pool,
-        )
-    for trial in study.get_trials():
-        assert trial.state == TrialState.COMPLETE
-        assert _first_op_is_pool(optuna_space.params_to_cell(trial.params, 2))
+        study, _ = _constrained_vizier_study(tmp_path, "RANDOM_SEARCH", 2)
+    _assert_all_complete_and_feasible(study, 2)
