@@ -1,9 +1,10 @@
 """Test-wide settings and shared fixtures.
 
 Every test: quiet TensorFlow logs, seeded randomness, a fresh Keras
-session (and a garbage collection after each test module). On request: parsed absl flags (`parsed_flags`), the environment
-of a program run in a subprocess (`program_env`), and the built-in
-synthetic data set (`synthetic_data`).
+session (and a garbage collection after each test module). On request:
+parsed absl flags (`parsed_flags`), the environment of a program run in a
+subprocess (`program_env`), and the built-in synthetic data set
+(`synthetic_data`).
 """
 
 import gc

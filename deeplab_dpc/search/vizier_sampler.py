@@ -33,13 +33,12 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from deeplab_dpc.search import engine
 from deeplab_dpc.search import optuna_space
+from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
 
 ALGORITHMS = ("RANDOM_SEARCH", "EAGLE_STRATEGY", "GAUSSIAN_PROCESS_BANDIT")
-# The user attribute the engine sets on a trial it failed for breaking the
-# constraints (`engine.ATTR_INFEASIBLE`; the engine imports this package).
-INFEASIBLE_ATTR = "infeasible"
 # Suggestions asked of one designer for one trial while they break the
 # constraints; then a uniform feasible cell is drawn instead.
 MAX_INFEASIBLE_SUGGESTIONS = 20
@@ -200,7 +199,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
                 name in past.params for name in self._space
             ):
                 continue
-            infeasible = past.user_attrs.get(INFEASIBLE_ATTR)
+            infeasible = past.user_attrs.get(engine.ATTR_INFEASIBLE)
             if past.state == TrialState.FAIL and not infeasible:
                 continue
             converted = self._to_vizier(past)
@@ -250,7 +249,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
         completed, active = self.designer_trials(study, exclude=trial.number)
         designer = self._new_designer(trial.number)
         designer.update(vza.CompletedTrials(completed), vza.ActiveTrials(active))
-        suggestion = self._feasible_suggestion(designer, study, trial, active)
+        suggestion = self._feasible_suggestion(designer, completed, active)
         if suggestion is None:
             warnings.warn(
                 f"trial {trial.number}: vizier:{self._algorithm} suggested "
@@ -288,15 +287,15 @@ class VizierSampler(optuna.samplers.BaseSampler):
             self._feasible(optuna_space.params_to_cell(params, self._num_branches))
         )
 
-    def _feasible_suggestion(self, designer, study, trial, active):
+    def _feasible_suggestion(self, designer, completed, active):
         """The designer's first suggestion meeting the constraints, or None.
 
         Each one breaking them is completed as infeasible and handed back to
-        the designer (with an id past every trial of the study) before it is
-        asked again.
+        the designer (with an id past every trial it holds; the designer is
+        this trial's alone) before it is asked again.
         """
         vza, vz = self._vizier.vza, self._vizier.vz
-        next_id = len(study.get_trials(deepcopy=False)) + trial.number + 2
+        next_id = max((t.id for t in completed + active), default=0) + 1
         for attempt in range(MAX_INFEASIBLE_SUGGESTIONS):
             suggestion = designer.suggest(1)[0]
             if self._is_feasible(self._params(suggestion)):
@@ -312,11 +311,9 @@ class VizierSampler(optuna.samplers.BaseSampler):
         seed = None if self._seed is None else f"{self._seed}:{trial.number}:uniform"
         rng = random.Random(seed)
         for _ in range(strategies.MAX_INFEASIBLE_PROPOSALS):
-            params = {
-                name: rng.choice(dist.choices) for name, dist in self._space.items()
-            }
-            if self._is_feasible(params):
-                return params
+            cell = space.sample_cell(rng, self._num_branches)
+            if self._feasible is None or self._feasible(cell):
+                return optuna_space.cell_to_params(cell)
         raise strategies.InfeasibleConstraints(
             f"vizier:{self._algorithm}: no feasible cell in "
             f"{strategies.MAX_INFEASIBLE_PROPOSALS} uniform draws ({self._feasible!r}); "

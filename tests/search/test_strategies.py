@@ -470,7 +470,6 @@ def test_vizier_designers_see_the_engines_infeasible_trials(tmp_path):
 def test_vizier_falls_back_to_a_uniform_feasible_cell(tmp_path, monkeypatch):
     from deeplab_dpc.search import vizier_sampler  # pylint: disable=import-outside-toplevel
 
-    assert vizier_sampler.INFEASIBLE_ATTR == engine.ATTR_INFEASIBLE
     # No suggestion asked of the designer: every trial takes the fallback.
     monkeypatch.setattr(vizier_sampler, "MAX_INFEASIBLE_SUGGESTIONS", 0)
     with pytest.warns(UserWarning, match="takes a uniformly drawn feasible cell"):
