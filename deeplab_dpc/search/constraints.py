@@ -20,6 +20,17 @@ from typing import Callable
 
 from deeplab_dpc.search import space
 
+# Proposals drawn for one feasible cell before giving up on the constraints.
+MAX_INFEASIBLE_PROPOSALS = 1000
+# The user attribute of a trial the engine failed for breaking the
+# constraints (its value says how); samplers read it to learn from the trial.
+ATTR_INFEASIBLE = "infeasible"
+
+
+class InfeasibleConstraints(RuntimeError):
+    """No cell the strategy proposes meets the user's constraints."""
+
+
 _RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*aspp\s*$", re.IGNORECASE)
 
 

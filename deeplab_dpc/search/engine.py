@@ -52,6 +52,7 @@ from optuna.trial import TrialState
 
 from deeplab_dpc import processes
 from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.search import constraints
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
 from deeplab_dpc.search import strategies
@@ -63,7 +64,7 @@ ATTR_KEY = "cell_key"
 ATTR_CELL = "cell_json"
 ATTR_DUPLICATE = "duplicate_of"
 ATTR_WORKER = "worker"
-ATTR_INFEASIBLE = "infeasible"
+ATTR_INFEASIBLE = constraints.ATTR_INFEASIBLE
 # The attributes the engine itself sets on every trial.
 _ENGINE_ATTRS = frozenset(
     (ATTR_CELL, ATTR_KEY, ATTR_DUPLICATE, ATTR_WORKER, ATTR_INFEASIBLE)

@@ -16,6 +16,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from deeplab_dpc.cells import cell_spec
+from deeplab_dpc.search import constraints
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
 
@@ -32,18 +33,15 @@ STRATEGIES = (
 _SINGLE_OBJECTIVE = ("random_local", "regularized_evolution", "one_shot")
 # Tries to propose a cell no trial of the study holds before settling for one.
 _MAX_ATTEMPTS = 100
-# Proposals drawn for one feasible cell before giving up on the constraints.
-MAX_INFEASIBLE_PROPOSALS = 1000
+# Kept here too: callers of the strategies catch them from this module.
+MAX_INFEASIBLE_PROPOSALS = constraints.MAX_INFEASIBLE_PROPOSALS
+InfeasibleConstraints = constraints.InfeasibleConstraints
 _SEEN_STATES = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
     TrialState.RUNNING,
     TrialState.WAITING,
 )
-
-
-class InfeasibleConstraints(RuntimeError):
-    """No cell the strategy proposes meets the user's constraints."""
 
 
 class CellSampler(optuna.samplers.BaseSampler):

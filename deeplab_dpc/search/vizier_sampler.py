@@ -33,10 +33,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from deeplab_dpc.search import engine
+from deeplab_dpc.search import constraints
 from deeplab_dpc.search import optuna_space
 from deeplab_dpc.search import space
-from deeplab_dpc.search import strategies
 
 ALGORITHMS = ("RANDOM_SEARCH", "EAGLE_STRATEGY", "GAUSSIAN_PROCESS_BANDIT")
 # Suggestions asked of one designer for one trial while they break the
@@ -199,7 +198,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
                 name in past.params for name in self._space
             ):
                 continue
-            infeasible = past.user_attrs.get(engine.ATTR_INFEASIBLE)
+            infeasible = past.user_attrs.get(constraints.ATTR_INFEASIBLE)
             if past.state == TrialState.FAIL and not infeasible:
                 continue
             converted = self._to_vizier(past)
@@ -310,13 +309,13 @@ class VizierSampler(optuna.samplers.BaseSampler):
     def _uniform_feasible(self, trial) -> dict:
         seed = None if self._seed is None else f"{self._seed}:{trial.number}:uniform"
         rng = random.Random(seed)
-        for _ in range(strategies.MAX_INFEASIBLE_PROPOSALS):
+        for _ in range(constraints.MAX_INFEASIBLE_PROPOSALS):
             cell = space.sample_cell(rng, self._num_branches)
             if self._feasible is None or self._feasible(cell):
                 return optuna_space.cell_to_params(cell)
-        raise strategies.InfeasibleConstraints(
+        raise constraints.InfeasibleConstraints(
             f"vizier:{self._algorithm}: no feasible cell in "
-            f"{strategies.MAX_INFEASIBLE_PROPOSALS} uniform draws ({self._feasible!r}); "
+            f"{constraints.MAX_INFEASIBLE_PROPOSALS} uniform draws ({self._feasible!r}); "
             "relax the constraints"
         )
 
