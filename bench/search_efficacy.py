@@ -68,6 +68,9 @@ sys.path.insert(0, _BENCH)
 import benchlib  # pylint: disable=wrong-import-position
 
 RANDOM = "random"  # Uniform sampling: random_local with explore_prob=1.
+# A strategy label may end in "+<op prior>" (`space.OP_PRIORS`), e.g.
+# "random_local+kind": the strategy drawing ops by that prior.
+PRIOR_SEPARATOR = "+"
 DEFAULT_STRATEGIES = (
     RANDOM,
     "random_local",
@@ -148,6 +151,11 @@ def _parse(argv):
         args.target_crop = 129
         args.strategies = f"{RANDOM},random_local"
     args.strategies = [s for s in args.strategies.split(",") if s]
+    for label in args.strategies:
+        try:
+            sampler_of(label)
+        except ValueError as e:
+            parser.error(f"--strategies: {e}")
     if args.rerank_top_k < 1:
         parser.error(f"--rerank_top_k={args.rerank_top_k}: must be at least 1")
     return args
@@ -433,15 +441,15 @@ def part_efficacy(heads, args, budget, work_dir):
                 runs.append(done_run)
                 continue
             print(f"efficacy: {strategy} seed {seed}", flush=True)
-            objectives = ("miou", "madds") if strategy == "nsga2" else ("miou",)
-            options = {"explore_prob": 1.0} if strategy == RANDOM else {}
-            name = f"{strategy.replace(':', '_')}-{seed}-" + (
+            name, options = sampler_of(strategy)
+            objectives = ("miou", "madds") if name == "nsga2" else ("miou",)
+            study_name = f"{strategy.replace(':', '_')}-{seed}-" + (
                 f"{args.proxy_steps}x{args.batch_size}-{args.trials}"
             )
             study = engine.create_or_load_study(
-                f"sqlite:///{os.path.join(work_dir, name + '.db')}",
+                f"sqlite:///{os.path.join(work_dir, study_name + '.db')}",
+                study_name,
                 name,
-                "random_local" if strategy == RANDOM else strategy,
                 objectives,
                 num_branches=5,
                 seed=seed,
@@ -504,6 +512,30 @@ def part_efficacy(heads, args, budget, work_dir):
             "proxy", f"search:{run['strategy']}:{run['seed']}", run["proxy_seconds"]
         )
     return runs
+
+
+def sampler_of(label):
+    """(strategy, sampler options) of a part-3 label.
+
+    `random` is `random_local` sampling uniformly only; "<strategy>+<prior>"
+    is the strategy with `op_prior=<prior>`.
+
+    Raises:
+        ValueError: for an op prior the space does not know.
+    """
+    from deeplab_dpc.search import space  # pylint: disable=import-outside-toplevel
+
+    if label == RANDOM:
+        return "random_local", {"explore_prob": 1.0}
+    name, separator, prior = label.partition(PRIOR_SEPARATOR)
+    if not separator:
+        return name, {}
+    if prior not in space.OP_PRIORS:
+        raise ValueError(
+            f"strategy {label!r}: op prior {prior!r} is not one of "
+            f"{', '.join(space.OP_PRIORS)}"
+        )
+    return name, {"op_prior": prior}
 
 
 def top_trials(trials, k):

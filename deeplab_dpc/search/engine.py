@@ -125,8 +125,9 @@ def create_or_load_study(
         trial_settings: dict of JSON values or None: what else the trials'
             results depend on (e.g. the proxy's steps, the crop); stored in
             the study, which refuses other values later, naming each one.
-        **sampler_options: explore_prob, local_top_k, population_size,
-            tournament_size and feasible for `strategies.make_sampler`.
+        **sampler_options: explore_prob, local_top_k, op_prior,
+            population_size, tournament_size and feasible for
+            `strategies.make_sampler`.
 
     Returns:
         The `optuna.Study`; its user attributes hold the settings above.

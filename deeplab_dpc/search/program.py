@@ -116,6 +116,16 @@ _EXPLORE_PROB = flags.DEFINE_float(
     lower_bound=0.0,
     upper_bound=1.0,
 )
+_OP_PRIOR = flags.DEFINE_enum(
+    "op_prior",
+    "uniform",
+    space.OP_PRIORS,
+    "random_local and regularized_evolution: how a uniform sample or a "
+    "mutation draws a branch's op. uniform: each of the 81 ops alike (64 of "
+    "81 draws are atrous separable convs, 1 in 81 the 1x1 conv, 1 in 81 "
+    "global image pooling); kind: the op's kind first (1x1 conv, atrous "
+    "separable conv, pyramid pooling; 1/3 each), then its rates or grid.",
+)
 _LOCAL_TOP_K = flags.DEFINE_integer(
     "local_top_k",
     5,
@@ -476,6 +486,7 @@ def open_study(feasible=None):
             heartbeat_interval=_HEARTBEAT_INTERVAL.value,
             explore_prob=_EXPLORE_PROB.value,
             local_top_k=_LOCAL_TOP_K.value,
+            op_prior=_OP_PRIOR.value,
             population_size=_POPULATION_SIZE.value,
             tournament_size=_TOURNAMENT_SIZE.value,
             feasible=feasible,

@@ -15,6 +15,14 @@ from deeplab_dpc.cells import cell_spec
 
 _ALL_OPS = cell_spec.all_ops()
 _OP_INDEX = {op: i for i, op in enumerate(_ALL_OPS)}
+# The paper's three kinds of op, in `all_ops` order: the 1x1 conv, the 64
+# 3x3 atrous separable convs, the 16 average pyramid poolings.
+_KINDS = tuple(
+    tuple(op for op in _ALL_OPS if op.op == kind)
+    for kind in dict.fromkeys(op.op for op in _ALL_OPS)
+)
+# How an op is drawn (`sample_op`).
+OP_PRIORS = ("uniform", "kind")
 
 
 def space_size(num_branches: int) -> int:
@@ -32,35 +40,76 @@ def space_size(num_branches: int) -> int:
     return math.factorial(num_branches) * cell_spec.NUM_OPS**num_branches
 
 
-def sample_cell(rng: random.Random, num_branches: int = 5) -> cell_spec.CellSpec:
-    """Samples a `CellSpec` uniformly: branch i's input over -1..i-1, op over all 81.
+def _check_op_prior(op_prior: str) -> None:
+    if op_prior not in OP_PRIORS:
+        raise ValueError(
+            f"op_prior is {op_prior!r}; it must be one of {', '.join(OP_PRIORS)}"
+        )
+
+
+def sample_op(rng: random.Random, op_prior: str = "uniform") -> cell_spec.BranchSpec:
+    """Draws one of the 81 ops (a `BranchSpec` reading input -1).
+
+    Args:
+        rng: `random.Random`, the only source of randomness.
+        op_prior: "uniform": each op 1/81, so 64 of 81 draws are atrous
+            separable convs, 16 poolings and 1 the 1x1 conv. "kind": the kind
+            first, uniformly among the paper's three (1x1 conv, 3x3 atrous
+            separable conv, average pyramid pooling), then its rates or grid
+            uniformly: the 1x1 conv 1/3, each pooling grid 1/48 (global image
+            pooling among them), each separable conv 1/192.
+
+    Raises:
+        ValueError: for an unknown `op_prior`.
+    """
+    _check_op_prior(op_prior)
+    if op_prior == "uniform":
+        return rng.choice(_ALL_OPS)
+    return rng.choice(rng.choice(_KINDS))
+
+
+def sample_cell(
+    rng: random.Random, num_branches: int = 5, op_prior: str = "uniform"
+) -> cell_spec.CellSpec:
+    """Samples a `CellSpec`: branch i's input uniformly over -1..i-1, its op by `op_prior`.
 
     Args:
         rng: `random.Random`, the only source of randomness.
         num_branches: int >= 1.
+        op_prior: how each op is drawn (`sample_op`); "uniform" draws the
+            cell uniformly from the space.
 
     Raises:
-        ValueError: if `num_branches` is not an int >= 1.
+        ValueError: if `num_branches` is not an int >= 1, or for an unknown
+            `op_prior`.
     """
     space_size(num_branches)  # Validates.
+    _check_op_prior(op_prior)
     return cell_spec.CellSpec(
         branches=tuple(
-            dataclasses.replace(rng.choice(_ALL_OPS), input=rng.randrange(i + 1) - 1)
+            dataclasses.replace(
+                sample_op(rng, op_prior), input=rng.randrange(i + 1) - 1
+            )
             for i in range(num_branches)
         )
     )
 
 
-def neighbour(cell, rng: random.Random) -> cell_spec.CellSpec:
+def neighbour(cell, rng: random.Random, op_prior: str = "uniform") -> cell_spec.CellSpec:
     """Changes one branch's op or input.
 
     A branch is picked uniformly; then its op is changed (to one of the 80
-    others, uniformly), or with probability 1/2 its input instead (to another
+    others: uniformly, or with `op_prior="kind"` drawn as `sample_op` draws
+    until it differs), or with probability 1/2 its input instead (to another
     allowed one, uniformly) when it has a choice (branch 0 does not).
+
+    Raises:
+        ValueError: for an unknown `op_prior`.
 
     Returns:
         A valid `CellSpec` differing from `cell` in one field of one branch.
     """
+    _check_op_prior(op_prior)
     cell = cell_spec.as_cell(cell)
     i = rng.randrange(len(cell))
     branch = cell[i]
@@ -69,12 +118,18 @@ def neighbour(cell, rng: random.Random) -> cell_spec.CellSpec:
         if new_input >= branch.input:
             new_input += 1
         new = dataclasses.replace(branch, input=new_input)
-    else:
+    elif op_prior == "uniform":
         current = _OP_INDEX[dataclasses.replace(branch, input=-1)]
         k = rng.randrange(cell_spec.NUM_OPS - 1)
         if k >= current:
             k += 1
         new = dataclasses.replace(_ALL_OPS[k], input=branch.input)
+    else:
+        current = dataclasses.replace(branch, input=-1)
+        op = sample_op(rng, op_prior)
+        while op == current:
+            op = sample_op(rng, op_prior)
+        new = dataclasses.replace(op, input=branch.input)
     branches = list(cell.branches)
     branches[i] = new
     return cell_spec.CellSpec(branches=tuple(branches))

@@ -60,13 +60,23 @@ class CellSampler(optuna.samplers.BaseSampler):
         num_branches: int >= 1, the number of branches B.
         seed: int or None (None: fresh entropy for every trial).
         feasible: callable `CellSpec -> bool`, or None (no constraint).
+        op_prior: how uniform samples and mutations draw an op
+            (`space.OP_PRIORS`, see `space.sample_op`).
     """
 
-    def __init__(self, num_branches: int, seed: Optional[int] = None, feasible=None):
+    def __init__(
+        self,
+        num_branches: int,
+        seed: Optional[int] = None,
+        feasible=None,
+        op_prior: str = "uniform",
+    ):
         self._space = optuna_space.distributions(num_branches)
         self._num_branches = num_branches
         self._seed = seed
         self._feasible = feasible
+        space.sample_op(random.Random(0), op_prior)  # Validates.
+        self._op_prior = op_prior
         self._independent = optuna.samplers.RandomSampler(seed=seed)
 
     def infer_relative_search_space(self, study, trial) -> dict:
@@ -150,6 +160,7 @@ class RandomLocalSampler(CellSampler):
         local_top_k: int >= 1.
         seed: int or None.
         feasible: callable `CellSpec -> bool` or None (see `CellSampler`).
+        op_prior: see `CellSampler`.
     """
 
     def __init__(
@@ -160,8 +171,9 @@ class RandomLocalSampler(CellSampler):
         local_top_k: int = 5,
         seed: Optional[int] = None,
         feasible=None,
+        op_prior: str = "uniform",
     ):
-        super().__init__(num_branches, seed, feasible)
+        super().__init__(num_branches, seed, feasible, op_prior)
         if not 0.0 <= explore_prob <= 1.0:
             raise ValueError(f"explore_prob is {explore_prob!r}; it must be in [0, 1]")
         _check_positive("local_top_k", local_top_k)
@@ -184,8 +196,10 @@ class RandomLocalSampler(CellSampler):
 
     def propose(self, history, rng, maximize):
         if len(history) < self._local_top_k or rng.random() < self._explore_prob:
-            return space.sample_cell(rng, self._num_branches)
-        return space.neighbour(rng.choice(self.top_cells(history, maximize)), rng)
+            return space.sample_cell(rng, self._num_branches, self._op_prior)
+        return space.neighbour(
+            rng.choice(self.top_cells(history, maximize)), rng, self._op_prior
+        )
 
 
 class RegularizedEvolutionSampler(CellSampler):
@@ -203,6 +217,7 @@ class RegularizedEvolutionSampler(CellSampler):
         tournament_size: int in 1..population_size.
         seed: int or None.
         feasible: callable `CellSpec -> bool` or None (see `CellSampler`).
+        op_prior: see `CellSampler`.
     """
 
     def __init__(
@@ -213,8 +228,9 @@ class RegularizedEvolutionSampler(CellSampler):
         tournament_size: int = 5,
         seed: Optional[int] = None,
         feasible=None,
+        op_prior: str = "uniform",
     ):
-        super().__init__(num_branches, seed, feasible)
+        super().__init__(num_branches, seed, feasible, op_prior)
         _check_positive("population_size", population_size)
         _check_positive("tournament_size", tournament_size)
         if tournament_size > population_size:
@@ -234,12 +250,12 @@ class RegularizedEvolutionSampler(CellSampler):
 
     def propose(self, history, rng, maximize):
         if len(history) < self._population_size:
-            return space.sample_cell(rng, self._num_branches)
+            return space.sample_cell(rng, self._num_branches, self._op_prior)
         population = self.population(history)
         sample = [rng.choice(population) for _ in range(self._tournament_size)]
         sign = 1.0 if maximize else -1.0
         _, parent = max(sample, key=lambda item: sign * item[0].value)
-        return space.neighbour(parent, rng)
+        return space.neighbour(parent, rng, self._op_prior)
 
 
 class OneShotSampler(CellSampler):
@@ -306,6 +322,7 @@ def make_sampler(
     worker: int = 0,
     feasible=None,
     ranking: Optional[Sequence] = None,
+    op_prior: str = "uniform",
 ) -> optuna.samplers.BaseSampler:
     """Builds the sampler of a strategy.
 
@@ -319,6 +336,8 @@ def make_sampler(
         tournament_size: `regularized_evolution` tournament.
         objectives: objective names (`OBJECTIVES`); `random_local` and
             `regularized_evolution` take exactly one.
+        op_prior: `random_local` and `regularized_evolution`: how their
+            uniform samples and mutations draw an op (`space.sample_op`).
         ranking: `one_shot` only: the cells a supernet ranked, best first
             (`one_shot.load_or_build_ranking`).
         worker: int >= 0, this worker's index in the study
@@ -361,6 +380,7 @@ def make_sampler(
             local_top_k=local_top_k,
             seed=seed,
             feasible=feasible,
+            op_prior=op_prior,
         )
     if strategy == "regularized_evolution":
         return RegularizedEvolutionSampler(
@@ -369,6 +389,7 @@ def make_sampler(
             tournament_size=tournament_size,
             seed=seed,
             feasible=feasible,
+            op_prior=op_prior,
         )
     if strategy == "one_shot":
         if ranking is None:
