@@ -244,6 +244,25 @@ def test_search_rerank_trains_the_top_k_distinct_cells_end_to_end(tmp_path, top_
     assert again == run and heads.end_to_end_keys == []
 
 
+def test_strategy_labels_name_the_sampler_and_its_op_prior(capsys):
+    assert search_efficacy.sampler_of("random") == (
+        "random_local",
+        {"explore_prob": 1.0},
+    )
+    assert search_efficacy.sampler_of("random_local") == ("random_local", {})
+    assert search_efficacy.sampler_of("random_local+kind") == (
+        "random_local",
+        {"op_prior": "kind"},
+    )
+    assert search_efficacy.sampler_of("vizier:GAUSSIAN_PROCESS_BANDIT") == (
+        "vizier:GAUSSIAN_PROCESS_BANDIT",
+        {},
+    )
+    with pytest.raises(SystemExit):
+        search_efficacy._parse(["--strategies=random,random_local+kinds"])
+    assert "'random_local+kinds': op prior 'kinds' is not one of" in capsys.readouterr().err
+
+
 def test_top_trials_skips_a_cell_trained_twice():
     from deeplab_dpc.cells import cell_spec  # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import engine  # pylint: disable=import-outside-toplevel

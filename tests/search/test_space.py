@@ -171,6 +171,50 @@ def test_neighbour_changes_exactly_one_field():
     assert kinds == {"input", "op"}
 
 
+def test_uniform_op_prior_draws_as_before():
+    # Stored studies stay reproducible: "uniform" is a plain choice of the 81.
+    for seed in range(20):
+        a, b = random.Random(seed), random.Random(seed)
+        assert space.sample_op(a, "uniform") == b.choice(cell_spec.all_ops())
+        assert a.random() == b.random()  # And no other draw.
+
+
+def test_kind_op_prior_draws_each_kind_a_third_of_the_time():
+    rng = random.Random(5)
+    draws = [space.sample_op(rng, "kind") for _ in range(6000)]
+    for kind in (cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL):
+        share = sum(op.op == kind for op in draws) / len(draws)
+        assert abs(share - 1 / 3) < 0.03, (kind, share)
+    assert set(draws) == set(cell_spec.all_ops())  # Every op still reachable.
+    image_pooling = BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(1, 1))
+    # 1/48 (uniform: 1/81): 125 expected, 4 standard deviations either side.
+    assert 80 <= draws.count(image_pooling) <= 170
+
+
+def test_kind_op_prior_cells_and_neighbours():
+    rng = random.Random(6)
+    for _ in range(300):
+        cell = space.sample_cell(rng, 5, op_prior="kind")
+        for i, b in enumerate(cell):
+            assert -1 <= b.input <= i - 1
+        new = space.neighbour(cell, rng, op_prior="kind")
+        new.validate()
+        assert sum(cell[i] != new[i] for i in range(5)) == 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: space.sample_op(random.Random(0), "loguniform"),
+        lambda: space.sample_cell(random.Random(0), 5, op_prior="loguniform"),
+        lambda: space.neighbour(cell_spec.published_cell(), random.Random(0), "loguniform"),
+    ],
+)
+def test_unknown_op_prior_is_refused_by_name(call):
+    with pytest.raises(ValueError, match="op_prior is 'loguniform'; it must be one of uniform, kind"):
+        call()
+
+
 # -------------------------------------------------------------- canonical key
 
 

@@ -95,6 +95,8 @@ def test_params_to_cell_names_the_bad_parameter(name, value, message):
             dict(strategy="one_shot", num_branches=3, ranking=[cell_spec.published_cell()]),
             "ranked cell 0 has 5 branches",
         ),
+        (dict(strategy="random_local", op_prior="kinds"), "op_prior is 'kinds'"),
+        (dict(strategy="regularized_evolution", op_prior=""), "op_prior is ''"),
     ],
 )
 def test_make_sampler_rejects_bad_settings(kwargs, message):
@@ -223,6 +225,25 @@ def test_optuna_samplers_give_each_worker_its_own_stream():
     # Worker w of seed s draws what worker 0 of seed s + w draws.
     assert second == _ask_cells([tpe(8, 0)], 4)
     assert first == _ask_cells([tpe(7, 0)], 4)
+
+
+@pytest.mark.parametrize("strategy", ["random_local", "regularized_evolution"])
+def test_cell_samplers_draw_ops_by_their_prior(tmp_path, strategy):
+    """With op_prior="kind" a third of the branches are 1x1 convs (uniform: 1/81)."""
+    study = _new_study(
+        tmp_path, strategy, num_branches=5, op_prior="kind", population_size=10
+    )
+    engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=30, poll_seconds=0.01
+    )
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    branches = [
+        b
+        for t in trials
+        for b in cell_spec.cell_from_json(t.user_attrs[engine.ATTR_CELL])
+    ]
+    share = sum(b.op == cell_spec.OP_CONV1X1 for b in branches) / len(branches)
+    assert 0.2 < share < 0.5, share
 
 
 def test_random_local_proposes_neighbours_of_the_top_k(tmp_path):
