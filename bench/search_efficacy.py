@@ -517,25 +517,27 @@ def part_efficacy(heads, args, budget, work_dir):
 def sampler_of(label):
     """(strategy, sampler options) of a part-3 label.
 
-    `random` is `random_local` sampling uniformly only; "<strategy>+<prior>"
-    is the strategy with `op_prior=<prior>`.
+    `random` is `random_local` sampling only (no local search);
+    "<strategy>+<prior>" is the strategy with `op_prior=<prior>` (so
+    "random+kind" samples only, drawing ops by kind).
 
     Raises:
         ValueError: for an op prior the space does not know.
     """
     from deeplab_dpc.search import space  # pylint: disable=import-outside-toplevel
 
-    if label == RANDOM:
-        return "random_local", {"explore_prob": 1.0}
     name, separator, prior = label.partition(PRIOR_SEPARATOR)
-    if not separator:
-        return name, {}
-    if prior not in space.OP_PRIORS:
-        raise ValueError(
-            f"strategy {label!r}: op prior {prior!r} is not one of "
-            f"{', '.join(space.OP_PRIORS)}"
-        )
-    return name, {"op_prior": prior}
+    options = {}
+    if name == RANDOM:
+        name, options = "random_local", {"explore_prob": 1.0}
+    if separator:
+        if prior not in space.OP_PRIORS:
+            raise ValueError(
+                f"strategy {label!r}: op prior {prior!r} is not one of "
+                f"{', '.join(space.OP_PRIORS)}"
+            )
+        options["op_prior"] = prior
+    return name, options
 
 
 def top_trials(trials, k):

@@ -254,6 +254,10 @@ def test_strategy_labels_name_the_sampler_and_its_op_prior(capsys):
         "random_local",
         {"op_prior": "kind"},
     )
+    assert search_efficacy.sampler_of("random+kind") == (
+        "random_local",
+        {"explore_prob": 1.0, "op_prior": "kind"},
+    )
     assert search_efficacy.sampler_of("vizier:GAUSSIAN_PROCESS_BANDIT") == (
         "vizier:GAUSSIAN_PROCESS_BANDIT",
         {},
