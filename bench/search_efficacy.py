@@ -701,6 +701,23 @@ def plot_curves(runs, path):
     plt.close(fig)
 
 
+def op_kinds(cell_json):
+    """A cell's branches by kind: "1x1 / sep / pool (global)", e.g. "1 / 3 / 1 (1)".
+
+    Global image pooling (the 1x1 pooling grid, DeepLab's image-level
+    feature) is counted apart: on the built-in data set it decides most of
+    the end-to-end score.
+    """
+    from deeplab_dpc.cells import cell_spec  # pylint: disable=import-outside-toplevel
+
+    cell = cell_spec.cell_from_json(cell_json)
+    count = {kind: sum(b.op == kind for b in cell) for kind in
+             (cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL)}
+    image_pooling = sum(b.op == cell_spec.OP_POOL and b.grid == (1, 1) for b in cell)
+    return (f"{count[cell_spec.OP_CONV1X1]} / {count[cell_spec.OP_SEP3X3]} / "
+            f"{count[cell_spec.OP_POOL]} ({image_pooling})")
+
+
 def _interval(rho, low, high):
     if rho is None:
         return "undefined (every score alike)"
@@ -748,15 +765,16 @@ def markdown(fidelity, runs, table, aspp, args, seconds, shot):
         f"{aspp['e2e_miou']:.4f}, {aspp['head_madds'] / 1e6:.0f} M MAdds).",
         "",
         "| strategy | seed | best proxy mIOU | found cell's proxy mIOU "
-        "| found cell MAdds | end-to-end mIOU | vs ASPP |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| found cell MAdds | its ops: 1x1 / sep / pool (global) "
+        "| end-to-end mIOU | vs ASPP |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in runs:
         lines.append(
             f"| {r['strategy']} | {r['seed']} | {r['best_proxy_miou']:.4f} | "
             f"{r.get('found_proxy_miou', r['best_proxy_miou']):.4f} | "
-            f"{r['head_madds'] / 1e6:.0f} M | {r['e2e_miou']:.4f} | "
-            f"{r['e2e_miou'] - aspp['e2e_miou']:+.4f} |"
+            f"{r['head_madds'] / 1e6:.0f} M | {op_kinds(r['cell'])} | "
+            f"{r['e2e_miou']:.4f} | {r['e2e_miou'] - aspp['e2e_miou']:+.4f} |"
         )
     lines += [
         "",

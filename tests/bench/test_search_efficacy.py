@@ -12,6 +12,7 @@ sys.path.insert(
 )
 import search_efficacy  # pylint: disable=wrong-import-position  # noqa: E402
 
+from deeplab_dpc.cells import cell_spec  # noqa: E402
 from deeplab_dpc.search import space  # noqa: E402
 
 
@@ -41,6 +42,15 @@ def test_fidelity_heads_include_the_baselines_and_span_the_costs():
     assert len(keys) == 8
 
 
+# DeepLab's ASPP without atrous rates as a cell: a 1x1 conv and image pooling.
+_ASPP_NO_RATES = cell_spec.CellSpec(
+    [
+        cell_spec.BranchSpec(input=-1, op=cell_spec.OP_CONV1X1),
+        cell_spec.BranchSpec(input=-1, op=cell_spec.OP_POOL, grid=(1, 1)),
+    ]
+)
+
+
 def _runs():
     return [
         {
@@ -49,7 +59,7 @@ def _runs():
             "curve": [0.3, 0.4 + s / 100],
             "best_proxy_miou": 0.4,
             "head_madds": 6e8,
-            "cell": [],
+            "cell": cell_spec.cell_to_json(cell_spec.published_cell()),
             "e2e_miou": 0.50 + s / 100,
             "infeasible": 0,
         }
@@ -61,7 +71,7 @@ def _runs():
             "curve": [0.35, 0.45, 0.5][: 2 + (s > 0)],
             "best_proxy_miou": 0.5,
             "head_madds": 7e8,
-            "cell": [],
+            "cell": cell_spec.cell_to_json(_ASPP_NO_RATES),
             "e2e_miou": 0.58 - s / 100,
             "infeasible": 1,
         }
@@ -117,8 +127,11 @@ def test_report_and_plot(tmp_path):
     )
     assert "rho 0.700, 90% bootstrap interval [0.300, 0.900]" in text
     assert "| random_local | 0.5700 [0.5600, 0.5800] | yes |" in text
-    assert "| random | 2 | 0.4000 | 0.4000 | 600 M | 0.5200 | -0.0300 |" in text
+    assert "| random | 2 | 0.4000 | 0.4000 | 600 M | 0 / 5 / 0 (0) | 0.5200 | -0.0300 |" in text
     assert "the re-rank trains the top 3 distinct cells by proxy mIOU" in text
+    # Each found cell's ops by kind, global image pooling apart.
+    assert "| random | 0 | 0.4000 | 0.4000 | 600 M | 0 / 5 / 0 (0) | 0.5000 |" in text
+    assert "| random_local | 0 | 0.5000 | 0.5000 | 700 M | 1 / 0 / 1 (1) | 0.5800 |" in text
     top_1 = search_efficacy._parse(["--quick", "--rerank_top_k=1"])
     assert "the found cell is the best proxy cell" in search_efficacy.markdown(
         fidelity, runs, table, aspp, top_1, {"proxy": 3600.0, "e2e": 7200.0}, shot
