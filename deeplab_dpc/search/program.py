@@ -118,7 +118,7 @@ _EXPLORE_PROB = flags.DEFINE_float(
 )
 _OP_PRIOR = flags.DEFINE_enum(
     "op_prior",
-    "uniform",
+    space.DEFAULT_OP_PRIOR,
     space.OP_PRIORS,
     "random_local and regularized_evolution: how a uniform sample or a "
     "mutation draws a branch's op. uniform: each of the 81 ops alike (64 of "

@@ -322,7 +322,7 @@ def make_sampler(
     worker: int = 0,
     feasible=None,
     ranking: Optional[Sequence] = None,
-    op_prior: str = "uniform",
+    op_prior: str = space.DEFAULT_OP_PRIOR,
 ) -> optuna.samplers.BaseSampler:
     """Builds the sampler of a strategy.
 
@@ -337,7 +337,9 @@ def make_sampler(
         objectives: objective names (`OBJECTIVES`); `random_local` and
             `regularized_evolution` take exactly one.
         op_prior: `random_local` and `regularized_evolution`: how their
-            uniform samples and mutations draw an op (`space.sample_op`).
+            random samples and mutations draw an op (`space.sample_op`;
+            default `space.DEFAULT_OP_PRIOR`, "uniform" is the space drawn
+            uniformly).
         ranking: `one_shot` only: the cells a supernet ranked, best first
             (`one_shot.load_or_build_ranking`).
         worker: int >= 0, this worker's index in the study

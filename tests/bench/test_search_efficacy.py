@@ -66,7 +66,7 @@ def _runs():
         for s in range(3)
     ] + [
         {
-            "strategy": "random_local",
+            "strategy": search_efficacy.DEFAULT_LABEL,
             "seed": s,
             "curve": [0.35, 0.45, 0.5][: 2 + (s > 0)],
             "best_proxy_miou": 0.5,
@@ -83,12 +83,12 @@ def test_summary_compares_the_seed_mean_with_aspp():
     table = search_efficacy.summarize(_runs(), {"e2e_miou": 0.55})
     assert table["random"]["e2e_mean"] == pytest.approx(0.51)
     assert table["random"]["beats_aspp_mean"] is False
-    assert table["random_local"]["e2e_mean"] == pytest.approx(0.57)
-    assert (table["random_local"]["e2e_min"], table["random_local"]["e2e_max"]) == (
+    assert table[search_efficacy.DEFAULT_LABEL]["e2e_mean"] == pytest.approx(0.57)
+    assert (table[search_efficacy.DEFAULT_LABEL]["e2e_min"], table[search_efficacy.DEFAULT_LABEL]["e2e_max"]) == (
         pytest.approx(0.56),
         pytest.approx(0.58),
     )
-    assert table["random_local"]["beats_aspp_mean"] is True
+    assert table[search_efficacy.DEFAULT_LABEL]["beats_aspp_mean"] is True
 
 
 def test_report_and_plot(tmp_path):
@@ -126,20 +126,23 @@ def test_report_and_plot(tmp_path):
         fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}, shot
     )
     assert "rho 0.700, 90% bootstrap interval [0.300, 0.900]" in text
-    assert "| random_local | 0.5700 [0.5600, 0.5800] | yes |" in text
+    assert "| random_local+kind | 0.5700 [0.5600, 0.5800] | yes |" in text
     assert "| random | 2 | 0.4000 | 0.4000 | 600 M | 0 / 5 / 0 (0) | 0.5200 | -0.0300 |" in text
     assert "the re-rank trains the top 3 distinct cells by proxy mIOU" in text
     # Each found cell's ops by kind, global image pooling apart.
     assert "| random | 0 | 0.4000 | 0.4000 | 600 M | 0 / 5 / 0 (0) | 0.5000 |" in text
-    assert "| random_local | 0 | 0.5000 | 0.5000 | 700 M | 1 / 0 / 1 (1) | 0.5800 |" in text
+    assert (
+        "| random_local+kind | 0 | 0.5000 | 0.5000 | 700 M | 1 / 0 / 1 (1) | 0.5800 |"
+        in text
+    )
     top_1 = search_efficacy._parse(["--quick", "--rerank_top_k=1"])
     assert "the found cell is the best proxy cell" in search_efficacy.markdown(
         fidelity, runs, table, aspp, top_1, {"proxy": 3600.0, "e2e": 7200.0}, shot
     )
     assert "proxy trials 1.00 h, end-to-end runs 2.00 h" in text
-    # Seed means: random_local 0.57 > ASPP 0.55 > random 0.51.
+    # Seed means: random_local+kind 0.57 > ASPP 0.55 > random 0.51.
     assert (
-        "random_local) found cells scoring 0.5700 end to end in the mean over "
+        "random_local+kind) found cells scoring 0.5700 end to end in the mean over "
         "seeds, above ASPP 6/12/18 + image pooling (0.5500), and above uniform "
         "random sampling (0.5100)" in text
     )
@@ -260,9 +263,17 @@ def test_search_rerank_trains_the_top_k_distinct_cells_end_to_end(tmp_path, top_
 def test_strategy_labels_name_the_sampler_and_its_op_prior(capsys):
     assert search_efficacy.sampler_of("random") == (
         "random_local",
-        {"explore_prob": 1.0},
+        {"explore_prob": 1.0, "op_prior": "uniform"},
     )
-    assert search_efficacy.sampler_of("random_local") == ("random_local", {})
+    # Without a prior the cell samplers draw uniformly (the stored labels).
+    assert search_efficacy.sampler_of("random_local") == (
+        "random_local",
+        {"op_prior": "uniform"},
+    )
+    assert search_efficacy.sampler_of("regularized_evolution") == (
+        "regularized_evolution",
+        {"op_prior": "uniform"},
+    )
     assert search_efficacy.sampler_of("random_local+kind") == (
         "random_local",
         {"op_prior": "kind"},
