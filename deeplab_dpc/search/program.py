@@ -112,7 +112,7 @@ _PIN_WORKERS = flags.DEFINE_boolean(
 _EXPLORE_PROB = flags.DEFINE_float(
     "explore_prob",
     0.5,
-    "random_local: chance of a uniform sample.",
+    "random_local: chance of a random sample (ops drawn by --op_prior).",
     lower_bound=0.0,
     upper_bound=1.0,
 )
@@ -120,7 +120,7 @@ _OP_PRIOR = flags.DEFINE_enum(
     "op_prior",
     space.DEFAULT_OP_PRIOR,
     space.OP_PRIORS,
-    "random_local and regularized_evolution: how a uniform sample or a "
+    "random_local and regularized_evolution: how a random sample or a "
     "mutation draws a branch's op. uniform: each of the 81 ops alike (64 of "
     "81 draws are atrous separable convs, 1 in 81 the 1x1 conv, 1 in 81 "
     "global image pooling); kind: the op's kind first (1x1 conv, atrous "

@@ -60,8 +60,9 @@ class CellSampler(optuna.samplers.BaseSampler):
         num_branches: int >= 1, the number of branches B.
         seed: int or None (None: fresh entropy for every trial).
         feasible: callable `CellSpec -> bool`, or None (no constraint).
-        op_prior: how uniform samples and mutations draw an op
-            (`space.OP_PRIORS`, see `space.sample_op`).
+        op_prior: how random samples and mutations draw an op
+            (`space.OP_PRIORS`, see `space.sample_op`; "uniform" samples
+            the space uniformly).
     """
 
     def __init__(
@@ -147,12 +148,13 @@ class CellSampler(optuna.samplers.BaseSampler):
 
 
 class RandomLocalSampler(CellSampler):
-    """The paper's search: uniform samples plus neighbours of the best cells.
+    """The paper's search: random samples plus neighbours of the best cells.
 
-    Until `local_top_k` trials have completed every proposal is uniform
-    (`space.sample_cell`). Then, with probability `explore_prob`, a uniform
-    sample; otherwise `space.neighbour` (one branch's op or input changed) of
-    a cell drawn uniformly from the `local_top_k` best distinct completed cells.
+    Until `local_top_k` trials have completed every proposal is a random
+    sample (`space.sample_cell`, ops drawn by `op_prior`). Then, with
+    probability `explore_prob`, a random sample; otherwise `space.neighbour`
+    (one branch's op or input changed) of a cell drawn uniformly from the
+    `local_top_k` best distinct completed cells.
 
     Args:
         num_branches: int >= 1.
@@ -209,7 +211,7 @@ class RegularizedEvolutionSampler(CellSampler):
     (by completion time), so the oldest member leaves as a new one joins.
     Each proposal is `space.neighbour` of the best of `tournament_size`
     members drawn at random (with replacement). Until the population is full,
-    proposals are uniform samples.
+    proposals are random samples (ops drawn by `op_prior`).
 
     Args:
         num_branches: int >= 1.
@@ -349,7 +351,7 @@ def make_sampler(
             `regularized_evolution`) draw trial n's proposal from
             (`seed`, n) alone and take `seed` as it is: with any number of
             workers, a trial proposes the cell the same study would propose
-            with one worker from the same history (for uniform samples:
+            with one worker from the same history (for random samples:
             whatever the history).
         feasible: callable `CellSpec -> bool` or None: the user's hard
             constraints (`constraints.HeadBudget`). The cell samplers draw
