@@ -76,11 +76,12 @@ PRIOR_SEPARATOR = "+"
 # The search program's default strategy (its --strategy and --op_prior).
 DEFAULT_LABEL = "random_local" + PRIOR_SEPARATOR + "kind"
 _CELL_SAMPLERS = ("random_local", "regularized_evolution")
+# The strategies; `random_local` (ops drawn uniformly, as the paper's
+# space) and `random+kind` (the default's prior without the local search)
+# are ablations to name in --strategies.
 DEFAULT_STRATEGIES = (
     RANDOM,
-    "random_local",
     DEFAULT_LABEL,
-    RANDOM + PRIOR_SEPARATOR + "kind",
     "regularized_evolution",
     "tpe",
     "nsga2",
@@ -117,10 +118,11 @@ def _parse(argv):
     add("--output_stride", type=int, default=16, help="Backbone output stride.")
     add("--num_train", type=int, default=200, help="Training images.")
     add("--num_val", type=int, default=50, help="Validation images.")
-    # The defaults fit the 3 hours on 2 cores (measured: a proxy
-    # step of a 5-branch cell at batch 8 on 33x33x320 features about 0.35 s,
-    # an end-to-end step at 513 about 1.2 s; 14 + 3 x 18 end-to-end runs at
-    # most and 14 + 180 + 12 proxy trials).
+    # The defaults: 14 + 3 x 18 end-to-end runs at most and 14 + 180 + 12
+    # proxy trials (a proxy step of a 5-branch cell at batch 8 on 33x33x320
+    # features about 0.35 s, an end-to-end step at 513 about 1.2 s). Measured
+    # on 2 cores, partly beside other jobs: 4.0 h (proxy 1.19 h, end to end
+    # 2.72 h), more than the 3 hours; --rerank_top_k=1 needed 2.4 h.
     add("--pretrain_steps", type=int, default=400, help="Backbone pretraining.")
     add("--proxy_steps", type=int, default=60, help="Steps of a proxy trial.")
     add("--e2e_steps", type=int, default=80, help="Steps of an end-to-end run.")

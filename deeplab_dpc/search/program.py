@@ -712,6 +712,11 @@ def write_report(study):
         top_k=max(_TOP_K.value, 10),
         settings={
             "strategy": _STRATEGY.value,
+            **(
+                {"op_prior": _OP_PRIOR.value}
+                if _STRATEGY.value in ("random_local", "regularized_evolution")
+                else {}
+            ),
             "num_branches": _NUM_BRANCHES.value,
             "num_trials": _NUM_TRIALS.value,
             "proxy_steps": _PROXY_STEPS.value,

@@ -76,6 +76,8 @@ def test_all_modes_leave_a_report_and_a_best_cell(tmp_path_factory):
     ]
     report = (search_dir / "report.md").read_text()
     assert "## Top" in report and "ASPP (no atrous rates)" in report
+    # The default strategy and how it draws ops are in the settings table.
+    assert "| strategy | random_local |" in report and "| op_prior | kind |" in report
     # Every baseline, on the proxy and end to end, and a conclusion.
     for name in ("published DPC", "ASPP 6/12/18 + image pooling", "1x1 only"):
         assert f"| {name} |" in report
