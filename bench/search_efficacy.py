@@ -75,7 +75,6 @@ RANDOM = "random"  # Uniform sampling: random_local with explore_prob=1.
 PRIOR_SEPARATOR = "+"
 # The search program's default strategy (its --strategy and --op_prior).
 DEFAULT_LABEL = "random_local" + PRIOR_SEPARATOR + "kind"
-_CELL_SAMPLERS = ("random_local", "regularized_evolution")
 # The issue's strategies; `random_local` (ops drawn uniformly, as the paper's
 # space) and `random+kind` (the default's prior without the local search)
 # are ablations to name in --strategies.
@@ -534,7 +533,9 @@ def sampler_of(label):
     Raises:
         ValueError: for an op prior the space does not know.
     """
-    from deeplab_dpc.search import space  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from deeplab_dpc.search import space
+    from deeplab_dpc.search import strategies
 
     name, separator, prior = label.partition(PRIOR_SEPARATOR)
     options = {}
@@ -545,7 +546,7 @@ def sampler_of(label):
             f"strategy {label!r}: op prior {prior!r} is not one of "
             f"{', '.join(space.OP_PRIORS)}"
         )
-    if separator or name in _CELL_SAMPLERS:
+    if separator or name in strategies.OP_PRIOR_STRATEGIES:
         options["op_prior"] = prior if separator else "uniform"
     return name, options
 
@@ -721,11 +722,10 @@ def op_kinds(cell_json):
     from deeplab_dpc.cells import cell_spec  # pylint: disable=import-outside-toplevel
 
     cell = cell_spec.cell_from_json(cell_json)
-    count = {kind: sum(b.op == kind for b in cell) for kind in
-             (cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL)}
+    kinds = (cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL)
+    counts = " / ".join(str(sum(b.op == kind for b in cell)) for kind in kinds)
     image_pooling = sum(b.op == cell_spec.OP_POOL and b.grid == (1, 1) for b in cell)
-    return (f"{count[cell_spec.OP_CONV1X1]} / {count[cell_spec.OP_SEP3X3]} / "
-            f"{count[cell_spec.OP_POOL]} ({image_pooling})")
+    return f"{counts} ({image_pooling})"
 
 
 def _interval(rho, low, high):

@@ -31,6 +31,23 @@ class InfeasibleConstraints(RuntimeError):
     """No cell the strategy proposes meets the user's constraints."""
 
 
+def draw_feasible(draw: Callable, feasible, who: str):
+    """The first of up to `MAX_INFEASIBLE_PROPOSALS` cells `draw()` gives that
+    `feasible` accepts (any cell when `feasible` is None).
+
+    Raises:
+        InfeasibleConstraints: naming `who` and the constraints, when none is.
+    """
+    for _ in range(MAX_INFEASIBLE_PROPOSALS):
+        cell = draw()
+        if feasible is None or feasible(cell):
+            return cell
+    raise InfeasibleConstraints(
+        f"{who}: none of {MAX_INFEASIBLE_PROPOSALS} proposals met the "
+        f"constraints ({feasible!r}); relax them"
+    )
+
+
 _RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*aspp\s*$", re.IGNORECASE)
 
 

@@ -324,7 +324,7 @@ class _Worker:
         reason = getattr(self.feasible, "reason", lambda c: "")(cell)
         trial.set_user_attr(ATTR_INFEASIBLE, reason or "breaks the constraints")
         if self.infeasible_in_a_row >= MAX_INFEASIBLE_IN_A_ROW:
-            raise strategies.InfeasibleConstraints(
+            raise constraints.InfeasibleConstraints(
                 f"{self.infeasible_in_a_row} proposals in a row broke the "
                 f"constraints ({self.feasible!r}), the last: {reason}; relax them"
             )

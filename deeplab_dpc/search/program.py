@@ -697,6 +697,7 @@ def baselines(cache):
 def write_report(study):
     from deeplab_dpc.search import report as report_lib
     from deeplab_dpc.search import rerank as rerank_lib
+    from deeplab_dpc.search import strategies
 
     cache = _load_cache()
     rerank_path = os.path.join(_search_dir(), rerank_lib.RESULTS_FILE)
@@ -714,7 +715,7 @@ def write_report(study):
             "strategy": _STRATEGY.value,
             **(
                 {"op_prior": _OP_PRIOR.value}
-                if _STRATEGY.value in ("random_local", "regularized_evolution")
+                if _STRATEGY.value in strategies.OP_PRIOR_STRATEGIES
                 else {}
             ),
             "num_branches": _NUM_BRANCHES.value,

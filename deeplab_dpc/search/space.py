@@ -47,11 +47,18 @@ def space_size(num_branches: int) -> int:
     return math.factorial(num_branches) * cell_spec.NUM_OPS**num_branches
 
 
-def _check_op_prior(op_prior: str) -> None:
+def check_op_prior(op_prior: str) -> None:
+    """Raises ValueError naming `op_prior` unless it is one of `OP_PRIORS`."""
     if op_prior not in OP_PRIORS:
         raise ValueError(
             f"op_prior is {op_prior!r}; it must be one of {', '.join(OP_PRIORS)}"
         )
+
+
+def _draw_op(rng: random.Random, op_prior: str) -> cell_spec.BranchSpec:
+    if op_prior == "uniform":
+        return rng.choice(_ALL_OPS)
+    return rng.choice(rng.choice(_KINDS))
 
 
 def sample_op(rng: random.Random, op_prior: str = "uniform") -> cell_spec.BranchSpec:
@@ -69,10 +76,8 @@ def sample_op(rng: random.Random, op_prior: str = "uniform") -> cell_spec.Branch
     Raises:
         ValueError: for an unknown `op_prior`.
     """
-    _check_op_prior(op_prior)
-    if op_prior == "uniform":
-        return rng.choice(_ALL_OPS)
-    return rng.choice(rng.choice(_KINDS))
+    check_op_prior(op_prior)
+    return _draw_op(rng, op_prior)
 
 
 def sample_cell(
@@ -91,11 +96,11 @@ def sample_cell(
             `op_prior`.
     """
     space_size(num_branches)  # Validates.
-    _check_op_prior(op_prior)
+    check_op_prior(op_prior)
     return cell_spec.CellSpec(
         branches=tuple(
             dataclasses.replace(
-                sample_op(rng, op_prior), input=rng.randrange(i + 1) - 1
+                _draw_op(rng, op_prior), input=rng.randrange(i + 1) - 1
             )
             for i in range(num_branches)
         )
@@ -116,7 +121,7 @@ def neighbour(cell, rng: random.Random, op_prior: str = "uniform") -> cell_spec.
     Returns:
         A valid `CellSpec` differing from `cell` in one field of one branch.
     """
-    _check_op_prior(op_prior)
+    check_op_prior(op_prior)
     cell = cell_spec.as_cell(cell)
     i = rng.randrange(len(cell))
     branch = cell[i]
@@ -133,9 +138,9 @@ def neighbour(cell, rng: random.Random, op_prior: str = "uniform") -> cell_spec.
         new = dataclasses.replace(_ALL_OPS[k], input=branch.input)
     else:
         current = dataclasses.replace(branch, input=-1)
-        op = sample_op(rng, op_prior)
+        op = _draw_op(rng, op_prior)
         while op == current:
-            op = sample_op(rng, op_prior)
+            op = _draw_op(rng, op_prior)
         new = dataclasses.replace(op, input=branch.input)
     branches = list(cell.branches)
     branches[i] = new

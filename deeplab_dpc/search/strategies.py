@@ -33,9 +33,8 @@ STRATEGIES = (
 _SINGLE_OBJECTIVE = ("random_local", "regularized_evolution", "one_shot")
 # Tries to propose a cell no trial of the study holds before settling for one.
 _MAX_ATTEMPTS = 100
-# Kept here too: callers of the strategies catch them from this module.
-MAX_INFEASIBLE_PROPOSALS = constraints.MAX_INFEASIBLE_PROPOSALS
-InfeasibleConstraints = constraints.InfeasibleConstraints
+# The strategies that take an op prior (`space.OP_PRIORS`, `--op_prior`).
+OP_PRIOR_STRATEGIES = ("random_local", "regularized_evolution")
 _SEEN_STATES = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
@@ -49,7 +48,8 @@ class CellSampler(optuna.samplers.BaseSampler):
 
     Subclasses implement `propose`. A proposal that breaks the constraints
     (`feasible`, e.g. `constraints.HeadBudget`) is always drawn again (up to
-    `MAX_INFEASIBLE_PROPOSALS` times, then `InfeasibleConstraints`); a
+    `constraints.MAX_INFEASIBLE_PROPOSALS` times, then
+    `constraints.InfeasibleConstraints`); a
     feasible one is drawn again (up to 100 times) while a trial of the study
     already holds the same cell (by `space.canonical_key`); the engine reuses
     results of any repeat that remains. Randomness is seeded by (seed, trial
@@ -76,7 +76,7 @@ class CellSampler(optuna.samplers.BaseSampler):
         self._num_branches = num_branches
         self._seed = seed
         self._feasible = feasible
-        space.sample_op(random.Random(0), op_prior)  # Validates.
+        space.check_op_prior(op_prior)
         self._op_prior = op_prior
         self._independent = optuna.samplers.RandomSampler(seed=seed)
 
@@ -105,13 +105,10 @@ class CellSampler(optuna.samplers.BaseSampler):
         return optuna_space.cell_to_params(cell)
 
     def _propose_feasible(self, history, rng, maximize):
-        for _ in range(MAX_INFEASIBLE_PROPOSALS):
-            cell = self.propose(history, rng, maximize)
-            if self._feasible is None or self._feasible(cell):
-                return cell
-        raise InfeasibleConstraints(
-            f"{type(self).__name__}: none of {MAX_INFEASIBLE_PROPOSALS} "
-            f"proposals met the constraints ({self._feasible!r}); relax them"
+        return constraints.draw_feasible(
+            lambda: self.propose(history, rng, maximize),
+            self._feasible,
+            type(self).__name__,
         )
 
     def history(self, study):

@@ -309,15 +309,12 @@ class VizierSampler(optuna.samplers.BaseSampler):
     def _uniform_feasible(self, trial) -> dict:
         seed = None if self._seed is None else f"{self._seed}:{trial.number}:uniform"
         rng = random.Random(seed)
-        for _ in range(constraints.MAX_INFEASIBLE_PROPOSALS):
-            cell = space.sample_cell(rng, self._num_branches)
-            if self._feasible is None or self._feasible(cell):
-                return optuna_space.cell_to_params(cell)
-        raise constraints.InfeasibleConstraints(
-            f"vizier:{self._algorithm}: no feasible cell in "
-            f"{constraints.MAX_INFEASIBLE_PROPOSALS} uniform draws ({self._feasible!r}); "
-            "relax the constraints"
+        cell = constraints.draw_feasible(
+            lambda: space.sample_cell(rng, self._num_branches),
+            self._feasible,
+            f"vizier:{self._algorithm}'s uniform fallback",
         )
+        return optuna_space.cell_to_params(cell)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(

@@ -12,7 +12,6 @@ from deeplab_dpc.cells import cell_spec
 from deeplab_dpc.search import constraints
 from deeplab_dpc.search import engine
 from deeplab_dpc.search import space
-from deeplab_dpc.search import strategies
 
 NUM_BRANCHES = 3
 
@@ -83,7 +82,7 @@ def test_a_budget_no_cell_meets_stops_with_a_clear_error(tmp_path):
         seed=0,
         feasible=budget,
     )
-    with pytest.raises(strategies.InfeasibleConstraints, match="relax them"):
+    with pytest.raises(constraints.InfeasibleConstraints, match="relax them"):
         engine.run_worker(
             study, search_testing.make_objective(), num_trials_total=2, feasible=budget
         )
@@ -94,7 +93,7 @@ def test_the_engine_gives_up_on_endless_infeasible_proposals(tmp_path):
     study = engine.create_or_load_study(
         search_dir=tmp_path / "search", strategy="tpe", num_branches=2, seed=0
     )
-    with pytest.raises(strategies.InfeasibleConstraints, match="in a row"):
+    with pytest.raises(constraints.InfeasibleConstraints, match="in a row"):
         engine.run_worker(
             study, search_testing.make_objective(), num_trials_total=2, feasible=budget
         )
@@ -144,3 +143,21 @@ def test_costs_are_computed_once_per_graph():
     assert budget(a) and budget(reordered) and budget.reason(a) == ""
     assert len(calls) == 1
     assert not constraints.HeadBudget(9, cost)(a)
+
+
+def test_draw_feasible_takes_the_first_feasible_draw_and_names_who_gives_up():
+    draws = iter(range(10))
+    assert constraints.draw_feasible(lambda: next(draws), lambda n: n >= 3, "x") == 3
+    assert constraints.draw_feasible(lambda: 7, None, "x") == 7
+    calls = []
+
+    def draw():
+        calls.append(1)
+        return 0
+
+    with pytest.raises(
+        constraints.InfeasibleConstraints,
+        match=r"^the sampler: none of 1000 proposals met the constraints",
+    ):
+        constraints.draw_feasible(draw, lambda n: False, "the sampler")
+    assert len(calls) == constraints.MAX_INFEASIBLE_PROPOSALS
