@@ -77,6 +77,10 @@ STORAGE_FILE = study_storage.STORAGE_FILE
 default_storage = study_storage.default_storage
 open_storage = study_storage.open_storage
 _SETTINGS = ("strategy", "objectives", "num_branches")
+# The study attribute naming the form of its trials' parameters
+# (`optuna_space.distributions`; `strategies.param_space`). A study stored
+# before it was kept holds the "uniform" form.
+ATTR_PARAM_SPACE = "param_space"
 # The study attribute of what else a trial's result depends on (the proxy
 # budget, the crop, ...): `create_or_load_study(trial_settings=)`.
 ATTR_TRIAL_SETTINGS = "trial_settings"
@@ -130,7 +134,8 @@ def create_or_load_study(
             `strategies.make_sampler`.
 
     Returns:
-        The `optuna.Study`; its user attributes hold the settings above.
+        The `optuna.Study`; its user attributes hold the settings above and
+        the form of its parameters (`ATTR_PARAM_SPACE`).
 
     Raises:
         ValueError: for bad settings, or if the stored study was created with
@@ -172,6 +177,20 @@ def create_or_load_study(
                 f"created with {name}={stored!r}, not {value!r}; use another "
                 "study name (--study_name) to start a new study"
             )
+    form = strategies.param_space(
+        strategy, sampler_options.get("op_prior", space.DEFAULT_OP_PRIOR)
+    )
+    stored = study.user_attrs.get(ATTR_PARAM_SPACE)
+    if stored is None:
+        stored = "uniform" if study.get_trials(deepcopy=False) else form
+        study.set_user_attr(ATTR_PARAM_SPACE, stored)
+    if stored != form:
+        raise ValueError(
+            f"study {study_name!r} in {study_storage.redact(storage.url)} holds "
+            f"{strategy} parameters of op prior {stored!r}, not {form!r}; pass "
+            f"--op_prior={stored} to go on with it, or use another study name "
+            "(--study_name) to start a new study"
+        )
     if trial_settings is not None:
         _check_trial_settings(study, storage, trial_settings)
     return study
@@ -247,6 +266,9 @@ class _Worker:
         self.poll_seconds = poll_seconds
         self.objectives = tuple(study.user_attrs["objectives"])
         self.num_branches = int(study.user_attrs["num_branches"])
+        self.space = optuna_space.distributions(
+            self.num_branches, study.user_attrs.get(ATTR_PARAM_SPACE, "uniform")
+        )
         self.stats = WorkerStats()
         self.started = time.monotonic()
 
@@ -336,7 +358,7 @@ class _Worker:
             raise SurplusTrial(f"not run: the study reached {self.total} trials")
         params = {
             name: trial.suggest_categorical(name, dist.choices)
-            for name, dist in optuna_space.distributions(self.num_branches).items()
+            for name, dist in self.space.items()
         }
         cell = optuna_space.params_to_cell(params, self.num_branches)
         key = space.canonical_key(cell)

@@ -120,11 +120,14 @@ _OP_PRIOR = flags.DEFINE_enum(
     "op_prior",
     space.DEFAULT_OP_PRIOR,
     space.OP_PRIORS,
-    "random_local and regularized_evolution: how a random sample or a "
-    "mutation draws a branch's op. uniform: each of the 81 ops alike (64 of "
-    "81 draws are atrous separable convs, 1 in 81 the 1x1 conv, 1 in 81 "
-    "global image pooling); kind: the op's kind first (1x1 conv, atrous "
-    "separable conv, pyramid pooling; 1/3 each), then its rates or grid.",
+    "How a proposal draws a branch's op (every strategy but one_shot). "
+    "uniform: each of the 81 ops alike (64 of 81 draws are atrous separable "
+    "convs, 1 in 81 the 1x1 conv, 1 in 81 global image pooling); kind: the "
+    "op's kind first (1x1 conv, atrous separable conv, pyramid pooling; 1/3 "
+    "each), then its rates or grid. random_local and regularized_evolution "
+    "draw random samples and mutations so; tpe, nsga2 and vizier model the "
+    "parameters of that form (one op parameter, or a kind and its settings), "
+    "which a study keeps.",
 )
 _LOCAL_TOP_K = flags.DEFINE_integer(
     "local_top_k",
@@ -715,7 +718,7 @@ def write_report(study):
             "strategy": _STRATEGY.value,
             **(
                 {"op_prior": _OP_PRIOR.value}
-                if _STRATEGY.value in strategies.OP_PRIOR_STRATEGIES
+                if strategies.takes_op_prior(_STRATEGY.value)
                 else {}
             ),
             "num_branches": _NUM_BRANCHES.value,

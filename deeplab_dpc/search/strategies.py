@@ -33,14 +33,46 @@ STRATEGIES = (
 _SINGLE_OBJECTIVE = ("random_local", "regularized_evolution", "one_shot")
 # Tries to propose a cell no trial of the study holds before settling for one.
 _MAX_ATTEMPTS = 100
-# The strategies that take an op prior (`space.OP_PRIORS`, `--op_prior`).
-OP_PRIOR_STRATEGIES = ("random_local", "regularized_evolution")
+# The cell samplers, which draw cells themselves by an op prior.
+_CELL_SAMPLERS = ("random_local", "regularized_evolution")
+# The samplers that learn from Optuna's parameters: their op prior is the
+# form of those parameters (`optuna_space`), the engine's and theirs.
+_PARAM_SAMPLERS = ("tpe", "nsga2")
 _SEEN_STATES = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
     TrialState.RUNNING,
     TrialState.WAITING,
 )
+
+
+def takes_op_prior(strategy: str) -> bool:
+    """Whether `strategy`'s proposals follow an op prior (`space.OP_PRIORS`).
+
+    Every strategy but `one_shot` (whose cells a supernet ranked) does.
+    """
+    return (
+        strategy in _CELL_SAMPLERS
+        or strategy in _PARAM_SAMPLERS
+        or strategy.startswith(VIZIER_PREFIX)
+    )
+
+
+def param_space(strategy: str, op_prior: str) -> str:
+    """The form of a study's Optuna parameters (`optuna_space.distributions`).
+
+    TPE, NSGA-II and Vizier model the parameters, so their op prior is the
+    form the engine suggests (drawn uniformly, the "kind" form draws ops by
+    kind); the cell samplers draw cells by their prior and hand them over in
+    the "uniform" form, as does `one_shot`.
+
+    Raises:
+        ValueError: for an unknown `op_prior`.
+    """
+    space.check_op_prior(op_prior)
+    if strategy in _PARAM_SAMPLERS or strategy.startswith(VIZIER_PREFIX):
+        return op_prior
+    return "uniform"
 
 
 class CellSampler(optuna.samplers.BaseSampler):
@@ -335,10 +367,12 @@ def make_sampler(
         tournament_size: `regularized_evolution` tournament.
         objectives: objective names (`OBJECTIVES`); `random_local` and
             `regularized_evolution` take exactly one.
-        op_prior: `random_local` and `regularized_evolution`: how their
-            random samples and mutations draw an op (`space.sample_op`;
-            default `space.DEFAULT_OP_PRIOR`, "uniform" is the space drawn
-            uniformly).
+        op_prior: how proposals draw an op (`space.sample_op`; default
+            `space.DEFAULT_OP_PRIOR`, "uniform" is the space drawn
+            uniformly): `random_local` and `regularized_evolution` draw their
+            random samples and mutations by it; Vizier models the parameters
+            of its form (`param_space`), as the engine suggests them for TPE
+            and NSGA-II; `one_shot` ignores it.
         ranking: `one_shot` only: the cells a supernet ranked, best first
             (`one_shot.load_or_build_ranking`).
         worker: int >= 0, this worker's index in the study
@@ -423,6 +457,7 @@ def make_sampler(
             objectives=objectives,
             seed=stream_seed,
             feasible=feasible,
+            op_prior=op_prior,
         )
     raise ValueError(
         f"strategy {strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}"

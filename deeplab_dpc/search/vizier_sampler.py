@@ -1,9 +1,11 @@
 """Open Source Vizier algorithms as an Optuna sampler over flattened cells.
 
 Vizier's algorithms take no conditional parameters, so a cell is flattened as
-in `strategies`: one categorical `op_<i>` over the 81 op tokens and one
-categorical `input_<i>` per branch (Vizier categories are strings, so inputs
-travel as "-1", "0", ...; branch 0 has no choice and is left out). For each
+the engine suggests it (`optuna_space`, in the form of the op prior): one
+categorical `op_<i>` over the 81 op tokens, or `kind_<i>`, `sep_<i>` and
+`pool_<i>`, and one categorical `input_<i>` per branch (Vizier categories are
+strings, so inputs travel as "-1", "0", ...; branch 0 has no choice and is
+left out). For each
 trial the sampler builds the algorithm's designer afresh, replays the study's
 finished trials from the shared storage (with the Vizier metadata each
 suggestion carried, e.g. Eagle's parent firefly) and asks for one suggestion,
@@ -17,7 +19,7 @@ asked for, as do trials the engine failed as infeasible. (Without this the
 Gaussian-process bandit, which learns nothing from a failed trial, proposed
 the same over-budget cell 200 times in a row and the engine gave up.) After
 `MAX_INFEASIBLE_SUGGESTIONS` in a row for one trial, the trial takes a
-uniformly drawn feasible cell and says so in a warning.
+feasible cell drawn at random (by the op prior) and says so in a warning.
 
 Vizier is an optional extra: `pip install .[vizier]`.
 """
@@ -84,6 +86,8 @@ class VizierSampler(optuna.samplers.BaseSampler):
             in the study's order.
         seed: int or None; the designer of trial n is seeded by (seed, n).
         feasible: callable `CellSpec -> bool`, or None (no constraint).
+        op_prior: the form of the parameters (`space.OP_PRIORS`,
+            `optuna_space.distributions`); the study's (`engine`).
 
     Raises:
         ValueError: for an unknown algorithm, or one that cannot optimise
@@ -99,6 +103,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
         objectives: Sequence[str] = ("miou",),
         seed: Optional[int] = None,
         feasible=None,
+        op_prior: str = "uniform",
     ):
         if algorithm not in ALGORITHMS:
             raise ValueError(
@@ -107,7 +112,8 @@ class VizierSampler(optuna.samplers.BaseSampler):
             )
         self._vizier = _import_vizier()
         self._algorithm = algorithm
-        self._space = optuna_space.distributions(num_branches)
+        self._space = optuna_space.distributions(num_branches, op_prior)
+        self._op_prior = op_prior
         self._num_branches = num_branches
         self._objectives = tuple(objectives)
         self._seed = seed
@@ -310,11 +316,11 @@ class VizierSampler(optuna.samplers.BaseSampler):
         seed = None if self._seed is None else f"{self._seed}:{trial.number}:uniform"
         rng = random.Random(seed)
         cell = constraints.draw_feasible(
-            lambda: space.sample_cell(rng, self._num_branches),
+            lambda: space.sample_cell(rng, self._num_branches, self._op_prior),
             self._feasible,
             f"vizier:{self._algorithm}'s uniform fallback",
         )
-        return optuna_space.cell_to_params(cell)
+        return optuna_space.cell_to_params(cell, self._op_prior)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(

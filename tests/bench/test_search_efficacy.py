@@ -265,7 +265,7 @@ def test_strategy_labels_name_the_sampler_and_its_op_prior(capsys):
         "random_local",
         {"explore_prob": 1.0, "op_prior": "uniform"},
     )
-    # Without a prior the cell samplers draw uniformly (the stored labels).
+    # Without a prior a strategy draws uniformly (the stored labels).
     assert search_efficacy.sampler_of("random_local") == (
         "random_local",
         {"op_prior": "uniform"},
@@ -282,10 +282,21 @@ def test_strategy_labels_name_the_sampler_and_its_op_prior(capsys):
         "random_local",
         {"explore_prob": 1.0, "op_prior": "kind"},
     )
+    # Every strategy takes the prior; unlabelled, it draws uniformly.
     assert search_efficacy.sampler_of("vizier:GAUSSIAN_PROCESS_BANDIT") == (
         "vizier:GAUSSIAN_PROCESS_BANDIT",
-        {},
+        {"op_prior": "uniform"},
     )
+    assert search_efficacy.sampler_of("tpe+kind") == ("tpe", {"op_prior": "kind"})
+    assert search_efficacy.sampler_of("vizier:GAUSSIAN_PROCESS_BANDIT+kind") == (
+        "vizier:GAUSSIAN_PROCESS_BANDIT",
+        {"op_prior": "kind"},
+    )
+    # The benchmark's strategies: each as the search program runs it by
+    # default, but uniform random sampling, the baseline.
+    for label in search_efficacy.DEFAULT_STRATEGIES:
+        expected = "uniform" if label == search_efficacy.RANDOM else "kind"
+        assert search_efficacy.sampler_of(label)[1]["op_prior"] == expected, label
     with pytest.raises(SystemExit):
         search_efficacy._parse(["--strategies=random,random_local+kinds"])
     assert "'random_local+kinds': op prior 'kinds' is not one of" in capsys.readouterr().err

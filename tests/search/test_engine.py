@@ -75,6 +75,7 @@ def test_a_study_keeps_its_settings_in_the_default_storage(tmp_path):
         "strategy": "random_local",
         "objectives": ["miou"],
         "num_branches": 3,
+        engine.ATTR_PARAM_SPACE: "uniform",
     }
 
 

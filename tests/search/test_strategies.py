@@ -45,6 +45,82 @@ def test_params_round_trip():
     assert published["op_1"] == "sep3x3@18x15" and published["input_1"] == 0
 
 
+def test_kind_distributions_draw_ops_by_kind():
+    """Drawn uniformly, the "kind" form gives `space.sample_op`'s kind prior."""
+    dists = optuna_space.distributions(2, "kind")
+    assert list(dists) == [
+        "kind_0", "sep_0", "pool_0", "input_0", "kind_1", "sep_1", "pool_1", "input_1"
+    ]  # fmt: skip
+    assert dists["kind_0"].choices == optuna_space.KINDS == ("conv1x1", "sep3x3", "pool")
+    assert len(dists["sep_1"].choices) == 64 and len(dists["pool_1"].choices) == 16
+    # Every assignment of branch 0's parameters, counted by the op it makes.
+    ops = collections.Counter(
+        optuna_space.params_to_cell(
+            {"kind_0": k, "sep_0": s, "pool_0": p, "input_0": -1}, 1
+        )[0]
+        for k in dists["kind_0"].choices
+        for s in dists["sep_0"].choices
+        for p in dists["pool_0"].choices
+    )
+    assert len(ops) == 81
+    total = sum(ops.values())
+    for op, count in ops.items():
+        expected = {"conv1x1": 1 / 3, "sep3x3": 1 / 192, "pool": 1 / 48}[op.op]
+        assert count / total == pytest.approx(expected)
+
+
+def test_kind_params_round_trip():
+    rng = random.Random(1)
+    cells = [cell_spec.published_cell()]
+    cells += [space.sample_cell(rng, rng.randint(1, 6), "kind") for _ in range(200)]
+    for cell in cells:
+        params = optuna_space.cell_to_params(cell, "kind")
+        assert set(params) == set(optuna_space.distributions(len(cell), "kind"))
+        for name, value in params.items():  # Fillers are legal choices too.
+            assert value in optuna_space.distributions(len(cell), "kind")[name].choices
+        assert optuna_space.params_to_cell(params, len(cell)) == cell
+    published = optuna_space.cell_to_params(cell_spec.published_cell(), "kind")
+    assert published["kind_1"] == "sep3x3" and published["sep_1"] == "sep3x3@18x15"
+    with pytest.raises(ValueError, match="op_prior is 'kinds'"):
+        optuna_space.distributions(2, "kinds")
+    with pytest.raises(ValueError, match="op_prior is 'flat'"):
+        optuna_space.cell_to_params(cell_spec.published_cell(), "flat")
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("kind_2", "conv3x3", "parameter \"kind_2\" is 'conv3x3'; it must be one of"),
+        ("sep_1", None, 'parameter "sep_1" is missing; "kind_1" is \'sep3x3\''),
+        ("sep_1", "pool@1x1", "parameter \"sep_1\" is 'pool@1x1'; it must be a sep3x3"),
+        ("input_4", 5, 'parameter "input_4" is 5'),
+        ("kind_0", None, 'parameter "op_0" is missing'),
+    ],
+)
+def test_kind_params_to_cell_names_the_bad_parameter(name, value, message):
+    params = optuna_space.cell_to_params(cell_spec.published_cell(), "kind")
+    if value is None:
+        del params[name]
+    else:
+        params[name] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        optuna_space.params_to_cell(params, 5)
+
+
+def test_param_space_and_op_prior_by_strategy():
+    for strategy in ("tpe", "nsga2", "vizier:GAUSSIAN_PROCESS_BANDIT"):
+        assert strategies.takes_op_prior(strategy)
+        for prior in space.OP_PRIORS:
+            assert strategies.param_space(strategy, prior) == prior
+    for strategy in ("random_local", "regularized_evolution"):
+        assert strategies.takes_op_prior(strategy)
+        assert strategies.param_space(strategy, "kind") == "uniform"
+    assert not strategies.takes_op_prior("one_shot")
+    assert strategies.param_space("one_shot", "kind") == "uniform"
+    with pytest.raises(ValueError, match="op_prior is 'kinds'"):
+        strategies.param_space("tpe", "kinds")
+
+
 @pytest.mark.parametrize(
     "name, value, message",
     [
@@ -246,6 +322,61 @@ def test_cell_samplers_draw_ops_by_their_prior(tmp_path, strategy):
     assert 0.2 < share < 0.5, share
 
 
+@pytest.mark.parametrize("strategy", ["tpe", "nsga2", "vizier:RANDOM_SEARCH"])
+def test_parameter_samplers_draw_ops_by_their_prior(tmp_path, strategy):
+    """TPE's and NSGA-II's first (random) trials, and Vizier's random search,
+    draw 1x1 convs a third of the time in the "kind" form, 1 in 81 uniform."""
+    shares = {}
+    for prior in space.OP_PRIORS:
+        study = _new_study(
+            tmp_path / prior,
+            strategy,
+            num_branches=5,
+            op_prior=prior,
+            population_size=10,
+        )
+        assert study.user_attrs[engine.ATTR_PARAM_SPACE] == prior
+        engine.run_worker(
+            study, search_testing.make_objective(), num_trials_total=10, poll_seconds=0.01
+        )
+        trials = _check_trials(study, 10, ("miou",), num_branches=5)
+        assert set(trials[0].params) == set(optuna_space.distributions(5, prior))
+        branches = [
+            b
+            for t in trials
+            for b in cell_spec.cell_from_json(t.user_attrs[engine.ATTR_CELL])
+        ]
+        shares[prior] = sum(b.op == cell_spec.OP_CONV1X1 for b in branches) / 50
+    assert shares["kind"] > 0.15 and shares["uniform"] < 0.1, shares
+
+
+def test_a_study_keeps_its_parameter_form(tmp_path):
+    study = _new_study(tmp_path, "tpe", op_prior="uniform")
+    engine.run_worker(
+        study, search_testing.make_objective(), num_trials_total=2, poll_seconds=0.01
+    )
+    message = (
+        "holds tpe parameters of op prior 'uniform', not 'kind'; "
+        "pass --op_prior=uniform"
+    )
+    with pytest.raises(ValueError, match=message):
+        _new_study(tmp_path, "tpe", op_prior="kind")
+    again = _new_study(tmp_path, "tpe", op_prior="uniform")
+    assert again.user_attrs[engine.ATTR_PARAM_SPACE] == "uniform"
+    # A study stored before the form was kept: its trials are "uniform".
+    # pylint: disable-next=protected-access
+    study._storage.set_study_user_attr(study._study_id, engine.ATTR_PARAM_SPACE, None)
+    # pylint: disable-next=protected-access
+    old = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    assert old.user_attrs[engine.ATTR_PARAM_SPACE] is None
+    with pytest.raises(ValueError, match="op prior 'uniform', not 'kind'"):
+        _new_study(tmp_path, "tpe")  # The default prior, "kind".
+    # The cell samplers hand cells over in the "uniform" form whatever their prior.
+    for prior in space.OP_PRIORS:
+        sampled = _new_study(tmp_path / "rl", "random_local", op_prior=prior)
+        assert sampled.user_attrs[engine.ATTR_PARAM_SPACE] == "uniform"
+
+
 def test_random_local_proposes_neighbours_of_the_top_k(tmp_path):
     top_k, num_branches = 3, 4
     study = _new_study(
@@ -391,8 +522,10 @@ def test_vizier_designers_learn_from_pruned_trials(tmp_path, algorithm, total):
         seed=0,
         pruner=optuna.pruners.ThresholdPruner(lower=0.3),
     )
-    study.enqueue_trial(optuna_space.cell_to_params(weak))
-    study.enqueue_trial(optuna_space.cell_to_params(silent))
+    form = study.user_attrs[engine.ATTR_PARAM_SPACE]  # "kind", the default prior.
+    assert form == space.DEFAULT_OP_PRIOR
+    study.enqueue_trial(optuna_space.cell_to_params(weak, form))
+    study.enqueue_trial(optuna_space.cell_to_params(silent, form))
     train = search_testing.make_objective()
 
     def objective(cell, report):
