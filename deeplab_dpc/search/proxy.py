@@ -39,6 +39,7 @@ from deeplab_dpc.layers import resize
 from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache as cache_lib
+from deeplab_dpc.training import losses as loss_lib
 from deeplab_dpc.training import trainer
 
 DEFAULT_TARGET_CROP = (769, 769)
@@ -247,13 +248,17 @@ def _check_matches(name, value, cached):
         raise ValueError(f"{name}={value} but the feature cache has {name}={cached}")
 
 
-def make_train_step(model, optimizer, ignore_label):
+def make_train_step(model, optimizer, ignore_label, upsample_logits=True):
     """The proxy's training step, a `tf.function` of a batch iterator.
 
     Args:
       model: the proxy model (`build_proxy_model`).
       optimizer: a Keras optimizer.
       ignore_label: int, the label the loss skips.
+      upsample_logits: bool, DeepLab's train.py flag: True, the loss is taken
+        on the logits upsampled to the label size (the model's output);
+        False, on the logits at the features' size against labels scaled
+        down to it (`losses.scale_labels`).
 
     Returns:
       step(iterator) -> the scalar loss: takes the next (features, labels)
@@ -266,11 +271,19 @@ def make_train_step(model, optimizer, ignore_label):
     if not getattr(optimizer, "built", False):
         optimizer.build(model.trainable_variables)
 
+    net = model
+    if not upsample_logits:  # The same layers, up to the upsampling.
+        net = tf.keras.Model(
+            model.inputs, model.get_layer(deeplab.UPSAMPLE_LAYER).input
+        )
+
     @tf.function
     def train_step(iterator):
         features, labels = next(iterator)
         with tf.GradientTape() as tape:
-            logits = model(features, training=True)
+            logits = net(features, training=True)
+            if not upsample_logits:
+                labels = loss_lib.scale_labels(labels, tf.shape(logits)[1:3])
             loss = trainer.regularized_loss(
                 model, logits, labels, ignore_label=ignore_label
             )
@@ -351,6 +364,7 @@ def run_trial(
     norm_momentum=None,
     eval_batch_size=8,
     checkpoint_dir=None,
+    upsample_logits=True,
 ):
     """Trains and evaluates one head on the cached features.
 
@@ -374,6 +388,9 @@ def run_trial(
       eval_batch_size: int, val crops per batch.
       checkpoint_dir: str or None; write the trained head on the cache's
         backbone there (`to_deeplab_checkpoint`).
+      upsample_logits: bool, how the training loss meets the labels
+        (`make_train_step`; DeepLab's flag): False takes it at the features'
+        size. Evaluation always upsamples the logits to the label size.
 
     Returns:
       A `TrialResult`.
@@ -426,7 +443,9 @@ def run_trial(
         info, "train", batch_size=proxy_batch_size, shuffle=True, seed=seed, repeat=True
     )
 
-    train_step = make_train_step(model, optimizer, info.ignore_label)
+    train_step = make_train_step(
+        model, optimizer, info.ignore_label, upsample_logits=upsample_logits
+    )
     evaluate = _make_evaluate(model, info, eval_batch_size)
     losses, intermediate = _train(
         train_step, iter(train), schedule, proxy_steps, eval_every, evaluate, report

@@ -127,6 +127,32 @@ def pixel_loss_sum(logits, labels, *, ignore_label, top_k_fraction_value=1.0):
     return tf.cond(fraction >= 1.0, mean_over_valid, top_k)
 
 
+def scale_labels(labels, size):
+    """Labels at the logits' size, as DeepLab's `upsample_logits=False`.
+
+    DeepLab's other way to train (its train.py flag `upsample_logits`,
+    default True: the logits are upsampled to the label size): the labels
+    are resized to the logits' size by nearest neighbour with
+    `align_corners=True`, so at output stride 16 a 513x513 label keeps every
+    16th pixel, the one at each feature's centre of the grid. The loss then
+    costs the logits' pixels, not the image's.
+
+    Args:
+      labels: int `[batch, height, width]` (or with a trailing 1).
+      size: (height, width) of the logits, ints or a shape tensor.
+
+    Returns:
+      int32 `[batch, size[0], size[1]]`.
+    """
+    labels = tf.cast(labels, tf.int32)
+    if labels.shape.rank == 3:
+        labels = labels[..., tf.newaxis]
+    scaled = tf.compat.v1.image.resize_nearest_neighbor(
+        labels, size, align_corners=True
+    )
+    return scaled[..., 0]
+
+
 def regularized_loss(model, logits, labels, *, ignore_label):
     """One replica's loss: the mean over valid pixels plus the model's L2.
 

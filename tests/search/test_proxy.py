@@ -18,6 +18,7 @@ from deeplab_dpc.models import accounting
 from deeplab_dpc.models import deeplab
 from deeplab_dpc.search import cache
 from deeplab_dpc.search import proxy
+from deeplab_dpc.training import losses
 
 TARGET = (129, 129)
 CELL = cell_spec.cell_from_json(
@@ -86,6 +87,76 @@ def test_train_step_traces_once_and_trains(shared):
     assert int(optimizer.iterations) == 3
     after = [v.numpy() for v in model.trainable_variables]
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_scale_labels_is_deeplabs_nearest_with_aligned_corners():
+    labels = tf.reshape(tf.range(2 * 65 * 65), [2, 65, 65])
+    # Output stride 16: every 16th pixel, the corners included.
+    np.testing.assert_array_equal(
+        losses.scale_labels(labels, (5, 5)), labels[:, ::16, ::16]
+    )
+    np.testing.assert_array_equal(
+        losses.scale_labels(labels[..., tf.newaxis], tf.constant([5, 5])),
+        labels[:, ::16, ::16],
+    )
+    # Other ratios: the nearest source pixel of i * (in - 1) / (out - 1).
+    small = tf.reshape(tf.range(10 * 7), [1, 10, 7])
+    rows = np.round(np.arange(4) * 9 / 3).astype(int)
+    cols = np.round(np.arange(3) * 6 / 2).astype(int)
+    np.testing.assert_array_equal(
+        losses.scale_labels(small, (4, 3))[0], small.numpy()[0][rows][:, cols]
+    )
+
+
+@pytest.mark.parametrize("upsample_logits", [True, False])
+def test_train_step_takes_the_loss_where_deeplab_says(
+    shared, monkeypatch, upsample_logits
+):
+    """upsample_logits=True: on logits upsampled to the labels; False: on the
+    logits at the features' size against labels scaled down to it."""
+    _, _, info = shared
+    seen = []
+
+    def regularized_loss(model, logits, labels, *, ignore_label):
+        seen.append((tuple(logits.shape), tuple(labels.shape), labels))
+        return losses.regularized_loss(
+            model, logits, labels, ignore_label=ignore_label
+        )
+
+    monkeypatch.setattr(proxy.trainer, "regularized_loss", regularized_loss)
+    model = proxy.build_proxy_model(proxy.model_options(info, CELL), info.feature_shape)
+    step = proxy.make_train_step(
+        model,
+        tf.keras.optimizers.SGD(learning_rate=0.05),
+        info.ignore_label,
+        upsample_logits=upsample_logits,
+    )
+    features, labels = next(iter(cache.load_split(info, "train", batch_size=4)))
+    assert np.isfinite(float(step(iter([(features, labels)]))))
+    ((logits_shape, labels_shape, _),) = seen  # Traced once.
+    size = tuple(labels.shape[1:3]) if upsample_logits else info.feature_shape[:2]
+    assert logits_shape == (4, *size, info.num_classes)
+    assert labels_shape == (4, *size)
+    if not upsample_logits:  # The labels the loss met: `scale_labels`'.
+        scaled = losses.scale_labels(labels, size).numpy()
+        assert labels.shape[1] == 16 * (size[0] - 1) + 1  # Output stride 16.
+        np.testing.assert_array_equal(scaled, labels.numpy()[:, ::16, ::16])
+
+
+def test_trial_without_upsampled_logits_learns(shared):
+    search, _, _ = shared
+    result = proxy.run_trial(
+        CELL,
+        search,
+        proxy_steps=30,
+        proxy_batch_size=8,
+        base_learning_rate=0.1,
+        seed=0,
+        target_crop_size=TARGET,
+        upsample_logits=False,
+    )
+    assert result.losses[-1][1] < 0.7 * result.losses[0][1]
+    assert 0.0 < result.miou <= 1.0
 
 
 def test_exception_from_report_stops_the_trial(shared):
