@@ -165,6 +165,15 @@ _PROXY_EVAL_EVERY = flags.DEFINE_integer(
     "Steps between intermediate mIOUs (pruning).",
     lower_bound=1,
 )
+_PROXY_UPSAMPLE_LOGITS = flags.DEFINE_boolean(
+    "proxy_upsample_logits",
+    True,
+    "DeepLab's upsample_logits for the proxy's training loss: True, on the "
+    "logits upsampled to the crop (DeepLab's default); False, on the logits "
+    "at the features' size against labels scaled down by nearest neighbour "
+    "(a 5-branch cell's proxy step at 33x33 features about 18% faster; "
+    "evaluation always upsamples).",
+)
 _CACHE_COPIES = flags.DEFINE_integer(
     "cache_copies",
     2,
@@ -351,7 +360,11 @@ def _load_cache():
 
 def _trial_settings():
     """What a trial's result depends on besides its cell: a study keeps one."""
-    budget = {key: value for key, value in _proxy_kwargs().items() if key != "seed"}
+    budget = {
+        key: value
+        for key, value in _proxy_kwargs().items()
+        if key not in ("seed", "upsample_logits")
+    }
     return {
         **budget,
         "train_crop_size": list(_train_crop()),
@@ -360,6 +373,9 @@ def _trial_settings():
         "output_stride": common_flags.OUTPUT_STRIDE.value,
         "proxy_eval_every": _PROXY_EVAL_EVERY.value,
         "val_split": _VAL_SPLIT.value,
+        # Named only when not DeepLab's default, so that studies stored
+        # before the flag existed (with upsampled logits) go on.
+        **({} if _PROXY_UPSAMPLE_LOGITS.value else {"proxy_upsample_logits": False}),
     }
 
 
@@ -374,6 +390,7 @@ def _proxy_kwargs():
             _TARGET_CROP_SIZE.value, "target_crop_size"
         ),
         seed=FLAGS.seed,
+        upsample_logits=_PROXY_UPSAMPLE_LOGITS.value,
     )
 
 

@@ -124,6 +124,17 @@ def test_short_runs_keep_deeplabs_horizon_unless_batch_norm_decay_is_given(
     assert program.batch_norm_decay(200) == pytest.approx(0.5)
 
 
+def test_proxy_upsample_logits_reaches_the_trials_and_the_study(parsed_flags):
+    # DeepLab's default: not named in the study's settings (stored studies
+    # from before the flag hold none).
+    assert program._proxy_kwargs()["upsample_logits"] is True
+    assert "proxy_upsample_logits" not in program._trial_settings()
+    FLAGS.proxy_upsample_logits = False
+    assert program._proxy_kwargs()["upsample_logits"] is False
+    assert program._trial_settings()["proxy_upsample_logits"] is False
+    assert "upsample_logits" not in program._trial_settings()
+
+
 def test_max_head_madds_is_a_multiple_of_deeplabs_aspp(parsed_flags, tmp_path_factory):
     _, _, _, info = shared_search(tmp_path_factory)
     FLAGS.target_crop_size = "129,129"
