@@ -87,26 +87,6 @@ def test_kind_params_round_trip():
         optuna_space.cell_to_params(cell_spec.published_cell(), "flat")
 
 
-@pytest.mark.parametrize(
-    "name, value, message",
-    [
-        ("kind_2", "conv3x3", "parameter \"kind_2\" is 'conv3x3'; it must be one of"),
-        ("sep_1", None, 'parameter "sep_1" is missing; "kind_1" is \'sep3x3\''),
-        ("sep_1", "pool@1x1", "parameter \"sep_1\" is 'pool@1x1'; it must be a sep3x3"),
-        ("input_4", 5, 'parameter "input_4" is 5'),
-        ("kind_0", None, 'parameter "op_0" is missing'),
-    ],
-)
-def test_kind_params_to_cell_names_the_bad_parameter(name, value, message):
-    params = optuna_space.cell_to_params(cell_spec.published_cell(), "kind")
-    if value is None:
-        del params[name]
-    else:
-        params[name] = value
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        optuna_space.params_to_cell(params, 5)
-
-
 def test_param_space_and_op_prior_by_strategy():
     for strategy in ("tpe", "nsga2", "vizier:GAUSSIAN_PROCESS_BANDIT"):
         assert strategies.takes_op_prior(strategy)
@@ -122,16 +102,21 @@ def test_param_space_and_op_prior_by_strategy():
 
 
 @pytest.mark.parametrize(
-    "name, value, message",
+    "form, name, value, message",
     [
-        ("input_3", None, 'parameter "input_3" is missing'),
-        ("op_2", "sep3x3@2x2", "parameter \"op_2\" is 'sep3x3@2x2'"),
-        ("input_2", 2, 'parameter "input_2" is 2; it must be an int in -1..1'),
-        ("input_1", "0", "parameter \"input_1\" is '0'"),
+        ("uniform", "input_3", None, 'parameter "input_3" is missing'),
+        ("uniform", "op_2", "sep3x3@2x2", "parameter \"op_2\" is 'sep3x3@2x2'"),
+        ("uniform", "input_2", 2, 'parameter "input_2" is 2; it must be an int in -1..1'),
+        ("uniform", "input_1", "0", "parameter \"input_1\" is '0'"),
+        ("kind", "kind_2", "conv3x3", "parameter \"kind_2\" is 'conv3x3'; it must be one of"),
+        ("kind", "sep_1", None, 'parameter "sep_1" is missing; "kind_1" is \'sep3x3\''),
+        ("kind", "sep_1", "pool@1x1", "parameter \"sep_1\" is 'pool@1x1'; it must be a sep3x3"),
+        ("kind", "input_4", 5, 'parameter "input_4" is 5'),
+        ("kind", "kind_0", None, 'parameter "op_0" is missing'),
     ],
 )
-def test_params_to_cell_names_the_bad_parameter(name, value, message):
-    params = optuna_space.cell_to_params(cell_spec.published_cell())
+def test_params_to_cell_names_the_bad_parameter(form, name, value, message):
+    params = optuna_space.cell_to_params(cell_spec.published_cell(), form)
     if value is None:
         del params[name]
     else:
