@@ -122,9 +122,12 @@ def _parse(argv):
     add("--num_val", type=int, default=50, help="Validation images.")
     # The defaults: 14 + 3 x 18 end-to-end runs at most and 14 + 180 + 12
     # proxy trials (a proxy step of a 5-branch cell at batch 8 on 33x33x320
-    # features about 0.35 s, an end-to-end step at 513 about 1.2 s). Measured
+    # features about 0.35 s, an end-to-end step at 513 1.2-1.9 s). Measured
     # on 2 cores, partly beside other jobs: 4.0 h (proxy 1.19 h, end to end
     # 2.72 h), more than the 3 hours; --rerank_top_k=1 needed 2.4 h.
+    # Machines of one CPU model differ by 2x: on a slower AMD EPYC an
+    # end-to-end run took 144-227 s alone (90-93 s on the faster), the
+    # pretraining and cache 13 min; the defaults would take 5-6 h there.
     add("--pretrain_steps", type=int, default=400, help="Backbone pretraining.")
     add("--proxy_steps", type=int, default=60, help="Steps of a proxy trial.")
     add("--e2e_steps", type=int, default=80, help="Steps of an end-to-end run.")
