@@ -38,11 +38,13 @@ OBJECTIVES = {
 }
 OP_TOKENS = tuple(cell_spec.op_token(op) for op in cell_spec.all_ops())
 _OP_BY_TOKEN = dict(zip(OP_TOKENS, cell_spec.all_ops()))
-# The "kind" form: the kinds (`BranchSpec.op`, in `all_ops` order) and, for
-# the two with settings, the parameter prefix (`<prefix>_<i>`) and its tokens.
-KINDS = tuple(dict.fromkeys(op.op for op in cell_spec.all_ops()))
-_ONE_BY_ONE = "conv1x1"
-_PREFIX = {"sep3x3": "sep", "pool": "pool"}
+# The "kind" form: the kinds (`BranchSpec.op`) and, for the two with
+# settings, the parameter prefix (`<prefix>_<i>`) and its tokens.
+KINDS = (cell_spec.OP_CONV1X1, cell_spec.OP_SEP3X3, cell_spec.OP_POOL)
+_PREFIX = {cell_spec.OP_SEP3X3: "sep", cell_spec.OP_POOL: "pool"}
+_CONV1X1_TOKEN = cell_spec.op_token(
+    cell_spec.BranchSpec(input=-1, op=cell_spec.OP_CONV1X1)
+)
 _KIND_PARAMS = {
     kind: tuple(t for t, op in _OP_BY_TOKEN.items() if op.op == kind)
     for kind in _PREFIX
@@ -114,8 +116,8 @@ def _token(params: dict, i: int) -> str:
     if f"op_{i}" in params or f"kind_{i}" not in params:
         return params[f"op_{i}"]
     kind = params[f"kind_{i}"]
-    if kind == _ONE_BY_ONE:
-        return _ONE_BY_ONE
+    if kind == cell_spec.OP_CONV1X1:
+        return _CONV1X1_TOKEN
     if kind not in _KIND_PARAMS:
         raise ValueError(
             f'parameter "kind_{i}" is {kind!r}; it must be one of '

@@ -46,16 +46,16 @@ _SEEN_STATES = (
 )
 
 
+def _models_params(strategy: str) -> bool:
+    return strategy in _PARAM_SAMPLERS or strategy.startswith(VIZIER_PREFIX)
+
+
 def takes_op_prior(strategy: str) -> bool:
     """Whether `strategy`'s proposals follow an op prior (`space.OP_PRIORS`).
 
     Every strategy but `one_shot` (whose cells a supernet ranked) does.
     """
-    return (
-        strategy in _CELL_SAMPLERS
-        or strategy in _PARAM_SAMPLERS
-        or strategy.startswith(VIZIER_PREFIX)
-    )
+    return strategy in _CELL_SAMPLERS or _models_params(strategy)
 
 
 def param_space(strategy: str, op_prior: str) -> str:
@@ -70,9 +70,7 @@ def param_space(strategy: str, op_prior: str) -> str:
         ValueError: for an unknown `op_prior`.
     """
     space.check_op_prior(op_prior)
-    if strategy in _PARAM_SAMPLERS or strategy.startswith(VIZIER_PREFIX):
-        return op_prior
-    return "uniform"
+    return op_prior if _models_params(strategy) else "uniform"
 
 
 class CellSampler(optuna.samplers.BaseSampler):

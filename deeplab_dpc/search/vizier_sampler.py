@@ -259,10 +259,11 @@ class VizierSampler(optuna.samplers.BaseSampler):
             warnings.warn(
                 f"trial {trial.number}: vizier:{self._algorithm} suggested "
                 f"{MAX_INFEASIBLE_SUGGESTIONS} cells in a row that break the "
-                "constraints; this trial takes a uniformly drawn feasible cell",
+                "constraints; this trial takes a feasible cell drawn at random "
+                "(by the op prior)",
                 stacklevel=2,
             )
-            return self._uniform_feasible(trial)
+            return self._random_feasible(trial)
         metadata = [
             [namespace.encode(), key, value]
             for namespace, key, value in suggestion.metadata.all_items()
@@ -312,13 +313,13 @@ class VizierSampler(optuna.samplers.BaseSampler):
             designer.update(vza.CompletedTrials([rejected]), vza.ActiveTrials(active))
         return None
 
-    def _uniform_feasible(self, trial) -> dict:
+    def _random_feasible(self, trial) -> dict:
         seed = None if self._seed is None else f"{self._seed}:{trial.number}:uniform"
         rng = random.Random(seed)
         cell = constraints.draw_feasible(
             lambda: space.sample_cell(rng, self._num_branches, self._op_prior),
             self._feasible,
-            f"vizier:{self._algorithm}'s uniform fallback",
+            f"vizier:{self._algorithm}'s random fallback",
         )
         return optuna_space.cell_to_params(cell, self._op_prior)
 

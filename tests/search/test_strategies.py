@@ -606,11 +606,11 @@ def test_vizier_designers_see_the_engines_infeasible_trials(tmp_path):
     assert sum(not c.infeasible for c in completed) == 3
 
 
-def test_vizier_falls_back_to_a_uniform_feasible_cell(tmp_path, monkeypatch):
+def test_vizier_falls_back_to_a_random_feasible_cell(tmp_path, monkeypatch):
     from deeplab_dpc.search import vizier_sampler  # pylint: disable=import-outside-toplevel
 
     # No suggestion asked of the designer: every trial takes the fallback.
     monkeypatch.setattr(vizier_sampler, "MAX_INFEASIBLE_SUGGESTIONS", 0)
-    with pytest.warns(UserWarning, match="takes a uniformly drawn feasible cell"):
+    with pytest.warns(UserWarning, match="takes a feasible cell drawn at random"):
         study, _ = _constrained_vizier_study(tmp_path, "RANDOM_SEARCH", 2)
     _assert_all_complete_and_feasible(study, 2)
