@@ -110,6 +110,7 @@ def create_or_load_study(
     grace_period: Optional[int] = None,
     max_retry: int = 3,
     trial_settings: Optional[dict] = None,
+    trial_setting_defaults: Optional[dict] = None,
     **sampler_options,
 ) -> optuna.Study:
     """Creates a study, or joins it with the sampler of its strategy.
@@ -129,6 +130,9 @@ def create_or_load_study(
         trial_settings: dict of JSON values or None: what else the trials'
             results depend on (e.g. the proxy's steps, the crop); stored in
             the study, which refuses other values later, naming each one.
+        trial_setting_defaults: dict or None: for settings added after
+            studies were stored, the value those studies ran with; a stored
+            study without such a key is read as holding it.
         **sampler_options: explore_prob, local_top_k, op_prior,
             population_size, tournament_size and feasible for
             `strategies.make_sampler`.
@@ -192,17 +196,23 @@ def create_or_load_study(
             "(--study_name) to start a new study"
         )
     if trial_settings is not None:
-        _check_trial_settings(study, storage, trial_settings)
+        _check_trial_settings(study, storage, trial_settings, trial_setting_defaults)
     return study
 
 
-def _check_trial_settings(study, storage, trial_settings):
-    """Stores `trial_settings` in a new study; refuses a study's other ones."""
+def _check_trial_settings(study, storage, trial_settings, defaults=None):
+    """Stores `trial_settings` in a new study; refuses a study's other ones.
+
+    A stored study without a key of `defaults` holds its default (it was
+    stored before the setting existed); it is recorded once it matches.
+    """
     settings = json.loads(json.dumps(trial_settings))
     stored = study.user_attrs.get(ATTR_TRIAL_SETTINGS)
     if stored is None:
         study.set_user_attr(ATTR_TRIAL_SETTINGS, settings)
         return
+    missing = json.loads(json.dumps(defaults or {}))
+    stored = {**{k: v for k, v in missing.items() if k not in stored}, **stored}
     differences = [
         f"{key}={stored.get(key)!r}, not {settings.get(key)!r}"
         for key in sorted(set(stored) | set(settings))
@@ -215,6 +225,8 @@ def _check_trial_settings(study, storage, trial_settings):
             "compare with new ones; use those settings, or another study name "
             "(--study_name) to start a new study"
         )
+    if stored != study.user_attrs.get(ATTR_TRIAL_SETTINGS):
+        study.set_user_attr(ATTR_TRIAL_SETTINGS, stored)
 
 
 @dataclasses.dataclass

@@ -373,10 +373,13 @@ def _trial_settings():
         "output_stride": common_flags.OUTPUT_STRIDE.value,
         "proxy_eval_every": _PROXY_EVAL_EVERY.value,
         "val_split": _VAL_SPLIT.value,
-        # Named only when not DeepLab's default, so that studies stored
-        # before the flag existed (with upsampled logits) go on.
-        **({} if _PROXY_UPSAMPLE_LOGITS.value else {"proxy_upsample_logits": False}),
+        "proxy_upsample_logits": _PROXY_UPSAMPLE_LOGITS.value,
     }
+
+
+# Trial settings added after studies were stored, with the value those
+# studies ran with (`engine.create_or_load_study(trial_setting_defaults=)`).
+TRIAL_SETTING_DEFAULTS = {"proxy_upsample_logits": True}
 
 
 def _proxy_kwargs():
@@ -511,6 +514,7 @@ def open_study(feasible=None):
             tournament_size=_TOURNAMENT_SIZE.value,
             feasible=feasible,
             trial_settings=_trial_settings(),
+            trial_setting_defaults=TRIAL_SETTING_DEFAULTS,
             **_one_shot_options(),
         )
     except ValueError as e:

@@ -107,6 +107,30 @@ def test_a_study_refuses_other_trial_settings_naming_them(tmp_path):
     assert "--study_name" in message
 
 
+def test_a_study_stored_before_a_setting_existed_holds_its_default(tmp_path):
+    old = {"proxy_steps": 6}
+    defaults = {"upsample": True}
+    _study(tmp_path, trial_settings=old)
+    # The default: joins, and the study records the setting from now on.
+    study = _study(
+        tmp_path,
+        trial_settings={**old, "upsample": True},
+        trial_setting_defaults=defaults,
+    )
+    assert study.user_attrs[engine.ATTR_TRIAL_SETTINGS] == {**old, "upsample": True}
+    _study(tmp_path, trial_settings={**old, "upsample": True})  # Now stored.
+    with pytest.raises(ValueError, match="upsample=True, not False"):
+        _study(
+            tmp_path,
+            trial_settings={**old, "upsample": False},
+            trial_setting_defaults=defaults,
+        )
+    # Without the defaults, a missing key is a difference (None).
+    _study(tmp_path / "other", trial_settings=old)
+    with pytest.raises(ValueError, match="upsample=None, not True"):
+        _study(tmp_path / "other", trial_settings={**old, "upsample": True})
+
+
 def test_a_corrupt_study_db_is_named(tmp_path):
     path = tmp_path / "search" / engine.STORAGE_FILE
     path.parent.mkdir()

@@ -125,10 +125,10 @@ def test_short_runs_keep_deeplabs_horizon_unless_batch_norm_decay_is_given(
 
 
 def test_proxy_upsample_logits_reaches_the_trials_and_the_study(parsed_flags):
-    # DeepLab's default: not named in the study's settings (stored studies
-    # from before the flag hold none).
     assert program._proxy_kwargs()["upsample_logits"] is True
-    assert "proxy_upsample_logits" not in program._trial_settings()
+    assert program._trial_settings()["proxy_upsample_logits"] is True
+    # Studies stored before the flag ran with DeepLab's default.
+    assert program.TRIAL_SETTING_DEFAULTS == {"proxy_upsample_logits": True}
     FLAGS.proxy_upsample_logits = False
     assert program._proxy_kwargs()["upsample_logits"] is False
     assert program._trial_settings()["proxy_upsample_logits"] is False
