@@ -85,11 +85,13 @@ def distributions(num_branches: int, op_prior: str = "uniform") -> dict:
     return out
 
 
-def cell_to_params(cell, op_prior: str = "uniform") -> dict:
+def cell_to_params(cell, op_prior: str = "uniform", rng=None) -> dict:
     """Returns the flattened parameters of a `CellSpec` (or what it accepts).
 
     In the "kind" form a branch's unused settings parameter (`sep_<i>` of a
-    pooling branch, both of a 1x1 conv) takes its first choice.
+    pooling branch, both of a 1x1 conv) takes its first choice, or a random
+    one drawn from `rng` (a `random.Random`), so that a model fitted to the
+    parameters does not see one filler value again and again.
 
     Raises:
         ValueError: for an unknown `op_prior`.
@@ -104,9 +106,11 @@ def cell_to_params(cell, op_prior: str = "uniform") -> dict:
         else:
             params[f"kind_{i}"] = branch.op
             for kind, tokens in _KIND_PARAMS.items():
-                params[f"{_PREFIX[kind]}_{i}"] = (
-                    token if branch.op == kind else tokens[0]
-                )
+                if branch.op == kind:
+                    filler = token
+                else:
+                    filler = tokens[0] if rng is None else rng.choice(tokens)
+                params[f"{_PREFIX[kind]}_{i}"] = filler
         params[f"input_{i}"] = branch.input
     return params
 

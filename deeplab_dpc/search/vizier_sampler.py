@@ -321,7 +321,7 @@ class VizierSampler(optuna.samplers.BaseSampler):
             self._feasible,
             f"vizier:{self._algorithm}'s random fallback",
         )
-        return optuna_space.cell_to_params(cell, self._op_prior)
+        return optuna_space.cell_to_params(cell, self._op_prior, rng)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return self._independent.sample_independent(

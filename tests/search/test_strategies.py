@@ -81,6 +81,13 @@ def test_kind_params_round_trip():
         assert optuna_space.params_to_cell(params, len(cell)) == cell
     published = optuna_space.cell_to_params(cell_spec.published_cell(), "kind")
     assert published["kind_1"] == "sep3x3" and published["sep_1"] == "sep3x3@18x15"
+    # Fillers: the first choice, or drawn from an rng (the same cell back).
+    conv1x1 = cell_spec.CellSpec([cell_spec.BranchSpec(input=-1, op="conv1x1")])
+    first = optuna_space.distributions(1, "kind")["sep_0"].choices[0]
+    assert optuna_space.cell_to_params(conv1x1, "kind")["sep_0"] == first
+    drawn = [optuna_space.cell_to_params(conv1x1, "kind", rng) for _ in range(50)]
+    assert len({(p["sep_0"], p["pool_0"]) for p in drawn}) > 10
+    assert all(optuna_space.params_to_cell(p, 1) == conv1x1 for p in drawn)
     with pytest.raises(ValueError, match="op_prior is 'kinds'"):
         optuna_space.distributions(2, "kinds")
     with pytest.raises(ValueError, match="op_prior is 'flat'"):
