@@ -93,7 +93,7 @@ def test_summary_compares_the_seed_mean_with_aspp():
 
 
 def test_report_and_plot(tmp_path):
-    args = search_efficacy._parse(["--quick"])
+    args = search_efficacy._parse(["--quick", "--rerank_top_k=3"])
     fidelity = {
         "heads": [
             {
