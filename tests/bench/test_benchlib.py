@@ -40,13 +40,22 @@ def test_sigterm_stops_the_benchmark_and_its_child():
         stdout=subprocess.PIPE,
         text=True,
     )
-    child_pid = int(benchmark.stdout.readline())
-    assert _alive(child_pid)
-    benchmark.send_signal(signal.SIGTERM)
-    assert benchmark.wait(timeout=60) == 128 + signal.SIGTERM
-    assert benchmark.stdout.read() == ""
-    # The benchmark waited for its child, so the child is gone, not a zombie.
-    assert not _alive(child_pid)
+    child_pid = None
+    try:
+        child_pid = int(benchmark.stdout.readline())
+        assert _alive(child_pid)
+        benchmark.send_signal(signal.SIGTERM)
+        assert benchmark.wait(timeout=60) == 128 + signal.SIGTERM
+        assert benchmark.stdout.read() == ""
+        # The benchmark waited for its child, so the child is gone, not a zombie.
+        assert not _alive(child_pid)
+    finally:  # A failing test leaves no process behind either.
+        if benchmark.poll() is None:
+            benchmark.kill()
+            benchmark.wait()
+        if child_pid is not None and _alive(child_pid):
+            os.kill(child_pid, signal.SIGKILL)
+        benchmark.stdout.close()
 
 
 def test_outside_the_main_thread_the_handler_is_left_alone():
