@@ -27,7 +27,6 @@ import os
 import platform
 import resource
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -635,51 +634,33 @@ def search_program(search_dir, data_dir, flags, preexec_fn=None):
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     log_path = os.path.join(search_dir, "bench.log")
-    with open(log_path, "a") as log:
-        child = subprocess.Popen(  # pylint: disable=consider-using-with
-            command,
-            stdout=log,
-            stderr=log,
-            env=env,
-            preexec_fn=preexec_fn,  # pylint: disable=subprocess-popen-preexec-fn
-        )
-        with stop_child_on_sigterm(child):
-            returncode = child.wait()
+    returncode = run_logged(command, log_path, env, preexec_fn)
     if returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({returncode}); see {log_path}")
 
 
-class stop_child_on_sigterm:  # pylint: disable=invalid-name
-    """While open, SIGTERM stops `child` too (the program saves and exits).
+def run_logged(command, log_path, env, preexec_fn=None):
+    """Runs `command`, its output appended to `log_path`; returns its status.
 
-    Python's default SIGTERM ends the benchmark at once and leaves its child
-    running; here the child gets SIGTERM, is waited for, and the benchmark
-    exits with 128 + SIGTERM. Only the main thread may set a handler: in any
-    other thread this does nothing.
+    The child dies with the benchmark, however the benchmark ends (SIGTERM,
+    SIGKILL): `deeplab_dpc.processes.child_kwargs`, as the demo starts the
+    search program. `preexec_fn` runs in the child after that (e.g. CPU
+    affinity).
     """
+    # Imported here: Model Garden's worker imports benchlib under the peers'
+    # venv, which has no deeplab_dpc.
+    from deeplab_dpc import processes  # pylint: disable=import-outside-toplevel
 
-    def __init__(self, child):
-        self._child = child
-        self._previous = None
+    kwargs = processes.child_kwargs(env)
+    if preexec_fn is not None:
+        die_with_parent = kwargs["preexec_fn"]
 
-    def _stop(self, signum, frame):
-        del frame
-        # Not `wait` here: the handler may run inside the child's `wait`,
-        # which holds a lock; `__exit__` waits once the exception unwound it.
-        self._child.terminate()
-        raise SystemExit(128 + signum)
+        def preexec():
+            die_with_parent()
+            preexec_fn()
 
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._stop)
-        except ValueError:  # Not the main thread.
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is not None and self._child.poll() is None:
-            self._child.terminate()
-            self._child.wait()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
+        kwargs["preexec_fn"] = preexec
+    with open(log_path, "a") as log:
+        return subprocess.run(
+            command, stdout=log, stderr=log, check=False, **kwargs
+        ).returncode

@@ -5,89 +5,73 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bench")
+import process_testing
 
-# A benchmark starting a long child, as `search_program` starts the search
-# program: it prints the child's pid once the handler is in place.
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BENCH = os.path.join(_REPO, "bench")
+sys.path.insert(0, _BENCH)
+
+import benchlib  # pylint: disable=wrong-import-position
+
+# A benchmark running a long child as `search_program` runs the search
+# program (with a `preexec_fn`, as search_throughput pins a core).
 _BENCHMARK = textwrap.dedent(
     """
-    import subprocess, sys
+    import os, sys
     sys.path.insert(0, {bench!r})
     import benchlib
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    with benchlib.stop_child_on_sigterm(child):
-        print(child.pid, flush=True)
-        child.wait()
+    benchlib.run_logged(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        {log!r},
+        dict(os.environ),
+        preexec_fn=lambda: os.environ.__setitem__("X", "1"),
+    )
     print("not reached", flush=True)
     """
 )
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _wait(condition, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
 
 
-def test_sigterm_stops_the_benchmark_and_its_child():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_the_child_dies_with_the_benchmark(tmp_path, signum):
+    env = dict(os.environ, PYTHONPATH=_REPO)
     benchmark = subprocess.Popen(
-        [sys.executable, "-c", _BENCHMARK.format(bench=os.path.abspath(_BENCH))],
+        [sys.executable, "-c", _BENCHMARK.format(bench=_BENCH, log=str(tmp_path / "log"))],
+        env=env,
         stdout=subprocess.PIPE,
         text=True,
     )
-    child_pid = None
+    children = []
     try:
-        child_pid = int(benchmark.stdout.readline())
-        assert _alive(child_pid)
-        benchmark.send_signal(signal.SIGTERM)
-        assert benchmark.wait(timeout=60) == 128 + signal.SIGTERM
+        assert _wait(lambda: process_testing.children(benchmark.pid))
+        children = process_testing.children(benchmark.pid)
+        benchmark.send_signal(signum)
+        assert benchmark.wait(timeout=60) == -signum
         assert benchmark.stdout.read() == ""
-        # The benchmark waited for its child, so the child is gone, not a zombie.
-        assert not _alive(child_pid)
+        assert _wait(lambda: not any(map(process_testing.alive, children)))
     finally:  # A failing test leaves no process behind either.
         if benchmark.poll() is None:
             benchmark.kill()
             benchmark.wait()
-        if child_pid is not None and _alive(child_pid):
-            os.kill(child_pid, signal.SIGKILL)
+        for pid in children:
+            if process_testing.alive(pid):
+                os.kill(pid, signal.SIGKILL)
         benchmark.stdout.close()
 
 
-def test_outside_the_main_thread_the_handler_is_left_alone():
-    import threading  # pylint: disable=import-outside-toplevel
-
-    sys.path.insert(0, _BENCH)
-    import benchlib  # pylint: disable=import-outside-toplevel
-
-    before = signal.getsignal(signal.SIGTERM)
-    seen = []
-
-    def enter():
-        child = subprocess.Popen([sys.executable, "-c", "pass"])
-        with benchlib.stop_child_on_sigterm(child):
-            seen.append(signal.getsignal(signal.SIGTERM))
-            child.wait()
-
-    thread = threading.Thread(target=enter)
-    thread.start()
-    thread.join(timeout=60)
-    assert seen == [before]
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
-@pytest.mark.parametrize("returncode", [0, 3])
-def test_the_handler_is_restored_after_the_child_ends(returncode):
-    sys.path.insert(0, _BENCH)
-    import benchlib  # pylint: disable=import-outside-toplevel
-
-    before = signal.getsignal(signal.SIGTERM)
-    child = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({returncode})"])
-    with benchlib.stop_child_on_sigterm(child):
-        assert signal.getsignal(signal.SIGTERM) != before
-        assert child.wait() == returncode
-    assert signal.getsignal(signal.SIGTERM) is before
+def test_run_logged_returns_the_status_and_appends_the_output(tmp_path):
+    log = tmp_path / "log"
+    log.write_text("earlier\n")
+    command = [sys.executable, "-c", "print('out'); raise SystemExit(3)"]
+    assert benchlib.run_logged(command, str(log), dict(os.environ)) == 3
+    assert log.read_text() == "earlier\nout\n"
