@@ -143,7 +143,7 @@ CASES = {
         ]
         + _TRAIN,
         "pretraining the proxy backbone",
-        _line("Fast paths:"),  # Logged after the first step.
+        _line("Fast paths:"),  # Logged once the first step is counted.
         TERMINATED,
     ),
     "search": (

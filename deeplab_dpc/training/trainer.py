@@ -791,16 +791,17 @@ def run(model_options, train_options, train_logdir, strategy=None, *, model_fn=N
             except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
                 raise pipeline.read_error(e, o.dataset_dir, o.train_split) from None
             loss = float(train_step(batch, tf.constant(fraction, tf.float32)))
-            if not results["losses"]:
-                # The step is traced: which kernels its layers run on.
-                for line in fast_paths.describe():
-                    logging.info("Fast paths: %s", line)
             _check_finite(loss, step, schedule, checkpoints.latest)
             step += 1
             step_var.assign(step)
             termination.unsaved = True
             results["losses"].append(loss)
             results["loss"] = loss
+            if len(results["losses"]) == 1:
+                # The step is traced (and counted, so that a SIGTERM from here
+                # on saves it): which kernels its layers run on.
+                for line in fast_paths.describe():
+                    logging.info("Fast paths: %s", line)
             images = functools.partial(
                 write_image_summaries, model, strategy, batch, step, o
             )
