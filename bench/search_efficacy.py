@@ -48,16 +48,22 @@ search and one-shot measurement is kept in `<work_dir>/results.json` under
 a key naming its settings, and each search's study in its own SQLite file,
 so a run stopped part way (or killed) resumes where it stopped when started
 again with the same `--work_dir` (a study's interrupted trial is retried
-after the engine's heartbeat grace period). The budget (trials, steps,
+after the engine's heartbeat grace period). On another machine (a new
+`--work_dir`), `--export_run` and `--import_run` carry the finished
+measurements over once that machine's preparation is shown byte-identical
+(the sha256 sums of the backbone checkpoint and the cache's shards), and the
+report names where they came from; a search not finished is run again. The budget (trials, steps,
 CPU-hours) is in the output. This is a benchmark, not a test: it reports
 what the numbers say, also when the search loses.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -151,6 +157,22 @@ def _parse(argv):
     add("--max_head_madds", default="1.1xaspp", help="The searches' budget.")
     add("--target_crop", type=int, default=513, help="Crop MAdds are counted at.")
     add("--work_dir", default=None, help="Keep the work here (default: temp).")
+    add(
+        "--export_run",
+        default=None,
+        help="Write the prepared --work_dir's identity (the pretrained "
+        "backbone's and the feature cache's sha256 sums) and its stored "
+        "measurements to this JSON file, and exit: a run stopped part way, "
+        "for another machine to go on with (--import_run).",
+    )
+    add(
+        "--import_run",
+        default=None,
+        help="A file --export_run wrote: once preparation here has made a "
+        "byte-identical backbone and cache, its measurements not yet in "
+        "--work_dir are added (none replaced) and the report says so; "
+        "otherwise the run stops with an error naming what differs.",
+    )
     add("--quick", action="store_true", help="Tiny smoke run.")
     add("--output_json", default=None, help="Result file.")
     add(
@@ -250,6 +272,155 @@ class Store:
         self._data[key] = value
         benchlib.write_text(self.path, json.dumps(self._data, indent=1))
         return value
+
+    def items(self):
+        return dict(self._data)
+
+    def merge(self, results):
+        """Adds `results`' keys this store lacks; returns how many it added."""
+        added = {k: v for k, v in results.items() if k not in self._data}
+        if added:
+            self._data.update(added)
+            benchlib.write_text(self.path, json.dumps(self._data, indent=1))
+        return len(added)
+
+
+# A store key holding where imported measurements came from, not a measurement.
+IMPORTED_KEY = "imported_runs"
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_manifest(search_dir):
+    from deeplab_dpc.search import cache_reader  # pylint: disable=import-outside-toplevel
+
+    cache_dir = os.path.join(search_dir, cache_reader.CACHE_DIR)
+    manifest = cache_reader.read_manifest(cache_dir)
+    if manifest is None:
+        raise SystemExit(
+            f"error: {search_dir} holds no prepared run (no "
+            f"{cache_reader.CACHE_DIR}/{cache_reader.MANIFEST}): run the "
+            "benchmark with this --work_dir first"
+        )
+    return manifest
+
+
+def run_files(search_dir):
+    """{"pretrain_sha256", "cache_manifest"} of a prepared run.
+
+    The sums are of the checkpoint files the cache was computed from (the
+    manifest names it), so they say whether two runs' proxy trials read the
+    same features and their end-to-end runs start from the same backbone.
+    """
+    manifest = _cache_manifest(search_dir)
+    prefix = os.path.basename(manifest["settings"]["checkpoint"])
+    folder = os.path.join(search_dir, "pretrain")
+    names = sorted(
+        n for n in os.listdir(folder) if n.startswith(prefix + ".")
+    )
+    if not names:
+        raise SystemExit(
+            f"error: {folder} lacks {prefix}, the checkpoint the cache was made from"
+        )
+    return {
+        "pretrain_sha256": {n: _sha256(os.path.join(folder, n)) for n in names},
+        "cache_manifest": manifest,
+    }
+
+
+def run_identity(files):
+    """What measurements depend on beyond their keys' settings, from `run_files`."""
+    manifest = files["cache_manifest"]
+    return {
+        "pretrained checkpoint sha256": files["pretrain_sha256"],
+        "cache's checkpoint sha256": manifest["settings"]["checkpoint_sha256"],
+        "cache features": [manifest["feature_shape"], manifest["feature_dtype"]],
+        "cache shards sha256": {
+            split: [[s["file"], s["count"], s["sha256"]] for s in entry["shards"]]
+            for split, entry in sorted(manifest["splits"].items())
+        },
+    }
+
+
+def _code_version():
+    try:
+        return subprocess.run(
+            ["git", "-C", _BENCH, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def export_run(path, search_dir, store):
+    """Writes the run's files' identity and stored measurements to `path`."""
+    cpu = benchlib.machine()
+    record = {
+        "about": "A run of bench/search_efficacy.py written by --export_run: "
+        "its <work_dir>/results.json under 'results', and the sha256 sums of "
+        "its pretrained backbone and feature cache, which --import_run "
+        "compares before it adds any measurement. Not a benchmark result.",
+        "code": _code_version(),
+        "machine": f"{cpu['cpu']}, {cpu['cores']} cores, "
+        f"oneDNN {benchlib.onednn_state()}",
+        "command": benchlib.command_line(),
+        **run_files(search_dir),
+        "results": {
+            k: v for k, v in store.items().items() if k != IMPORTED_KEY
+        },
+    }
+    benchlib.write_text(path, json.dumps(record, indent=1))
+    return record
+
+
+def import_run(path, search_dir, store):
+    """Adds an exported run's measurements if its backbone and cache are ours.
+
+    Returns the store's record of every run imported so far.
+    """
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        theirs = run_identity(record)
+        results = record["results"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"error: --import_run={path} is not a file --export_run writes: {e!r}"
+        ) from e
+    ours = run_identity(run_files(search_dir))
+    differ = [name for name in ours if ours[name] != theirs.get(name)]
+    if differ:
+        raise SystemExit(
+            f"error: --import_run={path}: its {', '.join(differ)} differ from "
+            f"this run's (made on {record.get('machine')}), so its measurements "
+            "are not comparable with this run's; nothing was imported. Run "
+            "again without the flag: the prepared --work_dir is reused."
+        )
+    added = store.merge({k: v for k, v in results.items() if k != IMPORTED_KEY})
+    imported = list(store.get(IMPORTED_KEY) or [])
+    entry = {
+        "file": os.path.basename(path),
+        "code": record.get("code"),
+        "machine": record.get("machine"),
+        "measurements": len(results),
+    }
+    if entry not in imported:
+        imported.append(entry)
+        store.put(IMPORTED_KEY, imported)
+    print(
+        f"--import_run={path}: its backbone and cache are byte-identical to "
+        f"this run's; {added} of its {len(results)} measurements added.",
+        flush=True,
+    )
+    return imported
 
 
 def _settings_key(args, *names):
@@ -742,10 +913,21 @@ def _interval(rho, low, high):
     return f"{rho:.3f}, 90% bootstrap interval [{low:.3f}, {high:.3f}]"
 
 
-def markdown(fidelity, runs, table, aspp, args, seconds, shot):
+def markdown(fidelity, runs, table, aspp, args, seconds, shot, imported=None):
     lines = [
         "## Search efficacy (bench/search_efficacy.py)",
         "",
+    ]
+    for run in imported or ():
+        lines += [
+            f"Resumed run: {run['measurements']} measurements were imported "
+            f"(`--import_run`) from `{run['file']}`, a run of code "
+            f"{run['code']} on {run['machine']} whose pretrained backbone and "
+            "feature cache are byte-identical to this run's (sha256); the "
+            "rest was measured here.",
+            "",
+        ]
+    lines += [
         f"Geometry: crop {args.crop}, output stride {args.output_stride} "
         f"({(args.crop - 1) // args.output_stride + 1}x"
         f"{(args.crop - 1) // args.output_stride + 1} features); proxy "
@@ -847,6 +1029,17 @@ def main(argv=None):
     started = time.time()
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="search_efficacy-")
     os.makedirs(work_dir, exist_ok=True)
+    if args.export_run:
+        # Reads the prepared files only (a running benchmark may share them).
+        search_dir = os.path.join(work_dir, "search")
+        record = export_run(
+            args.export_run, search_dir, Store(os.path.join(work_dir, "results.json"))
+        )
+        print(
+            f"wrote {args.export_run}: {len(record['results'])} measurements",
+            flush=True,
+        )
+        return 0
     data_dir, search_dir = prepare(work_dir, args)
     # pylint: disable=import-outside-toplevel
     from deeplab_dpc.search import cache as cache_lib
@@ -862,6 +1055,8 @@ def main(argv=None):
         return proxy.head_cost(options, channels, target)[1]
 
     store = Store(os.path.join(work_dir, "results.json"))
+    if args.import_run:
+        import_run(args.import_run, search_dir, store)
     heads = Heads(work_dir, data_dir, cache, args, store)
     fidelity = part_fidelity(heads, args, cost)
     aspp = next(h for h in fidelity["heads"] if h["name"] == ASPP)
@@ -877,7 +1072,10 @@ def main(argv=None):
     plot_curves(runs, os.path.join(work_dir, "search_efficacy.png"))
     if not args.quick:  # A smoke run leaves the real run's plot alone.
         plot_curves(runs, args.plot)
-    text = markdown(fidelity, runs, table, aspp, args, heads.seconds, shot)
+    text = markdown(
+        fidelity, runs, table, aspp, args, heads.seconds, shot,
+        imported=store.get(IMPORTED_KEY),
+    )
     benchlib.write_text(os.path.join(work_dir, "search_efficacy.md"), text)
     print(text, flush=True)
 

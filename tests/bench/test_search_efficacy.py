@@ -1,5 +1,7 @@
 """bench/search_efficacy.py: its cell choice, summary and report, on fixed inputs."""
 
+import hashlib
+import json
 import os
 import sys
 import types
@@ -150,6 +152,19 @@ def test_report_and_plot(tmp_path):
     assert "17 ops" in text and "1234 cells per CPU-hour" in text
     assert "against 18 stand-alone proxy trials per hour" in text
     assert "rho undefined (every score alike)" in text
+    assert "Resumed run" not in text
+    imported = [
+        {"file": "run.json", "code": "abc1234", "machine": "CPU X", "measurements": 7}
+    ]
+    resumed = search_efficacy.markdown(
+        fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}, shot,
+        imported=imported,
+    )
+    assert (
+        "Resumed run: 7 measurements were imported (`--import_run`) from "
+        "`run.json`, a run of code abc1234 on CPU X whose pretrained backbone"
+        in resumed
+    )
     path = tmp_path / "curves.png"
     search_efficacy.plot_curves(runs, str(path))
     assert path.stat().st_size > 1000
@@ -317,3 +332,106 @@ def test_top_trials_skips_a_cell_trained_twice():
     top = search_efficacy.top_trials(trials, 2)
     assert [t.number for t in top] == [2, 1]
     assert [t.number for t in search_efficacy.top_trials(trials, 5)] == [2, 1]
+
+
+def _prepared_run(root):
+    """A prepared run's files as the search program leaves them (tiny)."""
+    search_dir = root / "search"
+    (search_dir / "pretrain").mkdir(parents=True)
+    (search_dir / "cache").mkdir()
+    (search_dir / "pretrain" / "ckpt-3.index").write_bytes(b"index")
+    (search_dir / "pretrain" / "ckpt-3.data-00000-of-00001").write_bytes(b"weights")
+    (search_dir / "pretrain" / "ckpt-2.index").write_bytes(b"an older one")
+    manifest = {
+        "feature_shape": [33, 33, 320],
+        "feature_dtype": "float16",
+        "settings": {
+            "checkpoint": str(search_dir / "pretrain" / "ckpt-3"),
+            "checkpoint_sha256": "ab" * 32,
+        },
+        "splits": {
+            split: {
+                "count": 5,
+                "shards": [{"file": f"{split}-0.tfrecord", "count": 5, "sha256": s}],
+            }
+            for split, s in (("train", "1" * 64), ("val", "2" * 64))
+        },
+    }
+    (search_dir / "cache" / "manifest.json").write_text(json.dumps(manifest))
+    return search_dir
+
+
+def test_an_exported_run_is_imported_only_onto_identical_files(tmp_path):
+    ours = _prepared_run(tmp_path / "a")
+    exported = search_efficacy.Store(str(tmp_path / "a" / "results.json"))
+    exported.put("e2e:x", {"miou": 0.5, "seconds": 3.0})
+    exported.put("proxy:y", {"miou": 0.4, "seconds": 1.0})
+    path = str(tmp_path / "run.json")
+    record = search_efficacy.export_run(path, str(ours), exported)
+    assert record["pretrain_sha256"] == {
+        "ckpt-3.data-00000-of-00001": hashlib.sha256(b"weights").hexdigest(),
+        "ckpt-3.index": hashlib.sha256(b"index").hexdigest(),
+    }
+    assert json.loads((tmp_path / "run.json").read_text())["results"] == {
+        "e2e:x": {"miou": 0.5, "seconds": 3.0},
+        "proxy:y": {"miou": 0.4, "seconds": 1.0},
+    }
+
+    # Another machine's run made the same files: what it lacks is added, what
+    # it measured itself stays.
+    theirs = _prepared_run(tmp_path / "b")
+    store = search_efficacy.Store(str(tmp_path / "b" / "results.json"))
+    store.put("e2e:x", {"miou": 0.6, "seconds": 4.0})
+    imported = search_efficacy.import_run(path, str(theirs), store)
+    assert store.get("e2e:x") == {"miou": 0.6, "seconds": 4.0}
+    assert store.get("proxy:y") == {"miou": 0.4, "seconds": 1.0}
+    assert imported == [
+        {
+            "file": "run.json",
+            "code": record["code"],
+            "machine": record["machine"],
+            "measurements": 2,
+        }
+    ]
+    # A resumed invocation imports again: nothing changes, one record.
+    reread = search_efficacy.Store(str(tmp_path / "b" / "results.json"))
+    assert search_efficacy.import_run(path, str(theirs), reread) == imported
+
+    # One byte of the backbone, or one shard's sum, differs: nothing is added.
+    for name, change in (
+        ("pretrained checkpoint sha256", lambda d: (
+            d / "pretrain" / "ckpt-3.index").write_bytes(b"indeX")),
+        ("cache shards sha256", lambda d: (d / "cache" / "manifest.json").write_text(
+            (d / "cache" / "manifest.json").read_text().replace("2" * 64, "3" * 64))),
+    ):
+        other = _prepared_run(tmp_path / name.replace(" ", "_"))
+        change(other)
+        fresh = search_efficacy.Store(str(other.parent / "results.json"))
+        with pytest.raises(SystemExit, match=f"its {name} differ"):
+            search_efficacy.import_run(path, str(other), fresh)
+        assert fresh.items() == {}
+
+
+def test_import_and_export_name_what_is_wrong(tmp_path):
+    search_dir = _prepared_run(tmp_path)
+    store = search_efficacy.Store(str(tmp_path / "results.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"results": {}}')
+    with pytest.raises(SystemExit, match="bad.json is not a file --export_run writes"):
+        search_efficacy.import_run(str(bad), str(search_dir), store)
+    with pytest.raises(SystemExit, match="holds no prepared run"):
+        search_efficacy.export_run(
+            str(tmp_path / "out.json"), str(tmp_path / "nothing"), store
+        )
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_the_stored_partial_run_is_importable():
+    # bench/partial/: a stopped run kept for a later session's --import_run.
+    folder = os.path.join(os.path.dirname(search_efficacy.__file__), "partial")
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name)) as f:
+            record = json.load(f)
+        identity = search_efficacy.run_identity(record)
+        assert len(identity["pretrained checkpoint sha256"]) == 2, name
+        assert record["results"] and record["code"], name
