@@ -51,7 +51,7 @@ again with the same `--work_dir` (a study's interrupted trial is retried
 after the engine's heartbeat grace period). On another machine (a new
 `--work_dir`), `--export_run` and `--import_run` carry the finished
 measurements over once that machine's preparation is shown byte-identical
-(the sha256 sums of the backbone checkpoint and the cache's shards), and the
+(the sha256 sums of the backbone checkpoint and the cached crops), and the
 report names where they came from; a search not finished is run again. The budget (trials, steps,
 CPU-hours) is in the output. This is a benchmark, not a test: it reports
 what the numbers say, also when the search loses.
@@ -285,8 +285,11 @@ class Store:
         return len(added)
 
 
-# A store key holding where imported measurements came from, not a measurement.
+# Store keys that are not measurements: where imported measurements came
+# from, and each invocation's code and machine.
 IMPORTED_KEY = "imported_runs"
+INVOCATIONS_KEY = "invocations"
+NOT_MEASUREMENTS = (IMPORTED_KEY, INVOCATIONS_KEY)
 
 
 def _sha256(path):
@@ -311,14 +314,36 @@ def _cache_manifest(search_dir):
     return manifest
 
 
+def _records_sha256(cache_dir, shards):
+    """sha256 of a split's cached crops, whatever bytes their shards hold.
+
+    Over each record re-serialized deterministically: a cache written before
+    `cache.serialize` was deterministic has shards whose bytes (and manifest
+    sums) vary between processes for the same crops.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    digest = hashlib.sha256()
+    for shard in shards:
+        path = os.path.join(cache_dir, shard["file"])
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            example = tf.train.Example.FromString(record)
+            digest.update(example.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
 def run_files(search_dir):
-    """{"pretrain_sha256", "cache_manifest"} of a prepared run.
+    """{"pretrain_sha256", "cache_records_sha256", "cache_manifest"} of a run.
 
     The sums are of the checkpoint files the cache was computed from (the
-    manifest names it), so they say whether two runs' proxy trials read the
-    same features and their end-to-end runs start from the same backbone.
+    manifest names it) and of the cached crops, so they say whether two
+    runs' proxy trials read the same features and their end-to-end runs
+    start from the same backbone.
     """
+    from deeplab_dpc.search import cache_reader  # pylint: disable=import-outside-toplevel
+
     manifest = _cache_manifest(search_dir)
+    cache_dir = os.path.join(search_dir, cache_reader.CACHE_DIR)
     prefix = os.path.basename(manifest["settings"]["checkpoint"])
     folder = os.path.join(search_dir, "pretrain")
     names = sorted(
@@ -330,6 +355,13 @@ def run_files(search_dir):
         )
     return {
         "pretrain_sha256": {n: _sha256(os.path.join(folder, n)) for n in names},
+        "cache_records_sha256": {
+            split: {
+                "count": entry["count"],
+                "sha256": _records_sha256(cache_dir, entry["shards"]),
+            }
+            for split, entry in sorted(manifest["splits"].items())
+        },
         "cache_manifest": manifest,
     }
 
@@ -341,10 +373,7 @@ def run_identity(files):
         "pretrained checkpoint sha256": files["pretrain_sha256"],
         "cache's checkpoint sha256": manifest["settings"]["checkpoint_sha256"],
         "cache features": [manifest["feature_shape"], manifest["feature_dtype"]],
-        "cache shards sha256": {
-            split: [[s["file"], s["count"], s["sha256"]] for s in entry["shards"]]
-            for split, entry in sorted(manifest["splits"].items())
-        },
+        "cached crops sha256": files["cache_records_sha256"],
     }
 
 
@@ -360,21 +389,42 @@ def _code_version():
         return None
 
 
+def _machine():
+    cpu = benchlib.machine()
+    return f"{cpu['cpu']}, {cpu['cores']} cores, oneDNN {benchlib.onednn_state()}"
+
+
+def record_invocation(store, argv=None):
+    """Adds this invocation's code, machine and command to the store."""
+    invocations = list(store.get(INVOCATIONS_KEY) or [])
+    invocations.append(
+        {
+            "code": _code_version(),
+            "machine": _machine(),
+            "command": benchlib.command_line(
+                None if argv is None else [__file__, *argv]
+            ),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    store.put(INVOCATIONS_KEY, invocations)
+
+
 def export_run(path, search_dir, store):
     """Writes the run's files' identity and stored measurements to `path`."""
-    cpu = benchlib.machine()
+    invocations = store.get(INVOCATIONS_KEY) or []
+    codes = sorted({i["code"] for i in invocations if i["code"]})
     record = {
         "about": "A run of bench/search_efficacy.py written by --export_run: "
         "its <work_dir>/results.json under 'results', and the sha256 sums of "
-        "its pretrained backbone and feature cache, which --import_run "
+        "its pretrained backbone and cached crops, which --import_run "
         "compares before it adds any measurement. Not a benchmark result.",
-        "code": _code_version(),
-        "machine": f"{cpu['cpu']}, {cpu['cores']} cores, "
-        f"oneDNN {benchlib.onednn_state()}",
-        "command": benchlib.command_line(),
+        "code": ", ".join(codes) or _code_version(),
+        "machine": _machine(),
+        "invocations": invocations,
         **run_files(search_dir),
         "results": {
-            k: v for k, v in store.items().items() if k != IMPORTED_KEY
+            k: v for k, v in store.items().items() if k not in NOT_MEASUREMENTS
         },
     }
     benchlib.write_text(path, json.dumps(record, indent=1))
@@ -404,7 +454,9 @@ def import_run(path, search_dir, store):
             "are not comparable with this run's; nothing was imported. Run "
             "again without the flag: the prepared --work_dir is reused."
         )
-    added = store.merge({k: v for k, v in results.items() if k != IMPORTED_KEY})
+    added = store.merge(
+        {k: v for k, v in results.items() if k not in NOT_MEASUREMENTS}
+    )
     imported = list(store.get(IMPORTED_KEY) or [])
     entry = {
         "file": os.path.basename(path),
@@ -1055,6 +1107,7 @@ def main(argv=None):
         return proxy.head_cost(options, channels, target)[1]
 
     store = Store(os.path.join(work_dir, "results.json"))
+    record_invocation(store, argv)
     if args.import_run:
         import_run(args.import_run, search_dir, store)
     heads = Heads(work_dir, data_dir, cache, args, store)

@@ -105,7 +105,13 @@ def _differences(old, new):
     ]
 
 
-def _example(features, label):
+def serialize(features, label):
+    """One cached crop as a serialized `tf.train.Example`.
+
+    Serialized deterministically: the features are a map, whose entries
+    protobuf otherwise writes in an order that varies between processes, so
+    that the same features would make shards of other bytes (and sha256).
+    """
     feature = {
         key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[a.tobytes()]))
         for key, a in (
@@ -113,7 +119,8 @@ def _example(features, label):
             (cache_reader.LABEL_KEY, label),
         )
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def _write_split(directory, name, dataset, count, extract, per_shard, check, progress):
@@ -139,7 +146,7 @@ def _write_split(directory, name, dataset, count, extract, per_shard, check, pro
                     )
                     writer = tf.io.TFRecordWriter(path)
                     shards.append({"file": os.path.basename(path), "count": 0})
-                writer.write(_example(feature, label).SerializeToString())
+                writer.write(serialize(feature, label))
                 shards[-1]["count"] += 1
                 written += 1
                 if written % per_shard == 0 or written == count:

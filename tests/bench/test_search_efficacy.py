@@ -6,7 +6,9 @@ import os
 import sys
 import types
 
+import numpy as np
 import pytest
+import tensorflow as tf
 
 sys.path.insert(
     0,
@@ -15,6 +17,7 @@ sys.path.insert(
 import search_efficacy  # pylint: disable=wrong-import-position  # noqa: E402
 
 from deeplab_dpc.cells import cell_spec  # noqa: E402
+from deeplab_dpc.search import cache  # noqa: E402
 from deeplab_dpc.search import space  # noqa: E402
 
 
@@ -334,7 +337,34 @@ def test_top_trials_skips_a_cell_trained_twice():
     assert [t.number for t in search_efficacy.top_trials(trials, 5)] == [2, 1]
 
 
-def _prepared_run(root):
+def _one_entry(key, array):
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[array.tobytes()]))
+    return tf.train.Example(
+        features=tf.train.Features(feature={key: feature})
+    ).SerializeToString()
+
+
+def _write_shard(path, crops, label_first=False):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for features, label in crops:
+            if label_first:  # The same example, its map entries in another order.
+                writer.write(_one_entry("label", label) + _one_entry("features", features))
+            else:
+                writer.write(cache.serialize(features, label))
+
+
+def _crops(split):
+    rng = np.random.default_rng({"train": 0, "val": 1}[split])
+    return [
+        (
+            rng.normal(size=(3, 3, 4)).astype(np.float16),
+            rng.integers(0, 7, size=(9, 9), dtype=np.uint8),
+        )
+        for _ in range(3)
+    ]
+
+
+def _prepared_run(root, label_first=False):
     """A prepared run's files as the search program leaves them (tiny)."""
     search_dir = root / "search"
     (search_dir / "pretrain").mkdir(parents=True)
@@ -342,20 +372,22 @@ def _prepared_run(root):
     (search_dir / "pretrain" / "ckpt-3.index").write_bytes(b"index")
     (search_dir / "pretrain" / "ckpt-3.data-00000-of-00001").write_bytes(b"weights")
     (search_dir / "pretrain" / "ckpt-2.index").write_bytes(b"an older one")
+    splits = {}
+    for split in ("train", "val"):
+        name = f"{split}-00000-of-00001.tfrecord"
+        _write_shard(search_dir / "cache" / name, _crops(split), label_first)
+        splits[split] = {
+            "count": 3,
+            "shards": [{"file": name, "count": 3, "sha256": "not compared"}],
+        }
     manifest = {
-        "feature_shape": [33, 33, 320],
+        "feature_shape": [3, 3, 4],
         "feature_dtype": "float16",
         "settings": {
             "checkpoint": str(search_dir / "pretrain" / "ckpt-3"),
             "checkpoint_sha256": "ab" * 32,
         },
-        "splits": {
-            split: {
-                "count": 5,
-                "shards": [{"file": f"{split}-0.tfrecord", "count": 5, "sha256": s}],
-            }
-            for split, s in (("train", "1" * 64), ("val", "2" * 64))
-        },
+        "splits": splits,
     }
     (search_dir / "cache" / "manifest.json").write_text(json.dumps(manifest))
     return search_dir
@@ -366,25 +398,35 @@ def test_an_exported_run_is_imported_only_onto_identical_files(tmp_path):
     exported = search_efficacy.Store(str(tmp_path / "a" / "results.json"))
     exported.put("e2e:x", {"miou": 0.5, "seconds": 3.0})
     exported.put("proxy:y", {"miou": 0.4, "seconds": 1.0})
+    search_efficacy.record_invocation(exported, ["--work_dir=a"])
     path = str(tmp_path / "run.json")
     record = search_efficacy.export_run(path, str(ours), exported)
+    (invocation,) = record["invocations"]
+    assert invocation["command"].endswith("search_efficacy.py --work_dir=a")
+    assert record["code"] == invocation["code"] and invocation["machine"]
     assert record["pretrain_sha256"] == {
         "ckpt-3.data-00000-of-00001": hashlib.sha256(b"weights").hexdigest(),
         "ckpt-3.index": hashlib.sha256(b"index").hexdigest(),
     }
+    assert record["cache_records_sha256"]["val"]["count"] == 3
     assert json.loads((tmp_path / "run.json").read_text())["results"] == {
         "e2e:x": {"miou": 0.5, "seconds": 3.0},
         "proxy:y": {"miou": 0.4, "seconds": 1.0},
     }
 
-    # Another machine's run made the same files: what it lacks is added, what
-    # it measured itself stays.
-    theirs = _prepared_run(tmp_path / "b")
+    # Another machine's run made the same backbone and crops (its shards'
+    # bytes differ: their map entries come in another order). What it lacks
+    # is added; what it measured itself stays.
+    theirs = _prepared_run(tmp_path / "b", label_first=True)
+    assert (ours / "cache" / "val-00000-of-00001.tfrecord").read_bytes() != (
+        theirs / "cache" / "val-00000-of-00001.tfrecord"
+    ).read_bytes()
     store = search_efficacy.Store(str(tmp_path / "b" / "results.json"))
     store.put("e2e:x", {"miou": 0.6, "seconds": 4.0})
     imported = search_efficacy.import_run(path, str(theirs), store)
     assert store.get("e2e:x") == {"miou": 0.6, "seconds": 4.0}
     assert store.get("proxy:y") == {"miou": 0.4, "seconds": 1.0}
+    assert store.get(search_efficacy.INVOCATIONS_KEY) is None  # Not ours.
     assert imported == [
         {
             "file": "run.json",
@@ -397,12 +439,18 @@ def test_an_exported_run_is_imported_only_onto_identical_files(tmp_path):
     reread = search_efficacy.Store(str(tmp_path / "b" / "results.json"))
     assert search_efficacy.import_run(path, str(theirs), reread) == imported
 
-    # One byte of the backbone, or one shard's sum, differs: nothing is added.
+    # One byte of the backbone, or one cached label, differs: nothing is added.
+    def other_label(search_dir):
+        crops = _crops("val")
+        crops[1] = (crops[1][0], crops[1][1] + 1)
+        _write_shard(search_dir / "cache" / "val-00000-of-00001.tfrecord", crops)
+
     for name, change in (
-        ("pretrained checkpoint sha256", lambda d: (
-            d / "pretrain" / "ckpt-3.index").write_bytes(b"indeX")),
-        ("cache shards sha256", lambda d: (d / "cache" / "manifest.json").write_text(
-            (d / "cache" / "manifest.json").read_text().replace("2" * 64, "3" * 64))),
+        (
+            "pretrained checkpoint sha256",
+            lambda d: (d / "pretrain" / "ckpt-3.index").write_bytes(b"indeX"),
+        ),
+        ("cached crops sha256", other_label),
     ):
         other = _prepared_run(tmp_path / name.replace(" ", "_"))
         change(other)
@@ -426,12 +474,15 @@ def test_import_and_export_name_what_is_wrong(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
-def test_the_stored_partial_run_is_importable():
-    # bench/partial/: a stopped run kept for a later session's --import_run.
+def test_the_stored_partial_runs_are_importable():
+    # bench/partial/: stopped runs kept for a later session's --import_run.
     folder = os.path.join(os.path.dirname(search_efficacy.__file__), "partial")
-    for name in sorted(os.listdir(folder)):
+    names = sorted(os.listdir(folder))
+    assert names, folder
+    for name in names:
         with open(os.path.join(folder, name)) as f:
             record = json.load(f)
         identity = search_efficacy.run_identity(record)
         assert len(identity["pretrained checkpoint sha256"]) == 2, name
+        assert set(identity["cached crops sha256"]) == {"train", "val"}, name
         assert record["results"] and record["code"], name

@@ -219,3 +219,32 @@ def test_writing_a_split_shows_its_progress(tmp_path, capsys):
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "cache val: 100%" in err and "3/3 [" in err
     assert "<" in err.split("3/3 [")[-1]  # [elapsed<remaining, rate]
+
+
+def _one_entry(key, array):
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[array.tobytes()]))
+    return tf.train.Example(
+        features=tf.train.Features(feature={key: feature})
+    ).SerializeToString()
+
+
+def test_a_crop_has_one_serialization_whatever_the_map_order():
+    # Protobuf writes a map's entries in an order that varies between
+    # processes; two runs caching the same features must write the same bytes.
+    features = np.arange(12, dtype=np.float16).reshape(2, 2, 3)
+    label = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    # Concatenated messages merge: the same example, its entries label first.
+    label_first = _one_entry("label", label) + _one_entry("features", features)
+    features_first = _one_entry("features", features) + _one_entry("label", label)
+    assert tf.train.Example.FromString(label_first) == tf.train.Example.FromString(
+        features_first
+    )
+    for serialized in (label_first, features_first):
+        example = tf.train.Example.FromString(serialized)
+        assert cache.serialize(features, label) == example.SerializeToString(
+            deterministic=True
+        )
+    parsed = tf.train.Example.FromString(cache.serialize(features, label))
+    stored = parsed.features.feature
+    assert stored["features"].bytes_list.value[0] == features.tobytes()
+    assert stored["label"].bytes_list.value[0] == label.tobytes()
