@@ -215,6 +215,25 @@ def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
     assert third["step"] == 5 and third["losses"] == []
 
 
+def test_sigterm_right_after_the_first_step_saves_it(data_dir, tmp_path, monkeypatch):
+    # The first step's fast paths are logged once it ended: a SIGTERM then
+    # (tests/test_sigterm.py sends it on that line) must save the step, not
+    # end the run as if nothing were done.
+    describe = trainer.fast_paths.describe
+
+    def describe_after_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return describe()
+
+    monkeypatch.setattr(trainer.fast_paths, "describe", describe_after_sigterm)
+    logdir = str(tmp_path / "log")
+    result = trainer.run(
+        _model_options(), _train_options(data_dir, training_number_of_steps=100), logdir
+    )
+    assert result["terminated"] and result["step"] == 1
+    assert tf.train.latest_checkpoint(logdir).endswith("ckpt-1")
+
+
 def test_nan_raises_naming_the_step_and_writes_no_nan_checkpoint(data_dir, tmp_path):
     logdir = str(tmp_path / "log")
     with pytest.raises(FloatingPointError, match=r"step \d+"):
