@@ -136,6 +136,10 @@ def _parse(argv):
     # These were chosen from those costs alone, before any result at them:
     # 12 heads (the minimum), 40 end-to-end steps and the top 2
     # re-ranked, about 3 h on the slower machine and 1.5 h on the faster.
+    # (Measured since, at these defaults: about 3.3 h on the slower AMD, and
+    # an Intel Xeon with AMX as slow: pretraining 0.45-0.51 steps/s, an
+    # end-to-end run 91-157 s. A session that cannot finish the run hands it
+    # on with --export_run / --import_run.)
     add("--pretrain_steps", type=int, default=400, help="Backbone pretraining.")
     add("--proxy_steps", type=int, default=60, help="Steps of a proxy trial.")
     add("--e2e_steps", type=int, default=40, help="Steps of an end-to-end run.")
