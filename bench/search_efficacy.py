@@ -52,9 +52,9 @@ after the engine's heartbeat grace period). On another machine (a new
 `--work_dir`), `--export_run` and `--import_run` carry the finished
 measurements over once that machine's preparation is shown byte-identical
 (the sha256 sums of the backbone checkpoint and the cached crops), and the
-report names where they came from; a search not finished is run again. The budget (trials, steps,
-CPU-hours) is in the output. This is a benchmark, not a test: it reports
-what the numbers say, also when the search loses.
+report names where they came from; a search not finished is run again.
+The budget (trials, steps, CPU-hours) is in the output. This is a benchmark,
+not a test: it reports what the numbers say, also when the search loses.
 """
 
 import argparse
@@ -272,9 +272,12 @@ class Store:
     def get(self, key):
         return self._data.get(key)
 
+    def _write(self):
+        benchlib.write_text(self.path, json.dumps(self._data, indent=1))
+
     def put(self, key, value):
         self._data[key] = value
-        benchlib.write_text(self.path, json.dumps(self._data, indent=1))
+        self._write()
         return value
 
     def items(self):
@@ -285,7 +288,7 @@ class Store:
         added = {k: v for k, v in results.items() if k not in self._data}
         if added:
             self._data.update(added)
-            benchlib.write_text(self.path, json.dumps(self._data, indent=1))
+            self._write()
         return len(added)
 
 
@@ -294,28 +297,6 @@ class Store:
 IMPORTED_KEY = "imported_runs"
 INVOCATIONS_KEY = "invocations"
 NOT_MEASUREMENTS = (IMPORTED_KEY, INVOCATIONS_KEY)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _cache_manifest(search_dir):
-    from deeplab_dpc.search import cache_reader  # pylint: disable=import-outside-toplevel
-
-    cache_dir = os.path.join(search_dir, cache_reader.CACHE_DIR)
-    manifest = cache_reader.read_manifest(cache_dir)
-    if manifest is None:
-        raise SystemExit(
-            f"error: {search_dir} holds no prepared run (no "
-            f"{cache_reader.CACHE_DIR}/{cache_reader.MANIFEST}): run the "
-            "benchmark with this --work_dir first"
-        )
-    return manifest
 
 
 def _records_sha256(cache_dir, shards):
@@ -346,8 +327,14 @@ def run_files(search_dir):
     """
     from deeplab_dpc.search import cache_reader  # pylint: disable=import-outside-toplevel
 
-    manifest = _cache_manifest(search_dir)
     cache_dir = os.path.join(search_dir, cache_reader.CACHE_DIR)
+    manifest = cache_reader.read_manifest(cache_dir)
+    if manifest is None:
+        raise SystemExit(
+            f"error: {search_dir} holds no prepared run (no "
+            f"{cache_reader.CACHE_DIR}/{cache_reader.MANIFEST}): run the "
+            "benchmark with this --work_dir first"
+        )
     prefix = os.path.basename(manifest["settings"]["checkpoint"])
     folder = os.path.join(search_dir, "pretrain")
     names = sorted(
@@ -358,7 +345,9 @@ def run_files(search_dir):
             f"error: {folder} lacks {prefix}, the checkpoint the cache was made from"
         )
     return {
-        "pretrain_sha256": {n: _sha256(os.path.join(folder, n)) for n in names},
+        "pretrain_sha256": {
+            n: cache_reader.sha256_file(os.path.join(folder, n)) for n in names
+        },
         "cache_records_sha256": {
             split: {
                 "count": entry["count"],
@@ -393,18 +382,23 @@ def _code_version():
         return None
 
 
-def _machine():
+def _machine(onednn=None):
     cpu = benchlib.machine()
-    return f"{cpu['cpu']}, {cpu['cores']} cores, oneDNN {benchlib.onednn_state()}"
+    onednn = onednn or benchlib.onednn_state()
+    return f"{cpu['cpu']}, {cpu['cores']} cores, oneDNN {onednn}"
 
 
-def record_invocation(store, argv=None):
-    """Adds this invocation's code, machine and command to the store."""
+def record_invocation(store, argv=None, onednn=None):
+    """Adds this invocation's code, machine and command to the store.
+
+    `onednn`: `benchlib.onednn_state()` if the caller has it (it starts a
+    Python process that imports TensorFlow).
+    """
     invocations = list(store.get(INVOCATIONS_KEY) or [])
     invocations.append(
         {
             "code": _code_version(),
-            "machine": _machine(),
+            "machine": _machine(onednn),
             "command": benchlib.command_line(
                 None if argv is None else [__file__, *argv]
             ),
@@ -1111,7 +1105,8 @@ def main(argv=None):
         return proxy.head_cost(options, channels, target)[1]
 
     store = Store(os.path.join(work_dir, "results.json"))
-    record_invocation(store, argv)
+    onednn = benchlib.onednn_state()
+    record_invocation(store, argv, onednn)
     if args.import_run:
         import_run(args.import_run, search_dir, store)
     heads = Heads(work_dir, data_dir, cache, args, store)
@@ -1200,7 +1195,7 @@ def main(argv=None):
         figures,
         args.output_json,
         details=text.split("\n", 2)[2],
-        onednn=benchlib.onednn_state(),
+        onednn=onednn,
     )
     if args.output_json:
         benchlib.write_text(

@@ -478,7 +478,9 @@ def test_the_stored_partial_runs_are_importable():
     # bench/partial/: stopped runs kept for a later session's --import_run.
     folder = os.path.join(os.path.dirname(search_efficacy.__file__), "partial")
     names = sorted(os.listdir(folder))
-    assert names, folder
+    # Once the run they belong to is finished, the files go, and this test
+    # with them.
+    assert names, f"{folder} is empty: delete it and this test"
     for name in names:
         with open(os.path.join(folder, name)) as f:
             record = json.load(f)
