@@ -29,7 +29,7 @@ def _qat(tmp_path_factory):
         report = tt.fine_tuned_export(
             output_dir,
             "qat_int8",
-            tt.checks(),
+            tt.checks(min_pixel_agreement=tt.QAT_AGREEMENT),
             representative=tt.representative(),
             qat_steps=QAT_STEPS,
             calibration_steps=2,
@@ -78,10 +78,10 @@ def test_qat_file_is_full_integer_and_agrees_with_the_models(qat):
     for op, inputs, outputs in _convolutions(path):
         assert inputs[:2] == ["int8", "int8"] and outputs == ["int8"], op
         assert inputs[2:] in ([], ["int32"]), op  # The bias.
-    assert entry["passed"] and entry["parity"]["agreement"] >= tt.INT8_AGREEMENT
+    assert entry["passed"] and entry["parity"]["agreement"] >= tt.QAT_AGREEMENT
     # Against the fake-quantized tf_keras model it was converted from.
-    assert entry["fine_tuned_parity"]["agreement"] >= tt.INT8_AGREEMENT
-    assert report["evaluation"]["qat_int8"]["agreement"] >= tt.INT8_AGREEMENT
+    assert entry["fine_tuned_parity"]["agreement"] >= tt.QAT_AGREEMENT
+    assert report["evaluation"]["qat_int8"]["agreement"] >= tt.QAT_AGREEMENT
 
 
 def test_progress_of_calibration_and_fine_tuning(qat):
