@@ -30,10 +30,11 @@ demo: $(STAMP)
 # runs training, export, resume and serving under both. The passes are
 # chosen to keep the suite under 20 minutes on 2 cores (measured: 675 s,
 # 35 s and 30 s before the training step's tests joined the third pass).
+# The first pass lists its 15 slowest tests, so that a slow CI names them.
 LEGACY_KERAS_TESTS := tests/layers tests/models/test_deeplab.py
 ONEDNN_TESTS := tests/layers tests/models/test_deeplab.py tests/training/test_trainer.py
 test: $(STAMP)
-	$(PY) -m pytest -n 2 tests --ignore=tests/bench
+	$(PY) -m pytest -n 2 --durations=15 tests --ignore=tests/bench
 	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -n 2 $(LEGACY_KERAS_TESTS)
 	flipped=$$($(PY) -c 'from deeplab_dpc.layers import fast_paths; \
 	  print(0 if fast_paths.onednn_enabled() else 1)') && \
