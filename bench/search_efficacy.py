@@ -1074,6 +1074,64 @@ def markdown(fidelity, runs, table, aspp, args, seconds, shot, imported=None):
     return "\n".join(lines)
 
 
+def result_figures(fidelity, aspp, table, shot, args, seconds, invocation_seconds):
+    """The result's figures; one whose value is None is left out.
+
+    A strategy not run (e.g. uniform random_local, not among the default
+    strategies) or a rho of constant ranks has no figure rather than nan.
+    """
+
+    def figure(name, value, *rest):
+        return None if value is None else benchlib.figure(name, value, *rest)
+
+    default = table.get(DEFAULT_LABEL, {})
+    uniform = table.get(RANDOM, {})
+    paper = table.get("random_local", {})
+    figures = [
+        figure("proxy_rho", fidelity["rho"], "", "Spearman, proxy vs end to end"),
+        figure("proxy_rho_low", fidelity["rho_low"], "", "90% bootstrap"),
+        figure("proxy_rho_high", fidelity["rho_high"], "", "90% bootstrap"),
+        figure("aspp_e2e_miou", aspp["e2e_miou"], "mIOU", ASPP),
+        figure(
+            "default_e2e_miou",
+            default.get("e2e_mean"),
+            "mIOU",
+            f"{DEFAULT_LABEL} (the default), seed mean",
+        ),
+        figure(
+            "random_local_uniform_e2e_miou",
+            paper.get("e2e_mean"),
+            "mIOU",
+            "random_local drawing ops uniformly, seed mean",
+        ),
+        figure(
+            "random_e2e_miou", uniform.get("e2e_mean"), "mIOU", "uniform, seed mean"
+        ),
+        figure(
+            "one_shot_rho", shot["rho"], "",
+            f"supernet score vs stand-alone proxy, {len(shot['scores'])} cells",
+        ),
+        figure(
+            "one_shot_cells_per_cpu_hour", shot["cells_per_cpu_hour"], "cells/CPU-h",
+            f"{args.score_cells} uniform cells",
+        ),
+        figure(
+            "measured_hours",
+            (seconds["proxy"] + seconds["e2e"] + shot["train_seconds"])
+            / 3600,
+            "h",
+            "wall on the cores above: every proxy trial, end-to-end run and the "
+            "supernet's training, summed over the stored results (a resumed run "
+            "counts them all; pretraining and the cache not counted)",
+        ),
+        figure(
+            "invocation_hours", invocation_seconds / 3600, "h",
+            "wall, this invocation (a resumed run reuses stored results)",
+        ),
+    ]
+    return [f for f in figures if f is not None]
+
+
 def main(argv=None):
     args = _parse(argv)
     started = time.time()
@@ -1131,63 +1189,9 @@ def main(argv=None):
     benchlib.write_text(os.path.join(work_dir, "search_efficacy.md"), text)
     print(text, flush=True)
 
-    def value(v):
-        return float("nan") if v is None else v
-
-    default = table.get(DEFAULT_LABEL, {})
-    uniform = table.get(RANDOM, {})
-    paper = table.get("random_local", {})
-    figures = [
-        benchlib.figure(
-            "proxy_rho", value(fidelity["rho"]), "", "Spearman, proxy vs end to end"
-        ),
-        benchlib.figure(
-            "proxy_rho_low", value(fidelity["rho_low"]), "", "90% bootstrap"
-        ),
-        benchlib.figure(
-            "proxy_rho_high", value(fidelity["rho_high"]), "", "90% bootstrap"
-        ),
-        benchlib.figure("aspp_e2e_miou", aspp["e2e_miou"], "mIOU", ASPP),
-        benchlib.figure(
-            "default_e2e_miou",
-            value(default.get("e2e_mean")),
-            "mIOU",
-            f"{DEFAULT_LABEL} (the default), seed mean",
-        ),
-        benchlib.figure(
-            "random_local_uniform_e2e_miou",
-            value(paper.get("e2e_mean")),
-            "mIOU",
-            "random_local drawing ops uniformly, seed mean",
-        ),
-        benchlib.figure(
-            "random_e2e_miou",
-            value(uniform.get("e2e_mean")),
-            "mIOU",
-            "uniform, seed mean",
-        ),
-        benchlib.figure(
-            "one_shot_rho", value(shot["rho"]), "",
-            f"supernet score vs stand-alone proxy, {len(shot['scores'])} cells",
-        ),
-        benchlib.figure(
-            "one_shot_cells_per_cpu_hour", shot["cells_per_cpu_hour"], "cells/CPU-h",
-            f"{args.score_cells} uniform cells",
-        ),
-        benchlib.figure(
-            "measured_hours",
-            (heads.seconds["proxy"] + heads.seconds["e2e"] + shot["train_seconds"])
-            / 3600,
-            "h",
-            "wall on the cores above: every proxy trial, end-to-end run and the "
-            "supernet's training, summed over the stored results (a resumed run "
-            "counts them all; pretraining and the cache not counted)",
-        ),
-        benchlib.figure(
-            "invocation_hours", (time.time() - started) / 3600, "h",
-            "wall, this invocation (a resumed run reuses stored results)",
-        ),
-    ]
+    figures = result_figures(
+        fidelity, aspp, table, shot, args, heads.seconds, time.time() - started
+    )
     # The section of results.md: the text below the figures, without its
     # own heading (run_all heads the section).
     benchlib.report(

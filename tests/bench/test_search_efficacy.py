@@ -97,6 +97,29 @@ def test_summary_compares_the_seed_mean_with_aspp():
     assert default["beats_aspp_mean"] is True
 
 
+def test_figures_leave_out_what_was_not_measured():
+    # The default strategies run no uniform random_local: no figure for it,
+    # where there was a nan in results.md.
+    table = search_efficacy.summarize(_runs(), {"e2e_miou": 0.55})
+    assert "random_local" not in table
+    fidelity = {"rho": 0.9, "rho_low": 0.6, "rho_high": None}
+    shot = {"rho": 0.2, "scores": [0.1] * 12, "cells_per_cpu_hour": 1400.0}
+    shot["train_seconds"] = 360.0
+    args = types.SimpleNamespace(score_cells=100)
+    figures = search_efficacy.result_figures(
+        fidelity, {"e2e_miou": 0.55}, table, shot, args,
+        {"proxy": 3600.0, "e2e": 7200.0}, 1800.0,
+    )
+    values = {f["name"]: f["value"] for f in figures}
+    assert "random_local_uniform_e2e_miou" not in values
+    assert "proxy_rho_high" not in values
+    assert not any(np.isnan(v) for v in values.values())
+    assert values["default_e2e_miou"] == pytest.approx(0.57)
+    assert values["random_e2e_miou"] == pytest.approx(0.51)
+    assert values["measured_hours"] == pytest.approx(3.1)
+    assert values["invocation_hours"] == pytest.approx(0.5)
+
+
 def test_report_and_plot(tmp_path):
     args = search_efficacy._parse(["--quick", "--rerank_top_k=3"])
     fidelity = {
