@@ -963,11 +963,20 @@ def _interval(rho, low, high):
     return f"{rho:.3f}, 90% bootstrap interval [{low:.3f}, {high:.3f}]"
 
 
-def markdown(fidelity, runs, table, aspp, args, seconds, shot, imported=None):
+def markdown(
+    fidelity, runs, table, aspp, args, seconds, shot, imported=None, invocations=None
+):
     lines = [
         "## Search efficacy (bench/search_efficacy.py)",
         "",
     ]
+    if len(invocations or ()) > 1:
+        lines.append("Invocations on this work_dir (a later one reuses the stored):")
+        lines += [
+            f"- {i['started']}, code {i['code']}, {i['machine']}: `{i['command']}`"
+            for i in invocations
+        ]
+        lines.append("")
     for run in imported or ():
         lines += [
             f"Resumed run: {run['measurements']} measurements were imported "
@@ -1185,6 +1194,7 @@ def main(argv=None):
     text = markdown(
         fidelity, runs, table, aspp, args, heads.seconds, shot,
         imported=store.get(IMPORTED_KEY),
+        invocations=store.get(INVOCATIONS_KEY),
     )
     benchlib.write_text(os.path.join(work_dir, "search_efficacy.md"), text)
     print(text, flush=True)

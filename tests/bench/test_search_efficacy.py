@@ -185,6 +185,14 @@ def test_report_and_plot(tmp_path):
     resumed = search_efficacy.markdown(
         fidelity, runs, table, aspp, args, {"proxy": 3600.0, "e2e": 7200.0}, shot,
         imported=imported,
+        invocations=[
+            {"started": f"T{n}", "code": f"c{n}", "machine": "CPU X", "command": c}
+            for n, c in enumerate(["bench --import_run=run.json", "bench"])
+        ],
+    )
+    assert (
+        "- T0, code c0, CPU X: `bench --import_run=run.json`\n"
+        "- T1, code c1, CPU X: `bench`\n" in resumed
     )
     assert (
         "Resumed run: 7 measurements were imported (`--import_run`) from "
