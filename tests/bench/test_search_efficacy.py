@@ -503,19 +503,3 @@ def test_import_and_export_name_what_is_wrong(tmp_path):
             str(tmp_path / "out.json"), str(tmp_path / "nothing"), store
         )
     assert not (tmp_path / "out.json").exists()
-
-
-def test_the_stored_partial_runs_are_importable():
-    # bench/partial/: stopped runs kept for a later session's --import_run.
-    folder = os.path.join(os.path.dirname(search_efficacy.__file__), "partial")
-    names = sorted(os.listdir(folder))
-    # Once the run they belong to is finished, the files go, and this test
-    # with them.
-    assert names, f"{folder} is empty: delete it and this test"
-    for name in names:
-        with open(os.path.join(folder, name)) as f:
-            record = json.load(f)
-        identity = search_efficacy.run_identity(record)
-        assert len(identity["pretrained checkpoint sha256"]) == 2, name
-        assert set(identity["cached crops sha256"]) == {"train", "val"}, name
-        assert record["results"] and record["code"], name
