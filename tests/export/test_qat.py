@@ -82,6 +82,14 @@ def test_qat_file_is_full_integer_and_agrees_with_the_models(qat):
     # Against the fake-quantized tf_keras model it was converted from.
     assert entry["fine_tuned_parity"]["agreement"] >= tt.QAT_AGREEMENT
     assert report["evaluation"]["qat_int8"]["agreement"] >= tt.QAT_AGREEMENT
+    # And above what a file giving the float model's majority class
+    # everywhere scores on the same images (0.57 now): should the test
+    # models ever drift towards one class, QAT_AGREEMENT would stop telling
+    # a broken file from a good one, and this fails first.
+    images = tt.val_images(tt.checks().parity_images)
+    classes = np.argmax(tt.model()(images, training=False), axis=-1)
+    majority = np.max(np.bincount(classes.ravel())) / classes.size
+    assert entry["parity"]["agreement"] > majority + 0.05, majority
 
 
 def test_progress_of_calibration_and_fine_tuning(qat):
